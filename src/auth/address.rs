@@ -1,0 +1,272 @@
+//! Source-address whitelists ("Remote Address"): single addresses and CIDR blocks, IPv4 and IPv6.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// One whitelist entry: a network and its prefix length. A single address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressBlock {
+    V4 { network: u32, prefix: u8 },
+    V6 { network: u128, prefix: u8 },
+}
+
+impl AddressBlock {
+    /// Parses `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or `v6/n`. Host bits set under the
+    /// mask are refused, because `10.0.0.7/24` usually means the writer meant something else.
+    pub fn parse(text: &str) -> Result<AddressBlock, String> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text.parse().map_err(|_| {
+            format!("{text:?} is not an IPv4 or IPv6 address or CIDR block (e.g. 192.0.2.10, 198.51.100.0/24, 2001:db8::/32)")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && !p.starts_with('+') => n,
+                _ => return Err(format!("{text:?} has an invalid prefix length: use 0 to {max}")),
+            },
+        };
+        let block = match addr {
+            IpAddr::V4(a) => AddressBlock::V4 {
+                network: u32::from(a),
+                prefix,
+            },
+            IpAddr::V6(a) => AddressBlock::V6 {
+                network: u128::from(a),
+                prefix,
+            },
+        };
+        if block.masked() != block {
+            return Err(format!(
+                "{text:?} has bits set after the /{prefix} prefix: did you mean {}?",
+                block.masked()
+            ));
+        }
+        Ok(block)
+    }
+
+    fn masked(self) -> AddressBlock {
+        match self {
+            AddressBlock::V4 { network, prefix } => AddressBlock::V4 {
+                network: network & mask_v4(prefix),
+                prefix,
+            },
+            AddressBlock::V6 { network, prefix } => AddressBlock::V6 {
+                network: network & mask_v6(prefix),
+                prefix,
+            },
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self, canonical(ip)) {
+            (AddressBlock::V4 { network, prefix }, IpAddr::V4(a)) => {
+                u32::from(a) & mask_v4(*prefix) == *network
+            }
+            (AddressBlock::V6 { network, prefix }, IpAddr::V6(a)) => {
+                u128::from(a) & mask_v6(*prefix) == *network
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for AddressBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AddressBlock::V4 { network, prefix: 32 } => write!(f, "{}", Ipv4Addr::from(network)),
+            AddressBlock::V4 { network, prefix } => write!(f, "{}/{prefix}", Ipv4Addr::from(network)),
+            AddressBlock::V6 {
+                network,
+                prefix: 128,
+            } => write!(f, "{}", Ipv6Addr::from(network)),
+            AddressBlock::V6 { network, prefix } => {
+                write!(f, "{}/{prefix}", Ipv6Addr::from(network))
+            }
+        }
+    }
+}
+
+fn mask_v4(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask_v6(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// A client that reaches a dual-stack listener over IPv4 shows up as `::ffff:a.b.c.d`;
+/// it is the IPv4 client `a.b.c.d` for every whitelist purpose.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// The addresses one API user may call from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceWhitelist {
+    /// `"*"`: the operator explicitly allowed every source.
+    Any,
+    Blocks(Box<[AddressBlock]>),
+}
+
+impl SourceWhitelist {
+    /// Parses the vendor form, entries separated by `~` with no spaces (`"192.0.2.10~2001:db8::/32"`).
+    pub fn parse_tilde(text: &str) -> Result<SourceWhitelist, String> {
+        if text.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{text:?} contains spaces: separate addresses with '~' and no spaces"
+            ));
+        }
+        SourceWhitelist::from_entries(text.split('~'))
+    }
+
+    /// Builds a whitelist from separate entries (the TOML array form).
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<SourceWhitelist, String> {
+        let entries: Vec<&str> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Err("the address list is empty: list the addresses this user calls from, or \"*\" to allow any source".into());
+        }
+        if entries.contains(&"*") {
+            if entries.len() > 1 {
+                return Err("\"*\" allows every source and cannot be combined with other addresses".into());
+            }
+            return Ok(SourceWhitelist::Any);
+        }
+        let mut blocks = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let entry_trimmed = entry.trim();
+            if entry_trimmed.is_empty() {
+                return Err("the address list has an empty entry (two '~' in a row, or one at either end)".into());
+            }
+            if entry_trimmed != entry {
+                return Err(format!("{entry:?} contains spaces: write addresses without spaces"));
+            }
+            blocks.push(AddressBlock::parse(entry)?);
+        }
+        Ok(SourceWhitelist::Blocks(blocks.into_boxed_slice()))
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        match self {
+            SourceWhitelist::Any => true,
+            SourceWhitelist::Blocks(blocks) => {
+                let ip = canonical(ip);
+                blocks.iter().any(|b| b.contains(ip))
+            }
+        }
+    }
+
+    /// The entry that admits `ip`, for explanations.
+    pub fn matching_entry(&self, ip: IpAddr) -> Option<String> {
+        match self {
+            SourceWhitelist::Any => Some("*".into()),
+            SourceWhitelist::Blocks(blocks) => blocks
+                .iter()
+                .find(|b| b.contains(canonical(ip)))
+                .map(ToString::to_string),
+        }
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        match self {
+            SourceWhitelist::Any => vec!["*".into()],
+            SourceWhitelist::Blocks(blocks) => blocks.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl fmt::Display for SourceWhitelist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.entries().join("~"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn matches_addresses_and_blocks_of_both_families() {
+        let w = SourceWhitelist::parse_tilde("192.0.2.10~198.51.100.0/24~2001:db8::/32").unwrap();
+        assert!(w.allows(ip("192.0.2.10")));
+        assert!(!w.allows(ip("192.0.2.11")));
+        assert!(w.allows(ip("198.51.100.0")));
+        assert!(w.allows(ip("198.51.100.255")));
+        assert!(!w.allows(ip("198.51.101.0")));
+        assert!(w.allows(ip("2001:db8:ffff::1")));
+        assert!(!w.allows(ip("2001:db9::1")));
+        assert_eq!(w.to_string(), "192.0.2.10~198.51.100.0/24~2001:db8::/32");
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_match_ipv4_entries() {
+        let w = SourceWhitelist::parse_tilde("192.0.2.10~10.0.0.0/8").unwrap();
+        assert!(w.allows(ip("::ffff:192.0.2.10")));
+        assert!(w.allows(ip("::ffff:10.1.2.3")));
+        assert!(!w.allows(ip("::ffff:192.0.2.11")));
+        // The IPv4-compatible (deprecated) form is a different address and must not match.
+        assert!(!w.allows(ip("::192.0.2.10")));
+    }
+
+    #[test]
+    fn whole_space_blocks_and_star() {
+        let w = SourceWhitelist::parse_tilde("0.0.0.0/0").unwrap();
+        assert!(w.allows(ip("203.0.113.9")));
+        assert!(!w.allows(ip("2001:db8::1")));
+        let w = SourceWhitelist::parse_tilde("::/0").unwrap();
+        assert!(w.allows(ip("2001:db8::1")));
+        assert!(SourceWhitelist::parse_tilde("*").unwrap().allows(ip("::1")));
+        assert_eq!(SourceWhitelist::parse_tilde("*").unwrap(), SourceWhitelist::Any);
+    }
+
+    #[test]
+    fn array_form_equals_tilde_form() {
+        let a = SourceWhitelist::from_entries(["192.0.2.10", "2001:db8::/32"]).unwrap();
+        let b = SourceWhitelist::parse_tilde("192.0.2.10~2001:db8::/32").unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn hostile_and_malformed_lists_are_refused() {
+        for bad in [
+            "",
+            "~",
+            "192.0.2.10~",
+            "~192.0.2.10",
+            "192.0.2.10~~192.0.2.11",
+            "192.0.2.10 ~192.0.2.11",
+            "192.0.2.10, 192.0.2.11",
+            "192.0.2.256",
+            "192.0.2.1/33",
+            "192.0.2.1/-1",
+            "192.0.2.1/+8",
+            "192.0.2.1/",
+            "/24",
+            "2001:db8::/129",
+            "198.51.100.7/24",
+            "*~192.0.2.10",
+            "example.org",
+            "192.0.2.10\0",
+            "0x7f.0.0.1",
+            "127.1",
+            "010.0.0.1",
+        ] {
+            assert!(SourceWhitelist::parse_tilde(bad).is_err(), "{bad:?} was accepted");
+        }
+        let err = SourceWhitelist::parse_tilde("198.51.100.7/24").unwrap_err();
+        assert!(err.contains("198.51.100.0/24"), "{err}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Authentication and authorisation: who is calling, from where, and whether they may do this.
+//!
+//! `decide` is the one decision function: the proxy, `apiward explain` and the benchmarks all call
+//! it. It is pure: no I/O, no locks, no allocation unless the path needs rewriting.
+
+pub mod address;
+pub mod credential;
+pub mod path;
+pub mod permission;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::Method;
+
+pub use credential::Credential;
+
+use crate::refusal::Refusal;
+use crate::snapshot::{ApiKey, ApiUser, Group, KeyDigest, Route, Snapshot, Upstream, UserStatus};
+use permission::VerbSet;
+
+/// Everything about a request that the decision depends on.
+#[derive(Debug, Clone)]
+pub struct RequestFacts<'r> {
+    pub method: &'r Method,
+    /// The path as received (not yet normalised), without the query.
+    pub path: &'r str,
+    pub credential: Credential<'r>,
+    /// The client address: the TCP peer, or the one a trusted proxy vouched for.
+    pub client: IpAddr,
+    /// Unix seconds, for key expiry.
+    pub now: i64,
+}
+
+/// The outcome of `decide`, with whatever was learned on the way (for logs and explanations).
+#[derive(Debug)]
+pub struct Decision<'s, 'r> {
+    pub user: Option<&'s ApiUser>,
+    pub key: Option<&'s ApiKey>,
+    pub outcome: Outcome<'s, 'r>,
+}
+
+#[derive(Debug)]
+pub enum Outcome<'s, 'r> {
+    Allowed(Grant<'s, 'r>),
+    Refused(Refusal),
+}
+
+/// What an allowed request is forwarded with.
+#[derive(Debug)]
+pub struct Grant<'s, 'r> {
+    pub group: &'s Group,
+    pub route: &'s Route,
+    pub upstream: &'s Upstream,
+    /// The normalised path: the one the permission was checked on and the one forwarded.
+    pub path: Cow<'r, str>,
+}
+
+/// Receives each step of a decision; `explain` prints them, the hot path ignores them.
+pub trait Trace {
+    fn step(&mut self, step: Step<'_>);
+}
+
+/// A trace that does nothing and compiles away.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline(always)]
+    fn step(&mut self, _: Step<'_>) {}
+}
+
+/// One step of a decision, in the order they are taken.
+#[derive(Debug)]
+pub enum Step<'a> {
+    Credential(&'a Credential<'a>),
+    KeyFound { user: &'a ApiUser, key: &'a ApiKey },
+    KeyNotFound,
+    PasswordChecked { user: &'a ApiUser, ok: bool },
+    KeyExpiry { expires: Option<i64>, now: i64 },
+    Status(UserStatus),
+    Source { client: IpAddr, allowed: bool, whitelist: &'a address::SourceWhitelist },
+    Path { normalised: Result<&'a str, path::BadPath> },
+    Route(Option<(&'a Route, &'a Upstream)>),
+    Permission { group: &'a Group, verb: Option<VerbSet>, allowed_by: Option<&'a permission::Permission> },
+}
+
+/// Checks a Basic-auth password against a user's stored hash. Supplied by the caller, because a
+/// password check is expensive and the gateway caches it; `decide` stays pure.
+pub trait PasswordCheck {
+    fn verify(&self, user: &ApiUser, password: &str) -> bool;
+}
+
+/// For callers that never accept passwords.
+pub struct NoPasswords;
+
+impl PasswordCheck for NoPasswords {
+    fn verify(&self, _: &ApiUser, _: &str) -> bool {
+        false
+    }
+}
+
+/// Decides one request against one snapshot.
+pub fn decide<'s, 'r>(snapshot: &'s Snapshot, facts: &RequestFacts<'r>, passwords: &impl PasswordCheck) -> Decision<'s, 'r> {
+    decide_traced(snapshot, facts, passwords, &mut NoTrace)
+}
+
+/// `decide`, reporting each step to `trace`.
+pub fn decide_traced<'s, 'r>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts<'r>,
+    passwords: &impl PasswordCheck,
+    trace: &mut impl Trace,
+) -> Decision<'s, 'r> {
+    let refused = |user, key, refusal| Decision {
+        user,
+        key,
+        outcome: Outcome::Refused(refusal),
+    };
+    trace.step(Step::Credential(&facts.credential));
+
+    // 1. Who is calling. Nothing about routes or permissions is revealed before this passes.
+    let (user, key) = match facts.credential {
+        Credential::Missing => return refused(None, None, Refusal::MissingCredentials),
+        Credential::Key(presented) => {
+            let digest = KeyDigest::of(presented);
+            match snapshot.keys.get(&digest) {
+                Some(key) => {
+                    let user = snapshot.user(key.user);
+                    trace.step(Step::KeyFound { user, key });
+                    trace.step(Step::KeyExpiry {
+                        expires: key.expires,
+                        now: facts.now,
+                    });
+                    if key.expires.is_some_and(|t| facts.now >= t) {
+                        return refused(Some(user), Some(key), Refusal::KeyExpired);
+                    }
+                    (user, Some(key))
+                }
+                None => {
+                    trace.step(Step::KeyNotFound);
+                    return refused(None, None, Refusal::InvalidCredentials);
+                }
+            }
+        }
+        Credential::Basic { user: id, password } => {
+            let user = snapshot.user_by_id(id).filter(|u| u.password_hash.is_some());
+            let ok = user.is_some_and(|u| passwords.verify(u, password));
+            match user {
+                Some(user) if ok => {
+                    trace.step(Step::PasswordChecked { user, ok });
+                    (user, None)
+                }
+                Some(user) => {
+                    trace.step(Step::PasswordChecked { user, ok });
+                    return refused(None, None, Refusal::InvalidCredentials);
+                }
+                None => {
+                    trace.step(Step::KeyNotFound);
+                    return refused(None, None, Refusal::InvalidCredentials);
+                }
+            }
+        }
+        Credential::Malformed => return refused(None, None, Refusal::InvalidCredentials),
+    };
+
+    // 2. Is this user allowed to call at all, and from here.
+    trace.step(Step::Status(user.status));
+    if user.status != UserStatus::Active {
+        return refused(Some(user), key, Refusal::UserInactive);
+    }
+    let allowed = user.sources.allows(facts.client);
+    trace.step(Step::Source {
+        client: facts.client,
+        allowed,
+        whitelist: &user.sources,
+    });
+    if !allowed {
+        return refused(Some(user), key, Refusal::UnregisteredSource);
+    }
+
+    // 3. What is being asked for, and whether the user's group allows it.
+    let path = match path::normalise(facts.path) {
+        Ok(p) => p,
+        Err(e) => {
+            trace.step(Step::Path { normalised: Err(e) });
+            return refused(Some(user), key, Refusal::BadPath);
+        }
+    };
+    trace.step(Step::Path { normalised: Ok(&path) });
+    let Some(route) = snapshot.route_for(&path) else {
+        trace.step(Step::Route(None));
+        return refused(Some(user), key, Refusal::NoRoute);
+    };
+    let upstream = snapshot.upstream(route);
+    trace.step(Step::Route(Some((route, upstream))));
+    let group = snapshot.group_of(user);
+    let verb = VerbSet::for_method(facts.method);
+    let allowed_by = verb.and_then(|v| {
+        group
+            .permissions
+            .iter()
+            .find(|p| p.verbs.contains(v) && p.pattern.matches(&path))
+    });
+    trace.step(Step::Permission { group, verb, allowed_by });
+    if allowed_by.is_none() {
+        return refused(Some(user), key, Refusal::Forbidden);
+    }
+    Decision {
+        user: Some(user),
+        key,
+        outcome: Outcome::Allowed(Grant {
+            group,
+            route,
+            upstream,
+            path,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

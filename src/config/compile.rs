@@ -1,0 +1,524 @@
+//! Raw TOML → `Snapshot`: parses addresses, digests, routes and permissions, and collects every
+//! error with its file, line and column.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Scheme, Uri};
+use toml::Spanned;
+use toml::value::{Datetime, Offset};
+
+use super::error::{ConfigError, ConfigErrors, Locator};
+use super::duration::parse_duration;
+use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
+use crate::auth::address::{AddressBlock, SourceWhitelist};
+use crate::auth::permission::{PathPattern, Permission, VerbSet};
+use crate::snapshot::{
+    ApiKey, ApiUser, DigestMap, Group, KeyDigest, Route, ServerSettings, Snapshot, Upstream,
+    UpstreamTarget, UserIndex, UserStatus,
+};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Parses and validates one file's text. `file` is only used to name the file in errors.
+pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
+    let loc = Locator::new(file, text);
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let message = e.message().trim_end().to_string();
+            let err = match e.span() {
+                Some(span) => loc.error(span, message),
+                None => loc.whole_file(message),
+            };
+            return Err(ConfigErrors(vec![err]));
+        }
+    };
+    let mut c = Compiler {
+        loc: &loc,
+        errors: Vec::new(),
+    };
+    let snapshot = c.snapshot(file, raw);
+    if c.errors.is_empty() {
+        Ok(snapshot)
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+struct Compiler<'a> {
+    loc: &'a Locator<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push(self.loc.error(span, message));
+    }
+
+    fn snapshot(&mut self, file: &Path, raw: RawConfig) -> Snapshot {
+        let server = self.server(&raw.server);
+
+        let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        let mut upstream_index = HashMap::new();
+        for (name, up) in &raw.upstreams {
+            if let Some(target) = self.upstream_target(&up.url) {
+                upstream_index.insert(name.get_ref().clone(), upstreams.len() as u32);
+                upstreams.push(Upstream {
+                    name: name.get_ref().as_str().into(),
+                    url: up.url.get_ref().as_str().into(),
+                    target,
+                });
+            }
+        }
+
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        for route in &raw.routes {
+            let prefix = route.prefix.get_ref();
+            if let Err(msg) = check_route_prefix(prefix) {
+                self.error(route.prefix.span(), msg);
+                continue;
+            }
+            if routes.iter().any(|r| &*r.prefix == prefix.as_str()) {
+                self.error(
+                    route.prefix.span(),
+                    format!("route prefix {prefix:?} is defined twice: keep one"),
+                );
+                continue;
+            }
+            match upstream_index.get(route.upstream.get_ref()) {
+                Some(&i) => routes.push(Route {
+                    prefix: prefix.as_str().into(),
+                    upstream: i,
+                }),
+                None if raw.upstreams.keys().any(|k| k.get_ref() == route.upstream.get_ref()) => {
+                    // The upstream itself is invalid and already reported.
+                }
+                None => self.error(
+                    route.upstream.span(),
+                    format!(
+                        "route {prefix:?} names upstream {:?}, which is not defined: add [upstreams.{}] or use one of: {}",
+                        route.upstream.get_ref(),
+                        route.upstream.get_ref(),
+                        names(raw.upstreams.keys())
+                    ),
+                ),
+            }
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+
+        let mut groups = Vec::with_capacity(raw.groups.len());
+        let mut group_index = HashMap::new();
+        for (name, group) in &raw.groups {
+            let mut permissions = Vec::with_capacity(group.allow.len());
+            for perm in &group.allow {
+                let perm = perm.get_ref();
+                let pattern = match PathPattern::parse(perm.path.get_ref()) {
+                    Ok(p) => p,
+                    Err(msg) => {
+                        self.error(perm.path.span(), msg);
+                        continue;
+                    }
+                };
+                let mut verbs = VerbSet::default();
+                for verb in &perm.verbs {
+                    match VerbSet::parse_verb(verb.get_ref()) {
+                        Ok(v) => verbs.insert(v),
+                        Err(msg) => self.error(verb.span(), msg),
+                    }
+                }
+                permissions.push(Permission { pattern, verbs });
+            }
+            group_index.insert(name.get_ref().clone(), groups.len() as u32);
+            groups.push(Group {
+                name: name.get_ref().as_str().into(),
+                permissions: permissions.into_boxed_slice(),
+            });
+        }
+
+        let mut users = Vec::with_capacity(raw.users.len());
+        let mut user_index = HashMap::with_capacity(raw.users.len());
+        let key_count = raw.users.values().map(|u| u.get_ref().keys.len()).sum();
+        let mut keys: DigestMap<ApiKey> = DigestMap::with_capacity_and_hasher(key_count, Default::default());
+        for (id, user) in &raw.users {
+            let index = users.len() as UserIndex;
+            if let Some(api_user) = self.user(id, user, &group_index, &raw, index, &mut keys) {
+                user_index.insert(id.get_ref().as_str().into(), index);
+                users.push(api_user);
+            }
+        }
+
+        Snapshot {
+            source: file.to_path_buf(),
+            server,
+            users: users.into_boxed_slice(),
+            user_index,
+            keys,
+            groups: groups.into_boxed_slice(),
+            routes: routes.into_boxed_slice(),
+            upstreams: upstreams.into_boxed_slice(),
+        }
+    }
+
+    fn server(&mut self, raw: &RawServer) -> ServerSettings {
+        let listen = self
+            .socket_addr(raw.listen.as_ref(), "listen")
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default listen address is valid"));
+        let admin_listen = self.socket_addr(raw.admin_listen.as_ref(), "admin_listen");
+        let mut trusted_proxies = Vec::new();
+        for cidr in raw.trusted_proxies.iter().flatten() {
+            match AddressBlock::parse(cidr.get_ref()) {
+                Ok(b) => trusted_proxies.push(b),
+                Err(msg) => self.error(cidr.span(), format!("trusted_proxies: {msg}")),
+            }
+        }
+        let key_header = match &raw.key_header {
+            None => HeaderName::from_static("x-api-key"),
+            Some(h) => match check_key_header(h.get_ref()) {
+                Ok(name) => name,
+                Err(msg) => {
+                    self.error(h.span(), msg);
+                    HeaderName::from_static("x-api-key")
+                }
+            },
+        };
+        let workers = match &raw.workers {
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+            Some(w) => match usize::try_from(*w.get_ref()) {
+                Ok(n) if (1..=1024).contains(&n) => n,
+                _ => {
+                    self.error(w.span(), "workers must be between 1 and 1024 (leave it out to use one per core)");
+                    1
+                }
+            },
+        };
+        let max_header_bytes = match &raw.max_header_bytes {
+            None => 32 * 1024,
+            Some(m) => match usize::try_from(*m.get_ref()) {
+                Ok(n) if (1024..=1024 * 1024).contains(&n) => n,
+                _ => {
+                    self.error(m.span(), "max_header_bytes must be between 1024 and 1048576");
+                    32 * 1024
+                }
+            },
+        };
+        ServerSettings {
+            listen,
+            admin_listen,
+            trusted_proxies: trusted_proxies.into_boxed_slice(),
+            key_header,
+            workers,
+            organisation: raw.organisation.as_ref().map(|o| o.get_ref().clone()),
+            connect_timeout: self.duration(raw.connect_timeout.as_ref(), "2s", true),
+            upstream_timeout: self.duration(raw.upstream_timeout.as_ref(), "30s", true),
+            header_read_timeout: self.duration(raw.header_read_timeout.as_ref(), "10s", true),
+            idle_timeout: self.duration(raw.idle_timeout.as_ref(), "60s", true),
+            shutdown_timeout: self.duration(raw.shutdown_timeout.as_ref(), "10s", false),
+            max_header_bytes,
+        }
+    }
+
+    fn socket_addr(&mut self, value: Option<&Spanned<String>>, field: &str) -> Option<SocketAddr> {
+        let v = value?;
+        match v.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    v.span(),
+                    format!("{field} = {:?} is not an address and port: write e.g. \"127.0.0.1:8080\" or \"[::]:8080\"", v.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: Option<&Spanned<String>>, default: &str, nonzero: bool) -> Duration {
+        let fallback = parse_duration(default).expect("defaults are valid durations");
+        let Some(v) = value else { return fallback };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if nonzero && d.is_zero() => {
+                self.error(v.span(), "this timeout must be greater than zero");
+                fallback
+            }
+            Ok(d) => d,
+            Err(msg) => {
+                self.error(v.span(), msg);
+                fallback
+            }
+        }
+    }
+
+    fn upstream_target(&mut self, url: &Spanned<String>) -> Option<UpstreamTarget> {
+        let text = url.get_ref();
+        if text == "builtin:echo" {
+            return Some(UpstreamTarget::Echo);
+        }
+        let hint = "write an http URL such as \"http://127.0.0.1:9000\", or \"builtin:echo\"";
+        let uri: Uri = match text.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                self.error(url.span(), format!("{text:?} is not a valid URL: {hint}"));
+                return None;
+            }
+        };
+        match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => {}
+            Some(s) if *s == Scheme::HTTPS => {
+                self.error(url.span(), format!("{text:?}: https upstreams are not supported yet: put the upstream on a private network and use http"));
+                return None;
+            }
+            _ => {
+                self.error(url.span(), format!("{text:?} has no http scheme: {hint}"));
+                return None;
+            }
+        }
+        let Some(authority) = uri.authority().cloned() else {
+            self.error(url.span(), format!("{text:?} has no host: {hint}"));
+            return None;
+        };
+        if authority.as_str().contains('@') {
+            self.error(url.span(), format!("{text:?}: credentials in upstream URLs are not supported"));
+            return None;
+        }
+        if uri.query().is_some() {
+            self.error(url.span(), format!("{text:?}: an upstream URL cannot have a query string"));
+            return None;
+        }
+        let base_path = uri.path().trim_end_matches('/');
+        Some(UpstreamTarget::Http {
+            scheme: Scheme::HTTP,
+            authority,
+            base_path: base_path.into(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn user(
+        &mut self,
+        id: &Spanned<String>,
+        user: &Spanned<RawUser>,
+        group_index: &HashMap<String, u32>,
+        raw: &RawConfig,
+        index: UserIndex,
+        keys: &mut DigestMap<ApiKey>,
+    ) -> Option<ApiUser> {
+        let errors_before = self.errors.len();
+        if let Err(msg) = check_user_id(id.get_ref()) {
+            self.error(id.span(), msg);
+        }
+        let u = user.get_ref();
+        let status = UserStatus::parse(u.status.get_ref());
+        if status.is_none() {
+            self.error(
+                u.status.span(),
+                format!("status {:?} is not one of: active, pending, inactive", u.status.get_ref()),
+            );
+        }
+        let group = group_index.get(u.group.get_ref()).copied();
+        if group.is_none() {
+            self.error(
+                u.group.span(),
+                format!(
+                    "group {:?} is not defined: add [groups.{}] or use one of: {}",
+                    u.group.get_ref(),
+                    u.group.get_ref(),
+                    names(raw.groups.keys())
+                ),
+            );
+        }
+        let sources = match &u.remote_addresses {
+            None => {
+                self.error(
+                    user.span(),
+                    format!(
+                        "user {:?} has no remote_addresses: list the addresses it calls from (\"192.0.2.10~198.51.100.0/24\"), or \"*\" to allow any source",
+                        id.get_ref()
+                    ),
+                );
+                None
+            }
+            Some(addrs) => {
+                let parsed = match addrs.get_ref() {
+                    RawAddresses::Tilde(s) => SourceWhitelist::parse_tilde(s),
+                    RawAddresses::List(l) => SourceWhitelist::from_entries(l.iter().map(String::as_str)),
+                };
+                match parsed {
+                    Ok(w) => Some(w),
+                    Err(msg) => {
+                        self.error(addrs.span(), format!("remote_addresses: {msg}"));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(hash) = &u.password_hash {
+            if !hash.get_ref().starts_with("$argon2id$") {
+                self.error(hash.span(), "password_hash must be an Argon2id PHC string (\"$argon2id$...\"): set it with `apiward users set-password`");
+            }
+        }
+        for key in &u.keys {
+            let k = key.get_ref();
+            let digest = match parse_digest(k.sha256.get_ref()) {
+                Ok(d) => d,
+                Err(msg) => {
+                    self.error(k.sha256.span(), msg);
+                    continue;
+                }
+            };
+            let created = k.created.as_ref().and_then(|d| self.datetime(d));
+            let expires = k.expires.as_ref().and_then(|d| self.datetime(d));
+            if let Some(prefix) = &k.prefix {
+                if prefix.get_ref().len() > 16 {
+                    self.error(prefix.span(), "a key prefix is at most 16 characters: it identifies the key, it must not reveal it");
+                }
+            }
+            if keys.contains_key(&digest) {
+                self.error(
+                    k.sha256.span(),
+                    "this key digest is already used by another key: every key must be unique, issue a new one",
+                );
+                continue;
+            }
+            keys.insert(
+                digest,
+                ApiKey {
+                    user: index,
+                    prefix: k.prefix.as_ref().map(|p| p.get_ref().as_str().into()),
+                    created,
+                    expires,
+                },
+            );
+        }
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(ApiUser {
+            id: id.get_ref().as_str().into(),
+            display_name: u.display_name.as_deref().map(Into::into),
+            status: status?,
+            group: group?,
+            sources: sources?,
+            password_hash: u.password_hash.as_ref().map(|h| h.get_ref().as_str().into()),
+        })
+    }
+
+    fn datetime(&mut self, value: &Spanned<Datetime>) -> Option<i64> {
+        match unix_seconds(value.get_ref()) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                self.error(value.span(), msg);
+                None
+            }
+        }
+    }
+}
+
+fn names<'a>(keys: impl Iterator<Item = &'a Spanned<String>>) -> String {
+    let all: Vec<&str> = keys.map(|k| k.get_ref().as_str()).collect();
+    if all.is_empty() {
+        "(none defined)".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+fn check_route_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("route prefix {prefix:?} must start with '/'"));
+    }
+    match crate::auth::path::normalise(prefix) {
+        Ok(n) if n == prefix => Ok(()),
+        Ok(n) => Err(format!("route prefix {prefix:?} is not in normal form: write {n:?}")),
+        Err(e) => Err(format!("route prefix {prefix:?} is not a valid path: {e}")),
+    }
+}
+
+fn check_key_header(name: &str) -> Result<HeaderName, String> {
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("key_header {name:?} is not a valid HTTP header name"))?;
+    let reserved = [
+        "host",
+        "authorization",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "cookie",
+        "x-forwarded-for",
+    ];
+    if reserved.contains(&header.as_str()) || header.as_str().starts_with("x-apiward-") {
+        return Err(format!(
+            "key_header {name:?} is reserved: use a dedicated header such as \"X-Api-Key\" (Authorization: Bearer is always accepted)"
+        ));
+    }
+    Ok(header)
+}
+
+/// A user id is email-shaped: `local@domain`, no spaces, no ':' (it is the Basic-auth user name).
+pub fn check_user_id(id: &str) -> Result<(), String> {
+    let shape = "a user id is email-shaped, like \"crm-sync@example.org\" (it need not be a real mailbox)";
+    if id.len() > 254 {
+        return Err(format!("user id is longer than 254 characters: {shape}"));
+    }
+    let Some((local, domain)) = id.split_once('@') else {
+        return Err(format!("user id {id:?} has no '@': {shape}"));
+    };
+    if local.is_empty() || domain.is_empty() || domain.contains('@') || domain.starts_with('.') || domain.ends_with('.') {
+        return Err(format!("user id {id:?} is not email-shaped: {shape}"));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '"') {
+        return Err(format!(
+            "user id {id:?} contains a space, a control character, '\"' or ':': {shape}"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_digest(text: &str) -> Result<KeyDigest, String> {
+    let hint = "sha256 must be the 64-character hex SHA-256 digest of the whole key (e.g. `printf %s \"$KEY\" | sha256sum`), never the key itself";
+    if text.starts_with("aw_") {
+        return Err(format!("this looks like a key, not a digest: remove it from the file and revoke it; {hint}"));
+    }
+    if text.len() != 64 {
+        return Err(format!("the digest has {} characters, not 64: {hint}", text.len()));
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).map_err(|_| format!("the digest is not hexadecimal: {hint}"))?;
+    Ok(KeyDigest(out))
+}
+
+/// Converts a TOML offset date-time to Unix seconds; a date-time without an offset is ambiguous.
+pub fn unix_seconds(dt: &Datetime) -> Result<i64, String> {
+    let (Some(date), Some(time), Some(offset)) = (dt.date, dt.time, dt.offset) else {
+        return Err(format!(
+            "{dt} needs a date, a time and a time zone, e.g. 2026-11-22T10:00:00Z"
+        ));
+    };
+    let days = days_from_civil(i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    let offset_minutes = match offset {
+        Offset::Z => 0,
+        Offset::Custom { minutes } => i64::from(minutes),
+    };
+    Ok(days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0))
+        - offset_minutes * 60)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests;

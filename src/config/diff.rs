@@ -1,0 +1,93 @@
+//! What a reload changed: users added, removed and changed, keys added and revoked (ids, never keys).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::snapshot::{KeyDigest, Snapshot};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChangeSummary {
+    pub users_added: Vec<String>,
+    pub users_removed: Vec<String>,
+    pub users_changed: Vec<String>,
+    pub keys_added: usize,
+    pub keys_revoked: usize,
+}
+
+impl ChangeSummary {
+    pub fn between(old: &Snapshot, new: &Snapshot) -> ChangeSummary {
+        let mut summary = ChangeSummary::default();
+        let old_keys: HashSet<(&KeyDigest, &str)> = old
+            .keys
+            .iter()
+            .map(|(d, k)| (d, &*old.user(k.user).id))
+            .collect();
+        let new_keys: HashSet<(&KeyDigest, &str)> = new
+            .keys
+            .iter()
+            .map(|(d, k)| (d, &*new.user(k.user).id))
+            .collect();
+        summary.keys_added = new_keys.difference(&old_keys).count();
+        summary.keys_revoked = old_keys.difference(&new_keys).count();
+        let keys_changed_for: HashSet<&str> = new_keys
+            .symmetric_difference(&old_keys)
+            .map(|(_, id)| *id)
+            .collect();
+
+        for user in new.users.iter() {
+            match old.user_by_id(&user.id) {
+                None => summary.users_added.push(user.id.to_string()),
+                Some(before) => {
+                    let same = before.status == user.status
+                        && old.group_of(before).name == new.group_of(user).name
+                        && before.sources == user.sources
+                        && before.display_name == user.display_name
+                        && before.password_hash == user.password_hash
+                        && !keys_changed_for.contains(&*user.id);
+                    if !same {
+                        summary.users_changed.push(user.id.to_string());
+                    }
+                }
+            }
+        }
+        for user in old.users.iter() {
+            if new.user_by_id(&user.id).is_none() {
+                summary.users_removed.push(user.id.to_string());
+            }
+        }
+        summary
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ChangeSummary::default()
+    }
+}
+
+/// Lists at most this many ids per category in a log line.
+const LISTED: usize = 10;
+
+fn write_ids(f: &mut fmt::Formatter<'_>, label: &str, ids: &[String]) -> fmt::Result {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    write!(f, "; {label} {}: ", ids.len())?;
+    let shown: Vec<&str> = ids.iter().take(LISTED).map(String::as_str).collect();
+    f.write_str(&shown.join(", "))?;
+    if ids.len() > LISTED {
+        write!(f, " and {} more", ids.len() - LISTED)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for ChangeSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} key(s) added, {} key(s) revoked",
+            self.keys_added, self.keys_revoked
+        )?;
+        write_ids(f, "users added", &self.users_added)?;
+        write_ids(f, "users removed", &self.users_removed)?;
+        write_ids(f, "users changed", &self.users_changed)
+    }
+}

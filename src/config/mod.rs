@@ -1,0 +1,26 @@
+//! The configuration file: its raw form, its validation into a `Snapshot`, and its reloading.
+
+pub mod compile;
+pub mod diff;
+pub mod duration;
+pub mod error;
+pub mod raw;
+pub mod reload;
+
+use std::path::Path;
+
+pub use compile::compile;
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::snapshot::Snapshot;
+
+/// Reads and compiles one file. A missing or unreadable file is an error like any other.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![error::whole_file(
+            path,
+            format!("cannot read the configuration file: {e}"),
+        )])
+    })?;
+    compile(path, &text)
+}

@@ -1,0 +1,102 @@
+//! Serde types that mirror the TOML file exactly, with the spans needed to point errors at a line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::value::Datetime;
+
+/// The whole file. Every table refuses unknown fields, so a typo is an error, not a silent default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub groups: BTreeMap<Spanned<String>, RawGroup>,
+    #[serde(default)]
+    pub users: BTreeMap<Spanned<String>, Spanned<RawUser>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub key_header: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
+    pub organisation: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: Spanned<String>,
+    pub upstream: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RawPermission>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPermission {
+    pub path: Spanned<String>,
+    pub verbs: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub display_name: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub description: Option<String>,
+    pub status: Spanned<String>,
+    pub group: Spanned<String>,
+    pub remote_addresses: Option<Spanned<RawAddresses>>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<RawKey>>,
+    pub password_hash: Option<Spanned<String>>,
+}
+
+/// `remote_addresses` is written either the vendor way (`"a~b~c"`) or as a TOML array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAddresses {
+    Tilde(String),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub sha256: Spanned<String>,
+    /// The first characters of the key, kept so operators can tell keys apart; never the whole key.
+    pub prefix: Option<Spanned<String>>,
+    pub created: Option<Spanned<Datetime>>,
+    pub expires: Option<Spanned<Datetime>>,
+}

@@ -1,0 +1,351 @@
+//! Loading and reloading: file events and SIGHUP feed one channel; each reload reads, compiles and
+//! either swaps in a complete new `Snapshot` or keeps the current one and reports why.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::mpsc;
+
+use super::error::{ConfigErrors, whole_file};
+use super::diff::ChangeSummary;
+use crate::snapshot::Snapshot;
+
+/// What one reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new snapshot is serving.
+    Applied {
+        generation: u64,
+        changes: ChangeSummary,
+        /// `[server]` settings that changed but only take effect after a restart.
+        restart_required: Vec<&'static str>,
+    },
+    /// The file's bytes are the ones already loaded: nothing to do.
+    Unchanged,
+    /// The file is not there (a rename in progress, or deleted): the current snapshot keeps serving.
+    Missing,
+    /// The file was refused; the current snapshot keeps serving.
+    Refused(ConfigErrors),
+}
+
+/// The last reload error, for status pages.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    pub at_unix: i64,
+    pub message: String,
+}
+
+/// Holds the current snapshot and everything known about how it was loaded.
+pub struct ConfigStore {
+    path: PathBuf,
+    current: ArcSwap<Snapshot>,
+    loaded_digest: Mutex<[u8; 32]>,
+    last_failure: Mutex<Option<ReloadFailure>>,
+    generation: AtomicU64,
+    loaded_at_unix: AtomicU64,
+    reloads_applied: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Serialises reloads: a SIGHUP and a file event must not compile the same file twice at once.
+    reload_lock: Mutex<()>,
+}
+
+impl ConfigStore {
+    /// The first load. It runs the same read-and-compile pipeline as every reload.
+    pub fn open(path: &Path) -> Result<Arc<ConfigStore>, ConfigErrors> {
+        let (text_digest, snapshot) = match read_and_compile(path) {
+            Ok(v) => v,
+            Err(ReadError::Missing) => {
+                return Err(ConfigErrors(vec![whole_file(
+                    path,
+                    "the configuration file does not exist: create it, or pass --config PATH",
+                )]));
+            }
+            Err(ReadError::Invalid(e)) => return Err(e),
+        };
+        let store = ConfigStore {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(snapshot),
+            loaded_digest: Mutex::new(text_digest),
+            last_failure: Mutex::new(None),
+            generation: AtomicU64::new(1),
+            loaded_at_unix: AtomicU64::new(now_unix() as u64),
+            reloads_applied: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
+        };
+        Ok(Arc::new(store))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The snapshot serving now. Cheap (no reference-count traffic); hold it briefly.
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn loaded_at_unix(&self) -> i64 {
+        self.loaded_at_unix.load(Ordering::Relaxed) as i64
+    }
+
+    pub fn reloads_applied(&self) -> u64 {
+        self.reloads_applied.load(Ordering::Relaxed)
+    }
+
+    pub fn reloads_failed(&self) -> u64 {
+        self.reloads_failed.load(Ordering::Relaxed)
+    }
+
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        self.last_failure.lock().map(|f| f.clone()).unwrap_or(None)
+    }
+
+    /// Reads the file again and swaps in the result if it is valid. Blocking: call it off the
+    /// async workers (`spawn_blocking`), since a large file takes a while to compile.
+    pub fn reload(&self) -> ReloadOutcome {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let text = match read_retrying(&self.path) {
+            Ok(t) => t,
+            Err(ReadError::Missing) => return ReloadOutcome::Missing,
+            Err(ReadError::Invalid(e)) => return self.refused(e),
+        };
+        let digest = text_digest(&text);
+        if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
+            return ReloadOutcome::Unchanged;
+        }
+        let snapshot = match super::compile(&self.path, &text) {
+            Ok(s) => s,
+            Err(e) => return self.refused(e),
+        };
+        let previous = self.current.load_full();
+        let changes = ChangeSummary::between(&previous, &snapshot);
+        let restart_required = restart_required(&previous, &snapshot);
+        self.current.store(Arc::new(snapshot));
+        // The old snapshot is freed here, on the reload thread, not on a request's.
+        drop(previous);
+        *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = None;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.loaded_at_unix.store(now_unix() as u64, Ordering::Relaxed);
+        self.reloads_applied.fetch_add(1, Ordering::Relaxed);
+        ReloadOutcome::Applied {
+            generation,
+            changes,
+            restart_required,
+        }
+    }
+
+    fn refused(&self, errors: ConfigErrors) -> ReloadOutcome {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = Some(ReloadFailure {
+                at_unix: now_unix(),
+                message: errors.to_string(),
+            });
+        }
+        ReloadOutcome::Refused(errors)
+    }
+}
+
+/// Settings read once at start-up; a reload that changes them says so instead of ignoring it.
+fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    let mut fields = Vec::new();
+    if a.listen != b.listen {
+        fields.push("listen");
+    }
+    if a.admin_listen != b.admin_listen {
+        fields.push("admin_listen");
+    }
+    if a.workers != b.workers {
+        fields.push("workers");
+    }
+    if a.connect_timeout != b.connect_timeout {
+        fields.push("connect_timeout");
+    }
+    fields
+}
+
+enum ReadError {
+    Missing,
+    Invalid(ConfigErrors),
+}
+
+fn read_and_compile(path: &Path) -> Result<([u8; 32], Snapshot), ReadError> {
+    let text = read_retrying(path)?;
+    let snapshot = super::compile(path, &text).map_err(ReadError::Invalid)?;
+    Ok((text_digest(&text), snapshot))
+}
+
+/// Reads the file; a file that is missing for a moment (delete-and-recreate saves) is retried briefly.
+fn read_retrying(path: &Path) -> Result<String, ReadError> {
+    let mut attempts = 0;
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(text) => return Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                attempts += 1;
+                if attempts >= 5 {
+                    return Err(ReadError::Missing);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(ReadError::Invalid(ConfigErrors(vec![whole_file(
+                    path,
+                    format!("cannot read the configuration file: {e}"),
+                )])));
+            }
+        }
+    }
+}
+
+fn text_digest(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a reload was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    FileEvent,
+    Signal,
+}
+
+/// Events closer together than this are one save.
+const QUIET: Duration = Duration::from_millis(15);
+/// A stream of events never delays a reload longer than this.
+const MAX_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Watches the config file's directory (not its inode, so rename-over saves and Kubernetes
+/// `..data` symlink swaps are seen) and sends a trigger for each relevant event.
+pub fn watch_file(
+    path: &Path,
+    triggers: mpsc::UnboundedSender<ReloadTrigger>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    use notify::{RecursiveMode, Watcher};
+
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        let relevant_kind = match event.kind {
+            // Our own reads open the file; only a write that completes is a change.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        let relevant_path = event.paths.iter().any(|p| {
+            let name = p.file_name();
+            name == file_name.as_deref()
+                || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        });
+        if relevant_kind && relevant_path {
+            let _ = triggers.send(ReloadTrigger::FileEvent);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Coalesces triggers and runs one reload per burst, logging each outcome.
+pub async fn reload_loop(
+    store: Arc<ConfigStore>,
+    mut triggers: mpsc::UnboundedReceiver<ReloadTrigger>,
+    on_outcome: impl Fn(&ReloadOutcome) + Send + Sync + 'static,
+) {
+    let on_outcome = Arc::new(on_outcome);
+    while let Some(first) = triggers.recv().await {
+        let mut trigger = first;
+        let started = Instant::now();
+        loop {
+            let remaining = MAX_DEBOUNCE.saturating_sub(started.elapsed());
+            match tokio::time::timeout(QUIET.min(remaining), triggers.recv()).await {
+                Ok(Some(t)) => {
+                    if t == ReloadTrigger::Signal {
+                        trigger = t;
+                    }
+                    if remaining.is_zero() {
+                        break;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let store = Arc::clone(&store);
+        let report = Arc::clone(&on_outcome);
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome = store.reload();
+            log_outcome(&store, trigger, &outcome);
+            report(&outcome);
+        })
+        .await;
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "the reload task failed; the current configuration keeps serving");
+        }
+    }
+}
+
+fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutcome) {
+    let file = store.path().display().to_string();
+    let trigger = match trigger {
+        ReloadTrigger::FileEvent => "file change",
+        ReloadTrigger::Signal => "SIGHUP",
+    };
+    match outcome {
+        ReloadOutcome::Applied {
+            generation,
+            changes,
+            restart_required,
+        } => {
+            tracing::info!(
+                %file, trigger, generation,
+                users_added = changes.users_added.len(),
+                users_removed = changes.users_removed.len(),
+                users_changed = changes.users_changed.len(),
+                keys_added = changes.keys_added,
+                keys_revoked = changes.keys_revoked,
+                "configuration reloaded: {}", changes
+            );
+            for field in restart_required {
+                tracing::warn!(%file, field, "[server] {field} changed: it takes effect only after a restart");
+            }
+        }
+        ReloadOutcome::Unchanged => {
+            tracing::debug!(%file, trigger, "configuration file unchanged");
+        }
+        ReloadOutcome::Missing => {
+            tracing::warn!(%file, trigger, "configuration file is missing; the current configuration keeps serving");
+        }
+        ReloadOutcome::Refused(errors) => {
+            for e in &errors.0 {
+                tracing::error!(%file, trigger, "configuration refused, the current one keeps serving: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! apiward: an authenticating reverse proxy that gives any HTTP API per-integration API users.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod proxy;
+pub mod refusal;
+pub mod snapshot;
+
+pub use proxy::{Gateway, Options, StartError};

@@ -1,0 +1,134 @@
+//! The `apiward` command: run the gateway, or check a configuration file.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use apiward::config;
+use apiward::{Gateway, Options};
+
+const DEFAULT_CONFIG: &str = "config/apiward.toml";
+
+#[derive(Parser)]
+#[command(name = "apiward", version, about = "An authenticating reverse proxy for API users")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    ///
+    /// Example: apiward run --config /etc/apiward/apiward.toml
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting anything (like `nginx -t`).
+    ///
+    /// Exit status 0 and a one-line summary when the file is valid; 1 and every error, with
+    /// file:line:column, when it is not.
+    ///
+    /// Example: apiward check --config /etc/apiward/apiward.toml
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APIWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(s) => {
+            println!(
+                "{}: ok: {} users, {} keys, {} groups, {} routes, {} upstreams",
+                path.display(),
+                s.users.len(),
+                s.keys.len(),
+                s.groups.len(),
+                s.routes.len(),
+                s.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s); the file was not accepted", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    init_logging();
+    // The worker count comes from the file, so it is read once before the runtime exists;
+    // the gateway then loads it again through the reload pipeline like every later reload.
+    let workers = match config::load(path) {
+        Ok(s) => s.server.workers,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: not started: fix the errors above", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gateway = match Gateway::start(path, None, Options::default()).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_stop_signal().await;
+        gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

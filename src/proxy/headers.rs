@@ -1,0 +1,196 @@
+//! Header hygiene: who the client is, and what crosses the gateway in each direction.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+use crate::auth::credential::CredentialSource;
+use crate::snapshot::Snapshot;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_APIWARD_USER: HeaderName = HeaderName::from_static("x-apiward-user");
+pub static X_APIWARD_GROUP: HeaderName = HeaderName::from_static("x-apiward-group");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop and never travel further (RFC 9110 7.6.1, plus the usual extras).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// The client address: the TCP peer, unless the peer is a trusted proxy, in which case it is the
+/// rightmost `X-Forwarded-For` address that is not itself a trusted proxy.
+pub fn client_address(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let peer_ip = crate::auth::address::canonical(peer.ip());
+    if snapshot.server.trusted_proxies.is_empty() || !snapshot.is_trusted_proxy(peer_ip) {
+        return peer_ip;
+    }
+    let mut client = peer_ip;
+    // Later header lines were appended by nearer proxies, so walk the lines and entries from the end.
+    let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for line in lines.iter().rev() {
+        let Ok(text) = line.to_str() else { return client };
+        for entry in text.rsplit(',') {
+            let Some(ip) = parse_forwarded_entry(entry.trim()) else {
+                // An address we cannot read: stop at the last hop we could vouch for.
+                return client;
+            };
+            client = crate::auth::address::canonical(ip);
+            if !snapshot.is_trusted_proxy(client) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// `192.0.2.1`, `2001:db8::1`, `192.0.2.1:4711` or `[2001:db8::1]:4711`.
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// Removes the headers that must not reach the upstream, in this order: the credential, every
+/// hop-by-hop header and every header `Connection` names, and identity headers a client may
+/// have forged. Only after that does the gateway add its own, so a client cannot make it drop them.
+pub fn strip_request(headers: &mut HeaderMap, key_header: &HeaderName, credential: CredentialSource) {
+    match credential {
+        CredentialSource::KeyHeader => {
+            headers.remove(key_header);
+        }
+        CredentialSource::Authorization => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        CredentialSource::None => {}
+    }
+    // A key header is removed even when the credential came from elsewhere: a key is never forwarded.
+    headers.remove(key_header);
+    remove_hop_by_hop(headers);
+    headers.remove(&X_APIWARD_USER);
+    headers.remove(&X_APIWARD_GROUP);
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What the gateway tells the upstream about the request.
+pub struct Forwarded<'a> {
+    pub peer: IpAddr,
+    pub peer_is_trusted: bool,
+    pub proto: &'static str,
+    pub user: &'a str,
+    pub group: &'a str,
+}
+
+/// Adds `X-Forwarded-*` and the identity headers. Call after `strip_request`.
+pub fn add_forwarding(headers: &mut HeaderMap, original_host: Option<HeaderValue>, fwd: &Forwarded<'_>) {
+    let peer = HeaderValue::from_str(&fwd.peer.to_string()).expect("an IP address is a valid header value");
+    if fwd.peer_is_trusted {
+        // Keep the chain the trusted proxy sent and append the hop we saw.
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if previous.is_empty() {
+            headers.insert(&X_FORWARDED_FOR, peer);
+        } else {
+            let chain = format!("{}, {}", previous.join(", "), fwd.peer);
+            match HeaderValue::from_str(&chain) {
+                Ok(v) => {
+                    headers.insert(&X_FORWARDED_FOR, v);
+                }
+                Err(_) => {
+                    headers.insert(&X_FORWARDED_FOR, peer);
+                }
+            }
+        }
+    } else {
+        // An untrusted peer's X-Forwarded-* are replaced, never believed.
+        headers.insert(&X_FORWARDED_FOR, peer);
+    }
+    if !fwd.peer_is_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    }
+    if !fwd.peer_is_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match original_host {
+            Some(host) => {
+                headers.insert(&X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(fwd.user) {
+        headers.insert(&X_APIWARD_USER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(fwd.group) {
+        headers.insert(&X_APIWARD_GROUP, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed_but_ours_are_added_after() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Forwarded-For, X-Apiward-User, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-apiward-user", HeaderValue::from_static("forged@example.org"));
+        h.insert("x-api-key", HeaderValue::from_static("aw_key"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_request(&mut h, &HeaderName::from_static("x-api-key"), CredentialSource::KeyHeader);
+        add_forwarding(
+            &mut h,
+            Some(HeaderValue::from_static("api.example.org")),
+            &Forwarded {
+                peer: "192.0.2.10".parse().unwrap(),
+                peer_is_trusted: false,
+                proto: "http",
+                user: "crm@example.org",
+                group: "g",
+            },
+        );
+        assert!(!h.contains_key("connection"));
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key("keep-alive"));
+        assert!(!h.contains_key("x-api-key"));
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.10");
+        assert_eq!(h["x-apiward-user"], "crm@example.org");
+        assert_eq!(h["x-forwarded-host"], "api.example.org");
+    }
+}

@@ -1,0 +1,219 @@
+//! The runtime configuration: an immutable, fully validated snapshot that requests are decided against.
+//!
+//! A snapshot is built once per (re)load by `config::compile` and shared through `ArcSwap`; nothing in
+//! it changes afterwards. State that changes per request lives outside, keyed by stable ids.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme};
+
+use crate::auth::address::{AddressBlock, SourceWhitelist};
+use crate::auth::permission::Permission;
+
+/// The SHA-256 digest of a whole key string: what the file stores and what lookups use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    pub fn of(key: &str) -> KeyDigest {
+        use sha2::Digest;
+        KeyDigest(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A digest is not a secret, but a short form is all a log ever needs.
+        write!(f, "KeyDigest({}…)", &self.to_hex()[..12])
+    }
+}
+
+impl Hash for KeyDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// A SHA-256 digest is already uniformly distributed: its first eight bytes are the hash.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a KeyDigest is hashed; FNV-1a keeps it correct.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type DigestMap<V> = HashMap<KeyDigest, V, BuildHasherDefault<DigestHasher>>;
+
+/// Index of a user in `Snapshot::users`; stable only within one snapshot.
+pub type UserIndex = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    Pending,
+    Inactive,
+}
+
+impl UserStatus {
+    pub fn parse(text: &str) -> Option<UserStatus> {
+        match text {
+            "active" => Some(UserStatus::Active),
+            "pending" => Some(UserStatus::Pending),
+            "inactive" => Some(UserStatus::Inactive),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Pending => "pending",
+            UserStatus::Inactive => "inactive",
+        }
+    }
+}
+
+/// A non-interactive principal that may only reach the APIs behind the gateway.
+#[derive(Debug, Clone)]
+pub struct ApiUser {
+    pub id: Box<str>,
+    pub display_name: Option<Box<str>>,
+    pub status: UserStatus,
+    pub group: u32,
+    pub sources: SourceWhitelist,
+    pub password_hash: Option<Box<str>>,
+}
+
+/// One key of a user; the key itself is never known, only its digest (the map key).
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub user: UserIndex,
+    pub prefix: Option<Box<str>>,
+    /// Unix seconds.
+    pub created: Option<i64>,
+    /// Unix seconds; the key is refused from this instant on.
+    pub expires: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: Box<str>,
+    pub permissions: Box<[Permission]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: Box<str>,
+    pub upstream: u32,
+}
+
+impl Route {
+    /// A prefix `/supporters/` also takes the bare `/supporters`, as nginx's `location` users expect.
+    pub fn matches(&self, path: &str) -> bool {
+        path.starts_with(&*self.prefix)
+            || (self.prefix.len() > 1
+                && self.prefix.ends_with('/')
+                && path == &self.prefix[..self.prefix.len() - 1])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: Box<str>,
+    pub url: Box<str>,
+    pub target: UpstreamTarget,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    /// `builtin:echo`: answers with a JSON document of what reached it.
+    Echo,
+    Http {
+        scheme: Scheme,
+        authority: Authority,
+        /// Prepended to the forwarded path; empty when the URL has no path.
+        base_path: Box<str>,
+    },
+}
+
+/// `[server]`: settings of the process itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub trusted_proxies: Box<[AddressBlock]>,
+    pub key_header: HeaderName,
+    pub workers: usize,
+    pub organisation: Option<String>,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// Everything a request is decided against.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub users: Box<[ApiUser]>,
+    pub user_index: HashMap<Box<str>, UserIndex>,
+    pub keys: DigestMap<ApiKey>,
+    pub groups: Box<[Group]>,
+    /// Longest prefix first, so the first match is the longest.
+    pub routes: Box<[Route]>,
+    pub upstreams: Box<[Upstream]>,
+}
+
+impl Snapshot {
+    pub fn user(&self, index: UserIndex) -> &ApiUser {
+        &self.users[index as usize]
+    }
+
+    pub fn user_by_id(&self, id: &str) -> Option<&ApiUser> {
+        self.user_index.get(id).map(|&i| self.user(i))
+    }
+
+    pub fn group_of(&self, user: &ApiUser) -> &Group {
+        &self.groups[user.group as usize]
+    }
+
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+
+    pub fn upstream(&self, route: &Route) -> &Upstream {
+        &self.upstreams[route.upstream as usize]
+    }
+
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = crate::auth::address::canonical(ip);
+        self.server.trusted_proxies.iter().any(|b| b.contains(ip))
+    }
+}
