@@ -1,7 +1,7 @@
 //! The one mapping from every refusal to its HTTP status, error code, message and headers.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 /// Why the gateway answered instead of the upstream. Matched exhaustively: a new refusal
@@ -18,10 +18,12 @@ pub enum Refusal {
     BadPath,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// Framing two parsers could read differently (`Transfer-Encoding` other than exactly `chunked`).
+    BadFraming,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -32,6 +34,7 @@ impl Refusal {
         Refusal::BadPath,
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamTimeout,
+        Refusal::BadFraming,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -43,7 +46,7 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::NoRoute => StatusCode::NOT_FOUND,
-            Refusal::BadPath => StatusCode::BAD_REQUEST,
+            Refusal::BadPath | Refusal::BadFraming => StatusCode::BAD_REQUEST,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -62,6 +65,7 @@ impl Refusal {
             Refusal::BadPath => "bad_path",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::BadFraming => "bad_framing",
         }
     }
 
@@ -96,6 +100,9 @@ impl Refusal {
             Refusal::UpstreamTimeout => {
                 "The API behind the gateway did not answer in time: retry later, and tell the operator if it persists."
             }
+            Refusal::BadFraming => {
+                "The request's framing is ambiguous: send either Content-Length or Transfer-Encoding: chunked, not both or another coding."
+            }
         }
     }
 
@@ -122,6 +129,10 @@ impl Refusal {
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"apiward\", error=\"invalid_token\""),
                 );
+            }
+            Refusal::BadFraming => {
+                // What follows this request on the connection cannot be delimited with certainty.
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             Refusal::BadPath
             | Refusal::UserInactive

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{self, Outcome, RequestFacts, credential};
-use crate::config::reload::{self, ConfigStore, ReloadOutcome, ReloadTrigger};
 use crate::config::ConfigErrors;
+use crate::config::reload::{self, ConfigStore, ReloadOutcome, ReloadTrigger};
 use crate::refusal::Refusal;
 use crate::snapshot::UpstreamTarget;
 
@@ -109,7 +109,11 @@ impl Gateway {
         } else {
             None
         };
-        tokio::spawn(reload::reload_loop(Arc::clone(&store), triggers_rx, |_: &ReloadOutcome| {}));
+        tokio::spawn(reload::reload_loop(
+            Arc::clone(&store),
+            triggers_rx,
+            |_: &ReloadOutcome| {},
+        ));
         if options.reload_on_sighup {
             spawn_sighup_forwarder(reload_triggers.clone());
         }
@@ -183,14 +187,20 @@ fn spawn_sighup_forwarder(triggers: mpsc::UnboundedSender<ReloadTrigger>) {
                 }
             });
         }
-        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file")
+        }
     }
 }
 
 #[cfg(not(unix))]
 fn spawn_sighup_forwarder(_: mpsc::UnboundedSender<ReloadTrigger>) {}
 
-async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -207,14 +217,22 @@ async fn accept_loop(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: wat
     }
     drop(listener);
     let grace = proxy.store.load().server.shutdown_timeout;
-    tracing::info!(open_connections = graceful.count(), "shutting down: no new connections, letting requests finish");
+    tracing::info!(
+        open_connections = graceful.count(),
+        "shutting down: no new connections, letting requests finish"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_timeout reached with requests still in flight; closing them"),
     }
 }
 
-fn serve_connection(proxy: &Arc<Proxy>, graceful: &GracefulShutdown, stream: TcpStream, peer: SocketAddr) {
+fn serve_connection(
+    proxy: &Arc<Proxy>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let (header_read_timeout, idle_timeout, max_header_bytes) = {
         let s = &proxy.store.load().server;
@@ -276,6 +294,9 @@ impl Proxy {
     }
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        if !framing_is_unambiguous(request.headers()) {
+            return refusal_response(Refusal::BadFraming);
+        }
         let forward = match self.decide(&request, peer) {
             Ok(f) => f,
             Err(refusal) => return refusal_response(refusal),
@@ -315,14 +336,24 @@ impl Proxy {
         })
     }
 
-    async fn forward(&self, request: Request<Incoming>, peer: SocketAddr, forward: Forward) -> Response<ResponseBody> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        forward: Forward,
+    ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
-        let original_host = parts
-            .headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        headers::strip_request(&mut parts.headers, &forward.key_header, forward.credential_source);
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_request(
+            &mut parts.headers,
+            &forward.key_header,
+            forward.credential_source,
+        );
         headers::add_forwarding(
             &mut parts.headers,
             original_host,
@@ -337,9 +368,13 @@ impl Proxy {
         match forward.target {
             UpstreamTarget::Echo => {
                 parts.uri = Uri::from(forward.path_and_query);
-                echo::respond(Request::from_parts(parts, body)).await.map(|b| Either::Right(Full::new(b)))
+                echo::respond(Request::from_parts(parts, body))
+                    .await
+                    .map(|b| Either::Right(Full::new(b)))
             }
-            UpstreamTarget::Http { scheme, authority, .. } => {
+            UpstreamTarget::Http {
+                scheme, authority, ..
+            } => {
                 if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                     parts.headers.insert(HOST, host);
                 }
@@ -353,7 +388,12 @@ impl Proxy {
                 };
                 parts.version = http::Version::HTTP_11;
                 let upstream_request = Request::from_parts(parts, body);
-                match tokio::time::timeout(forward.upstream_timeout, self.client.request(upstream_request)).await {
+                match tokio::time::timeout(
+                    forward.upstream_timeout,
+                    self.client.request(upstream_request),
+                )
+                .await
+                {
                     Ok(Ok(response)) => {
                         let (mut parts, body) = response.into_parts();
                         headers::remove_hop_by_hop(&mut parts.headers);
@@ -370,8 +410,24 @@ impl Proxy {
     }
 }
 
+/// hyper already refuses conflicting lengths and `Content-Length` with `Transfer-Encoding`
+/// (vendor/hyper); what it still accepts is a coding list ending in chunked, such as
+/// `gzip, chunked`, which a proxy must not pass on.
+fn framing_is_unambiguous(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.as_bytes().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// The upstream's base path, then the normalised path, then the query exactly as received.
-fn forwarded_path(target: &UpstreamTarget, path: &str, original: &Uri) -> Result<PathAndQuery, Refusal> {
+fn forwarded_path(
+    target: &UpstreamTarget,
+    path: &str,
+    original: &Uri,
+) -> Result<PathAndQuery, Refusal> {
     let base = match target {
         UpstreamTarget::Http { base_path, .. } => &**base_path,
         UpstreamTarget::Echo => "",
@@ -381,7 +437,9 @@ fn forwarded_path(target: &UpstreamTarget, path: &str, original: &Uri) -> Result
             return Ok(pq.clone());
         }
     }
-    let mut text = String::with_capacity(base.len() + path.len() + original.query().map_or(0, |q| q.len() + 1));
+    let mut text = String::with_capacity(
+        base.len() + path.len() + original.query().map_or(0, |q| q.len() + 1),
+    );
     text.push_str(base);
     text.push_str(path);
     if let Some(q) = original.query() {

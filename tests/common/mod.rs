@@ -1,0 +1,347 @@
+//! Test support: a real upstream, the real gateway in front of it from a TOML string, and clients,
+//! all on ephemeral loopback ports handed over as bound listeners (no port races).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use apiward::{Gateway, Options};
+
+/// A key and its digest, for building configs.
+pub struct TestKey {
+    pub key: String,
+    pub sha256: String,
+}
+
+impl TestKey {
+    pub fn new(label: &str) -> TestKey {
+        // Test keys have the real shape (aw_ + 43 base62 characters) but are derived from a label.
+        let mut body: String = format!("{label}TESTKEY")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        while body.len() < 43 {
+            body.push('0');
+        }
+        let key = format!("aw_{body}");
+        TestKey {
+            sha256: apiward::snapshot::KeyDigest::of(&key).to_hex(),
+            key,
+        }
+    }
+}
+
+/// A real HTTP upstream on 127.0.0.1 that describes what reached it as JSON
+/// (method, path, query, headers, body length) and can be told to misbehave.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The default upstream: answers every request with the JSON description of it.
+pub async fn echo_upstream() -> Upstream {
+    upstream_with(|req| async move { describe(req).await }).await
+}
+
+/// An upstream with a custom handler.
+pub async fn upstream_with<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let handler = Arc::clone(&handler);
+                    async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
+
+/// Reads the whole request body and describes the request.
+pub async fn describe(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<serde_json::Value> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        headers.insert(name.as_str().into(), serde_json::Value::Array(values));
+    }
+    let doc = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": body.len(),
+        "body_sha256": apiward::snapshot::KeyDigest::of(&String::from_utf8_lossy(&body)).to_hex(),
+    });
+    Response::new(Full::new(Bytes::from(doc.to_string())))
+}
+
+/// The gateway, started from a TOML string written to a temporary directory.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl TestGateway {
+    /// Starts on 127.0.0.1 with file watching on.
+    pub async fn start(toml: &str) -> TestGateway {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gateway");
+        TestGateway::start_on(toml, listener).await
+    }
+
+    pub async fn start_on(toml: &str, listener: std::net::TcpListener) -> TestGateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("apiward.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        TestGateway::start_at(dir, config_path, listener).await
+    }
+
+    /// Starts with the configuration at `config_path` (inside `dir`, which the gateway keeps alive).
+    pub async fn start_at(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        listener: std::net::TcpListener,
+    ) -> TestGateway {
+        let gateway = Gateway::start(&config_path, Some(listener), Options::default())
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        TestGateway {
+            addr: gateway.local_addr(),
+            gateway: Some(gateway),
+            dir,
+            config_path,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    /// Replaces the configuration the way editors do: write a temporary file, rename it over.
+    pub fn replace_config(&self, toml: &str) {
+        replace_file(&self.config_path, toml);
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+}
+
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).expect("write temp config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error` code of a refusal.
+    pub fn error_code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or("").to_string()
+    }
+
+    /// A header the upstream saw, from the JSON description; None if absent.
+    pub fn upstream_header(&self, name: &str) -> Option<Vec<String>> {
+        self.json()["headers"][name].as_array().map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends one request with the given method, URL, headers and body.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(20), client().request(request))
+        .await
+        .expect("no response within 20s")
+        .expect("request failed");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send("GET", url, headers, "").await
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it (or 5s pass).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    read_until_close(&mut stream, Duration::from_secs(5)).await
+}
+
+pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `check` until it returns true, for up to 10 seconds; returns whether it did.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A config with one upstream, routes, two groups and the given users (TOML for `[users.*]` tables).
+pub fn config(upstream_url: &str, users: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+upstream_timeout = "2s"
+
+[upstreams.api]
+url = "{upstream_url}"
+
+[upstreams.echo]
+url = "builtin:echo"
+
+[[routes]]
+prefix = "/supporters/"
+upstream = "api"
+
+[[routes]]
+prefix = "/pages/"
+upstream = "api"
+
+[[routes]]
+prefix = "/echo/"
+upstream = "echo"
+
+[groups.manage-supporters]
+allow = [
+  {{ path = "/supporters/**", verbs = ["view", "create", "modify"] }},
+  {{ path = "/pages/*", verbs = ["view"] }},
+  {{ path = "/echo/**", verbs = ["view", "create"] }},
+]
+
+[groups.nothing]
+allow = []
+
+{users}
+"#
+    )
+}
+
+/// A `[users."id"]` table.
+pub fn user(id: &str, status: &str, group: &str, addresses: &str, keys: &[&TestKey]) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{{ sha256 = \"{}\", created = 2026-01-01T00:00:00Z }}",
+                k.sha256
+            )
+        })
+        .collect();
+    format!(
+        "[users.\"{id}\"]\nstatus = \"{status}\"\ngroup = \"{group}\"\nremote_addresses = \"{addresses}\"\nkeys = [{}]\n\n",
+        keys.join(", ")
+    )
+}
