@@ -12,7 +12,11 @@ use apiward::{Gateway, Options};
 const DEFAULT_CONFIG: &str = "config/apiward.toml";
 
 #[derive(Parser)]
-#[command(name = "apiward", version, about = "An authenticating reverse proxy for API users")]
+#[command(
+    name = "apiward",
+    version,
+    about = "An authenticating reverse proxy for API users"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,10 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("APIWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -71,7 +78,11 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: {} error(s); the file was not accepted", path.display(), errors.0.len());
+            eprintln!(
+                "{}: {} error(s); the file was not accepted",
+                path.display(),
+                errors.0.len()
+            );
             ExitCode::FAILURE
         }
     }

@@ -26,7 +26,11 @@ impl AddressBlock {
             None => max,
             Some(p) => match p.parse::<u8>() {
                 Ok(n) if n <= max && !p.starts_with('+') => n,
-                _ => return Err(format!("{text:?} has an invalid prefix length: use 0 to {max}")),
+                _ => {
+                    return Err(format!(
+                        "{text:?} has an invalid prefix length: use 0 to {max}"
+                    ));
+                }
             },
         };
         let block = match addr {
@@ -77,8 +81,13 @@ impl AddressBlock {
 impl fmt::Display for AddressBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            AddressBlock::V4 { network, prefix: 32 } => write!(f, "{}", Ipv4Addr::from(network)),
-            AddressBlock::V4 { network, prefix } => write!(f, "{}/{prefix}", Ipv4Addr::from(network)),
+            AddressBlock::V4 {
+                network,
+                prefix: 32,
+            } => write!(f, "{}", Ipv4Addr::from(network)),
+            AddressBlock::V4 { network, prefix } => {
+                write!(f, "{}/{prefix}", Ipv4Addr::from(network))
+            }
             AddressBlock::V6 {
                 network,
                 prefix: 128,
@@ -130,14 +139,18 @@ impl SourceWhitelist {
     }
 
     /// Builds a whitelist from separate entries (the TOML array form).
-    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<SourceWhitelist, String> {
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = &'a str>,
+    ) -> Result<SourceWhitelist, String> {
         let entries: Vec<&str> = entries.into_iter().collect();
         if entries.is_empty() {
             return Err("the address list is empty: list the addresses this user calls from, or \"*\" to allow any source".into());
         }
         if entries.contains(&"*") {
             if entries.len() > 1 {
-                return Err("\"*\" allows every source and cannot be combined with other addresses".into());
+                return Err(
+                    "\"*\" allows every source and cannot be combined with other addresses".into(),
+                );
             }
             return Ok(SourceWhitelist::Any);
         }
@@ -145,10 +158,15 @@ impl SourceWhitelist {
         for entry in entries {
             let entry_trimmed = entry.trim();
             if entry_trimmed.is_empty() {
-                return Err("the address list has an empty entry (two '~' in a row, or one at either end)".into());
+                return Err(
+                    "the address list has an empty entry (two '~' in a row, or one at either end)"
+                        .into(),
+                );
             }
             if entry_trimmed != entry {
-                return Err(format!("{entry:?} contains spaces: write addresses without spaces"));
+                return Err(format!(
+                    "{entry:?} contains spaces: write addresses without spaces"
+                ));
             }
             blocks.push(AddressBlock::parse(entry)?);
         }
@@ -229,7 +247,10 @@ mod tests {
         let w = SourceWhitelist::parse_tilde("::/0").unwrap();
         assert!(w.allows(ip("2001:db8::1")));
         assert!(SourceWhitelist::parse_tilde("*").unwrap().allows(ip("::1")));
-        assert_eq!(SourceWhitelist::parse_tilde("*").unwrap(), SourceWhitelist::Any);
+        assert_eq!(
+            SourceWhitelist::parse_tilde("*").unwrap(),
+            SourceWhitelist::Any
+        );
     }
 
     #[test]
@@ -264,7 +285,10 @@ mod tests {
             "127.1",
             "010.0.0.1",
         ] {
-            assert!(SourceWhitelist::parse_tilde(bad).is_err(), "{bad:?} was accepted");
+            assert!(
+                SourceWhitelist::parse_tilde(bad).is_err(),
+                "{bad:?} was accepted"
+            );
         }
         let err = SourceWhitelist::parse_tilde("198.51.100.7/24").unwrap_err();
         assert!(err.contains("198.51.100.0/24"), "{err}");

@@ -10,7 +10,10 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderName};
 pub enum Credential<'r> {
     Missing,
     Key(&'r str),
-    Basic { user: &'r str, password: &'r str },
+    Basic {
+        user: &'r str,
+        password: &'r str,
+    },
     /// Something was presented but cannot be read (two key headers, bad Base64, no ':').
     Malformed,
 }
@@ -135,7 +138,10 @@ mod tests {
             extract(&h, &x_api_key(), &mut s),
             (Credential::Key("aw_two"), CredentialSource::Authorization)
         );
-        let h = headers(&[("authorization", "Basic Y3JtQGV4YW1wbGUub3JnOnNlY3JldDE6Mg==")]);
+        let h = headers(&[(
+            "authorization",
+            "Basic Y3JtQGV4YW1wbGUub3JnOnNlY3JldDE6Mg==",
+        )]);
         let mut s = String::new();
         assert_eq!(
             extract(&h, &x_api_key(), &mut s).0,
@@ -156,7 +162,11 @@ mod tests {
         ] {
             let h = headers(&[(name, value)]);
             let mut s = String::new();
-            assert_eq!(extract(&h, &x_api_key(), &mut s).0, Credential::Malformed, "{value}");
+            assert_eq!(
+                extract(&h, &x_api_key(), &mut s).0,
+                Credential::Malformed,
+                "{value}"
+            );
         }
         let h = headers(&[("x-api-key", "a"), ("x-api-key", "b")]);
         let mut s = String::new();

@@ -73,15 +73,34 @@ impl Trace for NoTrace {
 #[derive(Debug)]
 pub enum Step<'a> {
     Credential(&'a Credential<'a>),
-    KeyFound { user: &'a ApiUser, key: &'a ApiKey },
+    KeyFound {
+        user: &'a ApiUser,
+        key: &'a ApiKey,
+    },
     KeyNotFound,
-    PasswordChecked { user: &'a ApiUser, ok: bool },
-    KeyExpiry { expires: Option<i64>, now: i64 },
+    PasswordChecked {
+        user: &'a ApiUser,
+        ok: bool,
+    },
+    KeyExpiry {
+        expires: Option<i64>,
+        now: i64,
+    },
     Status(UserStatus),
-    Source { client: IpAddr, allowed: bool, whitelist: &'a address::SourceWhitelist },
-    Path { normalised: Result<&'a str, path::BadPath> },
+    Source {
+        client: IpAddr,
+        allowed: bool,
+        whitelist: &'a address::SourceWhitelist,
+    },
+    Path {
+        normalised: Result<&'a str, path::BadPath>,
+    },
     Route(Option<(&'a Route, &'a Upstream)>),
-    Permission { group: &'a Group, verb: Option<VerbSet>, allowed_by: Option<&'a permission::Permission> },
+    Permission {
+        group: &'a Group,
+        verb: Option<VerbSet>,
+        allowed_by: Option<&'a permission::Permission>,
+    },
 }
 
 /// Checks a Basic-auth password against a user's stored hash. Supplied by the caller, because a
@@ -100,7 +119,11 @@ impl PasswordCheck for NoPasswords {
 }
 
 /// Decides one request against one snapshot.
-pub fn decide<'s, 'r>(snapshot: &'s Snapshot, facts: &RequestFacts<'r>, passwords: &impl PasswordCheck) -> Decision<'s, 'r> {
+pub fn decide<'s, 'r>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts<'r>,
+    passwords: &impl PasswordCheck,
+) -> Decision<'s, 'r> {
     decide_traced(snapshot, facts, passwords, &mut NoTrace)
 }
 
@@ -143,7 +166,9 @@ pub fn decide_traced<'s, 'r>(
             }
         }
         Credential::Basic { user: id, password } => {
-            let user = snapshot.user_by_id(id).filter(|u| u.password_hash.is_some());
+            let user = snapshot
+                .user_by_id(id)
+                .filter(|u| u.password_hash.is_some());
             let ok = user.is_some_and(|u| passwords.verify(u, password));
             match user {
                 Some(user) if ok => {
@@ -186,7 +211,9 @@ pub fn decide_traced<'s, 'r>(
             return refused(Some(user), key, Refusal::BadPath);
         }
     };
-    trace.step(Step::Path { normalised: Ok(&path) });
+    trace.step(Step::Path {
+        normalised: Ok(&path),
+    });
     let Some(route) = snapshot.route_for(&path) else {
         trace.step(Step::Route(None));
         return refused(Some(user), key, Refusal::NoRoute);
@@ -201,7 +228,11 @@ pub fn decide_traced<'s, 'r>(
             .iter()
             .find(|p| p.verbs.contains(v) && p.pattern.matches(&path))
     });
-    trace.step(Step::Permission { group, verb, allowed_by });
+    trace.step(Step::Permission {
+        group,
+        verb,
+        allowed_by,
+    });
     if allowed_by.is_none() {
         return refused(Some(user), key, Refusal::Forbidden);
     }

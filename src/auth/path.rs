@@ -49,7 +49,10 @@ fn is_already_normal(bytes: &[u8]) -> Result<bool, BadPath> {
             b'.' if prev == b'/' => {
                 // "/." starts a "." or ".." segment only when followed by '/', '.' + '/', or the end.
                 let rest = &bytes[i + 1..];
-                if rest.is_empty() || rest[0] == b'/' || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/')) {
+                if rest.is_empty()
+                    || rest[0] == b'/'
+                    || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/'))
+                {
                     normal = false;
                 }
             }
@@ -139,13 +142,24 @@ mod tests {
     use super::*;
 
     fn ok(p: &str) -> String {
-        normalise(p).unwrap_or_else(|e| panic!("{p:?} refused: {e}")).into_owned()
+        normalise(p)
+            .unwrap_or_else(|e| panic!("{p:?} refused: {e}"))
+            .into_owned()
     }
 
     #[test]
     fn normal_paths_are_borrowed_unchanged() {
-        for p in ["/", "/supporters/", "/supporters/123", "/a.b/c..d/.e/f.", "/a/b?c"] {
-            assert!(matches!(normalise(p), Ok(Cow::Borrowed(q)) if q == p), "{p}");
+        for p in [
+            "/",
+            "/supporters/",
+            "/supporters/123",
+            "/a.b/c..d/.e/f.",
+            "/a/b?c",
+        ] {
+            assert!(
+                matches!(normalise(p), Ok(Cow::Borrowed(q)) if q == p),
+                "{p}"
+            );
         }
     }
 

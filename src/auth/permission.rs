@@ -95,9 +95,15 @@ impl PathPattern {
                         "in {text:?}, '*' must be a whole segment ('/pages/*'), not part of one"
                     ));
                 }
-                "." | ".." => return Err(format!("path pattern {text:?} must not contain '.' or '..' segments")),
+                "." | ".." => {
+                    return Err(format!(
+                        "path pattern {text:?} must not contain '.' or '..' segments"
+                    ));
+                }
                 p if p.contains('%') || p.contains('\\') => {
-                    return Err(format!("path pattern {text:?} must be written decoded, without '%' or '\\'"));
+                    return Err(format!(
+                        "path pattern {text:?} must be written decoded, without '%' or '\\'"
+                    ));
                 }
                 p if p.is_empty() && !last => {
                     return Err(format!("path pattern {text:?} contains '//'"));
@@ -157,7 +163,12 @@ mod tests {
     #[test]
     fn double_star_matches_everything_below() {
         let pat = p("/supporters/**");
-        for path in ["/supporters", "/supporters/", "/supporters/1", "/supporters/1/notes/"] {
+        for path in [
+            "/supporters",
+            "/supporters/",
+            "/supporters/1",
+            "/supporters/1/notes/",
+        ] {
             assert!(pat.matches(path), "{path}");
         }
         for path in ["/", "/supporterss", "/supporters2/x", "/pages/supporters/1"] {
@@ -188,7 +199,15 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_refused() {
-        for bad in ["supporters", "/a/**/b", "/a*", "/a/../b", "/a//b", "/a%2fb", "/a/*x"] {
+        for bad in [
+            "supporters",
+            "/a/**/b",
+            "/a*",
+            "/a/../b",
+            "/a//b",
+            "/a%2fb",
+            "/a/*x",
+        ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
     }

@@ -12,8 +12,8 @@ use http::uri::{Scheme, Uri};
 use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
-use super::error::{ConfigError, ConfigErrors, Locator};
 use super::duration::parse_duration;
+use super::error::{ConfigError, ConfigErrors, Locator};
 use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
@@ -143,7 +143,8 @@ impl Compiler<'_> {
         let mut users = Vec::with_capacity(raw.users.len());
         let mut user_index = HashMap::with_capacity(raw.users.len());
         let key_count = raw.users.values().map(|u| u.get_ref().keys.len()).sum();
-        let mut keys: DigestMap<ApiKey> = DigestMap::with_capacity_and_hasher(key_count, Default::default());
+        let mut keys: DigestMap<ApiKey> =
+            DigestMap::with_capacity_and_hasher(key_count, Default::default());
         for (id, user) in &raw.users {
             let index = users.len() as UserIndex;
             if let Some(api_user) = self.user(id, user, &group_index, &raw, index, &mut keys) {
@@ -167,7 +168,11 @@ impl Compiler<'_> {
     fn server(&mut self, raw: &RawServer) -> ServerSettings {
         let listen = self
             .socket_addr(raw.listen.as_ref(), "listen")
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default listen address is valid"));
+            .unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("the default listen address is valid")
+            });
         let admin_listen = self.socket_addr(raw.admin_listen.as_ref(), "admin_listen");
         let mut trusted_proxies = Vec::new();
         for cidr in raw.trusted_proxies.iter().flatten() {
@@ -191,7 +196,10 @@ impl Compiler<'_> {
             Some(w) => match usize::try_from(*w.get_ref()) {
                 Ok(n) if (1..=1024).contains(&n) => n,
                 _ => {
-                    self.error(w.span(), "workers must be between 1 and 1024 (leave it out to use one per core)");
+                    self.error(
+                        w.span(),
+                        "workers must be between 1 and 1024 (leave it out to use one per core)",
+                    );
                     1
                 }
             },
@@ -201,7 +209,10 @@ impl Compiler<'_> {
             Some(m) => match usize::try_from(*m.get_ref()) {
                 Ok(n) if (1024..=1024 * 1024).contains(&n) => n,
                 _ => {
-                    self.error(m.span(), "max_header_bytes must be between 1024 and 1048576");
+                    self.error(
+                        m.span(),
+                        "max_header_bytes must be between 1024 and 1048576",
+                    );
                     32 * 1024
                 }
             },
@@ -236,7 +247,12 @@ impl Compiler<'_> {
         }
     }
 
-    fn duration(&mut self, value: Option<&Spanned<String>>, default: &str, nonzero: bool) -> Duration {
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        nonzero: bool,
+    ) -> Duration {
         let fallback = parse_duration(default).expect("defaults are valid durations");
         let Some(v) = value else { return fallback };
         match parse_duration(v.get_ref()) {
@@ -281,11 +297,17 @@ impl Compiler<'_> {
             return None;
         };
         if authority.as_str().contains('@') {
-            self.error(url.span(), format!("{text:?}: credentials in upstream URLs are not supported"));
+            self.error(
+                url.span(),
+                format!("{text:?}: credentials in upstream URLs are not supported"),
+            );
             return None;
         }
         if uri.query().is_some() {
-            self.error(url.span(), format!("{text:?}: an upstream URL cannot have a query string"));
+            self.error(
+                url.span(),
+                format!("{text:?}: an upstream URL cannot have a query string"),
+            );
             return None;
         }
         let base_path = uri.path().trim_end_matches('/');
@@ -315,7 +337,10 @@ impl Compiler<'_> {
         if status.is_none() {
             self.error(
                 u.status.span(),
-                format!("status {:?} is not one of: active, pending, inactive", u.status.get_ref()),
+                format!(
+                    "status {:?} is not one of: active, pending, inactive",
+                    u.status.get_ref()
+                ),
             );
         }
         let group = group_index.get(u.group.get_ref()).copied();
@@ -344,7 +369,9 @@ impl Compiler<'_> {
             Some(addrs) => {
                 let parsed = match addrs.get_ref() {
                     RawAddresses::Tilde(s) => SourceWhitelist::parse_tilde(s),
-                    RawAddresses::List(l) => SourceWhitelist::from_entries(l.iter().map(String::as_str)),
+                    RawAddresses::List(l) => {
+                        SourceWhitelist::from_entries(l.iter().map(String::as_str))
+                    }
                 };
                 match parsed {
                     Ok(w) => Some(w),
@@ -402,7 +429,10 @@ impl Compiler<'_> {
             status: status?,
             group: group?,
             sources: sources?,
-            password_hash: u.password_hash.as_ref().map(|h| h.get_ref().as_str().into()),
+            password_hash: u
+                .password_hash
+                .as_ref()
+                .map(|h| h.get_ref().as_str().into()),
         })
     }
 
@@ -432,7 +462,9 @@ fn check_route_prefix(prefix: &str) -> Result<(), String> {
     }
     match crate::auth::path::normalise(prefix) {
         Ok(n) if n == prefix => Ok(()),
-        Ok(n) => Err(format!("route prefix {prefix:?} is not in normal form: write {n:?}")),
+        Ok(n) => Err(format!(
+            "route prefix {prefix:?} is not in normal form: write {n:?}"
+        )),
         Err(e) => Err(format!("route prefix {prefix:?} is not a valid path: {e}")),
     }
 }
@@ -459,17 +491,26 @@ fn check_key_header(name: &str) -> Result<HeaderName, String> {
 
 /// A user id is email-shaped: `local@domain`, no spaces, no ':' (it is the Basic-auth user name).
 pub fn check_user_id(id: &str) -> Result<(), String> {
-    let shape = "a user id is email-shaped, like \"crm-sync@example.org\" (it need not be a real mailbox)";
+    let shape =
+        "a user id is email-shaped, like \"crm-sync@example.org\" (it need not be a real mailbox)";
     if id.len() > 254 {
         return Err(format!("user id is longer than 254 characters: {shape}"));
     }
     let Some((local, domain)) = id.split_once('@') else {
         return Err(format!("user id {id:?} has no '@': {shape}"));
     };
-    if local.is_empty() || domain.is_empty() || domain.contains('@') || domain.starts_with('.') || domain.ends_with('.') {
+    if local.is_empty()
+        || domain.is_empty()
+        || domain.contains('@')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
         return Err(format!("user id {id:?} is not email-shaped: {shape}"));
     }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '"') {
+    if id
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '"')
+    {
         return Err(format!(
             "user id {id:?} contains a space, a control character, '\"' or ':': {shape}"
         ));
@@ -480,13 +521,19 @@ pub fn check_user_id(id: &str) -> Result<(), String> {
 fn parse_digest(text: &str) -> Result<KeyDigest, String> {
     let hint = "sha256 must be the 64-character hex SHA-256 digest of the whole key (e.g. `printf %s \"$KEY\" | sha256sum`), never the key itself";
     if text.starts_with("aw_") {
-        return Err(format!("this looks like a key, not a digest: remove it from the file and revoke it; {hint}"));
+        return Err(format!(
+            "this looks like a key, not a digest: remove it from the file and revoke it; {hint}"
+        ));
     }
     if text.len() != 64 {
-        return Err(format!("the digest has {} characters, not 64: {hint}", text.len()));
+        return Err(format!(
+            "the digest has {} characters, not 64: {hint}",
+            text.len()
+        ));
     }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).map_err(|_| format!("the digest is not hexadecimal: {hint}"))?;
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|_| format!("the digest is not hexadecimal: {hint}"))?;
     Ok(KeyDigest(out))
 }
 
@@ -497,7 +544,11 @@ pub fn unix_seconds(dt: &Datetime) -> Result<i64, String> {
             "{dt} needs a date, a time and a time zone, e.g. 2026-11-22T10:00:00Z"
         ));
     };
-    let days = days_from_civil(i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    let days = days_from_civil(
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
     let offset_minutes = match offset {
         Offset::Z => 0,
         Offset::Custom { minutes } => i64::from(minutes),

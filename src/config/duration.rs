@@ -61,7 +61,16 @@ mod tests {
 
     #[test]
     fn refuses_what_is_ambiguous() {
-        for bad in ["", "2", "s", "2 s", "2x", "-1s", "1.5s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "2",
+            "s",
+            "2 s",
+            "2x",
+            "-1s",
+            "1.5s",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
     }

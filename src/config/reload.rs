@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::mpsc;
 
-use super::error::{ConfigErrors, whole_file};
 use super::diff::ChangeSummary;
+use super::error::{ConfigErrors, whole_file};
 use crate::snapshot::Snapshot;
 
 /// What one reload did.
@@ -140,7 +140,8 @@ impl ConfigStore {
             *f = None;
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.loaded_at_unix.store(now_unix() as u64, Ordering::Relaxed);
+        self.loaded_at_unix
+            .store(now_unix() as u64, Ordering::Relaxed);
         self.reloads_applied.fetch_add(1, Ordering::Relaxed);
         ReloadOutcome::Applied {
             generation,

@@ -40,7 +40,9 @@ pub fn client_address(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap
     // Later header lines were appended by nearer proxies, so walk the lines and entries from the end.
     let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for line in lines.iter().rev() {
-        let Ok(text) = line.to_str() else { return client };
+        let Ok(text) = line.to_str() else {
+            return client;
+        };
         for entry in text.rsplit(',') {
             let Some(ip) = parse_forwarded_entry(entry.trim()) else {
                 // An address we cannot read: stop at the last hop we could vouch for.
@@ -66,7 +68,11 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
 /// Removes the headers that must not reach the upstream, in this order: the credential, every
 /// hop-by-hop header and every header `Connection` names, and identity headers a client may
 /// have forged. Only after that does the gateway add its own, so a client cannot make it drop them.
-pub fn strip_request(headers: &mut HeaderMap, key_header: &HeaderName, credential: CredentialSource) {
+pub fn strip_request(
+    headers: &mut HeaderMap,
+    key_header: &HeaderName,
+    credential: CredentialSource,
+) {
     match credential {
         CredentialSource::KeyHeader => {
             headers.remove(key_header);
@@ -112,8 +118,13 @@ pub struct Forwarded<'a> {
 }
 
 /// Adds `X-Forwarded-*` and the identity headers. Call after `strip_request`.
-pub fn add_forwarding(headers: &mut HeaderMap, original_host: Option<HeaderValue>, fwd: &Forwarded<'_>) {
-    let peer = HeaderValue::from_str(&fwd.peer.to_string()).expect("an IP address is a valid header value");
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    original_host: Option<HeaderValue>,
+    fwd: &Forwarded<'_>,
+) {
+    let peer = HeaderValue::from_str(&fwd.peer.to_string())
+        .expect("an IP address is a valid header value");
     if fwd.peer_is_trusted {
         // Keep the chain the trusted proxy sent and append the hop we saw.
         let previous: Vec<&str> = headers
@@ -166,13 +177,23 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed_but_ours_are_added_after() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Forwarded-For, X-Apiward-User, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Forwarded-For, X-Apiward-User, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("x-apiward-user", HeaderValue::from_static("forged@example.org"));
+        h.insert(
+            "x-apiward-user",
+            HeaderValue::from_static("forged@example.org"),
+        );
         h.insert("x-api-key", HeaderValue::from_static("aw_key"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_request(&mut h, &HeaderName::from_static("x-api-key"), CredentialSource::KeyHeader);
+        strip_request(
+            &mut h,
+            &HeaderName::from_static("x-api-key"),
+            CredentialSource::KeyHeader,
+        );
         add_forwarding(
             &mut h,
             Some(HeaderValue::from_static("api.example.org")),
