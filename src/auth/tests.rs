@@ -1,1 +1,300 @@
+use std::path::Path;
 
+use super::*;
+use crate::snapshot::Snapshot;
+
+const NOW: i64 = 1_795_341_600; // 2026-11-22T10:00:00Z
+
+fn snapshot() -> Snapshot {
+    let text = format!(
+        r#"
+[upstreams.api]
+url = "http://127.0.0.1:9000"
+
+[[routes]]
+prefix = "/supporters/"
+upstream = "api"
+
+[[routes]]
+prefix = "/pages/"
+upstream = "api"
+
+[groups.g]
+allow = [
+  {{ path = "/supporters/**", verbs = ["view", "create"] }},
+  {{ path = "/pages/*", verbs = ["view"] }},
+]
+
+[users."a@example.org"]
+status = "active"
+group = "g"
+remote_addresses = "192.0.2.10~198.51.100.0/24"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+keys = [
+  {{ sha256 = "{}" }},
+  {{ sha256 = "{}", expires = 2026-11-22T10:00:00Z }},
+]
+
+[users."p@example.org"]
+status = "pending"
+group = "g"
+remote_addresses = "*"
+keys = [{{ sha256 = "{}" }}]
+"#,
+        KeyDigest::of("aw_a").to_hex(),
+        KeyDigest::of("aw_a_old").to_hex(),
+        KeyDigest::of("aw_p").to_hex(),
+    );
+    crate::config::compile(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn facts<'r>(
+    method: &'r Method,
+    path: &'r str,
+    credential: Credential<'r>,
+    client: &str,
+) -> RequestFacts<'r> {
+    RequestFacts {
+        method,
+        path,
+        credential,
+        client: client.parse().unwrap(),
+        now: NOW,
+    }
+}
+
+fn refusal(d: &Decision<'_, '_>) -> Option<Refusal> {
+    match d.outcome {
+        Outcome::Allowed(_) => None,
+        Outcome::Refused(r) => Some(r),
+    }
+}
+
+/// Accepts exactly one password, to test the Basic branch without Argon2.
+struct OnePassword(&'static str);
+
+impl PasswordCheck for OnePassword {
+    fn verify(&self, _: &ApiUser, password: &str) -> bool {
+        password == self.0
+    }
+}
+
+#[test]
+fn the_checks_run_in_order() {
+    let s = snapshot();
+    let get = Method::GET;
+    let delete = Method::DELETE;
+    let cases: [(&Method, &str, Credential<'_>, &str, Option<Refusal>); 12] = [
+        (
+            &get,
+            "/nowhere",
+            Credential::Missing,
+            "192.0.2.10",
+            Some(Refusal::MissingCredentials),
+        ),
+        (
+            &get,
+            "/nowhere",
+            Credential::Malformed,
+            "192.0.2.10",
+            Some(Refusal::InvalidCredentials),
+        ),
+        (
+            &get,
+            "/nowhere",
+            Credential::Key("aw_x"),
+            "192.0.2.10",
+            Some(Refusal::InvalidCredentials),
+        ),
+        (
+            &get,
+            "/nowhere",
+            Credential::Key("aw_a_old"),
+            "192.0.2.10",
+            Some(Refusal::KeyExpired),
+        ),
+        (
+            &get,
+            "/nowhere",
+            Credential::Key("aw_p"),
+            "192.0.2.10",
+            Some(Refusal::UserInactive),
+        ),
+        (
+            &get,
+            "/nowhere",
+            Credential::Key("aw_a"),
+            "192.0.2.11",
+            Some(Refusal::UnregisteredSource),
+        ),
+        (
+            &get,
+            "/a%2fb",
+            Credential::Key("aw_a"),
+            "192.0.2.10",
+            Some(Refusal::BadPath),
+        ),
+        (
+            &get,
+            "/nowhere",
+            Credential::Key("aw_a"),
+            "192.0.2.10",
+            Some(Refusal::NoRoute),
+        ),
+        (
+            &delete,
+            "/supporters/1",
+            Credential::Key("aw_a"),
+            "192.0.2.10",
+            Some(Refusal::Forbidden),
+        ),
+        (
+            &get,
+            "/pages/1/x",
+            Credential::Key("aw_a"),
+            "198.51.100.7",
+            Some(Refusal::Forbidden),
+        ),
+        (
+            &get,
+            "/supporters/1",
+            Credential::Key("aw_a"),
+            "::ffff:198.51.100.7",
+            None,
+        ),
+        (
+            &get,
+            "/pages/1",
+            Credential::Key("aw_a"),
+            "192.0.2.10",
+            None,
+        ),
+    ];
+    for (method, path, credential, client, want) in cases {
+        let f = facts(method, path, credential.clone(), client);
+        let d = decide(&s, &f, &NoPasswords);
+        assert_eq!(
+            refusal(&d),
+            want,
+            "{method} {path} {credential:?} from {client}"
+        );
+    }
+}
+
+#[test]
+fn a_key_expires_at_its_instant_exactly() {
+    let s = snapshot();
+    let get = Method::GET;
+    let mut f = facts(
+        &get,
+        "/supporters/1",
+        Credential::Key("aw_a_old"),
+        "192.0.2.10",
+    );
+    f.now = NOW - 1;
+    assert_eq!(refusal(&decide(&s, &f, &NoPasswords)), None);
+    f.now = NOW;
+    assert_eq!(
+        refusal(&decide(&s, &f, &NoPasswords)),
+        Some(Refusal::KeyExpired)
+    );
+}
+
+#[test]
+fn basic_credentials_go_through_the_same_checks() {
+    let s = snapshot();
+    let get = Method::GET;
+    let ok = Credential::Basic {
+        user: "a@example.org",
+        password: "right",
+    };
+    let wrong = Credential::Basic {
+        user: "a@example.org",
+        password: "wrong",
+    };
+    let nobody = Credential::Basic {
+        user: "nobody@example.org",
+        password: "right",
+    };
+    let no_hash = Credential::Basic {
+        user: "p@example.org",
+        password: "right",
+    };
+    let pw = OnePassword("right");
+    let d = decide(
+        &s,
+        &facts(&get, "/supporters/1", ok.clone(), "192.0.2.10"),
+        &pw,
+    );
+    assert_eq!(refusal(&d), None);
+    assert_eq!(d.user.unwrap().id.as_ref(), "a@example.org");
+    assert!(d.key.is_none());
+    for c in [wrong, nobody, no_hash] {
+        let d = decide(&s, &facts(&get, "/supporters/1", c, "192.0.2.10"), &pw);
+        assert_eq!(refusal(&d), Some(Refusal::InvalidCredentials));
+        assert!(
+            d.user.is_none(),
+            "a failed password must not reveal whether the user exists"
+        );
+    }
+    let d = decide(&s, &facts(&get, "/supporters/1", ok, "203.0.113.1"), &pw);
+    assert_eq!(refusal(&d), Some(Refusal::UnregisteredSource));
+}
+
+#[test]
+fn the_allowed_path_is_the_normalised_one() {
+    let s = snapshot();
+    let get = Method::GET;
+    let d = decide(
+        &s,
+        &facts(
+            &get,
+            "/pages/../supporters/%31",
+            Credential::Key("aw_a"),
+            "192.0.2.10",
+        ),
+        &NoPasswords,
+    );
+    match d.outcome {
+        Outcome::Allowed(g) => {
+            assert_eq!(g.path, "/supporters/1");
+            assert_eq!(g.route.prefix.as_ref(), "/supporters/");
+        }
+        Outcome::Refused(r) => panic!("refused: {r:?}"),
+    }
+}
+
+#[test]
+fn a_trace_sees_every_step_of_an_allowed_request() {
+    struct Collect(Vec<String>);
+    impl Trace for Collect {
+        fn step(&mut self, step: Step<'_>) {
+            let name = format!("{step:?}");
+            self.0
+                .push(name.split([' ', '(', '{']).next().unwrap_or("").to_string());
+        }
+    }
+    let s = snapshot();
+    let get = Method::GET;
+    let mut t = Collect(Vec::new());
+    let d = decide_traced(
+        &s,
+        &facts(&get, "/supporters/1", Credential::Key("aw_a"), "192.0.2.10"),
+        &NoPasswords,
+        &mut t,
+    );
+    assert_eq!(refusal(&d), None);
+    assert_eq!(
+        t.0,
+        [
+            "Credential",
+            "KeyFound",
+            "KeyExpiry",
+            "Status",
+            "Source",
+            "Path",
+            "Route",
+            "Permission"
+        ]
+    );
+}

@@ -1,1 +1,283 @@
+use std::path::Path;
 
+use super::*;
+
+const DIGEST_A: &str = "70451612f7945c07e4d9411a60867e9aa5dc99c06cb91b87476a3f85d4ea217c";
+const DIGEST_B: &str = "b7208c2dcd60a3d5118be65f8e96430144f8a804904474ed73e33633272c7ba5";
+
+fn base(users: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.api]
+url = "http://127.0.0.1:9000/base/"
+
+[[routes]]
+prefix = "/supporters/"
+upstream = "api"
+
+[groups.g]
+allow = [{{ path = "/supporters/**", verbs = ["view"] }}]
+
+{users}"#
+    )
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match compile(Path::new("conf/apiward.toml"), text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// The 1-based line of the first occurrence of `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).expect("needle present")]
+        .matches('\n')
+        .count()
+        + 1
+}
+
+#[test]
+fn the_shipped_configuration_compiles() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apiward.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let s = compile(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert!(s.users.len() >= 2);
+    assert!(s.keys.contains_key(&KeyDigest::of(
+        "aw_DEMOkeyNOTsecretLOCALtestingONLY01234567890"
+    )));
+}
+
+#[test]
+fn a_valid_file_becomes_a_snapshot() {
+    let text = base(&format!(
+        "[users.\"a@example.org\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = [\"192.0.2.1\", \"2001:db8::/32\"]\nkeys = [{{ sha256 = \"{DIGEST_A}\", created = 2026-11-22T10:00:00Z, expires = 2026-11-22T12:00:00+01:00 }}]\n"
+    ));
+    let s = compile(Path::new("x.toml"), &text).unwrap();
+    let key = &s.keys[&KeyDigest(hex_digest(DIGEST_A))];
+    assert_eq!(s.user(key.user).id.as_ref(), "a@example.org");
+    assert_eq!(key.created, Some(1_795_341_600));
+    assert_eq!(key.expires, Some(1_795_345_200));
+    match &s.upstreams[0].target {
+        UpstreamTarget::Http {
+            base_path,
+            authority,
+            ..
+        } => {
+            assert_eq!(&**base_path, "/base");
+            assert_eq!(authority.as_str(), "127.0.0.1:9000");
+        }
+        UpstreamTarget::Echo => panic!("not echo"),
+    }
+    assert_eq!(s.server.connect_timeout, Duration::from_secs(2));
+    assert_eq!(s.server.key_header.as_str(), "x-api-key");
+}
+
+fn hex_digest(s: &str) -> [u8; 32] {
+    let mut out = [0; 32];
+    hex::decode_to_slice(s, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn unknown_fields_are_errors_with_line_and_column() {
+    let text = base("").replace("listen = ", "lisen = ");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, line_of(&text, "lisen"));
+    assert_eq!(e[0].column, 1);
+    assert!(e[0].message.contains("lisen"), "{}", e[0].message);
+    assert!(
+        e[0].to_string()
+            .starts_with(&format!("conf/apiward.toml:{}:1: ", e[0].line))
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let text = "[server]\nlisten = \"127.0.0.1:8080\"\nkey_header = \n";
+    let e = errors(text);
+    assert_eq!(e[0].line, 3, "{}", e[0]);
+}
+
+#[test]
+fn every_semantic_error_is_collected_with_its_location() {
+    let users = format!(
+        r#"[users."nogroup@example.org"]
+status = "active"
+group = "missing-group"
+remote_addresses = "192.0.2.1"
+
+[users."badaddr@example.org"]
+status = "active"
+group = "g"
+remote_addresses = "192.0.2.1~300.1.1.1"
+
+[users."noaddr@example.org"]
+status = "active"
+group = "g"
+
+[users."dup1@example.org"]
+status = "active"
+group = "g"
+remote_addresses = "*"
+keys = [{{ sha256 = "{DIGEST_B}" }}]
+
+[users."dup2@example.org"]
+status = "enabled"
+group = "g"
+remote_addresses = "*"
+keys = [{{ sha256 = "{DIGEST_B}" }}, {{ sha256 = "aw_notadigest" }}]
+
+[users."not-an-email"]
+status = "active"
+group = "g"
+remote_addresses = "*"
+"#
+    );
+    let text = base(&users).replace("upstream = \"api\"", "upstream = \"nowhere\"");
+    let e = errors(&text);
+    let find = |needle: &str| {
+        e.iter()
+            .find(|e| e.message.contains(needle))
+            .unwrap_or_else(|| panic!("no error mentions {needle:?}: {e:#?}"))
+    };
+    assert_eq!(
+        find("missing-group").line,
+        line_of(&text, "group = \"missing-group\"")
+    );
+    assert_eq!(
+        find("300.1.1.1").line,
+        line_of(&text, "192.0.2.1~300.1.1.1")
+    );
+    assert_eq!(
+        find("no remote_addresses").line,
+        line_of(&text, "[users.\"noaddr")
+    );
+    assert_eq!(
+        find("already used").line,
+        line_of(&text, "[users.\"dup2") + 4
+    );
+    assert_eq!(
+        find("looks like a key").line,
+        line_of(&text, "[users.\"dup2") + 4
+    );
+    assert_eq!(find("enabled").line, line_of(&text, "status = \"enabled\""));
+    assert_eq!(
+        find("email-shaped").line,
+        line_of(&text, "[users.\"not-an-email")
+    );
+    assert_eq!(
+        find("nowhere").line,
+        line_of(&text, "upstream = \"nowhere\"")
+    );
+    assert_eq!(find("nowhere").column, 12);
+}
+
+#[test]
+fn server_settings_are_validated() {
+    for (field, bad, needle) in [
+        ("listen", "\"localhost\"", "not an address"),
+        ("connect_timeout", "\"2\"", "no unit"),
+        ("upstream_timeout", "\"0\"", "greater than zero"),
+        ("key_header", "\"Authorization\"", "reserved"),
+        ("key_header", "\"bad header\"", "not a valid HTTP header"),
+        ("workers", "0", "workers"),
+        ("trusted_proxies", "[\"10.0.0.1/8\"]", "10.0.0.0/8"),
+        ("max_header_bytes", "10", "max_header_bytes"),
+    ] {
+        let text = base("").replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:8080\"\n{field} = {bad}"),
+        );
+        let text = if field == "listen" {
+            text.replacen("listen = \"127.0.0.1:8080\"\n", "", 1)
+        } else {
+            text
+        };
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|e| e.message.contains(needle)
+                    && e.line == line_of(&text, &format!("{field} = "))),
+            "{field} = {bad}: {e:#?}"
+        );
+    }
+}
+
+#[test]
+fn upstreams_routes_and_permissions_are_validated() {
+    for (from, to, needle) in [
+        (
+            "http://127.0.0.1:9000/base/",
+            "https://api.example.org",
+            "https",
+        ),
+        ("http://127.0.0.1:9000/base/", "ftp://x", "http scheme"),
+        ("http://127.0.0.1:9000/base/", "http://u:p@x", "credentials"),
+        (
+            "prefix = \"/supporters/\"",
+            "prefix = \"supporters\"",
+            "start with '/'",
+        ),
+        (
+            "prefix = \"/supporters/\"",
+            "prefix = \"/a/../supporters/\"",
+            "normal form",
+        ),
+        ("\"/supporters/**\"", "\"/supporters/**/x\"", "'**'"),
+        ("verbs = [\"view\"]", "verbs = [\"GET\"]", "unknown verb"),
+    ] {
+        let text = base("").replace(from, to);
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.message.contains(needle)), "{to}: {e:#?}");
+        assert!(e.iter().all(|e| e.line > 0), "{e:#?}");
+    }
+}
+
+#[test]
+fn local_datetimes_are_refused_as_ambiguous() {
+    let text = base(&format!(
+        "[users.\"a@example.org\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = \"*\"\nkeys = [{{ sha256 = \"{DIGEST_A}\", expires = 2026-11-22T10:00:00 }}]\n"
+    ));
+    let e = errors(&text);
+    assert!(e[0].message.contains("time zone"), "{}", e[0]);
+}
+
+#[test]
+fn routes_are_ordered_longest_prefix_first() {
+    let text = base("").replace(
+        "[groups.g]",
+        "[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[[routes]]\nprefix = \"/supporters/special/\"\nupstream = \"api\"\n\n[groups.g]",
+    );
+    let s = compile(Path::new("x.toml"), &text).unwrap();
+    assert_eq!(
+        s.route_for("/supporters/special/1")
+            .unwrap()
+            .prefix
+            .as_ref(),
+        "/supporters/special/"
+    );
+    assert_eq!(
+        s.route_for("/supporters/1").unwrap().prefix.as_ref(),
+        "/supporters/"
+    );
+    assert_eq!(
+        s.route_for("/supporters").unwrap().prefix.as_ref(),
+        "/supporters/"
+    );
+    assert_eq!(s.route_for("/elsewhere").unwrap().prefix.as_ref(), "/");
+}
+
+#[test]
+fn unix_seconds_matches_known_instants() {
+    let dt: Datetime = "1970-01-01T00:00:00Z".parse().unwrap();
+    assert_eq!(unix_seconds(&dt), Ok(0));
+    let dt: Datetime = "2000-03-01T00:00:00Z".parse().unwrap();
+    assert_eq!(unix_seconds(&dt), Ok(951_868_800));
+    let dt: Datetime = "2026-11-22T10:00:00-02:30".parse().unwrap();
+    assert_eq!(unix_seconds(&dt), Ok(1_795_341_600 + 9000));
+}
