@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod keys;
 pub mod proxy;
 pub mod refusal;
 pub mod snapshot;

@@ -43,6 +43,15 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Create, list, change and delete API users, and set their passwords.
+    ///
+    /// Each change edits the configuration file in place (comments and order kept), and only
+    /// if the result passes `apiward check`. See `apiward users <command> --help`.
+    Users(apiward::cli::UsersArgs),
+    /// Issue, rotate and revoke API users' keys.
+    ///
+    /// A new key is printed once on stdout; the file keeps only its digest and prefix.
+    Keys(apiward::cli::KeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +59,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Users(args) => apiward::cli::run_users(args),
+        Command::Keys(args) => apiward::cli::run_keys(args),
     }
 }
 

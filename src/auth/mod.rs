@@ -188,6 +188,24 @@ pub fn decide_traced<'s, 'r>(
         Credential::Malformed => return refused(None, None, Refusal::InvalidCredentials),
     };
 
+    decide_identified_traced(snapshot, user, key, facts, trace)
+}
+
+/// The steps after identification (status, source, path, route, permission) for a user already
+/// known. `decide_traced` runs it after checking the credential; `apiward explain --user` runs it
+/// directly, so what is explained is what runs.
+pub fn decide_identified_traced<'s, 'r>(
+    snapshot: &'s Snapshot,
+    user: &'s ApiUser,
+    key: Option<&'s ApiKey>,
+    facts: &RequestFacts<'r>,
+    trace: &mut impl Trace,
+) -> Decision<'s, 'r> {
+    let refused = |user, key, refusal| Decision {
+        user,
+        key,
+        outcome: Outcome::Refused(refusal),
+    };
     // 2. Is this user allowed to call at all, and from here.
     trace.step(Step::Status(user.status));
     if user.status != UserStatus::Active {

@@ -383,8 +383,8 @@ impl Compiler<'_> {
             }
         };
         if let Some(hash) = &u.password_hash {
-            if !hash.get_ref().starts_with("$argon2id$") {
-                self.error(hash.span(), "password_hash must be an Argon2id PHC string (\"$argon2id$...\"): set it with `apiward users set-password`");
+            if let Err(msg) = crate::auth::password::check_password_hash(hash.get_ref()) {
+                self.error(hash.span(), msg);
             }
         }
         for key in &u.keys {

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::auth::password::PasswordVerifier;
 use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::ConfigErrors;
 use crate::config::reload::{self, ConfigStore, ReloadOutcome, ReloadTrigger};
@@ -264,6 +265,10 @@ struct Proxy {
     /// One pool for all upstreams, keyed by host and port; it outlives reloads, so an upstream
     /// whose URL did not change keeps its warm connections.
     client: Client<HttpConnector, Incoming>,
+    /// Basic-auth verification: Argon2id behind a success cache and a failure limiter. It lives
+    /// as long as the process, not a snapshot: its cache is keyed by the stored hash, so a
+    /// reload that changes a password misses it while other reloads keep it warm.
+    passwords: PasswordVerifier,
 }
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
@@ -290,7 +295,11 @@ impl Proxy {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .set_host(false)
             .build(connector);
-        Proxy { store, client }
+        Proxy {
+            store,
+            client,
+            passwords: PasswordVerifier::new(),
+        }
     }
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
@@ -318,7 +327,7 @@ impl Proxy {
             client,
             now: reload::now_unix(),
         };
-        let decision = auth::decide(&snapshot, &facts, &auth::NoPasswords);
+        let decision = auth::decide(&snapshot, &facts, &self.passwords);
         let grant = match decision.outcome {
             Outcome::Allowed(grant) => grant,
             Outcome::Refused(refusal) => return Err(refusal),

@@ -1,0 +1,506 @@
+//! Editing the configuration file in place: load it with `toml_edit` (comments, order and
+//! formatting kept), change it, check the result exactly as `apiward check` would, and only then
+//! replace the file atomically (temporary file in the same directory, fsync, rename).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, TableLike, Value};
+
+use super::CliError;
+use crate::config::compile::unix_seconds;
+use crate::snapshot::Snapshot;
+
+/// One configuration file, loaded for editing.
+pub struct ConfigFile {
+    path: PathBuf,
+    original: String,
+    pub doc: DocumentMut,
+}
+
+impl ConfigFile {
+    pub fn open(path: &Path) -> Result<ConfigFile, CliError> {
+        let original = fs::read_to_string(path).map_err(|source| CliError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let doc: DocumentMut =
+            original
+                .parse()
+                .map_err(|e: toml_edit::TomlError| CliError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        Ok(ConfigFile {
+            path: path.to_path_buf(),
+            original,
+            doc,
+        })
+    }
+
+    /// The group names defined in the file, for validation and for error messages.
+    pub fn group_names(&self) -> Vec<String> {
+        self.doc
+            .get("groups")
+            .and_then(Item::as_table_like)
+            .map(|t| t.iter().map(|(k, _)| k.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// `[server] organisation`, when set.
+    pub fn organisation(&self) -> Option<String> {
+        self.doc
+            .get("server")
+            .and_then(|s| s.get("organisation"))
+            .and_then(Item::as_str)
+            .map(str::to_string)
+    }
+
+    pub fn user_ids(&self) -> Vec<String> {
+        self.users()
+            .map(|t| t.iter().map(|(k, _)| k.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    fn users(&self) -> Option<&dyn TableLike> {
+        self.doc.get("users").and_then(Item::as_table_like)
+    }
+
+    pub fn has_user(&self, id: &str) -> bool {
+        self.users().is_some_and(|u| u.contains_key(id))
+    }
+
+    pub fn user(&self, id: &str) -> Result<&dyn TableLike, CliError> {
+        self.users()
+            .and_then(|u| u.get(id))
+            .and_then(Item::as_table_like)
+            .ok_or_else(|| self.no_such_user(id))
+    }
+
+    pub fn user_mut(&mut self, id: &str) -> Result<&mut dyn TableLike, CliError> {
+        let missing = self.no_such_user(id);
+        self.doc
+            .get_mut("users")
+            .and_then(Item::as_table_like_mut)
+            .and_then(|u| u.get_mut(id))
+            .and_then(Item::as_table_like_mut)
+            .ok_or(missing)
+    }
+
+    fn no_such_user(&self, id: &str) -> CliError {
+        CliError::NoSuchUser {
+            id: id.to_string(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Adds `[users."id"]` after the last user, keeping everything else where it is.
+    pub fn insert_user(&mut self, id: &str, user: Table) -> Result<(), CliError> {
+        let users = self.doc.entry("users").or_insert_with(|| {
+            let mut t = Table::new();
+            // `[users]` itself stays unwritten; only `[users."id"]` headers appear.
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        match users {
+            Item::Table(t) => {
+                t.insert(id, Item::Table(user));
+                Ok(())
+            }
+            Item::Value(Value::InlineTable(t)) => {
+                t.insert(id, Value::InlineTable(user.into_inline_table()));
+                Ok(())
+            }
+            _ => Err(CliError::Layout(
+                "`users` is not a table: write each user as [users.\"id\"]".into(),
+            )),
+        }
+    }
+
+    pub fn remove_user(&mut self, id: &str) -> Result<(), CliError> {
+        let missing = self.no_such_user(id);
+        self.doc
+            .get_mut("users")
+            .and_then(Item::as_table_like_mut)
+            .and_then(|u| u.remove(id))
+            .map(|_| ())
+            .ok_or(missing)
+    }
+
+    /// Checks the edited text as `apiward check` does and, only if it passes, replaces the file.
+    /// A refused edit leaves the file untouched, byte for byte.
+    pub fn save(self) -> Result<Snapshot, CliError> {
+        let text = self.doc.to_string();
+        let snapshot = crate::config::compile(&self.path, &text).map_err(CliError::WouldNotPass)?;
+        write_atomically(&self.path, &self.original, &text)?;
+        Ok(snapshot)
+    }
+}
+
+/// Replaces `path` with `text` by renaming a synced temporary file over it, so a reader (the
+/// gateway's reload) sees the old file or the new one, never half of one. Refuses if the file
+/// changed since it was read, instead of silently undoing someone else's edit.
+fn write_atomically(path: &Path, expected: &str, text: &str) -> Result<(), CliError> {
+    let write_error = |source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A symlinked config (Kubernetes ..data swaps, /etc/apiward -> ...) is edited where it lives,
+    // leaving the link in place.
+    let target = fs::canonicalize(path).map_err(write_error)?;
+    let current = fs::read_to_string(&target).map_err(write_error)?;
+    if current != expected {
+        return Err(CliError::ChangedMeanwhile(path.to_path_buf()));
+    }
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target.file_name().map_or_else(
+        || "apiward.toml".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let suffix =
+        crate::keys::generate_password(8).map_err(|e| write_error(std::io::Error::other(e)))?;
+    // One leading dot (never two: the gateway's watcher treats `..name` as a Kubernetes swap).
+    let temp = dir.join(format!(".{name}.{suffix}.tmp"));
+    let result = (|| {
+        let metadata = fs::metadata(&target)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(text.as_bytes())?;
+        // The file may hold password hashes: the copy gets the original's mode and, where we
+        // may, its owner.
+        fs::set_permissions(&temp, metadata.permissions())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let _ = std::os::unix::fs::chown(&temp, Some(metadata.uid()), Some(metadata.gid()));
+        }
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temp, &target)?;
+        // The rename itself is durable only once the directory is synced.
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(write_error)
+}
+
+/// One key entry of a user, as read from the file.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    pub sha256: String,
+    pub prefix: Option<String>,
+    pub created: Option<i64>,
+    pub expires: Option<i64>,
+}
+
+impl KeyEntry {
+    /// How an operator names this key: its prefix, or the start of its digest for a key that
+    /// was written by hand without one.
+    pub fn label(&self) -> String {
+        match &self.prefix {
+            Some(p) => p.clone(),
+            None => format!("sha256:{}", self.sha256.get(..12).unwrap_or(&self.sha256)),
+        }
+    }
+
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires.is_some_and(|t| now >= t)
+    }
+}
+
+/// What to write for a new key.
+pub struct NewKey<'a> {
+    pub sha256: &'a str,
+    pub prefix: &'a str,
+    pub created: i64,
+    pub expires: Option<i64>,
+}
+
+/// The `keys` of one user, however the file writes them: an array of inline tables (what the
+/// CLI writes) or `[[users."id".keys]]` sections.
+enum Keys<'a> {
+    Inline(&'a mut Array),
+    Sections(&'a mut ArrayOfTables),
+}
+
+fn keys_mut(user: &mut dyn TableLike) -> Result<Keys<'_>, CliError> {
+    if !user.contains_key("keys") {
+        user.insert("keys", Item::Value(Value::Array(Array::new())));
+    }
+    match user.get_mut("keys") {
+        Some(Item::Value(Value::Array(a))) => Ok(Keys::Inline(a)),
+        Some(Item::ArrayOfTables(a)) => Ok(Keys::Sections(a)),
+        _ => Err(CliError::Layout(
+            "a user's `keys` is not an array: write keys = [ { sha256 = ... }, ... ]".into(),
+        )),
+    }
+}
+
+fn read_key(t: &dyn TableLike) -> KeyEntry {
+    let text = |k: &str| t.get(k).and_then(Item::as_str).map(str::to_string);
+    let instant = |k: &str| {
+        t.get(k)
+            .and_then(|i| i.as_value())
+            .and_then(Value::as_datetime)
+            .and_then(|d| unix_seconds(d).ok())
+    };
+    KeyEntry {
+        sha256: text("sha256").unwrap_or_default(),
+        prefix: text("prefix"),
+        created: instant("created"),
+        expires: instant("expires"),
+    }
+}
+
+/// The user's keys in file order.
+pub fn read_keys(user: &dyn TableLike) -> Vec<KeyEntry> {
+    match user.get("keys") {
+        Some(Item::Value(Value::Array(a))) => a
+            .iter()
+            .filter_map(Value::as_inline_table)
+            .map(|t| read_key(t))
+            .collect(),
+        Some(Item::ArrayOfTables(a)) => a.iter().map(|t| read_key(t)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Appends a key, one per line like the ones already there.
+pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), CliError> {
+    let mut entry = InlineTable::new();
+    entry.insert("sha256", key.sha256.into());
+    entry.insert("prefix", key.prefix.into());
+    entry.insert("created", Value::from(datetime(key.created)?));
+    if let Some(expires) = key.expires {
+        entry.insert("expires", Value::from(datetime(expires)?));
+    }
+    match keys_mut(user)? {
+        Keys::Inline(array) => {
+            let multi_line = array.is_empty()
+                || array.trailing().as_str().is_some_and(|t| t.contains('\n'))
+                || array.iter().any(|v| {
+                    v.decor()
+                        .prefix()
+                        .and_then(|p| p.as_str())
+                        .is_some_and(|p| p.contains('\n'))
+                });
+            if multi_line {
+                // The indentation of the entries already there (what follows the last newline
+                // before the first one), two spaces for a new list.
+                let indent = array
+                    .iter()
+                    .next()
+                    .and_then(|v| v.decor().prefix())
+                    .and_then(|p| p.as_str())
+                    .and_then(|p| p.rfind('\n').map(|i| p[i + 1..].to_string()))
+                    .unwrap_or_else(|| "  ".into());
+                // What followed the last entry (a comment on its line) stays with it; the new
+                // entry starts on the next line.
+                let trailing = array.trailing().as_str().unwrap_or("").to_string();
+                let (after_last, before_bracket) = match trailing.rfind('\n') {
+                    Some(i) => trailing.split_at(i),
+                    None => ("", "\n"),
+                };
+                let prefix = format!("{after_last}\n{indent}");
+                let before_bracket = before_bracket.to_string();
+                array.push_formatted(Value::InlineTable(entry).decorated(prefix, ""));
+                array.set_trailing_comma(true);
+                array.set_trailing(before_bracket);
+            } else {
+                array.push(entry);
+            }
+        }
+        Keys::Sections(tables) => tables.push(entry.into_table()),
+    }
+    Ok(())
+}
+
+/// Removes the keys at the given positions (as returned by `read_keys`).
+pub fn remove_keys(user: &mut dyn TableLike, positions: &[usize]) -> Result<(), CliError> {
+    match keys_mut(user)? {
+        Keys::Inline(array) => {
+            let mut i = 0;
+            array.retain(|v| {
+                // `read_keys` skips non-table entries; so must the numbering here.
+                let keep = !(v.is_inline_table() && positions.contains(&i));
+                if v.is_inline_table() {
+                    i += 1;
+                }
+                keep
+            });
+            if array.is_empty() {
+                array.set_trailing("");
+                array.set_trailing_comma(false);
+            }
+        }
+        Keys::Sections(tables) => {
+            let mut i = 0;
+            tables.retain(|_| {
+                let keep = !positions.contains(&i);
+                i += 1;
+                keep
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sets `expires` of the key at `position`.
+pub fn set_key_expiry(
+    user: &mut dyn TableLike,
+    position: usize,
+    expires: i64,
+) -> Result<(), CliError> {
+    let value = Value::from(datetime(expires)?);
+    match keys_mut(user)? {
+        Keys::Inline(array) => {
+            if let Some(t) = array
+                .iter_mut()
+                .filter_map(Value::as_inline_table_mut)
+                .nth(position)
+            {
+                set_inline(t, "expires", value);
+            }
+        }
+        Keys::Sections(tables) => {
+            if let Some(t) = tables.get_mut(position) {
+                t.insert("expires", Item::Value(value));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `field` of an inline table. An existing value keeps its spacing; a new one goes last,
+/// taking over the space the old last value had before the `}`, so `{ a = 1 }` becomes
+/// `{ a = 1, b = 2 }` and not `{ a = 1 , b = 2}`.
+fn set_inline(table: &mut InlineTable, field: &str, mut value: Value) {
+    if let Some(old) = table.get_mut(field) {
+        *value.decor_mut() = old.decor().clone();
+        *old = value;
+        return;
+    }
+    let mut before_brace = None;
+    if let Some((_, last)) = table.iter_mut().last() {
+        before_brace = last.decor().suffix().cloned();
+        last.decor_mut().set_suffix("");
+    }
+    if let Some(suffix) = before_brace {
+        value.decor_mut().set_suffix(suffix);
+    }
+    table.insert(field, value);
+}
+
+/// Unix seconds as a TOML offset date-time in UTC, `2026-11-22T10:00:00Z`.
+pub fn datetime(unix: i64) -> Result<toml_edit::Datetime, CliError> {
+    rfc3339(unix).parse().map_err(|_| {
+        CliError::Layout(format!(
+            "cannot write the instant {unix} as a TOML date-time"
+        ))
+    })
+}
+
+/// Unix seconds as `2026-11-22T10:00:00Z` (for messages and listings too).
+pub fn rfc3339(unix: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"# top comment
+[users."a@x.org"] # trailing comment
+status = "active"
+keys = [
+    { sha256 = "aa", prefix = "aw_AAAAA" }, # first key
+]
+
+[users."b@x.org"]
+keys = [{ sha256 = "bb" }]
+
+[[users."c@x.org".keys]]
+sha256 = "cc"
+"#;
+
+    fn user_of<'a>(doc: &'a mut DocumentMut, id: &str) -> &'a mut dyn TableLike {
+        doc["users"]
+            .as_table_like_mut()
+            .unwrap()
+            .get_mut(id)
+            .unwrap()
+            .as_table_like_mut()
+            .unwrap()
+    }
+
+    #[test]
+    fn keys_are_appended_in_the_style_already_there() {
+        let mut doc: DocumentMut = FILE.parse().unwrap();
+        let key = NewKey {
+            sha256: "dd",
+            prefix: "aw_DDDDD",
+            created: 1_795_341_600,
+            expires: Some(1_795_345_200),
+        };
+        push_key(user_of(&mut doc, "a@x.org"), &key).unwrap();
+        push_key(user_of(&mut doc, "b@x.org"), &key).unwrap();
+        push_key(user_of(&mut doc, "c@x.org"), &key).unwrap();
+        let text = doc.to_string();
+        assert!(text.contains(
+            "keys = [\n    { sha256 = \"aa\", prefix = \"aw_AAAAA\" }, # first key\n    { sha256 = \"dd\", prefix = \"aw_DDDDD\", created = 2026-11-22T10:00:00Z, expires = 2026-11-22T11:00:00Z },\n]"
+        ), "{text}");
+        assert!(
+            text.contains("keys = [{ sha256 = \"bb\" }, { sha256 = \"dd\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("[[users.\"c@x.org\".keys]]\nsha256 = \"dd\""),
+            "{text}"
+        );
+        assert!(text.starts_with("# top comment\n[users.\"a@x.org\"] # trailing comment\n"));
+        let again: DocumentMut = text.parse().unwrap();
+        assert_eq!(
+            read_keys(again["users"]["c@x.org"].as_table_like().unwrap()).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn keys_are_removed_and_expired_by_position() {
+        let mut doc: DocumentMut = FILE.parse().unwrap();
+        set_key_expiry(user_of(&mut doc, "a@x.org"), 0, 1_795_341_600).unwrap();
+        assert!(
+            doc.to_string().contains(
+                "{ sha256 = \"aa\", prefix = \"aw_AAAAA\", expires = 2026-11-22T10:00:00Z },"
+            ),
+            "{doc}"
+        );
+        let keys = read_keys(user_of(&mut doc, "a@x.org"));
+        assert_eq!(keys[0].expires, Some(1_795_341_600));
+        assert_eq!(keys[0].label(), "aw_AAAAA");
+        remove_keys(user_of(&mut doc, "a@x.org"), &[0]).unwrap();
+        remove_keys(user_of(&mut doc, "c@x.org"), &[0]).unwrap();
+        let text = doc.to_string();
+        assert!(text.contains("keys = []\n"), "{text}");
+        assert!(!text.contains("\"cc\""), "{text}");
+        assert_eq!(
+            read_keys(user_of(&mut doc, "b@x.org"))[0].label(),
+            "sha256:bb"
+        );
+    }
+}

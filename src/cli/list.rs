@@ -1,0 +1,194 @@
+//! `apiward users list`: what a cloud console's "API users" page shows, as a table or as JSON.
+//! Keys appear by prefix only; the file holds nothing more.
+
+use std::path::Path;
+
+use toml_edit::{Item, TableLike, Value};
+
+use super::edit::{self, ConfigFile, KeyEntry};
+use super::{CliError, ListFormat};
+use crate::config::reload::now_unix;
+
+/// One user as listed.
+struct Listed {
+    id: String,
+    display_name: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    description: Option<String>,
+    status: String,
+    group: String,
+    addresses: Vec<String>,
+    has_password: bool,
+    keys: Vec<KeyEntry>,
+}
+
+pub fn run(config: &Path, format: ListFormat) -> Result<(), CliError> {
+    let file = ConfigFile::open(config)?;
+    let mut users = Vec::new();
+    for id in file.user_ids() {
+        users.push(listed(&id, file.user(&id)?));
+    }
+    let now = now_unix();
+    match format {
+        ListFormat::Json => {
+            let doc: Vec<serde_json::Value> = users.iter().map(|u| as_json(u, now)).collect();
+            let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "[]".into());
+            println!("{text}");
+        }
+        ListFormat::Table => print_table(&users, now),
+    }
+    Ok(())
+}
+
+fn listed(id: &str, user: &dyn TableLike) -> Listed {
+    let text = |k: &str| user.get(k).and_then(Item::as_str).map(str::to_string);
+    let addresses = match user.get("remote_addresses") {
+        Some(Item::Value(Value::String(s))) => s.value().split('~').map(str::to_string).collect(),
+        Some(Item::Value(Value::Array(a))) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Listed {
+        id: id.to_string(),
+        display_name: text("display_name"),
+        first_name: text("first_name"),
+        last_name: text("last_name"),
+        description: text("description"),
+        status: text("status").unwrap_or_else(|| "?".into()),
+        group: text("group").unwrap_or_else(|| "?".into()),
+        addresses,
+        has_password: user.contains_key("password_hash"),
+        keys: edit::read_keys(user),
+    }
+}
+
+fn as_json(u: &Listed, now: i64) -> serde_json::Value {
+    let keys: Vec<serde_json::Value> = u
+        .keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "prefix": k.label(),
+                "created": k.created.map(edit::rfc3339),
+                "expires": k.expires.map(edit::rfc3339),
+                "expired": k.is_expired(now),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": u.id,
+        "display_name": u.display_name,
+        "first_name": u.first_name,
+        "last_name": u.last_name,
+        "description": u.description,
+        "status": u.status,
+        "group": u.group,
+        "remote_addresses": u.addresses,
+        "password": u.has_password,
+        "key_count": u.keys.len(),
+        "keys": keys,
+    })
+}
+
+fn print_table(users: &[Listed], now: i64) {
+    let header = [
+        "ID",
+        "NAME",
+        "STATUS",
+        "GROUP",
+        "ADDRESSES",
+        "PASSWORD",
+        "KEYS",
+        "PREFIXES",
+        "CREATED",
+        "EXPIRES",
+    ];
+    let date = |t: i64| {
+        edit::rfc3339(t)
+            .get(..10)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let rows: Vec<[String; 10]> = users
+        .iter()
+        .map(|u| {
+            let name = u.display_name.clone().unwrap_or_else(|| {
+                let full = [u.first_name.as_deref(), u.last_name.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if full.is_empty() { "-".into() } else { full }
+            });
+            let prefixes = u
+                .keys
+                .iter()
+                .map(|k| {
+                    if k.is_expired(now) {
+                        format!("{}(expired)", k.label())
+                    } else {
+                        k.label()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let created = u.keys.iter().filter_map(|k| k.created).min().map(date);
+            // The date the next still-valid key stops working; "never" if none of them expires.
+            let live: Vec<&KeyEntry> = u.keys.iter().filter(|k| !k.is_expired(now)).collect();
+            let expires = match live.iter().filter_map(|k| k.expires).min() {
+                Some(t) => date(t),
+                None if live.is_empty() => "-".into(),
+                None => "never".into(),
+            };
+            [
+                u.id.clone(),
+                name,
+                u.status.clone(),
+                u.group.clone(),
+                u.addresses.join("~"),
+                if u.has_password {
+                    "yes".into()
+                } else {
+                    "-".into()
+                },
+                u.keys.len().to_string(),
+                if prefixes.is_empty() {
+                    "-".into()
+                } else {
+                    prefixes
+                },
+                created.unwrap_or_else(|| "-".into()),
+                expires,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(w - cell.chars().count() + 2));
+            }
+        }
+        println!("{out}");
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        eprintln!("no API users yet: create one with `apiward users add`");
+    }
+}

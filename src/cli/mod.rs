@@ -1,0 +1,326 @@
+//! `apiward users` and `apiward keys`: the API-user lifecycle as edits of the configuration file,
+//! which stays the single source of truth (the running gateway picks each edit up on reload).
+//!
+//! Output contract: a secret made by a command (a key, a generated password) is printed once, on
+//! stdout, alone on its line; everything meant for the operator goes to stderr, so
+//! `KEY=$(apiward users add ...)` captures exactly the key.
+
+mod edit;
+mod keys;
+mod list;
+pub mod password_policy;
+mod users;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::config::ConfigErrors;
+
+/// Where the configuration is unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "config/apiward.toml";
+
+/// `apiward users ...`
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    /// The configuration file to edit.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, value_name = "PATH")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: UsersCommand,
+}
+
+/// `apiward keys ...`
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The configuration file to edit.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, value_name = "PATH")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an API user with a fresh key, printed once on stdout.
+    #[command(after_help = "\
+Examples:
+  KEY=$(apiward users add crm-sync@example.org --group manage-supporters \\
+        --remote-addresses \"192.0.2.10~198.51.100.0/24\" --display-name \"CRM nightly sync\")
+  apiward users add --generate-username --group read-only --remote-addresses \"*\" --expires 90d
+  apiward users add pos@example.org --group read-only --remote-addresses 203.0.113.7 --no-key
+      (then: apiward users set-password pos@example.org)
+
+The key is printed on stdout, alone on its line, and nowhere else: the file keeps only its
+SHA-256 digest and its first 8 characters. Everything else goes to stderr.")]
+    Add(AddUser),
+    /// List API users: status, group, addresses, keys (by prefix) and their dates.
+    #[command(after_help = "\
+Examples:
+  apiward users list
+  apiward users list --format json | jq '.[] | select(.status == \"active\") | .id'")]
+    List {
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Change a user's status, group, addresses or names. Its keys stay valid.
+    #[command(after_help = "\
+Examples:
+  apiward users set crm-sync@example.org --status inactive
+  apiward users set crm-sync@example.org --group read-only --remote-addresses \"192.0.2.0/24~2001:db8::/32\"
+  apiward users set crm-sync@example.org --display-name \"CRM sync (legacy)\" --description \"\"
+An empty name or description removes it from the file.")]
+    Set(SetUser),
+    /// Delete a user and all its keys (asks for confirmation unless --yes).
+    #[command(after_help = "\
+Examples:
+  apiward users delete crm-sync@example.org
+  apiward users delete crm-sync@example.org --yes")]
+    Delete {
+        /// The user's id.
+        id: String,
+        /// Do not ask; required when stdin is not a terminal.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Set a user's Basic-auth password from stdin (stored as an Argon2id hash).
+    #[command(after_help = "\
+Examples:
+  apiward users set-password pos@example.org                 (prompts twice, without echo)
+  printf '%s\\n' \"$PASSWORD\" | apiward users set-password pos@example.org
+  PASSWORD=$(apiward users set-password pos@example.org --generate)
+
+Policy: at least 8 characters, at least one digit or non-alphanumeric character, and not
+containing the id's local part (before '@') or the [server] organisation name.
+The password is never read from the command line, where other users could see it.")]
+    SetPassword {
+        /// The user's id.
+        id: String,
+        /// Make a strong random password and print it once on stdout instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddUser {
+    /// The new user's id, email-shaped (it need not be a real mailbox).
+    #[arg(
+        required_unless_present = "generate_username",
+        conflicts_with = "generate_username"
+    )]
+    pub id: Option<String>,
+    /// Make an id, like apiuser-7f3k2q@apiward.local, for integrations that do not care.
+    #[arg(long)]
+    pub generate_username: bool,
+    /// Its permission group (one of [groups.*]).
+    #[arg(long)]
+    pub group: String,
+    /// Source addresses it may call from: '~'-separated addresses and CIDR blocks, or "*".
+    #[arg(long, value_name = "a~b~c")]
+    pub remote_addresses: String,
+    #[arg(long)]
+    pub display_name: Option<String>,
+    #[arg(long)]
+    pub first_name: Option<String>,
+    #[arg(long)]
+    pub last_name: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    #[arg(long, value_enum, default_value_t = Status::Active)]
+    pub status: Status,
+    /// The key expires after this long (e.g. 90d); by default it does not expire.
+    #[arg(long, value_parser = parse_lifetime, value_name = "DURATION")]
+    pub expires: Option<Duration>,
+    /// Create the user without a key (for a password-only user).
+    #[arg(long, conflicts_with = "expires")]
+    pub no_key: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
+pub struct SetUser {
+    /// The user's id.
+    pub id: String,
+    #[arg(long, value_enum, group = "change")]
+    pub status: Option<Status>,
+    #[arg(long, group = "change")]
+    pub group: Option<String>,
+    #[arg(long, value_name = "a~b~c", group = "change")]
+    pub remote_addresses: Option<String>,
+    #[arg(long, group = "change")]
+    pub display_name: Option<String>,
+    #[arg(long, group = "change")]
+    pub first_name: Option<String>,
+    #[arg(long, group = "change")]
+    pub last_name: Option<String>,
+    #[arg(long, group = "change")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add another key to a user and print it once on stdout.
+    #[command(after_help = "\
+Examples:
+  KEY=$(apiward keys issue crm-sync@example.org)
+  KEY=$(apiward keys issue crm-sync@example.org --expires 90d)")]
+    Issue {
+        /// The user's id.
+        id: String,
+        /// The key expires after this long (e.g. 90d, 12h); by default it does not expire.
+        #[arg(long, value_parser = parse_lifetime, value_name = "DURATION")]
+        expires: Option<Duration>,
+    },
+    /// Replace a key with a new one; the old one keeps working for the grace period.
+    #[command(after_help = "\
+Examples:
+  NEW=$(apiward keys rotate crm-sync@example.org)                 (old key valid 24h more)
+  NEW=$(apiward keys rotate crm-sync@example.org --grace 1h --prefix aw_7Fq2x)
+  NEW=$(apiward keys rotate crm-sync@example.org --grace 0)       (old key refused at once)
+
+With one valid key the user's key is rotated; with several, say which with --prefix.
+The old key's `expires` is set to now + grace (never later than it already was);
+--grace 0 removes it.")]
+    Rotate {
+        /// The user's id.
+        id: String,
+        /// How long the old key keeps working (0: revoke it now).
+        #[arg(long, value_parser = parse_grace, default_value = "24h", value_name = "DURATION")]
+        grace: Duration,
+        /// Which key to rotate, by its prefix (see `apiward users list`).
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// The new key expires after this long; by default it does not expire.
+        #[arg(long, value_parser = parse_lifetime, value_name = "DURATION")]
+        expires: Option<Duration>,
+    },
+    /// Remove keys of a user: one by prefix, the expired ones, or all.
+    #[command(after_help = "\
+Examples:
+  apiward keys revoke crm-sync@example.org --prefix aw_7Fq2x
+  apiward keys revoke crm-sync@example.org --expired
+  apiward keys revoke crm-sync@example.org --all
+Without an option, a user's only key is revoked; with several, say which.")]
+    Revoke {
+        /// The user's id.
+        id: String,
+        /// The key's prefix, as `apiward users list` shows it (its start is enough if unique).
+        #[arg(long, value_name = "PREFIX", conflicts_with_all = ["all", "expired"])]
+        prefix: Option<String>,
+        /// Every key of the user.
+        #[arg(long, conflicts_with = "expired")]
+        all: bool,
+        /// The keys whose expiry has passed (cleans up after rotations).
+        #[arg(long)]
+        expired: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Status {
+    Active,
+    Pending,
+    Inactive,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Pending => "pending",
+            Status::Inactive => "inactive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    match crate::config::duration::parse_duration(text)? {
+        d if d.as_secs() == 0 => Err(
+            "a key that expires after 0s would never work: give a positive duration such as 90d"
+                .into(),
+        ),
+        d => Ok(d),
+    }
+}
+
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    crate::config::duration::parse_duration(text)
+}
+
+/// Why a command did not do what was asked. Each names the file or the user and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not valid TOML: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("no user {id:?} in {}: `apiward users list` shows the ids", path.display())]
+    NoSuchUser { id: String, path: PathBuf },
+    #[error(
+        "a user {0:?} already exists: choose another id, or change it with `apiward users set`"
+    )]
+    DuplicateUser(String),
+    #[error("{0}")]
+    BadUserId(String),
+    #[error(
+        "group {group:?} is not defined: use one of: {known} (or add [groups.{group}] to the file)"
+    )]
+    UnknownGroup { group: String, known: String },
+    #[error("--remote-addresses: {0}")]
+    BadAddresses(String),
+    #[error("the configuration file is laid out in a way this command cannot edit: {0}")]
+    Layout(String),
+    #[error("the edited file would not pass `apiward check`, so it was not written:\n{0}")]
+    WouldNotPass(ConfigErrors),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} changed while this command was editing it: nothing was written; run the command again", .0.display())]
+    ChangedMeanwhile(PathBuf),
+    #[error("{0}")]
+    KeySelection(String),
+    #[error("the password was refused: {0}")]
+    Policy(#[from] password_policy::PolicyViolation),
+    #[error("cannot read the password: {0}")]
+    PasswordInput(String),
+    #[error("not confirmed: nothing was deleted{0}")]
+    NotConfirmed(&'static str),
+    #[error(transparent)]
+    Random(#[from] crate::keys::RandomSourceError),
+    #[error(transparent)]
+    Hash(#[from] crate::auth::password::HashError),
+}
+
+/// Runs `apiward users ...`; the exit code is 0 on success and 1 with a message otherwise.
+pub fn run_users(args: UsersArgs) -> ExitCode {
+    report(users::run(&args.config, args.command))
+}
+
+/// Runs `apiward keys ...`.
+pub fn run_keys(args: KeysArgs) -> ExitCode {
+    report(keys::run(&args.config, args.command))
+}
+
+fn report(result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
