@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod credential;
+pub mod password;
 pub mod path;
 pub mod permission;
 
