@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the same small upstream (nginx, a fixed 20-byte body) measured with wrk
+#   (a) directly, (b) through apiward (10,000 users, key in a header, source whitelist), and
+#   (c) through nginx doing the equivalent checks (a map from key to user, a map from
+#       user:address to allowed, proxy_pass with upstream keep-alive),
+# in alternating rounds with the same connection count and duration, one worker thread or
+# process per server. Then apiward's peak resident memory with 10,000 and 1,000,000 users.
+#
+# Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
+# Knobs (environment): DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 USERS=10000
+#   BIG_USERS=1000000 (0 skips the 1M memory run) PROXY_CPUS=0 LOAD_CPUS=1 (taskset lists; empty
+#   disables pinning) BASE_PORT=18180 OUT=FILE (the markdown section is also written there).
+#
+# Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+USERS=${USERS:-10000}
+BIG_USERS=${BIG_USERS:-1000000}
+PROXY_CPUS=${PROXY_CPUS-0}
+LOAD_CPUS=${LOAD_CPUS-1}
+BASE_PORT=${BASE_PORT:-18180}
+OUT=${OUT:-}
+
+UPSTREAM_PORT=$BASE_PORT
+APIWARD_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+BIG_PORT=$((BASE_PORT + 3))
+REQUEST_PATH=/api/items/42
+BODY=01234567890123456789 # 20 bytes
+
+WORK=$(mktemp -d /tmp/apiward-e2e.XXXXXX)
+PIDS=()
+
+log() { printf '%s\n' "e2e: $*" >&2; }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # nginx's master stops its worker itself; wait at most 5 s for each.
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pin() { # pin CPUS command...: runs the command pinned to CPUS, or unpinned when CPUS is empty
+    local cpus=$1
+    shift
+    if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+pin_prefix() { # sets PIN to the taskset prefix for CPUS; a background job started with it keeps its pid
+    if [[ -n $1 ]]; then PIN=(taskset -c "$1"); else PIN=(); fi
+}
+
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]} from the distribution's packages"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() { # wait_for_port PORT SECONDS PID
+    local deadline=$((SECONDS + $2))
+    while port_free "$1"; do
+        if ((SECONDS > deadline)); then log "nothing listens on 127.0.0.1:$1 after $2 s"; return 1; fi
+        if ! kill -0 "$3" 2>/dev/null; then log "the process meant to listen on $1 exited"; return 1; fi
+        sleep 0.1
+    done
+}
+
+nginx_common() { # the parts of both nginx configurations that are the same
+    cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $WORK/$1.pid;
+error_log $WORK/$1.error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/$1.body;
+    proxy_temp_path $WORK/$1.proxy;
+    fastcgi_temp_path $WORK/$1.fastcgi;
+    uwsgi_temp_path $WORK/$1.uwsgi;
+    scgi_temp_path $WORK/$1.scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    default_type text/plain;
+EOF
+}
+
+start_nginx() { # start_nginx NAME CPUS: runs nginx with $WORK/NAME.conf in the foreground
+    local name=$1 cpus=$2
+    nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
+    pin_prefix "$cpus"
+    "${PIN[@]}" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf" &
+    PIDS+=($!)
+    wait_for_port "$3" 10 $!
+}
+
+start_apiward() { # start_apiward CONFIG PORT CPUS: sets APIWARD_PID
+    pin_prefix "$3"
+    APIWARD_LOG=warn "${PIN[@]}" "$ROOT/target/release/apiward" run --config "$1" 2>>"$WORK/apiward.log" &
+    APIWARD_PID=$!
+    PIDS+=("$APIWARD_PID")
+    wait_for_port "$2" 600 "$APIWARD_PID"
+}
+
+check_target() { # check_target URL: the request the benchmark sends must get the upstream's body
+    local body
+    body=$(curl -sS --max-time 5 -H "X-Api-Key: $(head -n "$((USERS / 2 + 1))" "$WORK/keys.txt" | tail -n 1)" "$1")
+    if [[ $body != "$BODY" ]]; then
+        log "$1 answered ${body:0:300} instead of the upstream's body"
+        return 1
+    fi
+}
+
+to_ms() { # wrk prints 812.00us, 1.23ms or 1.02s
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+        else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
+}
+
+run_wrk() { # run_wrk NAME URL ROUND: appends "name round rps p50 p99" to results
+    local name=$1 url=$2 round=$3 out="$WORK/wrk.$1.$3.txt"
+    pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 5s --latency \
+        -s "$WORK/keys.lua" "$url" >"$out"
+    if grep -q -E 'Non-2xx|Socket errors' "$out"; then
+        log "$name round $round had errors:"
+        cat "$out" >&2
+        return 1
+    fi
+    local rps p50 p99
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    printf '%s %s %s %s %s\n' "$name" "$round" "$rps" "$p50" "$p99" >>"$WORK/results.txt"
+    log "$(printf '%-8s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms' "$name" "$round" "$rps" "$p50" "$p99")"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+stat_of() { # stat_of NAME COLUMN: the median over the rounds
+    awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$WORK/results.txt" | median
+}
+
+vm_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+big_memory() { # big_memory USERS: sets BIG_HWM and BIG_RSS (KiB) of apiward serving that many users
+    local users=$1 cfg="$WORK/big.toml" pid
+    "$ROOT/target/release/examples/gen_config" --users "$users" --out "$cfg" --workers 1 \
+        --listen "127.0.0.1:$BIG_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --keys "$WORK/big-keys.txt"
+    start_apiward "$cfg" "$BIG_PORT" "$PROXY_CPUS"
+    pid=$APIWARD_PID
+    local key
+    key=$(sed -n "$((users / 2 + 1))p" "$WORK/big-keys.txt")
+    for _ in 1 2 3 4 5; do
+        curl -sS --max-time 5 -o /dev/null -H "X-Api-Key: $key" "http://127.0.0.1:$BIG_PORT$REQUEST_PATH"
+    done
+    BIG_HWM=$(vm_kib "$pid" VmHWM)
+    BIG_RSS=$(vm_kib "$pid" VmRSS)
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    rm -f "$cfg" "$WORK/big-keys.txt"
+}
+
+main() {
+    install_tools
+    local port
+    for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT"; do
+        port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
+    done
+
+    log "building apiward and the config generator (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin apiward --example gen_config)
+
+    log "generating $USERS users"
+    "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 \
+        --listen "127.0.0.1:$APIWARD_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+        --keys "$WORK/keys.txt" --nginx-maps "$WORK/maps.conf"
+
+    # wrk sends 1,024 different keys spread over all users, prepared once per thread, so the
+    # key lookup is not always the same cache line; the direct upstream ignores the header.
+    {
+        echo 'local keys = {'
+        awk -v n="$USERS" 'BEGIN { step = int(n / 1024); if (step < 1) step = 1 }
+            (NR - 1) % step == 0 && c < 1024 { printf "  \"%s\",\n", $0; c++ }' "$WORK/keys.txt"
+        echo '}'
+        cat <<EOF
+local requests = {}
+local i = 0
+function init(args)
+    for n, key in ipairs(keys) do
+        requests[n] = wrk.format("GET", "$REQUEST_PATH", { ["X-Api-Key"] = key })
+    end
+end
+function request()
+    i = i % #requests + 1
+    return requests[i]
+end
+EOF
+    } >"$WORK/keys.lua"
+
+    { nginx_common upstream; cat <<EOF; } >"$WORK/upstream.conf"
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+        location / { return 200 "$BODY"; }
+    }
+}
+EOF
+    { nginx_common gateway; cat <<EOF; } >"$WORK/gateway.conf"
+    include $WORK/maps.conf;
+    upstream bench {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive $((CONNECTIONS * 2));
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location / { return 404; }
+        location /api/ {
+            if (\$api_user = "") { return 401; }
+            if (\$api_allowed != 1) { return 403; }
+            limit_except GET POST { deny all; }
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Api-Key "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Apiward-User \$api_user;
+            proxy_set_header X-Apiward-Group bench;
+        }
+    }
+}
+EOF
+
+    log "starting the upstream (nginx, CPUs ${LOAD_CPUS:-any}), apiward and nginx as gateways (CPUs ${PROXY_CPUS:-any})"
+    start_nginx upstream "$LOAD_CPUS" "$UPSTREAM_PORT"
+    start_apiward "$WORK/apiward.toml" "$APIWARD_PORT" "$PROXY_CPUS"
+    local apiward_pid=$APIWARD_PID
+    start_nginx gateway "$PROXY_CPUS" "$NGINX_PORT"
+
+    local -A urls=(
+        [direct]="http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
+        [apiward]="http://127.0.0.1:$APIWARD_PORT$REQUEST_PATH"
+        [nginx]="http://127.0.0.1:$NGINX_PORT$REQUEST_PATH"
+    )
+    local target round
+    for target in direct apiward nginx; do check_target "${urls[$target]}"; done
+    # Warm-up: connection pools, page faults, CPU frequency.
+    for target in direct apiward nginx; do
+        pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "${urls[$target]}" >/dev/null
+    done
+    : >"$WORK/results.txt"
+    for round in $(seq "$ROUNDS"); do
+        for target in direct apiward nginx; do
+            run_wrk "$target" "${urls[$target]}" "$round"
+        done
+    done
+    local hwm10k rss10k
+    hwm10k=$(vm_kib "$apiward_pid" VmHWM)
+    rss10k=$(vm_kib "$apiward_pid" VmRSS)
+
+    BIG_HWM="" BIG_RSS=""
+    if ((BIG_USERS > 0)); then
+        log "apiward's memory with $BIG_USERS users (generating and compiling takes a while)"
+        big_memory "$BIG_USERS"
+    fi
+
+    report "$hwm10k" "$rss10k" "$BIG_HWM" "$BIG_RSS" | tee "${OUT:-/dev/null}"
+}
+
+report() {
+    local hwm10k=$1 rss10k=$2 big_hwm=$3 big_rss=$4
+    local d_rps a_rps n_rps
+    d_rps=$(stat_of direct 3)
+    a_rps=$(stat_of apiward 3)
+    n_rps=$(stat_of nginx 3)
+    echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC'): wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency," \
+        "$ROUNDS rounds alternating direct, apiward, nginx; medians over the rounds." \
+        "$USERS users; wrk rotates over 1,024 of their keys (X-Api-Key); each user has two whitelist" \
+        "entries and the client matches the second. Gateways pinned to CPU ${PROXY_CPUS:-any}," \
+        "wrk and the upstream to CPU ${LOAD_CPUS:-any}."
+    echo
+    echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs direct | req/s vs nginx |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    local t rps
+    for t in direct apiward nginx; do
+        rps=$(stat_of "$t" 3)
+        printf '| %s | %.0f | %.3f | %.3f | %.2f | %.2f |\n' "$t" "$rps" "$(stat_of "$t" 4)" "$(stat_of "$t" 5)" \
+            "$(awk -v a="$rps" -v b="$d_rps" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { print a / b }')"
+    done
+    echo
+    printf 'apiward / nginx: **%.2f ×** the requests per second (goal ≥ 1.25), p99 %.3f ms vs %.3f ms (goal: not higher).\n' \
+        "$(awk -v a="$a_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of apiward 5)" "$(stat_of nginx 5)"
+    echo
+    echo "Every round:"
+    echo
+    echo "| round | target | req/s | p50 (ms) | p99 (ms) |"
+    echo "|---:|---|---:|---:|---:|"
+    awk '{ printf "| %s | %s | %.0f | %.3f | %.3f |\n", $2, $1, $3, $4, $5 }' "$WORK/results.txt"
+    echo
+    echo "apiward's resident memory (\`VmHWM\` is the peak, including compiling the file; \`VmRSS\` is after serving):"
+    echo
+    echo "| users | VmHWM (MiB) | VmRSS (MiB) | peak bytes per user |"
+    echo "|---:|---:|---:|---:|"
+    printf '| %s | %.1f | %.1f | %.0f |\n' "$USERS" "$(awk -v k="$hwm10k" 'BEGIN { print k / 1024 }')" \
+        "$(awk -v k="$rss10k" 'BEGIN { print k / 1024 }')" "$(awk -v k="$hwm10k" -v u="$USERS" 'BEGIN { print k * 1024 / u }')"
+    if [[ -n $big_hwm ]]; then
+        printf '| %s | %.1f | %.1f | %.0f |\n' "$BIG_USERS" "$(awk -v k="$big_hwm" 'BEGIN { print k / 1024 }')" \
+            "$(awk -v k="$big_rss" 'BEGIN { print k / 1024 }')" \
+            "$(awk -v k="$big_hwm" -v u="$BIG_USERS" 'BEGIN { print k * 1024 / u }')"
+        printf '\nAt %s users: %.0f bytes per user resident after serving (VmRSS), %.0f at the peak (goal < 400).\n' \
+            "$BIG_USERS" "$(awk -v k="$big_rss" -v u="$BIG_USERS" 'BEGIN { print k * 1024 / u }')" \
+            "$(awk -v k="$big_hwm" -v u="$BIG_USERS" 'BEGIN { print k * 1024 / u }')"
+    fi
+}
+
+main "$@"
