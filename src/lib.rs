@@ -1,10 +1,12 @@
 //! apiward: an authenticating reverse proxy that gives any HTTP API per-integration API users.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod observe;
 pub mod proxy;
 pub mod refusal;
 pub mod snapshot;

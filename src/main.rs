@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use apiward::config;
+use apiward::snapshot::AccessLogTarget;
+use tracing_appender::non_blocking::WorkerGuard;
 use apiward::{Gateway, Options};
 
 const DEFAULT_CONFIG: &str = "config/apiward.toml";
@@ -64,13 +66,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("APIWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Diagnostics go to stderr (`APIWARD_LOG` sets the level, `info` by default); the request log,
+/// one JSON line per request, goes to the `[server] access_log` destination through a
+/// non-blocking writer, so a slow disk or pipe never stalls requests (lines are dropped instead).
+fn init_logging(access_log: &AccessLogTarget) -> Result<Option<WorkerGuard>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let access_target = apiward::observe::ACCESS_TARGET;
+    let diagnostics_filter = tracing_subscriber::EnvFilter::try_from_env("APIWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(
+            format!("{access_target}=off")
+                .parse()
+                .map_err(|e| format!("{e}"))?,
+        );
+    let diagnostics = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        .with_filter(diagnostics_filter);
+    let (writer, guard) = match access_log {
+        AccessLogTarget::Off => (None, None),
+        AccessLogTarget::Stdout => {
+            let (w, g) = tracing_appender::non_blocking(std::io::stdout());
+            (Some(w), Some(g))
+        }
+        AccessLogTarget::File(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))?;
+            let (w, g) = tracing_appender::non_blocking(file);
+            (Some(w), Some(g))
+        }
+    };
+    let access = writer.map(|w| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(false)
+            .with_level(false)
+            .with_writer(w)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(access_target, tracing::Level::INFO),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(diagnostics)
+        .with(access)
         .init();
+    Ok(guard)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -100,17 +150,25 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
-    init_logging();
-    // The worker count comes from the file, so it is read once before the runtime exists;
-    // the gateway then loads it again through the reload pipeline like every later reload.
-    let workers = match config::load(path) {
-        Ok(s) => s.server.workers,
+    // The worker count and the log destination come from the file, so it is read once before
+    // the runtime exists; the gateway then loads it again through the reload pipeline like
+    // every later reload.
+    let server = match config::load(path) {
+        Ok(s) => s.server.clone(),
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: not started: fix the errors above", path.display());
             return ExitCode::FAILURE;
         }
     };
+    let _log_flusher = match init_logging(&server.access_log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let workers = server.workers;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -100,7 +101,8 @@ impl UserStatus {
 /// A non-interactive principal that may only reach the APIs behind the gateway.
 #[derive(Debug, Clone)]
 pub struct ApiUser {
-    pub id: Box<str>,
+    /// Shared, because logs and metric labels outlive the snapshot a request was decided on.
+    pub id: Arc<str>,
     pub display_name: Option<Box<str>>,
     pub status: UserStatus,
     pub group: u32,
@@ -127,7 +129,7 @@ pub struct Group {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub prefix: Box<str>,
+    pub prefix: Arc<str>,
     pub upstream: u32,
 }
 
@@ -143,7 +145,7 @@ impl Route {
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub url: Box<str>,
     pub target: UpstreamTarget,
 }
@@ -175,6 +177,17 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_header_bytes: usize,
+    pub access_log: AccessLogTarget,
+    /// The fraction of allowed requests logged; refusals are always logged.
+    pub access_log_sample: f64,
+}
+
+/// Where the one-line-per-request log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
 }
 
 /// Everything a request is decided against.
@@ -183,7 +196,7 @@ pub struct Snapshot {
     pub source: PathBuf,
     pub server: ServerSettings,
     pub users: Box<[ApiUser]>,
-    pub user_index: HashMap<Box<str>, UserIndex>,
+    pub user_index: HashMap<Arc<str>, UserIndex>,
     pub keys: DigestMap<ApiKey>,
     pub groups: Box<[Group]>,
     /// Longest prefix first, so the first match is the longest.

@@ -38,6 +38,8 @@ pub struct RequestFacts<'r> {
 pub struct Decision<'s, 'r> {
     pub user: Option<&'s ApiUser>,
     pub key: Option<&'s ApiKey>,
+    /// The digest of a presented key, known or not (for last-use tracking).
+    pub key_digest: Option<KeyDigest>,
     pub outcome: Outcome<'s, 'r>,
 }
 
@@ -135,9 +137,26 @@ pub fn decide_traced<'s, 'r>(
     passwords: &impl PasswordCheck,
     trace: &mut impl Trace,
 ) -> Decision<'s, 'r> {
+    let digest = match facts.credential {
+        Credential::Key(presented) => Some(KeyDigest::of(presented)),
+        _ => None,
+    };
+    let mut decision = identify_then_decide(snapshot, facts, digest.as_ref(), passwords, trace);
+    decision.key_digest = digest;
+    decision
+}
+
+fn identify_then_decide<'s, 'r>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts<'r>,
+    digest: Option<&KeyDigest>,
+    passwords: &impl PasswordCheck,
+    trace: &mut impl Trace,
+) -> Decision<'s, 'r> {
     let refused = |user, key, refusal| Decision {
         user,
         key,
+        key_digest: None,
         outcome: Outcome::Refused(refusal),
     };
     trace.step(Step::Credential(&facts.credential));
@@ -145,9 +164,8 @@ pub fn decide_traced<'s, 'r>(
     // 1. Who is calling. Nothing about routes or permissions is revealed before this passes.
     let (user, key) = match facts.credential {
         Credential::Missing => return refused(None, None, Refusal::MissingCredentials),
-        Credential::Key(presented) => {
-            let digest = KeyDigest::of(presented);
-            match snapshot.keys.get(&digest) {
+        Credential::Key(_) => {
+            match digest.and_then(|d| snapshot.keys.get(d)) {
                 Some(key) => {
                     let user = snapshot.user(key.user);
                     trace.step(Step::KeyFound { user, key });
@@ -205,6 +223,7 @@ pub fn decide_identified_traced<'s, 'r>(
     let refused = |user, key, refusal| Decision {
         user,
         key,
+        key_digest: None,
         outcome: Outcome::Refused(refusal),
     };
     // 2. Is this user allowed to call at all, and from here.
@@ -258,6 +277,7 @@ pub fn decide_identified_traced<'s, 'r>(
     Decision {
         user: Some(user),
         key,
+        key_digest: None,
         outcome: Outcome::Allowed(Grant {
             group,
             route,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -18,7 +19,7 @@ use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
-    ApiKey, ApiUser, DigestMap, Group, KeyDigest, Route, ServerSettings, Snapshot, Upstream,
+    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, Route, ServerSettings, Snapshot, Upstream,
     UpstreamTarget, UserIndex, UserStatus,
 };
 
@@ -148,7 +149,7 @@ impl Compiler<'_> {
         for (id, user) in &raw.users {
             let index = users.len() as UserIndex;
             if let Some(api_user) = self.user(id, user, &group_index, &raw, index, &mut keys) {
-                user_index.insert(id.get_ref().as_str().into(), index);
+                user_index.insert(Arc::clone(&api_user.id), index);
                 users.push(api_user);
             }
         }
@@ -217,8 +218,30 @@ impl Compiler<'_> {
                 }
             },
         };
+        let access_log = match raw.access_log.as_ref() {
+            None => AccessLogTarget::Stdout,
+            Some(v) => match v.get_ref().as_str() {
+                "stdout" => AccessLogTarget::Stdout,
+                "off" => AccessLogTarget::Off,
+                "" => {
+                    self.error(v.span(), "access_log is empty: use \"stdout\", \"off\" or a file path");
+                    AccessLogTarget::Stdout
+                }
+                path => AccessLogTarget::File(path.into()),
+            },
+        };
+        let access_log_sample = match raw.access_log_sample.as_ref() {
+            None => 1.0,
+            Some(v) if *v.get_ref() > 0.0 && *v.get_ref() <= 1.0 => *v.get_ref(),
+            Some(v) => {
+                self.error(v.span(), "access_log_sample is the fraction of allowed requests logged: a number above 0 and at most 1 (use access_log = \"off\" to log nothing)");
+                1.0
+            }
+        };
         ServerSettings {
             listen,
+            access_log,
+            access_log_sample,
             admin_listen,
             trusted_proxies: trusted_proxies.into_boxed_slice(),
             key_header,

@@ -37,6 +37,8 @@ pub struct RawServer {
     pub idle_timeout: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_sample: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -178,6 +178,9 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
     if a.connect_timeout != b.connect_timeout {
         fields.push("connect_timeout");
     }
+    if a.access_log != b.access_log {
+        fields.push("access_log");
+    }
     fields
 }
 

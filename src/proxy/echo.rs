@@ -4,11 +4,15 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body;
 use serde_json::{Map, Value};
 
 /// Reads the body as it streams (counting it, not keeping it) and describes the request.
-pub async fn respond(request: Request<Incoming>) -> Response<Bytes> {
+pub async fn respond<B>(request: Request<B>) -> Response<Bytes>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let (parts, mut body) = request.into_parts();
     let mut body_bytes: u64 = 0;
     let mut body_error = None;

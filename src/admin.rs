@@ -1,0 +1,156 @@
+//! The admin listener (`[server] admin_listen`): /metrics, /healthz, /readyz, /status, /keys.
+//! It is a separate listener, never the public one, and it needs no credentials: bind it to
+//! loopback or a management network.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::reload::ConfigStore;
+use crate::observe::Telemetry;
+
+/// What the admin endpoints report on.
+pub struct AdminState {
+    pub store: Arc<ConfigStore>,
+    pub telemetry: Arc<Telemetry>,
+    pub started: Instant,
+    pub public_addr: std::net::SocketAddr,
+    /// False once shutdown has begun: /readyz then says 503 so load balancers drain the gateway.
+    pub ready: AtomicBool,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(route(&state, &req)) }
+                    });
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(state.telemetry.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+        }
+        "/status" => json(status(state)),
+        "/keys" => json(keys(state)),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz, /status or /keys\n",
+        ),
+    }
+}
+
+fn status(state: &AdminState) -> serde_json::Value {
+    let snapshot = state.store.load();
+    let failure = state.store.last_failure();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": state.public_addr.to_string(),
+        "config_file": state.store.path().display().to_string(),
+        "config_generation": state.store.generation(),
+        "loaded_at": rfc3339(state.store.loaded_at_unix()),
+        "reloads_applied": state.store.reloads_applied(),
+        "reloads_failed": state.store.reloads_failed(),
+        "last_reload_error": failure.as_ref().map(|f| serde_json::json!({
+            "at": rfc3339(f.at_unix),
+            "message": f.message,
+        })),
+        "users": snapshot.users.len(),
+        "keys": snapshot.keys.len(),
+        "groups": snapshot.groups.len(),
+        "routes": snapshot.routes.len(),
+        "upstreams": snapshot.upstreams.len(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    })
+}
+
+/// Every key of the current snapshot with its user, prefix and last use (null if never used
+/// since the gateway started), so stale keys can be found.
+fn keys(state: &AdminState) -> serde_json::Value {
+    let snapshot = state.store.load();
+    let mut keys: Vec<serde_json::Value> = snapshot
+        .keys
+        .iter()
+        .map(|(digest, key)| {
+            serde_json::json!({
+                "user": &*snapshot.user(key.user).id,
+                "prefix": key.prefix.as_deref(),
+                "sha256_prefix": &digest.to_hex()[..12],
+                "created": key.created.map(rfc3339),
+                "expires": key.expires.map(rfc3339),
+                "last_used": state.telemetry.key_usage.last_used(digest).map(rfc3339),
+            })
+        })
+        .collect();
+    keys.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()).then(a["prefix"].as_str().cmp(&b["prefix"].as_str())));
+    serde_json::json!({ "keys": keys })
+}
+
+/// Unix seconds as `2026-11-22T10:00:00Z`.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json(value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_string_pretty(&value).unwrap_or_default();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,156 @@
+//! What the gateway tells operators: metrics, one log line per request, key last-use, request ids.
+
+pub mod key_usage;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+
+use crate::config::reload::ReloadOutcome;
+use crate::snapshot::Snapshot;
+
+pub use key_usage::KeyUsage;
+pub use metrics::Metrics;
+
+/// The tracing target of request log lines; the binary sends it to its own JSON writer.
+pub const ACCESS_TARGET: &str = "apiward::access";
+
+/// Shared by every request of one gateway.
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub key_usage: KeyUsage,
+    request_ids: RequestIds,
+    sampled: AtomicU64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        Telemetry {
+            metrics: Metrics::new(),
+            key_usage: KeyUsage::default(),
+            request_ids: RequestIds::new(),
+            sampled: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next_request_id(&self) -> HeaderValue {
+        self.request_ids.next()
+    }
+
+    /// Counts a reload and keeps the per-key state in step with the new snapshot.
+    pub fn reloaded(&self, outcome: &ReloadOutcome, current: &Snapshot, generation: u64) {
+        match outcome {
+            ReloadOutcome::Applied { .. } => {
+                self.metrics.reload("applied");
+                self.key_usage.retain_keys_of(current);
+            }
+            ReloadOutcome::Refused(_) => self.metrics.reload("refused"),
+            ReloadOutcome::Missing => self.metrics.reload("missing"),
+            ReloadOutcome::Unchanged => {}
+        }
+        self.metrics.set_generation(generation);
+    }
+
+    /// Whether an allowed request is logged, for a sampling fraction in (0, 1].
+    fn sample(&self, fraction: f64) -> bool {
+        if fraction >= 1.0 {
+            return true;
+        }
+        let every = (1.0 / fraction).round().max(1.0) as u64;
+        self.sampled.fetch_add(1, Ordering::Relaxed) % every == 0
+    }
+
+    /// Records a finished request: metrics always, a log line unless sampled out.
+    pub fn finish(&self, record: &RequestRecord, bytes_in: u64, bytes_out: u64) {
+        let total = record.started.elapsed();
+        self.metrics.request(
+            record.user.as_ref(),
+            record.route.as_ref(),
+            record.decision,
+            record.status,
+            total,
+            record.upstream_time,
+        );
+        if !record.log || (record.decision == "allowed" && !self.sample(record.sample)) {
+            return;
+        }
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = record.request_id.to_str().unwrap_or(""),
+            client = %record.client,
+            user = record.user.as_deref(),
+            key_prefix = record.key_prefix.as_deref(),
+            method = record.method.as_str(),
+            path = record.path.as_str(),
+            route = record.route.as_deref(),
+            upstream = record.upstream.as_deref(),
+            decision = record.decision,
+            status = record.status,
+            bytes_in,
+            bytes_out,
+            upstream_ms = record.upstream_time.map(|d| millis(d)),
+            total_ms = millis(total),
+        );
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// Everything known about one request by the time its response starts.
+pub struct RequestRecord {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub client: std::net::IpAddr,
+    pub user: Option<Arc<str>>,
+    pub key_prefix: Option<Box<str>>,
+    pub method: http::Method,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub decision: &'static str,
+    pub status: u16,
+    pub upstream_time: Option<Duration>,
+    /// Whether a log line is written at all (`access_log = "off"` turns it off).
+    pub log: bool,
+    pub sample: f64,
+}
+
+/// Request ids: a random per-process prefix and a counter, unique without coordination.
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            // No OS randomness: time is unique enough for correlating log lines.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            seed = nanos.to_le_bytes();
+        }
+        RequestIds {
+            prefix: u64::from_le_bytes(seed),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}{:08x}", self.prefix, n))
+            .expect("hex digits are a valid header value")
+    }
+}
