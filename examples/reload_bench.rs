@@ -87,7 +87,7 @@ async fn revocation_latency(users: usize, rounds: usize) {
         let key = support::key(victim);
         let digest = apiward::snapshot::KeyDigest::of(&key).to_hex();
         let revoked = full.replace(&format!("sha256 = \"{digest}\""), &format!("sha256 = \"{}\"", apiward::snapshot::KeyDigest::of(&format!("replacement-{round}")).to_hex()));
-        let path = path.clone();
+        let round_path = path.clone();
         let latency = tokio::task::spawn_blocking(move || {
             let mut conn = TcpStream::connect(addr).expect("connect");
             conn.set_nodelay(true).ok();
@@ -97,10 +97,10 @@ async fn revocation_latency(users: usize, rounds: usize) {
                 support::KEY_HEADER
             );
             assert_eq!(status(&mut conn, &request), 200, "the key works before the revocation");
-            let tmp = path.with_extension("tmp");
+            let tmp = round_path.with_extension("tmp");
             std::fs::write(&tmp, &revoked).expect("write");
             let renamed = Instant::now();
-            std::fs::rename(&tmp, &path).expect("rename");
+            std::fs::rename(&tmp, &round_path).expect("rename");
             loop {
                 if status(&mut conn, &request) == 401 {
                     return renamed.elapsed();
