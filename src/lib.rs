@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod explain;
 pub mod keys;
 pub mod observe;
 pub mod proxy;

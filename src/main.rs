@@ -54,6 +54,14 @@ enum Command {
     ///
     /// A new key is printed once on stdout; the file keeps only its digest and prefix.
     Keys(apiward::cli::KeysArgs),
+    /// Explain, step by step, why a request would be allowed or refused ("why do I get 403?").
+    ///
+    /// Runs the gateway's own decision on the file and prints each step: the key's user (by
+    /// prefix only), expiry, status, source whitelist, path, route, group permission, verdict.
+    /// Exit status 0 whatever the verdict; 1 for a file that does not load, 2 for bad arguments.
+    ///
+    /// Example: apiward explain --key - --source 192.0.2.10 --method POST --path /supporters/
+    Explain(apiward::explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Users(args) => apiward::cli::run_users(args),
         Command::Keys(args) => apiward::cli::run_keys(args),
+        Command::Explain(args) => apiward::explain::run(args),
     }
 }
 

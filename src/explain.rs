@@ -1,0 +1,560 @@
+//! `apiward explain`: runs the one decision function on a configuration file and narrates each step,
+//! so that "my integration gets 403, why?" has an answer without reading logs or code.
+//!
+//! Nothing here decides anything: the verdict is the `Decision` that `auth::decide_traced` (or, for
+//! `--user`, `auth::decide_identified_traced`) returns, and the lines are its trace steps in words.
+//! A presented key is only ever shown by its prefix (`credential::key_prefix`).
+
+use std::fmt;
+use std::io::BufRead;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use http::Method;
+
+use crate::auth::address::{AddressBlock, SourceWhitelist, canonical};
+use crate::auth::credential::key_prefix;
+use crate::auth::{self, Credential, NoPasswords, Outcome, RequestFacts, Step, Trace};
+use crate::refusal::Refusal;
+use crate::snapshot::{ApiKey, ApiUser, Group, Snapshot, Upstream, UpstreamTarget, UserStatus};
+
+/// How many whitelist entries are suggested when a source matches none.
+const NEAREST_ENTRIES: usize = 3;
+
+/// `apiward explain ...`
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The configuration file to explain against.
+    #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG, value_name = "PATH")]
+    pub config: PathBuf,
+    /// The API key the request presents; "-" reads it from the first line of stdin (keeps it out
+    /// of the shell history). Only its first characters are ever printed.
+    #[arg(long, value_name = "KEY", conflicts_with = "user")]
+    pub key: Option<String>,
+    /// Explain as this API user (by id), skipping the key check. With neither --key nor --user the
+    /// request carries no credential.
+    #[arg(long, value_name = "ID")]
+    pub user: Option<String>,
+    /// The client address, as the gateway sees it (the TCP peer, or the X-Forwarded-For address
+    /// a trusted proxy vouched for).
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
+    pub source: IpAddr,
+    /// The HTTP method (case-insensitive).
+    #[arg(long, default_value = "GET", value_parser = parse_method, value_name = "METHOD")]
+    pub method: Method,
+    /// The request path, as sent; a query after '?' is carried along but not checked.
+    #[arg(long, value_name = "PATH")]
+    pub path: String,
+}
+
+fn parse_method(text: &str) -> Result<Method, String> {
+    Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("{text:?} is not an HTTP method"))
+}
+
+/// Runs `apiward explain`: 0 whatever the verdict, 1 for a file that does not load or a key that
+/// cannot be read.
+pub fn run(args: ExplainArgs) -> ExitCode {
+    let snapshot = match crate::config::load(&args.config) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error(s); nothing to explain against",
+                args.config.display(),
+                errors.0.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let key_from_stdin;
+    let caller = match (&args.key, &args.user) {
+        (Some(k), _) if k == "-" => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+                eprintln!("cannot read the key from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            key_from_stdin = line;
+            Caller::Key(&key_from_stdin)
+        }
+        (Some(k), _) => Caller::Key(k),
+        (None, Some(id)) => Caller::User(id),
+        (None, None) => Caller::Anonymous,
+    };
+    let question = Question {
+        caller,
+        source: args.source,
+        method: args.method,
+        path: &args.path,
+        now: crate::config::reload::now_unix(),
+    };
+    print!("{}", explain(&snapshot, &question));
+    ExitCode::SUCCESS
+}
+
+/// Who the explained request claims to be.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// No credential at all.
+    Anonymous,
+    /// A key, as a client would present it.
+    Key(&'a str),
+    /// An API user by id: the steps after identification, without any key.
+    User(&'a str),
+}
+
+/// The request to explain.
+#[derive(Debug, Clone)]
+pub struct Question<'a> {
+    pub caller: Caller<'a>,
+    pub source: IpAddr,
+    pub method: Method,
+    /// The path as sent, possibly with `?query`.
+    pub path: &'a str,
+    /// Unix seconds, for key expiry.
+    pub now: i64,
+}
+
+/// The outcome the gateway would answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forwarded; `to` is the upstream and the path (and query) it receives.
+    Allowed {
+        to: String,
+    },
+    Refused(Refusal),
+}
+
+impl Verdict {
+    /// The status the gateway answers with; for an allowed request, the upstream decides, and 200 is
+    /// what a healthy one answers.
+    pub fn status(&self) -> u16 {
+        match self {
+            Verdict::Allowed { .. } => 200,
+            Verdict::Refused(r) => r.status().as_u16(),
+        }
+    }
+
+    /// `allowed`, or the refusal's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Verdict::Allowed { .. } => "allowed",
+            Verdict::Refused(r) => r.code(),
+        }
+    }
+}
+
+/// One printed line: a step name (empty for a continuation) and what happened.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub label: &'static str,
+    pub text: String,
+}
+
+/// The narrated steps and the verdict.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub lines: Vec<Line>,
+    pub verdict: Verdict,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.lines {
+            writeln!(f, "{:<10} {}", line.label, line.text)?;
+        }
+        let detail = match &self.verdict {
+            Verdict::Allowed { to } => format!("forwarded to {to}"),
+            Verdict::Refused(r) => r.message().to_string(),
+        };
+        writeln!(
+            f,
+            "{:<10} {} {}: {detail}",
+            "verdict",
+            self.verdict.status(),
+            self.verdict.code()
+        )
+    }
+}
+
+/// Decides `question` against `snapshot` with the same functions as the gateway, narrating each step.
+pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
+    let (path, query) = match question.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (question.path, None),
+    };
+    let mut narrator = Narrator {
+        snapshot,
+        raw_path: path,
+        method: &question.method,
+        normalised: None,
+        lines: Vec::new(),
+    };
+    narrator.note_trusted_proxy(question.source);
+    let credential = match question.caller {
+        Caller::Anonymous => Credential::Missing,
+        // The gateway trims a header value and treats an empty one as no key at all.
+        Caller::Key(k) if k.trim().is_empty() => Credential::Missing,
+        Caller::Key(k) => Credential::Key(k.trim()),
+        Caller::User(_) => Credential::Missing,
+    };
+    let facts = RequestFacts {
+        method: &question.method,
+        path,
+        credential,
+        client: question.source,
+        now: question.now,
+    };
+    let decision = match question.caller {
+        Caller::User(id) => match snapshot.user_by_id(id) {
+            Some(user) => {
+                narrator.push(
+                    "user",
+                    narrator.describe_user_without_key(user, question.now),
+                );
+                auth::decide_identified_traced(snapshot, user, None, &facts, &mut narrator)
+            }
+            None => {
+                narrator.push(
+                    "user",
+                    format!(
+                        "{id}: no such user in {} ✗ (any credential for it is refused as invalid)",
+                        snapshot.source.display()
+                    ),
+                );
+                return narrator.finish(Verdict::Refused(Refusal::InvalidCredentials));
+            }
+        },
+        Caller::Anonymous | Caller::Key(_) => {
+            auth::decide_traced(snapshot, &facts, &NoPasswords, &mut narrator)
+        }
+    };
+    let verdict = match &decision.outcome {
+        Outcome::Allowed(grant) => Verdict::Allowed {
+            to: forwarded_to(grant.upstream, &grant.path, query),
+        },
+        Outcome::Refused(refusal) => Verdict::Refused(*refusal),
+    };
+    narrator.finish(verdict)
+}
+
+/// Where an allowed request goes: the upstream's URL (with its base path), then the path and query.
+fn forwarded_to(upstream: &Upstream, path: &str, query: Option<&str>) -> String {
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    match &upstream.target {
+        UpstreamTarget::Echo => format!("{} {path}{query}", upstream.url),
+        UpstreamTarget::Http {
+            scheme,
+            authority,
+            base_path,
+        } => format!("{scheme}://{authority}{base_path}{path}{query}"),
+    }
+}
+
+/// Turns trace steps into lines.
+struct Narrator<'a> {
+    snapshot: &'a Snapshot,
+    raw_path: &'a str,
+    method: &'a Method,
+    normalised: Option<String>,
+    lines: Vec<Line>,
+}
+
+impl Narrator<'_> {
+    fn push(&mut self, label: &'static str, text: String) {
+        self.lines.push(Line { label, text });
+    }
+
+    fn finish(self, verdict: Verdict) -> Explanation {
+        Explanation {
+            lines: self.lines,
+            verdict,
+        }
+    }
+
+    fn note_trusted_proxy(&mut self, source: IpAddr) {
+        if self.snapshot.is_trusted_proxy(source) {
+            self.push(
+                "note",
+                format!(
+                    "{source} is a trusted proxy: the gateway takes the client address from its \
+                     X-Forwarded-For; pass that address as --source"
+                ),
+            );
+        }
+    }
+
+    fn describe_user_without_key(&self, user: &ApiUser, now: i64) -> String {
+        let (mut keys, mut expired) = (0, 0);
+        let index = self.snapshot.user_index.get(&user.id).copied();
+        for key in self.snapshot.keys.values() {
+            if Some(key.user) == index {
+                keys += 1;
+                if key.expires.is_some_and(|t| now >= t) {
+                    expired += 1;
+                }
+            }
+        }
+        format!(
+            "{}{} (explaining as this user, no key checked; it has {keys} key(s), {expired} expired)",
+            user.id,
+            user.display_name
+                .as_deref()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default()
+        )
+    }
+
+    fn describe_key(user: &ApiUser, key: &ApiKey) -> String {
+        let mut facts = Vec::new();
+        match &key.prefix {
+            Some(p) => facts.push(format!("key prefix {p}")),
+            None => facts.push("no prefix stored".to_string()),
+        }
+        if let Some(t) = key.created {
+            facts.push(format!("created {}", timestamp(t)));
+        }
+        match key.expires {
+            Some(t) => facts.push(format!("expires {}", timestamp(t))),
+            None => facts.push("no expiry".to_string()),
+        }
+        format!("user {} ({})", user.id, facts.join(", "))
+    }
+
+    fn permissions_of(&mut self, group: &Group) {
+        if group.permissions.is_empty() {
+            self.push(
+                "",
+                format!("group {} has no permissions at all", group.name),
+            );
+            return;
+        }
+        for p in group.permissions.iter() {
+            self.push(
+                "",
+                format!(
+                    "group {} has {} [{}]",
+                    group.name,
+                    p.pattern.as_str(),
+                    p.verbs
+                ),
+            );
+        }
+    }
+}
+
+impl Trace for Narrator<'_> {
+    fn step(&mut self, step: Step<'_>) {
+        match step {
+            Step::Credential(Credential::Missing) => self.push(
+                "credential",
+                format!(
+                    "none: no {} header and no Authorization: Bearer ✗",
+                    self.snapshot.server.key_header
+                ),
+            ),
+            Step::Credential(Credential::Key(k)) => {
+                // Kept for the key line that follows; only the prefix is ever stored.
+                self.push("key", format!("{}…", key_prefix(k)));
+            }
+            Step::Credential(Credential::Basic { user, .. }) => {
+                self.push("credential", format!("Basic for {user} (password hidden)"));
+            }
+            Step::Credential(Credential::Malformed) => {
+                self.push("credential", "present but unreadable ✗".to_string());
+            }
+            Step::KeyFound { user, key } => {
+                let described = Self::describe_key(user, key);
+                self.append_to_last("key", &format!(" → {described}"));
+            }
+            Step::KeyNotFound => self.append_to_last(
+                "key",
+                " → no user has this key ✗ (the file keeps only key digests: a mistyped, revoked \
+                 or other environment's key all look like this)",
+            ),
+            Step::PasswordChecked { user, ok } => self.push(
+                "password",
+                format!(
+                    "user {}: {}",
+                    user.id,
+                    if ok { "accepted ✓" } else { "refused ✗" }
+                ),
+            ),
+            Step::KeyExpiry {
+                expires: Some(t),
+                now,
+            } => {
+                let text = if now >= t {
+                    format!("expired at {} (now {}) ✗", timestamp(t), timestamp(now))
+                } else {
+                    format!("valid until {} ✓", timestamp(t))
+                };
+                self.push("expiry", text);
+            }
+            Step::KeyExpiry { expires: None, .. } => {}
+            Step::Status(status) => {
+                let text = match status {
+                    UserStatus::Active => "active ✓".to_string(),
+                    other => format!("{} ✗ (only active users get through)", other.as_str()),
+                };
+                self.push("status", text);
+            }
+            Step::Source {
+                client,
+                allowed,
+                whitelist,
+            } => {
+                let text = if allowed {
+                    let entry = whitelist.matching_entry(client).unwrap_or_default();
+                    format!("{client} matches {entry} ✓")
+                } else {
+                    let nearest: Vec<String> = nearest_entries(whitelist, client)
+                        .iter()
+                        .map(|(block, bits)| match bits {
+                            Some(1) => format!("{block} (1 leading bit shared)"),
+                            Some(bits) => format!("{block} ({bits} leading bits shared)"),
+                            None => format!("{block} (other address family)"),
+                        })
+                        .collect();
+                    if nearest.is_empty() {
+                        format!("{client} matches no entry of the user's whitelist ✗")
+                    } else {
+                        format!(
+                            "{client} matches no entry of the user's whitelist ✗; nearest: {}",
+                            nearest.join(", ")
+                        )
+                    }
+                };
+                self.push("source", text);
+            }
+            Step::Path { normalised: Ok(p) } => {
+                let text = if p == self.raw_path {
+                    p.to_string()
+                } else {
+                    format!("{p} (normalised from {})", self.raw_path)
+                };
+                self.normalised = Some(p.to_string());
+                self.push("path", text);
+            }
+            Step::Path { normalised: Err(e) } => {
+                self.push("path", format!("{} refused: {e} ✗", self.raw_path));
+            }
+            Step::Route(Some((route, upstream))) => self.push(
+                "route",
+                format!(
+                    "{} → upstream {} ({})",
+                    route.prefix, upstream.name, upstream.url
+                ),
+            ),
+            Step::Route(None) => {
+                let routes: Vec<&str> = self.snapshot.routes.iter().map(|r| &*r.prefix).collect();
+                let path = self.normalised.as_deref().unwrap_or(self.raw_path);
+                let text = if routes.is_empty() {
+                    format!("no route matches {path} ✗; the file has no routes")
+                } else {
+                    format!("no route matches {path} ✗; routes: {}", routes.join(", "))
+                };
+                self.push("route", text);
+            }
+            Step::Permission {
+                group,
+                verb,
+                allowed_by,
+            } => {
+                let method = self.method.as_str();
+                match (verb, allowed_by) {
+                    (Some(v), Some(p)) => self.push(
+                        "permission",
+                        format!(
+                            "group {}: {method} needs {v}; allowed by {} [{}] ✓",
+                            group.name,
+                            p.pattern.as_str(),
+                            p.verbs
+                        ),
+                    ),
+                    (Some(v), None) => {
+                        let path = self.normalised.clone().unwrap_or_default();
+                        self.push(
+                            "permission",
+                            format!(
+                                "group {}: {method} needs {v}; no permission allows it on {path} ✗",
+                                group.name
+                            ),
+                        );
+                        self.permissions_of(group);
+                    }
+                    (None, _) => {
+                        self.push(
+                            "permission",
+                            format!(
+                                "group {}: {method} is granted by no verb ✗ (view = GET, HEAD, \
+                                 OPTIONS; create = POST; modify = PUT, PATCH; delete = DELETE)",
+                                group.name
+                            ),
+                        );
+                        self.permissions_of(group);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Narrator<'_> {
+    fn append_to_last(&mut self, label: &'static str, text: &str) {
+        match self.lines.last_mut() {
+            Some(line) if line.label == label => line.text.push_str(text),
+            _ => self.push(label, text.trim_start().to_string()),
+        }
+    }
+}
+
+/// The whitelist entries closest to `client`, best first, at most `NEAREST_ENTRIES`: ranked by the
+/// leading bits they share with it (`None` for an entry of the other address family, which shares
+/// nothing and comes last).
+pub fn nearest_entries(
+    whitelist: &SourceWhitelist,
+    client: IpAddr,
+) -> Vec<(AddressBlock, Option<u32>)> {
+    let SourceWhitelist::Blocks(blocks) = whitelist else {
+        return Vec::new();
+    };
+    let client = canonical(client);
+    let mut ranked: Vec<(AddressBlock, Option<u32>)> = blocks
+        .iter()
+        .map(|block| (*block, shared_leading_bits(*block, client)))
+        .collect();
+    // Stable, so among equals the file's order is kept; `None` sorts below every `Some`.
+    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    ranked.truncate(NEAREST_ENTRIES);
+    ranked
+}
+
+fn shared_leading_bits(block: AddressBlock, client: IpAddr) -> Option<u32> {
+    match (block, client) {
+        (AddressBlock::V4 { network, .. }, IpAddr::V4(a)) => {
+            Some((u32::from(a) ^ network).leading_zeros())
+        }
+        (AddressBlock::V6 { network, .. }, IpAddr::V6(a)) => {
+            Some((u128::from(a) ^ network).leading_zeros())
+        }
+        _ => None,
+    }
+}
+
+/// RFC 3339 in UTC, as the configuration file writes it.
+fn timestamp(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{unix}"))
+}
+
+#[cfg(test)]
+mod tests;
