@@ -19,8 +19,8 @@ use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
-    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, Route, ServerSettings, Snapshot, Upstream,
-    UpstreamTarget, UserIndex, UserStatus,
+    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, Route, ServerSettings, Snapshot,
+    Upstream, UpstreamTarget, UserIndex, UserStatus,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -28,7 +28,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Parses and validates one file's text. `file` is only used to name the file in errors.
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let loc = Locator::new(file, text);
-    let raw: RawConfig = match toml::from_str(text) {
+    let raw: RawConfig = match super::parse::parse(text) {
         Ok(raw) => raw,
         Err(e) => {
             let message = e.message().trim_end().to_string();
@@ -62,7 +62,7 @@ impl Compiler<'_> {
     }
 
     fn snapshot(&mut self, file: &Path, raw: RawConfig) -> Snapshot {
-        let server = self.server(&raw.server);
+        let server = self.server(raw.server.as_ref().unwrap_or(&RawServer::default()));
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut upstream_index = HashMap::new();
@@ -224,7 +224,10 @@ impl Compiler<'_> {
                 "stdout" => AccessLogTarget::Stdout,
                 "off" => AccessLogTarget::Off,
                 "" => {
-                    self.error(v.span(), "access_log is empty: use \"stdout\", \"off\" or a file path");
+                    self.error(
+                        v.span(),
+                        "access_log is empty: use \"stdout\", \"off\" or a file path",
+                    );
                     AccessLogTarget::Stdout
                 }
                 path => AccessLogTarget::File(path.into()),

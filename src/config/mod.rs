@@ -4,6 +4,7 @@ pub mod compile;
 pub mod diff;
 pub mod duration;
 pub mod error;
+mod parse;
 pub mod raw;
 pub mod reload;
 

@@ -10,8 +10,7 @@ use toml::value::Datetime;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    #[serde(default)]
-    pub server: RawServer,
+    pub server: Option<RawServer>,
     #[serde(default)]
     pub upstreams: BTreeMap<Spanned<String>, RawUpstream>,
     #[serde(default)]

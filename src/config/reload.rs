@@ -129,10 +129,12 @@ impl ConfigStore {
             Ok(s) => s,
             Err(e) => return self.refused(e),
         };
-        let previous = self.current.load_full();
+        // Swap first: what changed is worked out afterwards, for the log, off the critical path
+        // between the file landing and the new keys being enforced.
+        let snapshot = Arc::new(snapshot);
+        let previous = self.current.swap(Arc::clone(&snapshot));
         let changes = ChangeSummary::between(&previous, &snapshot);
         let restart_required = restart_required(&previous, &snapshot);
-        self.current.store(Arc::new(snapshot));
         // The old snapshot is freed here, on the reload thread, not on a request's.
         drop(previous);
         *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
@@ -237,7 +239,7 @@ pub enum ReloadTrigger {
 }
 
 /// Events closer together than this are one save.
-const QUIET: Duration = Duration::from_millis(15);
+const QUIET: Duration = Duration::from_millis(10);
 /// A stream of events never delays a reload longer than this.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(200);
 
