@@ -33,7 +33,8 @@ fn two_keys_per_user(users: usize) -> String {
     let mut i = 0;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("keys = [") {
-            let second = apiward::snapshot::KeyDigest::of(&format!("{}-rotated", support::key(i))).to_hex();
+            let second =
+                apiward::snapshot::KeyDigest::of(&format!("{}-rotated", support::key(i))).to_hex();
             out.push_str(&format!("keys = [{{ sha256 = \"{second}\" }}, {rest}\n"));
             i += 1;
         } else {
@@ -86,7 +87,13 @@ async fn revocation_latency(users: usize, rounds: usize) {
         let victim = 1 + round * (users / (rounds + 1));
         let key = support::key(victim);
         let digest = apiward::snapshot::KeyDigest::of(&key).to_hex();
-        let revoked = full.replace(&format!("sha256 = \"{digest}\""), &format!("sha256 = \"{}\"", apiward::snapshot::KeyDigest::of(&format!("replacement-{round}")).to_hex()));
+        let revoked = full.replace(
+            &format!("sha256 = \"{digest}\""),
+            &format!(
+                "sha256 = \"{}\"",
+                apiward::snapshot::KeyDigest::of(&format!("replacement-{round}")).to_hex()
+            ),
+        );
         let round_path = path.clone();
         let latency = tokio::task::spawn_blocking(move || {
             let mut conn = TcpStream::connect(addr).expect("connect");
@@ -96,7 +103,11 @@ async fn revocation_latency(users: usize, rounds: usize) {
                 support::REQUEST_PATH,
                 support::KEY_HEADER
             );
-            assert_eq!(status(&mut conn, &request), 200, "the key works before the revocation");
+            assert_eq!(
+                status(&mut conn, &request),
+                200,
+                "the key works before the revocation"
+            );
             let tmp = round_path.with_extension("tmp");
             std::fs::write(&tmp, &revoked).expect("write");
             let renamed = Instant::now();
@@ -142,7 +153,11 @@ fn status(conn: &mut TcpStream, request: &str) -> u16 {
         if let Some(end) = text.find("\r\n\r\n") {
             let len: usize = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 return text[9..12].parse().unwrap_or(0);
@@ -165,7 +180,10 @@ fn memory_across_reloads(users: usize, reloads: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("apiward.toml");
     let a = support::config_text(&support::Spec::in_memory(users));
-    let b = a.replace("status = \"active\"\ngroup = \"bench\"\nremote_addresses = \"198.51.0.1~", "status = \"inactive\"\ngroup = \"bench\"\nremote_addresses = \"198.51.0.1~");
+    let b = a.replace(
+        "status = \"active\"\ngroup = \"bench\"\nremote_addresses = \"198.51.0.1~",
+        "status = \"inactive\"\ngroup = \"bench\"\nremote_addresses = \"198.51.0.1~",
+    );
     assert_ne!(a, b);
     std::fs::write(&path, &a).expect("write");
     let store = ConfigStore::open(&path).expect("open");

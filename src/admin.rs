@@ -31,7 +31,11 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -126,7 +130,12 @@ fn keys(state: &AdminState) -> serde_json::Value {
             })
         })
         .collect();
-    keys.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()).then(a["prefix"].as_str().cmp(&b["prefix"].as_str())));
+    keys.sort_by(|a, b| {
+        a["user"]
+            .as_str()
+            .cmp(&b["user"].as_str())
+            .then(a["prefix"].as_str().cmp(&b["prefix"].as_str()))
+    });
     serde_json::json!({ "keys": keys })
 }
 
@@ -134,15 +143,20 @@ fn keys(state: &AdminState) -> serde_json::Value {
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

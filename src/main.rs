@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 
 use apiward::config;
 use apiward::snapshot::AccessLogTarget;
-use tracing_appender::non_blocking::WorkerGuard;
 use apiward::{Gateway, Options};
+use tracing_appender::non_blocking::WorkerGuard;
 
 const DEFAULT_CONFIG: &str = "config/apiward.toml";
 

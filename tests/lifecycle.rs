@@ -27,9 +27,19 @@ async fn the_shipped_config_serves_the_readme_examples() {
     assert_eq!(r.json()["headers"]["x-apiward-user"], "demo@apiward.local");
     let r = get(&gw.url("/supporters/42"), &[]).await;
     assert_eq!(r.error_code(), "missing_credentials");
-    let r = get(&gw.url("/supporters/42"), &[("x-api-key", DEMO_INACTIVE_KEY)]).await;
+    let r = get(
+        &gw.url("/supporters/42"),
+        &[("x-api-key", DEMO_INACTIVE_KEY)],
+    )
+    .await;
     assert_eq!(r.error_code(), "user_inactive");
-    let r = send("DELETE", &gw.url("/supporters/42"), &[("x-api-key", DEMO_KEY)], "").await;
+    let r = send(
+        "DELETE",
+        &gw.url("/supporters/42"),
+        &[("x-api-key", DEMO_KEY)],
+        "",
+    )
+    .await;
     assert_eq!(r.error_code(), "forbidden");
     gw.shutdown().await;
 }
@@ -38,12 +48,17 @@ async fn the_shipped_config_serves_the_readme_examples() {
 async fn a_bad_file_starts_nothing_and_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apiward.toml");
-    std::fs::write(&path, shipped_config().replace("group = \"manage-supporters\"", "group = \"no-such-group\"")).unwrap();
+    std::fs::write(
+        &path,
+        shipped_config().replace("group = \"manage-supporters\"", "group = \"no-such-group\""),
+    )
+    .unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err = match apiward::Gateway::start(&path, Some(listener), apiward::Options::default()).await {
-        Ok(_) => panic!("a gateway started on an invalid file"),
-        Err(e) => e.to_string(),
-    };
+    let err =
+        match apiward::Gateway::start(&path, Some(listener), apiward::Options::default()).await {
+            Ok(_) => panic!("a gateway started on an invalid file"),
+            Err(e) => e.to_string(),
+        };
     assert!(err.contains(&format!("{}:", path.display())), "{err}");
     assert!(err.contains("no-such-group"), "{err}");
     let missing = dir.path().join("absent.toml");
@@ -58,25 +73,49 @@ async fn a_bad_file_starts_nothing_and_says_where() {
 fn check_validates_like_nginx_t() {
     let bin = env!("CARGO_BIN_EXE_apiward");
     let ok = Command::new(bin)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/apiward.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/apiward.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert!(out.contains("ok: 2 users, 2 keys, 2 groups, 2 routes"), "{out}");
+    assert!(
+        out.contains("ok: 2 users, 2 keys, 2 groups, 2 routes"),
+        "{out}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     let text = shipped_config()
         .replace("status = \"active\"", "status = \"enabled\"")
-        .replace("remote_addresses = \"127.0.0.1~::1\"", "remote_addresses = \"127.0.0.1~::1~nope\"");
+        .replace(
+            "remote_addresses = \"127.0.0.1~::1\"",
+            "remote_addresses = \"127.0.0.1~::1~nope\"",
+        );
     std::fs::write(&bad, &text).unwrap();
-    let out = Command::new(bin).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let line = |needle: &str| text[..text.find(needle).unwrap()].matches('\n').count() + 1;
-    assert!(err.contains(&format!("bad.toml:{}:", line("status = \"enabled\""))), "{err}");
-    assert!(err.contains(&format!("bad.toml:{}:", line("127.0.0.1~::1~nope"))), "{err}");
+    assert!(
+        err.contains(&format!("bad.toml:{}:", line("status = \"enabled\""))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("bad.toml:{}:", line("127.0.0.1~::1~nope"))),
+        "{err}"
+    );
     assert!(err.contains("2 error(s)"), "{err}");
 }
 
@@ -84,43 +123,80 @@ fn check_validates_like_nginx_t() {
 async fn a_slow_request_head_is_cut_off_but_an_idle_keep_alive_connection_is_not() {
     let upstream = echo_upstream().await;
     let k = TestKey::new("timeouts");
-    let toml = config(&upstream.url(), &user("t@example.org", "active", "manage-supporters", "127.0.0.1", &[&k]))
-        .replace("upstream_timeout = \"2s\"", "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"");
+    let toml = config(
+        &upstream.url(),
+        &user(
+            "t@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k],
+        ),
+    )
+    .replace(
+        "upstream_timeout = \"2s\"",
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"",
+    );
     let gw = TestGateway::start(&toml).await;
 
     // Half a request head, then silence: closed after header_read_timeout.
     let mut slow = TcpStream::connect(gw.addr).await.unwrap();
-    slow.write_all(b"GET /supporters/1 HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    assert!(closed_within(&mut slow, Duration::from_secs(4)).await, "the slow head was not cut off");
+    slow.write_all(b"GET /supporters/1 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(4)).await,
+        "the slow head was not cut off"
+    );
 
     // A keep-alive connection idle for longer than header_read_timeout is still usable.
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!("GET /supporters/1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: {}\r\n\r\n", k.key);
+    let request = format!(
+        "GET /supporters/1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: {}\r\n\r\n",
+        k.key
+    );
     conn.write_all(request.as_bytes()).await.unwrap();
     let first = read_response(&mut conn).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     tokio::time::sleep(Duration::from_millis(800)).await;
     conn.write_all(request.as_bytes()).await.unwrap();
     let second = read_response(&mut conn).await;
-    assert!(second.starts_with("HTTP/1.1 200"), "an idle keep-alive connection was closed: {second:?}");
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "an idle keep-alive connection was closed: {second:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_after_idle_timeout() {
     let upstream = echo_upstream().await;
     let k = TestKey::new("idle");
-    let toml = config(&upstream.url(), &user("i@example.org", "active", "manage-supporters", "127.0.0.1", &[&k]))
-        .replace("upstream_timeout = \"2s\"", "idle_timeout = \"300ms\"");
+    let toml = config(
+        &upstream.url(),
+        &user(
+            "i@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k],
+        ),
+    )
+    .replace("upstream_timeout = \"2s\"", "idle_timeout = \"300ms\"");
     let gw = TestGateway::start(&toml).await;
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    assert!(closed_within(&mut conn, Duration::from_secs(4)).await, "the idle connection was not closed");
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(4)).await,
+        "the idle connection was not closed"
+    );
 }
 
 /// Whether the server closes the connection (EOF or reset) before `limit`.
 async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
     use tokio::io::AsyncReadExt;
     let mut sink = Vec::new();
-    tokio::time::timeout(limit, conn.read_to_end(&mut sink)).await.is_ok()
+    tokio::time::timeout(limit, conn.read_to_end(&mut sink))
+        .await
+        .is_ok()
 }
 
 /// Reads one response with a Content-Length body from a keep-alive connection.
@@ -140,7 +216,11 @@ async fn read_response(conn: &mut TcpStream) -> String {
         if let Some(end) = text.find("\r\n\r\n") {
             let len = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 break;
@@ -158,7 +238,17 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     })
     .await;
     let k = TestKey::new("shutdown");
-    let gw = TestGateway::start(&config(&upstream.url(), &user("s@example.org", "active", "manage-supporters", "127.0.0.1", &[&k]))).await;
+    let gw = TestGateway::start(&config(
+        &upstream.url(),
+        &user(
+            "s@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k],
+        ),
+    ))
+    .await;
     let url = gw.url("/supporters/1");
     let addr = gw.addr;
     let key = k.key.clone();
@@ -168,7 +258,10 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "finished");
-    assert!(TcpStream::connect(addr).await.is_err(), "the listener still accepts after shutdown");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener still accepts after shutdown"
+    );
 }
 
 #[cfg(unix)]
@@ -176,8 +269,16 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 fn sigterm_stops_the_process_with_status_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apiward.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(&path, shipped_config().replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &path,
+        shipped_config().replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_apiward"))
         .args(["run", "--config"])
         .arg(&path)
@@ -186,10 +287,16 @@ fn sigterm_stops_the_process_with_status_zero() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the gateway did not start listening");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start listening"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

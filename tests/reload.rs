@@ -24,15 +24,36 @@ fn keys() -> Keys {
 
 /// Version one: only user a. Version two: a is gone (its key revoked), b is new.
 fn v1(upstream: &str, k: &Keys) -> String {
-    config(upstream, &user("a@example.org", "active", "manage-supporters", "127.0.0.1", &[&k.a]))
+    config(
+        upstream,
+        &user(
+            "a@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k.a],
+        ),
+    )
 }
 
 fn v2(upstream: &str, k: &Keys) -> String {
-    config(upstream, &user("b@example.org", "active", "manage-supporters", "127.0.0.1", &[&k.b]))
+    config(
+        upstream,
+        &user(
+            "b@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k.b],
+        ),
+    )
 }
 
 async fn status_with(gw: &TestGateway, key: &str) -> u16 {
-    get(&gw.url("/supporters/1"), &[("x-api-key", key)]).await.status.as_u16()
+    get(&gw.url("/supporters/1"), &[("x-api-key", key)])
+        .await
+        .status
+        .as_u16()
 }
 
 async fn becomes(gw: &TestGateway, key: &str, status: u16) -> bool {
@@ -47,7 +68,10 @@ async fn an_edit_in_place_takes_effect() {
     assert_eq!(status_with(&gw, &k.a.key).await, 200);
     // Truncate and rewrite the same inode, as `echo > file` or a simple editor does.
     std::fs::write(&gw.config_path, v2(&up.url(), &k)).unwrap();
-    assert!(becomes(&gw, &k.a.key, 401).await, "the revoked key still works");
+    assert!(
+        becomes(&gw, &k.a.key, 401).await,
+        "the revoked key still works"
+    );
     assert_eq!(status_with(&gw, &k.b.key).await, 200);
     assert!(gw.gateway().store().generation() >= 2);
 }
@@ -58,11 +82,17 @@ async fn a_file_renamed_into_place_takes_effect() {
     let k = keys();
     let gw = TestGateway::start(&v1(&up.url(), &k)).await;
     gw.replace_config(&v2(&up.url(), &k));
-    assert!(becomes(&gw, &k.b.key, 200).await, "the new user cannot get in");
+    assert!(
+        becomes(&gw, &k.b.key, 200).await,
+        "the new user cannot get in"
+    );
     assert_eq!(status_with(&gw, &k.a.key).await, 401);
     // And again: the watch survives the rename (it is on the directory, not the old inode).
     gw.replace_config(&v1(&up.url(), &k));
-    assert!(becomes(&gw, &k.a.key, 200).await, "the second rename was not seen");
+    assert!(
+        becomes(&gw, &k.a.key, 200).await,
+        "the second rename was not seen"
+    );
 }
 
 #[cfg(unix)]
@@ -92,7 +122,10 @@ async fn a_configmap_style_symlink_swap_takes_effect() {
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     std::fs::remove_dir_all(root.join("..2026_11_22_10_00_00.000000001")).unwrap();
 
-    assert!(becomes(&gw, &k.b.key, 200).await, "the ConfigMap update was not seen");
+    assert!(
+        becomes(&gw, &k.b.key, 200).await,
+        "the ConfigMap update was not seen"
+    );
     assert_eq!(status_with(&gw, &k.a.key).await, 401);
 }
 
@@ -102,12 +135,28 @@ async fn an_invalid_file_is_refused_and_the_last_good_one_keeps_serving() {
     let k = keys();
     let gw = TestGateway::start(&v1(&up.url(), &k)).await;
     let store = Arc::clone(gw.gateway().store());
-    let broken = v2(&up.url(), &k).replace("remote_addresses = \"127.0.0.1\"", "remote_addresses = \"127.0.0.1~not-an-address\"");
+    let broken = v2(&up.url(), &k).replace(
+        "remote_addresses = \"127.0.0.1\"",
+        "remote_addresses = \"127.0.0.1~not-an-address\"",
+    );
     gw.replace_config(&broken);
-    assert!(eventually(|| async { store.reloads_failed() >= 1 }).await, "the refusal was not counted");
-    let failure = store.last_failure().expect("the error is kept for status pages");
-    assert!(failure.message.contains("apiward.toml:"), "{}", failure.message);
-    assert!(failure.message.contains("not-an-address"), "{}", failure.message);
+    assert!(
+        eventually(|| async { store.reloads_failed() >= 1 }).await,
+        "the refusal was not counted"
+    );
+    let failure = store
+        .last_failure()
+        .expect("the error is kept for status pages");
+    assert!(
+        failure.message.contains("apiward.toml:"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("not-an-address"),
+        "{}",
+        failure.message
+    );
     // The old configuration is untouched.
     assert_eq!(status_with(&gw, &k.a.key).await, 200);
     assert_eq!(status_with(&gw, &k.b.key).await, 401);
@@ -124,7 +173,10 @@ async fn a_revoked_key_is_refused_on_an_open_keep_alive_connection() {
     let k = keys();
     let gw = TestGateway::start(&v1(&up.url(), &k)).await;
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!("GET /supporters/1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: {}\r\n\r\n", k.a.key);
+    let request = format!(
+        "GET /supporters/1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: {}\r\n\r\n",
+        k.a.key
+    );
     conn.write_all(request.as_bytes()).await.unwrap();
     assert!(read_one(&mut conn).await.starts_with("HTTP/1.1 200"));
 
@@ -134,7 +186,10 @@ async fn a_revoked_key_is_refused_on_an_open_keep_alive_connection() {
 
     conn.write_all(request.as_bytes()).await.unwrap();
     let answer = read_one(&mut conn).await;
-    assert!(answer.starts_with("HTTP/1.1 401"), "same connection, after the revocation: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "same connection, after the revocation: {answer}"
+    );
     assert!(answer.contains("invalid_credentials"), "{answer}");
 }
 
@@ -147,13 +202,21 @@ async fn read_one(conn: &mut TcpStream) -> String {
             .await
             .expect("response within 5s")
             .expect("read");
-        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf).into_owned();
         if let Some(end) = text.find("\r\n\r\n") {
             let len: usize = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 return text;
@@ -179,10 +242,21 @@ async fn sighup_reloads() {
     std::fs::write(&path, v2(&up.url(), &k)).unwrap();
     // Without a watcher nothing changes until the signal.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(get(&url, &[("x-api-key", k.b.key.as_str())]).await.status, 401);
+    assert_eq!(
+        get(&url, &[("x-api-key", k.b.key.as_str())]).await.status,
+        401
+    );
     let pid = std::process::id().to_string();
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    let ok = eventually(|| async { get(&url, &[("x-api-key", k.b.key.as_str())]).await.status == 200 }).await;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ok =
+        eventually(|| async { get(&url, &[("x-api-key", k.b.key.as_str())]).await.status == 200 })
+            .await;
     assert!(ok, "SIGHUP did not reload");
     gateway.shutdown().await;
 }
@@ -200,7 +274,10 @@ async fn reloads_under_load_drop_nothing_and_never_mix_snapshots() {
             + &user("both@example.org", "active", "ga", "127.0.0.1", &[&both])
             + &user("onlya@example.org", "active", "ga", "127.0.0.1", &[&only_a])),
     );
-    let file_b = config(&up.url(), &(groups.to_string() + &user("both@example.org", "active", "gb", "127.0.0.1", &[&both])));
+    let file_b = config(
+        &up.url(),
+        &(groups.to_string() + &user("both@example.org", "active", "gb", "127.0.0.1", &[&both])),
+    );
     let invalid = file_b.replace("status = \"active\"", "status = \"activ\"");
     let gw = TestGateway::start(&file_a).await;
     let store = Arc::clone(gw.gateway().store());
@@ -210,9 +287,17 @@ async fn reloads_under_load_drop_nothing_and_never_mix_snapshots() {
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut clients = Vec::new();
     for i in 0..32 {
-        let (stop, requests, failures) = (Arc::clone(&stop), Arc::clone(&requests), Arc::clone(&failures));
+        let (stop, requests, failures) = (
+            Arc::clone(&stop),
+            Arc::clone(&requests),
+            Arc::clone(&failures),
+        );
         let url = gw.url("/supporters/1");
-        let key = if i % 2 == 0 { both.key.clone() } else { only_a.key.clone() };
+        let key = if i % 2 == 0 {
+            both.key.clone()
+        } else {
+            only_a.key.clone()
+        };
         let is_both = i % 2 == 0;
         clients.push(tokio::spawn(async move {
             // One keep-alive client per task, like wrk's connections.
@@ -220,15 +305,27 @@ async fn reloads_under_load_drop_nothing_and_never_mix_snapshots() {
             let mut done = 0;
             while !stop.load(Ordering::Relaxed) && done < 5000 {
                 done += 1;
-                let req = http::Request::get(&url).header("x-api-key", &key).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+                let req = http::Request::get(&url)
+                    .header("x-api-key", &key)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
                 let outcome = match client.request(req).await {
                     Err(e) => Err(format!("connection error: {e}")),
                     Ok(resp) => {
                         let status = resp.status().as_u16();
                         use http_body_util::BodyExt;
-                        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                        let group = doc["headers"]["x-apiward-group"][0].as_str().unwrap_or("").to_string();
+                        let body = resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let doc: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let group = doc["headers"]["x-apiward-group"][0]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
                         match (is_both, status, group.as_str()) {
                             (true, 200, "ga" | "gb") => Ok(()),
                             (false, 200, "ga") => Ok(()),
@@ -254,7 +351,11 @@ async fn reloads_under_load_drop_nothing_and_never_mix_snapshots() {
         // Wait for this file's reload to be applied (or refused) before writing the next one.
         let refused = std::ptr::eq(text, &invalid);
         let seen = eventually(|| async {
-            if refused { store.reloads_failed() > failed_before } else { store.reloads_applied() > applied_before }
+            if refused {
+                store.reloads_failed() > failed_before
+            } else {
+                store.reloads_applied() > applied_before
+            }
         })
         .await;
         assert!(seen, "reload {n} was not processed");
@@ -269,7 +370,12 @@ async fn reloads_under_load_drop_nothing_and_never_mix_snapshots() {
     let failures = failures.lock().unwrap();
     let total = requests.load(Ordering::Relaxed);
     assert!(total > 500, "too little traffic to mean anything: {total}");
-    assert!(failures.is_empty(), "{} of {total} requests failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(store.reloads_applied() >= 33);
     assert!(store.reloads_failed() >= 16);
 }
@@ -286,7 +392,10 @@ fn replaced_snapshots_are_freed() {
     for i in 0..1000 {
         old.push(Arc::downgrade(&store.load_full()));
         std::fs::write(&path, if i % 2 == 0 { &b } else { &a }).unwrap();
-        assert!(matches!(store.reload(), apiward::config::reload::ReloadOutcome::Applied { .. }));
+        assert!(matches!(
+            store.reload(),
+            apiward::config::reload::ReloadOutcome::Applied { .. }
+        ));
     }
     assert_eq!(store.generation(), 1001);
     let alive = old.iter().filter(|w| w.strong_count() > 0).count();

@@ -164,26 +164,24 @@ fn identify_then_decide<'s, 'r>(
     // 1. Who is calling. Nothing about routes or permissions is revealed before this passes.
     let (user, key) = match facts.credential {
         Credential::Missing => return refused(None, None, Refusal::MissingCredentials),
-        Credential::Key(_) => {
-            match digest.and_then(|d| snapshot.keys.get(d)) {
-                Some(key) => {
-                    let user = snapshot.user(key.user);
-                    trace.step(Step::KeyFound { user, key });
-                    trace.step(Step::KeyExpiry {
-                        expires: key.expires,
-                        now: facts.now,
-                    });
-                    if key.expires.is_some_and(|t| facts.now >= t) {
-                        return refused(Some(user), Some(key), Refusal::KeyExpired);
-                    }
-                    (user, Some(key))
+        Credential::Key(_) => match digest.and_then(|d| snapshot.keys.get(d)) {
+            Some(key) => {
+                let user = snapshot.user(key.user);
+                trace.step(Step::KeyFound { user, key });
+                trace.step(Step::KeyExpiry {
+                    expires: key.expires,
+                    now: facts.now,
+                });
+                if key.expires.is_some_and(|t| facts.now >= t) {
+                    return refused(Some(user), Some(key), Refusal::KeyExpired);
                 }
-                None => {
-                    trace.step(Step::KeyNotFound);
-                    return refused(None, None, Refusal::InvalidCredentials);
-                }
+                (user, Some(key))
             }
-        }
+            None => {
+                trace.step(Step::KeyNotFound);
+                return refused(None, None, Refusal::InvalidCredentials);
+            }
+        },
         Credential::Basic { user: id, password } => {
             let user = snapshot
                 .user_by_id(id)

@@ -24,11 +24,14 @@ impl KeyUsage {
     }
 
     pub fn last_used(&self, digest: &KeyDigest) -> Option<i64> {
-        self.last_used.get(digest).map(|e| e.load(Ordering::Relaxed))
+        self.last_used
+            .get(digest)
+            .map(|e| e.load(Ordering::Relaxed))
     }
 
     /// Forgets keys that the new snapshot no longer has.
     pub fn retain_keys_of(&self, snapshot: &Snapshot) {
-        self.last_used.retain(|digest, _| snapshot.keys.contains_key(digest));
+        self.last_used
+            .retain(|digest, _| snapshot.keys.contains_key(digest));
     }
 }

@@ -63,7 +63,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let buckets = [
-            0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            5.0, 10.0, 30.0,
         ];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&buckets)
@@ -77,21 +78,45 @@ impl Metrics {
 
     fn describe(&self) {
         let help = [
-            (REQUESTS, "Requests by API user, route, decision (allowed or the error code) and status class."),
-            (REQUEST_DURATION, "Time from a request's head to the end of its response, by route."),
-            (UPSTREAM_DURATION, "Time from forwarding a request to the upstream's response head, by route."),
-            (UPSTREAM_ERRORS, "Upstream requests that failed, by upstream and kind (connect, timeout, other)."),
-            (RELOADS, "Configuration reloads by outcome (applied, refused, missing)."),
-            (CONFIG_GENERATION, "Generation of the configuration serving now; 1 is the file loaded at start."),
+            (
+                REQUESTS,
+                "Requests by API user, route, decision (allowed or the error code) and status class.",
+            ),
+            (
+                REQUEST_DURATION,
+                "Time from a request's head to the end of its response, by route.",
+            ),
+            (
+                UPSTREAM_DURATION,
+                "Time from forwarding a request to the upstream's response head, by route.",
+            ),
+            (
+                UPSTREAM_ERRORS,
+                "Upstream requests that failed, by upstream and kind (connect, timeout, other).",
+            ),
+            (
+                RELOADS,
+                "Configuration reloads by outcome (applied, refused, missing).",
+            ),
+            (
+                CONFIG_GENERATION,
+                "Generation of the configuration serving now; 1 is the file loaded at start.",
+            ),
             (OPEN_CONNECTIONS, "Client connections open now."),
         ];
         for (name, text) in help {
             let name = metrics::KeyName::from_const_str(name);
             let text: metrics::SharedString = text.into();
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS => self.recorder.describe_counter(name, None, text),
-                CONFIG_GENERATION | OPEN_CONNECTIONS => self.recorder.describe_gauge(name, None, text),
-                _ => self.recorder.describe_histogram(name, Some(metrics::Unit::Seconds), text),
+                REQUESTS | UPSTREAM_ERRORS | RELOADS => {
+                    self.recorder.describe_counter(name, None, text)
+                }
+                CONFIG_GENERATION | OPEN_CONNECTIONS => {
+                    self.recorder.describe_gauge(name, None, text)
+                }
+                _ => self
+                    .recorder
+                    .describe_histogram(name, Some(metrics::Unit::Seconds), text),
             }
         }
         // Gauges exist from the start, so a scrape before any traffic already shows them.
@@ -104,7 +129,8 @@ impl Metrics {
     }
 
     fn gauge(&self, name: &'static str) -> metrics::Gauge {
-        self.recorder.register_gauge(&Key::from_static_name(name), &METADATA)
+        self.recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
     }
 
     /// One finished request.
@@ -134,11 +160,17 @@ impl Metrics {
             .register_counter(&Key::from_parts(REQUESTS, labels), &METADATA)
             .increment(1);
         self.recorder
-            .register_histogram(&Key::from_parts(REQUEST_DURATION, vec![route_label()]), &METADATA)
+            .register_histogram(
+                &Key::from_parts(REQUEST_DURATION, vec![route_label()]),
+                &METADATA,
+            )
             .record(total.as_secs_f64());
         if let Some(upstream) = upstream {
             self.recorder
-                .register_histogram(&Key::from_parts(UPSTREAM_DURATION, vec![route_label()]), &METADATA)
+                .register_histogram(
+                    &Key::from_parts(UPSTREAM_DURATION, vec![route_label()]),
+                    &METADATA,
+                )
                 .record(upstream.as_secs_f64());
         }
     }

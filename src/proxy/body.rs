@@ -26,7 +26,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -70,8 +73,11 @@ impl<B> Logged<B> {
 
     fn complete(&mut self) {
         if let Some(f) = self.finish.take() {
-            f.telemetry
-                .finish(&f.record, f.bytes_in.load(Ordering::Relaxed), self.bytes_out);
+            f.telemetry.finish(
+                &f.record,
+                f.bytes_in.load(Ordering::Relaxed),
+                self.bytes_out,
+            );
         }
     }
 }
@@ -86,7 +92,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -30,15 +30,15 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::auth::password::PasswordVerifier;
-use crate::observe::metrics::UpstreamErrorKind;
-use crate::observe::{RequestRecord, Telemetry};
-use crate::snapshot::AccessLogTarget;
-use body::{Counted, Finish, Logged};
 use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::ConfigErrors;
 use crate::config::reload::{self, ConfigStore, ReloadOutcome, ReloadTrigger};
+use crate::observe::metrics::UpstreamErrorKind;
+use crate::observe::{RequestRecord, Telemetry};
 use crate::refusal::Refusal;
+use crate::snapshot::AccessLogTarget;
 use crate::snapshot::UpstreamTarget;
+use body::{Counted, Finish, Logged};
 
 /// A response body before it is wrapped for logging: the upstream's, streamed, or one the
 /// gateway made.
@@ -145,7 +145,11 @@ impl Gateway {
             spawn_sighup_forwarder(reload_triggers.clone());
         }
 
-        let proxy = Arc::new(Proxy::new(Arc::clone(&store), &settings, Arc::clone(&telemetry)));
+        let proxy = Arc::new(Proxy::new(
+            Arc::clone(&store),
+            &settings,
+            Arc::clone(&telemetry),
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = Arc::new(AdminState {
             store: Arc::clone(&store),
@@ -155,7 +159,11 @@ impl Gateway {
             ready: AtomicBool::new(true),
         });
         if let Some(listener) = admin_listener {
-            tokio::spawn(admin::serve(listener, Arc::clone(&admin), shutdown_rx.clone()));
+            tokio::spawn(admin::serve(
+                listener,
+                Arc::clone(&admin),
+                shutdown_rx.clone(),
+            ));
         }
         let serving = tokio::spawn(accept_loop(proxy, listener, shutdown_rx));
         tracing::info!(
@@ -342,7 +350,11 @@ struct Forward {
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 impl Proxy {
-    fn new(store: Arc<ConfigStore>, settings: &crate::snapshot::ServerSettings, telemetry: Arc<Telemetry>) -> Proxy {
+    fn new(
+        store: Arc<ConfigStore>,
+        settings: &crate::snapshot::ServerSettings,
+        telemetry: Arc<Telemetry>,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -364,10 +376,15 @@ impl Proxy {
         let (outcome, mut record) = self.decide(&request, peer);
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut response = match outcome {
-            Ok(forward) => self.forward(request, peer, forward, &mut record, &bytes_in).await,
+            Ok(forward) => {
+                self.forward(request, peer, forward, &mut record, &bytes_in)
+                    .await
+            }
             Err(refusal) => refusal_response(refusal),
         };
-        response.headers_mut().insert(&X_REQUEST_ID, record.request_id.clone());
+        response
+            .headers_mut()
+            .insert(&X_REQUEST_ID, record.request_id.clone());
         record.status = response.status().as_u16();
         let finish = Finish {
             telemetry: Arc::clone(&self.telemetry),
@@ -379,7 +396,11 @@ impl Proxy {
 
     /// Runs the decision against the current snapshot and keeps only what forwarding needs,
     /// and what the request's log line and metrics need.
-    fn decide(&self, request: &Request<Incoming>, peer: SocketAddr) -> (Result<Forward, Refusal>, RequestRecord) {
+    fn decide(
+        &self,
+        request: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Result<Forward, Refusal>, RequestRecord) {
         let snapshot = self.store.load();
         let client = headers::client_address(&snapshot, peer, request.headers());
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
@@ -480,7 +501,11 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::strip_request(&mut parts.headers, &forward.key_header, forward.credential_source);
+        headers::strip_request(
+            &mut parts.headers,
+            &forward.key_header,
+            forward.credential_source,
+        );
         headers::add_forwarding(
             &mut parts.headers,
             original_host,
@@ -492,7 +517,9 @@ impl Proxy {
                 group: forward.group.to_str().unwrap_or_default(),
             },
         );
-        parts.headers.insert(&X_REQUEST_ID, record.request_id.clone());
+        parts
+            .headers
+            .insert(&X_REQUEST_ID, record.request_id.clone());
         let sent = Instant::now();
         match forward.target {
             UpstreamTarget::Echo => {
@@ -501,7 +528,9 @@ impl Proxy {
                 record.upstream_time = Some(sent.elapsed());
                 response.map(|b| Either::Right(Full::new(b)))
             }
-            UpstreamTarget::Http { scheme, authority, .. } => {
+            UpstreamTarget::Http {
+                scheme, authority, ..
+            } => {
                 if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                     parts.headers.insert(HOST, host);
                 }
@@ -518,7 +547,11 @@ impl Proxy {
                 };
                 parts.version = http::Version::HTTP_11;
                 let upstream_request = Request::from_parts(parts, body);
-                let result = tokio::time::timeout(forward.upstream_timeout, self.client.request(upstream_request)).await;
+                let result = tokio::time::timeout(
+                    forward.upstream_timeout,
+                    self.client.request(upstream_request),
+                )
+                .await;
                 record.upstream_time = Some(sent.elapsed());
                 let failure = match result {
                     Ok(Ok(response)) => {
@@ -528,12 +561,18 @@ impl Proxy {
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, connect = e.is_connect(), upstream = %forward.upstream_name, "upstream request failed");
-                        let kind = if e.is_connect() { UpstreamErrorKind::Connect } else { UpstreamErrorKind::Other };
+                        let kind = if e.is_connect() {
+                            UpstreamErrorKind::Connect
+                        } else {
+                            UpstreamErrorKind::Other
+                        };
                         (Refusal::UpstreamUnavailable, kind)
                     }
                     Err(_) => (Refusal::UpstreamTimeout, UpstreamErrorKind::Timeout),
                 };
-                self.telemetry.metrics.upstream_error(&forward.upstream_name, failure.1);
+                self.telemetry
+                    .metrics
+                    .upstream_error(&forward.upstream_name, failure.1);
                 record.decision = failure.0.code();
                 refusal_response(failure.0)
             }
