@@ -199,37 +199,6 @@ async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
         .is_ok()
 }
 
-/// Reads one response with a Content-Length body from a keep-alive connection.
-async fn read_response(conn: &mut TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
-            .await
-            .map_or(0, |r| r.unwrap_or(0));
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let upstream = upstream_with(|_| async {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 struct Keys {
@@ -178,51 +178,19 @@ async fn a_revoked_key_is_refused_on_an_open_keep_alive_connection() {
         k.a.key
     );
     conn.write_all(request.as_bytes()).await.unwrap();
-    assert!(read_one(&mut conn).await.starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
 
     gw.replace_config(&v2(&up.url(), &k));
     let store = Arc::clone(gw.gateway().store());
     assert!(eventually(|| async { store.generation() >= 2 }).await);
 
     conn.write_all(request.as_bytes()).await.unwrap();
-    let answer = read_one(&mut conn).await;
+    let answer = read_response(&mut conn).await;
     assert!(
         answer.starts_with("HTTP/1.1 401"),
         "same connection, after the revocation: {answer}"
     );
     assert!(answer.contains("invalid_credentials"), "{answer}");
-}
-
-/// Reads one response with a Content-Length body.
-async fn read_one(conn: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
-            .await
-            .expect("response within 5s")
-            .expect("read");
-        assert!(
-            n > 0,
-            "connection closed: {}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return text;
-            }
-        }
-    }
 }
 
 #[cfg(unix)]

@@ -270,6 +270,37 @@ pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> String
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads one response with a Content-Length body from a keep-alive connection; what arrived
+/// so far if the server closes it or 5 s pass.
+pub async fn read_response(conn: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Polls `check` until it returns true, for up to 10 seconds; returns whether it did.
 pub async fn eventually<F, Fut>(mut check: F) -> bool
 where
