@@ -119,7 +119,7 @@ start_nginx() { # start_nginx NAME CPUS: runs nginx with $WORK/NAME.conf in the 
 
 start_apiward() { # start_apiward CONFIG PORT CPUS: sets APIWARD_PID
     pin_prefix "$3"
-    APIWARD_LOG=warn "${PIN[@]}" "$ROOT/target/release/apiward" run --config "$1" 2>>"$WORK/apiward.log" &
+    APIWARD_LOG=warn "${PIN[@]}" "$ROOT/target/release/apiward" run --config "$1" >>"$WORK/apiward.log" 2>&1 &
     APIWARD_PID=$!
     PIDS+=("$APIWARD_PID")
     wait_for_port "$2" 600 "$APIWARD_PID"
@@ -169,7 +169,7 @@ vm_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 big_memory() { # big_memory USERS: sets BIG_HWM and BIG_RSS (KiB) of apiward serving that many users
     local users=$1 cfg="$WORK/big.toml" pid
-    "$ROOT/target/release/examples/gen_config" --users "$users" --out "$cfg" --workers 1 \
+    "$ROOT/target/release/examples/gen_config" --users "$users" --out "$cfg" --workers 1 --access-log off \
         --listen "127.0.0.1:$BIG_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --keys "$WORK/big-keys.txt"
     start_apiward "$cfg" "$BIG_PORT" "$PROXY_CPUS"
     pid=$APIWARD_PID
@@ -196,7 +196,7 @@ main() {
     (cd "$ROOT" && cargo build --release --quiet --bin apiward --example gen_config)
 
     log "generating $USERS users"
-    "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 \
+    "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 --access-log off \
         --listen "127.0.0.1:$APIWARD_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
         --keys "$WORK/keys.txt" --nginx-maps "$WORK/maps.conf"
 

@@ -3,7 +3,7 @@
 //!
 //! cargo run --release --example gen_config -- --users 10000 --out FILE \
 //!     --upstream http://127.0.0.1:PORT [--listen 127.0.0.1:PORT] [--workers N] \
-//!     [--keys FILE] [--nginx-maps FILE]
+//!     [--access-log off|stdout|PATH] [--keys FILE] [--nginx-maps FILE]
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -21,6 +21,7 @@ struct Args {
     upstream: String,
     listen: String,
     workers: Option<usize>,
+    access_log: Option<String>,
     keys: Option<PathBuf>,
     nginx_maps: Option<PathBuf>,
 }
@@ -32,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
         upstream: "builtin:echo".into(),
         listen: "127.0.0.1:8080".into(),
         workers: None,
+        access_log: None,
         keys: None,
         nginx_maps: None,
     };
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
             "--workers" => {
                 args.workers = Some(value()?.parse().map_err(|e| format!("--workers: {e}"))?)
             }
+            "--access-log" => args.access_log = Some(value()?),
             "--keys" => args.keys = Some(value()?.into()),
             "--nginx-maps" => args.nginx_maps = Some(value()?.into()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -66,6 +69,7 @@ fn run(args: &Args) -> std::io::Result<()> {
         upstream: &args.upstream,
         listen: &args.listen,
         workers: args.workers,
+        access_log: args.access_log.as_deref(),
     };
     let mut out = BufWriter::new(File::create(&args.out)?);
     support::write_config(&mut out, &spec)?;

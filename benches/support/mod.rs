@@ -32,6 +32,8 @@ pub struct Spec<'a> {
     pub listen: &'a str,
     /// `[server] workers`; `None` leaves the default (one per core).
     pub workers: Option<usize>,
+    /// `[server] access_log` (`"off"`, `"stdout"` or a path); `None` leaves the default.
+    pub access_log: Option<&'a str>,
 }
 
 impl Spec<'_> {
@@ -42,6 +44,7 @@ impl Spec<'_> {
             upstream: "builtin:echo",
             listen: "127.0.0.1:0",
             workers: None,
+            access_log: None,
         }
     }
 }
@@ -74,6 +77,9 @@ pub fn write_config(out: &mut impl Write, spec: &Spec<'_>) -> io::Result<()> {
     writeln!(out, "key_header = {KEY_HEADER:?}")?;
     if let Some(w) = spec.workers {
         writeln!(out, "workers = {w}")?;
+    }
+    if let Some(log) = spec.access_log {
+        writeln!(out, "access_log = {log:?}")?;
     }
     writeln!(out)?;
     writeln!(out, "[upstreams.bench]\nurl = {:?}\n", spec.upstream)?;
