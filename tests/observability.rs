@@ -231,7 +231,7 @@ async fn request_ids_are_generated_forwarded_and_returned() {
     assert_eq!(returned.len(), 24);
     assert_eq!(
         r.upstream_header("x-request-id").unwrap(),
-        [returned.clone()]
+        std::slice::from_ref(&returned)
     );
     let r2 = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
     assert_ne!(r2.headers["x-request-id"], returned.as_str());

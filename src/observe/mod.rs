@@ -97,7 +97,7 @@ impl Telemetry {
             status = record.status,
             bytes_in,
             bytes_out,
-            upstream_ms = record.upstream_time.map(|d| millis(d)),
+            upstream_ms = record.upstream_time.map(millis),
             total_ms = millis(total),
         );
     }
