@@ -508,3 +508,40 @@ async fn the_request_log_can_be_sampled_or_turned_off() {
     // A line would arrive within milliseconds; a second of silence means none was written.
     assert!(p.log_lines_within(1, Duration::from_secs(1)).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_while_requests_drain_on_shutdown() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let slow = upstream_with(|_| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        http::Response::new(Full::new(Bytes::from_static(b"done")))
+    })
+    .await;
+    let k = TestKey::new("draining");
+    let toml = with_admin(&config(
+        &slow.url(),
+        &user(
+            "d@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k],
+        ),
+    ));
+    let gw = TestGateway::start(&toml).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let url = gw.url("/supporters/1");
+    let key = k.key.clone();
+    let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", key.as_str())]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(gw.shutdown());
+    assert!(
+        eventually(|| async { scrape(admin, "/readyz").await.status == 503 }).await,
+        "/readyz did not report the drain"
+    );
+    assert_eq!(scrape(admin, "/healthz").await.status, 200);
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"done"[..]));
+    stopping.await.unwrap();
+}

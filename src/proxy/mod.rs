@@ -85,6 +85,7 @@ pub struct Gateway {
     store: Arc<ConfigStore>,
     admin: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
     serving: JoinHandle<()>,
     reload_triggers: mpsc::UnboundedSender<ReloadTrigger>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -151,6 +152,9 @@ impl Gateway {
             Arc::clone(&telemetry),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // The admin listener outlives the public one during shutdown, so /readyz can say 503
+        // while requests drain.
+        let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
         let admin = Arc::new(AdminState {
             store: Arc::clone(&store),
             telemetry: Arc::clone(&telemetry),
@@ -162,7 +166,7 @@ impl Gateway {
             tokio::spawn(admin::serve(
                 listener,
                 Arc::clone(&admin),
-                shutdown_rx.clone(),
+                admin_shutdown_rx,
             ));
         }
         let serving = tokio::spawn(accept_loop(proxy, listener, shutdown_rx));
@@ -179,6 +183,7 @@ impl Gateway {
             store,
             admin,
             shutdown,
+            admin_shutdown,
             serving,
             reload_triggers,
             _watcher: watcher,
@@ -213,6 +218,7 @@ impl Gateway {
         self.admin.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
+        let _ = self.admin_shutdown.send(true);
     }
 }
 
