@@ -295,8 +295,10 @@ pub enum CliError {
     KeySelection(String),
     #[error("the password was refused: {0}")]
     Policy(#[from] password_policy::PolicyViolation),
-    #[error("cannot read the password: {0}")]
-    PasswordInput(String),
+    #[error("cannot read from stdin: {0}")]
+    Stdin(String),
+    #[error("the two passwords entered differ: nothing was changed")]
+    PasswordMismatch,
     #[error("not confirmed: nothing was deleted{0}")]
     NotConfirmed(&'static str),
     #[error(transparent)]

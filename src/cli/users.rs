@@ -162,7 +162,7 @@ fn delete(config: &Path, id: &str, yes: bool) -> Result<(), CliError> {
         stdin
             .lock()
             .read_line(&mut answer)
-            .map_err(|e| CliError::PasswordInput(e.to_string()))?;
+            .map_err(|e| CliError::Stdin(e.to_string()))?;
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
             return Err(CliError::NotConfirmed(""));
         }
@@ -204,11 +204,11 @@ fn read_password(id: &str) -> Result<String, CliError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         let first = rpassword::prompt_password(format!("New password for {id}: "))
-            .map_err(|e| CliError::PasswordInput(e.to_string()))?;
+            .map_err(|e| CliError::Stdin(e.to_string()))?;
         let second = rpassword::prompt_password("Repeat it: ")
-            .map_err(|e| CliError::PasswordInput(e.to_string()))?;
+            .map_err(|e| CliError::Stdin(e.to_string()))?;
         if first != second {
-            return Err(CliError::PasswordInput("the two entries differ".into()));
+            return Err(CliError::PasswordMismatch);
         }
         return Ok(first);
     }
@@ -216,7 +216,7 @@ fn read_password(id: &str) -> Result<String, CliError> {
     stdin
         .lock()
         .read_line(&mut line)
-        .map_err(|e| CliError::PasswordInput(e.to_string()))?;
+        .map_err(|e| CliError::Stdin(e.to_string()))?;
     let line = line.strip_suffix('\n').unwrap_or(&line);
     let line = line.strip_suffix('\r').unwrap_or(line);
     Ok(line.to_string())
