@@ -846,3 +846,22 @@ fn every_command_has_help_with_examples() {
         assert!(text.contains("--config"), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn a_listing_read_only_in_part_is_not_an_error() {
+    // `apiward users list | head -1`: the reader goes away; the command must not panic.
+    let s = Scratch::shipped();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiward"))
+        .args(["users", "list", "--config"])
+        .arg(&s.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run apiward");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

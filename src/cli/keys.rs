@@ -38,8 +38,14 @@ fn issue(config: &Path, id: &str, expires: Option<Duration>) -> Result<(), CliEr
         key.prefix,
         expiry_note(now, expires)
     );
-    println!("{}", key.reveal());
-    Ok(())
+    super::print_secret(
+        key.reveal(),
+        "key",
+        format!(
+            "revoke it with `apiward keys revoke {id} --prefix {}`",
+            key.prefix
+        ),
+    )
 }
 
 fn rotate(
@@ -104,8 +110,14 @@ fn rotate(
         key.prefix,
         expiry_note(now, expires)
     );
-    println!("{}", key.reveal());
-    Ok(())
+    super::print_secret(
+        key.reveal(),
+        "new key",
+        format!(
+            "issue another with `apiward keys issue {id}`, then revoke this one with `apiward keys revoke {id} --prefix {}`",
+            key.prefix
+        ),
+    )
 }
 
 fn revoke(

@@ -34,7 +34,7 @@ pub fn run(config: &Path, format: ListFormat) -> Result<(), CliError> {
         ListFormat::Json => {
             let doc: Vec<serde_json::Value> = users.iter().map(|u| as_json(u, now)).collect();
             let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "[]".into());
-            println!("{text}");
+            super::print_listing(&format!("{text}\n"));
         }
         ListFormat::Table => print_table(&users, now),
     }
@@ -172,8 +172,9 @@ fn print_table(users: &[Listed], now: i64) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &[&str]| {
-        let mut out = String::new();
+    let mut listing = String::new();
+    let mut line = |cells: &[&str]| {
+        let out = &mut listing;
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             if i + 1 == cells.len() {
                 out.push_str(cell);
@@ -182,12 +183,13 @@ fn print_table(users: &[Listed], now: i64) {
                 out.push_str(&" ".repeat(w - cell.chars().count() + 2));
             }
         }
-        println!("{out}");
+        out.push('\n');
     };
     line(&header);
     for row in &rows {
         line(&row.each_ref().map(String::as_str));
     }
+    super::print_listing(&listing);
     if rows.is_empty() {
         eprintln!("no API users yet: create one with `apiward users add`");
     }

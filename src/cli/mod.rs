@@ -301,6 +301,12 @@ pub enum CliError {
     PasswordMismatch,
     #[error("not confirmed: nothing was deleted{0}")]
     NotConfirmed(&'static str),
+    #[error("the change was saved, but the {what} could not be printed ({source}): {remedy}")]
+    SecretNotPrinted {
+        what: &'static str,
+        source: std::io::Error,
+        remedy: String,
+    },
     #[error(transparent)]
     Random(#[from] crate::keys::RandomSourceError),
     #[error(transparent)]
@@ -315,6 +321,27 @@ pub fn run_users(args: UsersArgs) -> ExitCode {
 /// Runs `apiward keys ...`.
 pub fn run_keys(args: KeysArgs) -> ExitCode {
     report(keys::run(&args.config, args.command))
+}
+
+/// Prints a secret made by a command on stdout, alone on its line. The file is already saved,
+/// so a secret that cannot be printed (stdout closed) is unknown to everyone: say how to undo it.
+fn print_secret(secret: &str, what: &'static str, remedy: String) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{secret}")
+        .and_then(|()| out.flush())
+        .map_err(|source| CliError::SecretNotPrinted {
+            what,
+            source,
+            remedy,
+        })
+}
+
+/// Prints a listing; a reader that stops early (`| head`) is not an error.
+fn print_listing(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn report(result: Result<(), CliError>) -> ExitCode {

@@ -85,7 +85,14 @@ fn add(config: &Path, a: AddUser) -> Result<(), CliError> {
                 "its key {}… is printed below, once: hand it over now, it cannot be shown again",
                 key.prefix
             );
-            println!("{}", key.reveal());
+            super::print_secret(
+                key.reveal(),
+                "key",
+                format!(
+                    "issue another with `apiward keys issue {id}`, then revoke this one with `apiward keys revoke {id} --prefix {}`",
+                    key.prefix
+                ),
+            )?;
         }
         None => {
             eprintln!("it has no key: give it a password with `apiward users set-password {id}`")
@@ -194,7 +201,11 @@ fn set_password(config: &Path, id: &str, generate: bool) -> Result<(), CliError>
     eprintln!("password set for {id}: only its Argon2id hash is stored");
     if generate {
         eprintln!("the generated password is printed below, once: hand it over now");
-        println!("{password}");
+        super::print_secret(
+            &password,
+            "password",
+            format!("run `apiward users set-password {id} --generate` again"),
+        )?;
     }
     Ok(())
 }
