@@ -123,7 +123,7 @@ fn keys(state: &AdminState) -> serde_json::Value {
             serde_json::json!({
                 "user": &*snapshot.user(key.user).id,
                 "prefix": key.prefix.as_deref(),
-                "sha256_prefix": &digest.to_hex()[..12],
+                "sha256": digest.to_hex(),
                 "created": key.created.map(rfc3339),
                 "expires": key.expires.map(rfc3339),
                 "last_used": state.telemetry.key_usage.last_used(digest).map(rfc3339),

@@ -294,11 +294,7 @@ async fn admin_endpoints_report_status_and_key_last_use() {
     let keys = scrape(admin, "/keys").await.json();
     let keys = keys["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
-    let by_digest = |d: &str| {
-        keys.iter()
-            .find(|k| d.starts_with(k["sha256_prefix"].as_str().unwrap()))
-            .unwrap()
-    };
+    let by_digest = |d: &str| keys.iter().find(|k| k["sha256"] == d).unwrap();
     assert!(by_digest(&used.sha256)["last_used"].is_string());
     assert!(by_digest(&idle.sha256)["last_used"].is_null());
     assert_eq!(by_digest(&used.sha256)["user"], "k@example.org");
@@ -544,4 +540,79 @@ async fn readyz_turns_503_while_requests_drain_on_shutdown() {
     let r = in_flight.await.unwrap();
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"done"[..]));
     stopping.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_list_shows_last_use_from_the_running_gateway() {
+    let up = echo_upstream().await;
+    let used = TestKey::new("listused");
+    let idle = TestKey::new("listidle");
+    let users = user(
+        "a@example.org",
+        "active",
+        "manage-supporters",
+        "127.0.0.1",
+        &[&used],
+    ) + &user(
+        "b@example.org",
+        "active",
+        "manage-supporters",
+        "127.0.0.1",
+        &[&idle],
+    );
+    let gw = TestGateway::start(&with_admin(&config(&up.url(), &users))).await;
+    let admin = gw.gateway().admin_addr().unwrap().to_string();
+    assert_eq!(
+        get(
+            &gw.url("/supporters/1"),
+            &[("x-api-key", used.key.as_str())]
+        )
+        .await
+        .status,
+        200
+    );
+    let config = gw.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_apiward"))
+            .args([
+                "users", "list", "--format", "json", "--admin", &admin, "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last_used = |id: &str| {
+        listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == id)
+            .unwrap()["keys"][0]["last_used"]
+            .clone()
+    };
+    assert!(last_used("a@example.org").is_string(), "{listing}");
+    assert!(last_used("b@example.org").is_null(), "{listing}");
+
+    // Without a reachable gateway the listing still works and says why last use is unknown.
+    let config = gw.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_apiward"))
+            .args(["users", "list", "--admin", "127.0.0.1:1", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last use unknown"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("LAST USED"));
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use toml_edit::{Item, TableLike, Value};
 
 use super::edit::{self, ConfigFile, KeyEntry};
+use super::last_used::{self, LastUse};
 use super::{CliError, ListFormat};
 use crate::config::reload::now_unix;
 
@@ -23,20 +24,33 @@ struct Listed {
     keys: Vec<KeyEntry>,
 }
 
-pub fn run(config: &Path, format: ListFormat) -> Result<(), CliError> {
+pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(), CliError> {
     let file = ConfigFile::open(config)?;
     let mut users = Vec::new();
     for id in file.user_ids() {
         users.push(listed(&id, file.user(&id)?));
     }
     let now = now_unix();
+    // Last use is known only to a running gateway; without one the listing still works.
+    let last_use = match last_used::admin_address(admin, config) {
+        Some(addr) => match last_used::fetch(&addr) {
+            Ok(l) => Some(l),
+            Err(why) => {
+                eprintln!("last use unknown: {why}");
+                None
+            }
+        },
+        None => None,
+    };
+    let last_use = last_use.as_ref();
     match format {
         ListFormat::Json => {
-            let doc: Vec<serde_json::Value> = users.iter().map(|u| as_json(u, now)).collect();
+            let doc: Vec<serde_json::Value> =
+                users.iter().map(|u| as_json(u, now, last_use)).collect();
             let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "[]".into());
             super::print_listing(&format!("{text}\n"));
         }
-        ListFormat::Table => print_table(&users, now),
+        ListFormat::Table => print_table(&users, now, last_use),
     }
     Ok(())
 }
@@ -66,7 +80,12 @@ fn listed(id: &str, user: &dyn TableLike) -> Listed {
     }
 }
 
-fn as_json(u: &Listed, now: i64) -> serde_json::Value {
+/// A key's last use: `Some(None)` when the gateway was asked and the key was not used.
+fn key_last_use(k: &KeyEntry, last_use: Option<&LastUse>) -> Option<Option<i64>> {
+    last_use.map(|l| l.get(&k.sha256.to_ascii_lowercase()).copied())
+}
+
+fn as_json(u: &Listed, now: i64, last_use: Option<&LastUse>) -> serde_json::Value {
     let keys: Vec<serde_json::Value> = u
         .keys
         .iter()
@@ -76,6 +95,7 @@ fn as_json(u: &Listed, now: i64) -> serde_json::Value {
                 "created": k.created.map(edit::rfc3339),
                 "expires": k.expires.map(edit::rfc3339),
                 "expired": k.is_expired(now),
+                "last_used": key_last_use(k, last_use).flatten().map(edit::rfc3339),
             })
         })
         .collect();
@@ -94,7 +114,7 @@ fn as_json(u: &Listed, now: i64) -> serde_json::Value {
     })
 }
 
-fn print_table(users: &[Listed], now: i64) {
+fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>) {
     let header = [
         "ID",
         "NAME",
@@ -106,6 +126,7 @@ fn print_table(users: &[Listed], now: i64) {
         "PREFIXES",
         "CREATED",
         "EXPIRES",
+        "LAST USED",
     ];
     let date = |t: i64| {
         edit::rfc3339(t)
@@ -113,7 +134,7 @@ fn print_table(users: &[Listed], now: i64) {
             .map(str::to_string)
             .unwrap_or_default()
     };
-    let rows: Vec<[String; 10]> = users
+    let rows: Vec<[String; 11]> = users
         .iter()
         .map(|u| {
             let name = u.display_name.clone().unwrap_or_else(|| {
@@ -163,6 +184,15 @@ fn print_table(users: &[Listed], now: i64) {
                 },
                 created.unwrap_or_else(|| "-".into()),
                 expires,
+                match last_use {
+                    None => "?".into(),
+                    Some(_) => u
+                        .keys
+                        .iter()
+                        .filter_map(|k| key_last_use(k, last_use).flatten())
+                        .max()
+                        .map_or_else(|| "never".into(), edit::rfc3339),
+                },
             ]
         })
         .collect();

@@ -7,6 +7,7 @@
 
 mod edit;
 mod keys;
+mod last_used;
 mod list;
 pub mod password_policy;
 mod users;
@@ -60,10 +61,15 @@ SHA-256 digest and its first 8 characters. Everything else goes to stderr.")]
     #[command(after_help = "\
 Examples:
   apiward users list
-  apiward users list --format json | jq '.[] | select(.status == \"active\") | .id'")]
+  apiward users list --format json | jq '.[] | select(.status == \"active\") | .id'
+  apiward users list --admin 127.0.0.1:9901     # with each key's last use, from the running gateway")]
     List {
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
+        /// The running gateway's admin listener (host:port), asked when each key was last
+        /// used; by default the file's `[server] admin_listen`, if any.
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Change a user's status, group, addresses or names. Its keys stay valid.
     #[command(after_help = "\

@@ -14,7 +14,7 @@ use crate::config::reload::now_unix;
 pub fn run(config: &Path, command: UsersCommand) -> Result<(), CliError> {
     match command {
         UsersCommand::Add(a) => add(config, a),
-        UsersCommand::List { format } => super::list::run(config, format),
+        UsersCommand::List { format, admin } => super::list::run(config, format, admin.as_deref()),
         UsersCommand::Set(s) => set(config, s),
         UsersCommand::Delete { id, yes } => delete(config, &id, yes),
         UsersCommand::SetPassword { id, generate } => set_password(config, &id, generate),
