@@ -186,6 +186,7 @@ big_memory() { # big_memory USERS: sets BIG_HWM and BIG_RSS (KiB) of apiward ser
 }
 
 main() {
+    LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
     install_tools
     local port
     for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT"; do
@@ -303,7 +304,8 @@ report() {
         "$ROUNDS rounds alternating direct, apiward, nginx; medians over the rounds." \
         "$USERS users; wrk rotates over 1,024 of their keys (X-Api-Key); each user has two whitelist" \
         "entries and the client matches the second. Gateways pinned to CPU ${PROXY_CPUS:-any}," \
-        "wrk and the upstream to CPU ${LOAD_CPUS:-any}."
+        "wrk and the upstream to CPU ${LOAD_CPUS:-any}. Load average before the run: $LOAD_BEFORE" \
+        "(anything above ~0.3 means another process shared the machine)."
     echo
     echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs direct | req/s vs nginx |"
     echo "|---|---:|---:|---:|---:|---:|"

@@ -49,7 +49,7 @@ for label, path in rows:
     except OSError:
         continue
     size = path.rsplit("/", 1)[1]
-    unit = " entries" if "whitelist" in path else " users"
+    unit = (" entry" if size == "1" else " entries") if "whitelist" in path else " users"
     print(f"| {label} | {int(size):,}{unit} | {fmt(m)} | {fmt(ci['lower_bound'])} – {fmt(ci['upper_bound'])} |")
 try:
     small, _ = est("decide/one_key/10")

@@ -124,7 +124,7 @@ pub fn write_nginx_maps(out: &mut impl Write, users: usize) -> io::Result<()> {
     writeln!(
         out,
         "map_hash_max_size {};",
-        (users * 2).next_power_of_two().max(2048)
+        (users * 8).next_power_of_two().max(2048)
     )?;
     writeln!(out, "map_hash_bucket_size 128;")?;
     writeln!(out, "map $http_x_api_key $api_user {{\n    default \"\";")?;
