@@ -2,7 +2,7 @@
 # Runs every benchmark (criterion micro-benchmarks, callgrind instruction counts, the wrk
 # end-to-end comparison with nginx) and rewrites the result sections of docs/benchmarks.md.
 #
-# Usage: benches/run-all.sh     (about 15 minutes on 2 cores; run it on an otherwise idle machine)
+# Usage: benches/run-all.sh     (about 20 minutes on 2 cores; run it on an otherwise idle machine)
 # The parts alone: cargo bench --bench decision | benches/callgrind.sh | benches/e2e.sh
 set -euo pipefail
 

@@ -126,7 +126,7 @@ pub fn write_nginx_maps(out: &mut impl Write, users: usize) -> io::Result<()> {
         "map_hash_max_size {};",
         (users * 8).next_power_of_two().max(2048)
     )?;
-    writeln!(out, "map_hash_bucket_size 128;")?;
+    writeln!(out, "map_hash_bucket_size 256;")?;
     writeln!(out, "map $http_x_api_key $api_user {{\n    default \"\";")?;
     for i in 0..users {
         writeln!(out, "    {} {};", key(i), user_id(i))?;
