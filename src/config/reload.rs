@@ -65,6 +65,7 @@ impl ConfigStore {
             }
             Err(ReadError::Invalid(e)) => return Err(e),
         };
+        release_freed_memory();
         let store = ConfigStore {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(snapshot),
@@ -137,6 +138,7 @@ impl ConfigStore {
         let restart_required = restart_required(&previous, &snapshot);
         // The old snapshot is freed here, on the reload thread, not on a request's.
         drop(previous);
+        release_freed_memory();
         *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
         if let Ok(mut f) = self.last_failure.lock() {
             *f = None;
@@ -163,6 +165,22 @@ impl ConfigStore {
         ReloadOutcome::Refused(errors)
     }
 }
+
+/// Gives the pages of the freed parse tree and of a replaced snapshot back to the system.
+/// glibc keeps them otherwise, because the snapshot's small allocations are interleaved with
+/// the freed ones: at 1,000,000 users the resident set stays at 3.1 GB after loading, against
+/// 0.6 GB once trimmed (docs/benchmarks.md). It runs on the reload thread, after the swap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim has no preconditions; it only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 /// Settings read once at start-up; a reload that changes them says so instead of ignoring it.
 fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<&'static str> {

@@ -51,6 +51,7 @@ impl Telemetry {
         match outcome {
             ReloadOutcome::Applied { .. } => {
                 self.metrics.reload("applied");
+                self.metrics.forget_handles();
                 self.key_usage.retain_keys_of(current);
             }
             ReloadOutcome::Refused(_) => self.metrics.reload("refused"),

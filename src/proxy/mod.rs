@@ -99,6 +99,17 @@ impl Gateway {
         options: Options,
     ) -> Result<Gateway, StartError> {
         let store = ConfigStore::open(config_path).map_err(StartError::Config)?;
+        Gateway::start_with_store(store, listener, options).await
+    }
+
+    /// Starts serving a configuration already loaded by `ConfigStore::open`.
+    pub async fn start_with_store(
+        store: Arc<ConfigStore>,
+        listener: Option<std::net::TcpListener>,
+        options: Options,
+    ) -> Result<Gateway, StartError> {
+        let config_path = store.path().to_path_buf();
+        let config_path = config_path.as_path();
         let settings = store.load().server.clone();
         let listener = match listener {
             Some(l) => {
@@ -127,6 +138,7 @@ impl Gateway {
 
         let telemetry = Arc::new(Telemetry::new());
         telemetry.metrics.set_generation(store.generation());
+        tokio::spawn(metrics_upkeep(Arc::downgrade(&telemetry)));
         let (reload_triggers, triggers_rx) = mpsc::unbounded_channel();
         let watcher = if options.watch_config {
             Some(reload::watch_file(config_path, reload_triggers.clone())?)
@@ -219,6 +231,18 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
         let _ = self.admin_shutdown.send(true);
+    }
+}
+
+/// Folds histogram samples into buckets every few seconds, for as long as the gateway lives.
+async fn metrics_upkeep(telemetry: std::sync::Weak<Telemetry>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match telemetry.upgrade() {
+            Some(t) => t.metrics.run_upkeep(),
+            None => return,
+        }
     }
 }
 
