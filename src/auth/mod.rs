@@ -59,6 +59,19 @@ pub struct Grant<'s, 'r> {
     pub path: Cow<'r, str>,
 }
 
+fn refused<'s, 'r>(
+    user: Option<&'s ApiUser>,
+    key: Option<&'s ApiKey>,
+    refusal: Refusal,
+) -> Decision<'s, 'r> {
+    Decision {
+        user,
+        key,
+        key_digest: None,
+        outcome: Outcome::Refused(refusal),
+    }
+}
+
 /// Receives each step of a decision; `explain` prints them, the hot path ignores them.
 pub trait Trace {
     fn step(&mut self, step: Step<'_>);
@@ -153,12 +166,6 @@ fn identify_then_decide<'s, 'r>(
     passwords: &impl PasswordCheck,
     trace: &mut impl Trace,
 ) -> Decision<'s, 'r> {
-    let refused = |user, key, refusal| Decision {
-        user,
-        key,
-        key_digest: None,
-        outcome: Outcome::Refused(refusal),
-    };
     trace.step(Step::Credential(&facts.credential));
 
     // 1. Who is calling. Nothing about routes or permissions is revealed before this passes.
@@ -218,12 +225,6 @@ pub fn decide_identified_traced<'s, 'r>(
     facts: &RequestFacts<'r>,
     trace: &mut impl Trace,
 ) -> Decision<'s, 'r> {
-    let refused = |user, key, refusal| Decision {
-        user,
-        key,
-        key_digest: None,
-        outcome: Outcome::Refused(refusal),
-    };
     // 2. Is this user allowed to call at all, and from here.
     trace.step(Step::Status(user.status));
     if user.status != UserStatus::Active {

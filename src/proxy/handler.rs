@@ -1,0 +1,339 @@
+//! One request's way through the gateway: decide against the current snapshot, then refuse or
+//! forward to the route's upstream, and record what happened.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::body::{Counted, Finish, Logged};
+use super::{LoggedBody, ResponseBody, echo, headers};
+use crate::auth::password::PasswordVerifier;
+use crate::auth::{self, Outcome, RequestFacts, credential};
+use crate::config::reload::{self, ConfigStore};
+use crate::observe::metrics::UpstreamErrorKind;
+use crate::observe::{RequestRecord, Telemetry};
+use crate::refusal::Refusal;
+use crate::snapshot::{AccessLogTarget, UpstreamTarget};
+
+/// Shared by every connection: the configuration, the upstream connection pools, telemetry.
+pub(super) struct Proxy {
+    pub(super) store: Arc<ConfigStore>,
+    /// One pool for all upstreams, keyed by host and port; it outlives reloads, so an upstream
+    /// whose URL did not change keeps its warm connections.
+    client: Client<HttpConnector, Counted<Incoming>>,
+    /// Basic-auth verification: Argon2id behind a success cache and a failure limiter. It lives
+    /// as long as the process, not a snapshot: its cache is keyed by the stored hash, so a
+    /// reload that changes a password misses it while other reloads keep it warm.
+    passwords: PasswordVerifier,
+    pub(super) telemetry: Arc<Telemetry>,
+}
+
+/// Everything needed to forward an allowed request, taken out of the snapshot so that the
+/// snapshot is not held while the upstream answers.
+struct Forward {
+    target: UpstreamTarget,
+    upstream_name: Arc<str>,
+    path_and_query: PathAndQuery,
+    user: HeaderValue,
+    group: HeaderValue,
+    peer_is_trusted: bool,
+    upstream_timeout: std::time::Duration,
+    key_header: http::HeaderName,
+    credential_source: credential::CredentialSource,
+}
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+impl Proxy {
+    pub(super) fn new(
+        store: Arc<ConfigStore>,
+        settings: &crate::snapshot::ServerSettings,
+        telemetry: Arc<Telemetry>,
+    ) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .set_host(false)
+            .build(connector);
+        Proxy {
+            store,
+            client,
+            passwords: PasswordVerifier::new(),
+            telemetry,
+        }
+    }
+
+    pub(super) async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<LoggedBody> {
+        let (outcome, mut record) = self.decide(&request, peer);
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let mut response = match outcome {
+            Ok(forward) => {
+                self.forward(request, peer, forward, &mut record, &bytes_in)
+                    .await
+            }
+            Err(refusal) => refusal_response(refusal),
+        };
+        response
+            .headers_mut()
+            .insert(&X_REQUEST_ID, record.request_id.clone());
+        record.status = response.status().as_u16();
+        let finish = Finish {
+            telemetry: Arc::clone(&self.telemetry),
+            record,
+            bytes_in,
+        };
+        response.map(|body| Logged::new(body, finish))
+    }
+
+    /// Runs the decision against the current snapshot and keeps only what forwarding needs,
+    /// and what the request's log line and metrics need.
+    fn decide(
+        &self,
+        request: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Result<Forward, Refusal>, RequestRecord) {
+        let snapshot = self.store.load();
+        let client = headers::client_address(&snapshot, peer, request.headers());
+        let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
+        let request_id = request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .filter(|id| peer_is_trusted && is_reasonable_request_id(id))
+            .cloned()
+            .unwrap_or_else(|| self.telemetry.next_request_id());
+        let mut record = RequestRecord {
+            started: Instant::now(),
+            request_id,
+            client,
+            user: None,
+            key_prefix: None,
+            method: request.method().clone(),
+            path: String::new(),
+            route: None,
+            upstream: None,
+            decision: Refusal::BadFraming.code(),
+            status: 0,
+            upstream_time: None,
+            log: snapshot.server.access_log != AccessLogTarget::Off,
+            sample: snapshot.server.access_log_sample,
+        };
+        if !framing_is_unambiguous(request.headers()) {
+            record.path = request.uri().path().to_string();
+            return (Err(Refusal::BadFraming), record);
+        }
+        let mut scratch = String::new();
+        let (credential, credential_source) =
+            credential::extract(request.headers(), &snapshot.server.key_header, &mut scratch);
+        let presented_prefix = match credential {
+            credential::Credential::Key(k) => Some(credential::key_prefix(k)),
+            _ => None,
+        };
+        let facts = RequestFacts {
+            method: request.method(),
+            path: request.uri().path(),
+            credential,
+            client,
+            now: reload::now_unix(),
+        };
+        let decision = auth::decide(&snapshot, &facts, &self.passwords);
+        record.user = decision.user.map(|u| Arc::clone(&u.id));
+        record.key_prefix = decision
+            .key
+            .and_then(|k| k.prefix.clone())
+            .or_else(|| presented_prefix.map(Into::into));
+        if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {
+            self.telemetry.key_usage.touch(digest, facts.now);
+        }
+        let grant = match decision.outcome {
+            Outcome::Allowed(grant) => grant,
+            Outcome::Refused(refusal) => {
+                record.decision = refusal.code();
+                record.path = request.uri().path().to_string();
+                return (Err(refusal), record);
+            }
+        };
+        record.decision = "allowed";
+        record.path = grant.path.to_string();
+        record.route = Some(Arc::clone(&grant.route.prefix));
+        record.upstream = Some(Arc::clone(&grant.upstream.name));
+        let user = decision.user.map_or("", |u| &u.id);
+        let forward = (|| {
+            Ok::<_, Refusal>(Forward {
+                target: grant.upstream.target.clone(),
+                upstream_name: Arc::clone(&grant.upstream.name),
+                path_and_query: forwarded_path(&grant.upstream.target, &grant.path, request.uri())?,
+                user: HeaderValue::from_str(user).map_err(|_| Refusal::Forbidden)?,
+                group: HeaderValue::from_str(&grant.group.name).map_err(|_| Refusal::Forbidden)?,
+                peer_is_trusted,
+                upstream_timeout: snapshot.server.upstream_timeout,
+                key_header: snapshot.server.key_header.clone(),
+                credential_source,
+            })
+        })();
+        if let Err(refusal) = &forward {
+            record.decision = refusal.code();
+        }
+        (forward, record)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        forward: Forward,
+        record: &mut RequestRecord,
+        bytes_in: &Arc<AtomicU64>,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = request.into_parts();
+        let body = Counted::new(body, Arc::clone(bytes_in));
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_request(
+            &mut parts.headers,
+            &forward.key_header,
+            forward.credential_source,
+        );
+        headers::add_forwarding(
+            &mut parts.headers,
+            original_host,
+            &headers::Forwarded {
+                peer: crate::auth::address::canonical(peer.ip()),
+                peer_is_trusted: forward.peer_is_trusted,
+                proto: "http",
+                user: forward.user.to_str().unwrap_or_default(),
+                group: forward.group.to_str().unwrap_or_default(),
+            },
+        );
+        parts
+            .headers
+            .insert(&X_REQUEST_ID, record.request_id.clone());
+        let sent = Instant::now();
+        match forward.target {
+            UpstreamTarget::Echo => {
+                parts.uri = Uri::from(forward.path_and_query);
+                let response = echo::respond(Request::from_parts(parts, body)).await;
+                record.upstream_time = Some(sent.elapsed());
+                response.map(|b| Either::Right(Full::new(b)))
+            }
+            UpstreamTarget::Http {
+                scheme, authority, ..
+            } => {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(HOST, host);
+                }
+                let mut uri_parts = http::uri::Parts::default();
+                uri_parts.scheme = Some(scheme);
+                uri_parts.authority = Some(authority);
+                uri_parts.path_and_query = Some(forward.path_and_query);
+                parts.uri = match Uri::from_parts(uri_parts) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        record.decision = Refusal::BadPath.code();
+                        return refusal_response(Refusal::BadPath);
+                    }
+                };
+                parts.version = http::Version::HTTP_11;
+                let upstream_request = Request::from_parts(parts, body);
+                let result = tokio::time::timeout(
+                    forward.upstream_timeout,
+                    self.client.request(upstream_request),
+                )
+                .await;
+                record.upstream_time = Some(sent.elapsed());
+                let failure = match result {
+                    Ok(Ok(response)) => {
+                        let (mut parts, body) = response.into_parts();
+                        headers::remove_hop_by_hop(&mut parts.headers);
+                        return Response::from_parts(parts, Either::Left(body));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, connect = e.is_connect(), upstream = %forward.upstream_name, "upstream request failed");
+                        let kind = if e.is_connect() {
+                            UpstreamErrorKind::Connect
+                        } else {
+                            UpstreamErrorKind::Other
+                        };
+                        (Refusal::UpstreamUnavailable, kind)
+                    }
+                    Err(_) => (Refusal::UpstreamTimeout, UpstreamErrorKind::Timeout),
+                };
+                self.telemetry
+                    .metrics
+                    .upstream_error(&forward.upstream_name, failure.1);
+                record.decision = failure.0.code();
+                refusal_response(failure.0)
+            }
+        }
+    }
+}
+
+/// A request id from a trusted proxy is kept only if it is short and printable.
+fn is_reasonable_request_id(id: &HeaderValue) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
+/// hyper already refuses conflicting lengths and `Content-Length` with `Transfer-Encoding`
+/// (vendor/hyper); what it still accepts is a coding list ending in chunked, such as
+/// `gzip, chunked`, which a proxy must not pass on.
+fn framing_is_unambiguous(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.as_bytes().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// The upstream's base path, then the normalised path, then the query exactly as received.
+fn forwarded_path(
+    target: &UpstreamTarget,
+    path: &str,
+    original: &Uri,
+) -> Result<PathAndQuery, Refusal> {
+    let base = match target {
+        UpstreamTarget::Http { base_path, .. } => &**base_path,
+        UpstreamTarget::Echo => "",
+    };
+    if base.is_empty() && path == original.path() {
+        if let Some(pq) = original.path_and_query() {
+            return Ok(pq.clone());
+        }
+    }
+    let mut text = String::with_capacity(
+        base.len() + path.len() + original.query().map_or(0, |q| q.len() + 1),
+    );
+    text.push_str(base);
+    text.push_str(path);
+    if let Some(q) = original.query() {
+        text.push('?');
+        text.push_str(q);
+    }
+    PathAndQuery::try_from(text).map_err(|_| Refusal::BadPath)
+}
+
+fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
+    refusal.response::<Full<Bytes>>().map(Either::Right)
+}
