@@ -289,7 +289,7 @@ impl Narrator<'_> {
 
     fn describe_user_without_key(&self, user: &ApiUser, now: i64) -> String {
         let (mut keys, mut expired) = (0, 0);
-        let index = self.snapshot.user_index.get(&user.id).copied();
+        let index = self.snapshot.user_index_of(&user.id);
         for key in self.snapshot.keys.values() {
             if Some(key.user) == index {
                 keys += 1;

@@ -110,11 +110,58 @@ pub struct ApiUser {
     pub password_hash: Option<Box<str>>,
 }
 
+/// The first characters of a key, as the file keeps them to tell keys apart; stored inline
+/// (at most 16 bytes), so a million keys do not mean a million small allocations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyPrefix {
+    len: u8,
+    bytes: [u8; KeyPrefix::MAX],
+}
+
+impl KeyPrefix {
+    pub const MAX: usize = 16;
+
+    /// `None` if longer than `MAX` bytes.
+    pub fn new(text: &str) -> Option<KeyPrefix> {
+        let len = text.len();
+        if len > KeyPrefix::MAX {
+            return None;
+        }
+        let mut bytes = [0u8; KeyPrefix::MAX];
+        bytes[..len].copy_from_slice(text.as_bytes());
+        Some(KeyPrefix {
+            len: len as u8,
+            bytes,
+        })
+    }
+}
+
+impl std::ops::Deref for KeyPrefix {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Built from a whole `&str`, so these bytes are valid UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for KeyPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", &**self)
+    }
+}
+
 /// One key of a user; the key itself is never known, only its digest (the map key).
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     pub user: UserIndex,
-    pub prefix: Option<Box<str>>,
+    pub prefix: Option<KeyPrefix>,
     /// Unix seconds.
     pub created: Option<i64>,
     /// Unix seconds; the key is refused from this instant on.
@@ -195,8 +242,8 @@ pub enum AccessLogTarget {
 pub struct Snapshot {
     pub source: PathBuf,
     pub server: ServerSettings,
+    /// Sorted by id (looked up by binary search: Basic auth and `explain` only).
     pub users: Box<[ApiUser]>,
-    pub user_index: HashMap<Arc<str>, UserIndex>,
     pub keys: DigestMap<ApiKey>,
     pub groups: Box<[Group]>,
     /// Longest prefix first, so the first match is the longest.
@@ -210,7 +257,14 @@ impl Snapshot {
     }
 
     pub fn user_by_id(&self, id: &str) -> Option<&ApiUser> {
-        self.user_index.get(id).map(|&i| self.user(i))
+        self.user_index_of(id).map(|i| self.user(i))
+    }
+
+    pub fn user_index_of(&self, id: &str) -> Option<UserIndex> {
+        self.users
+            .binary_search_by(|u| (*u.id).cmp(id))
+            .ok()
+            .map(|i| i as UserIndex)
     }
 
     pub fn group_of(&self, user: &ApiUser) -> &Group {

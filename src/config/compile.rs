@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -19,8 +18,8 @@ use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
-    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, Route, ServerSettings, Snapshot,
-    Upstream, UpstreamTarget, UserIndex, UserStatus,
+    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, KeyPrefix, Route,
+    ServerSettings, Snapshot, Upstream, UpstreamTarget, UserIndex, UserStatus,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -142,14 +141,12 @@ impl Compiler<'_> {
         }
 
         let mut users = Vec::with_capacity(raw.users.len());
-        let mut user_index = HashMap::with_capacity(raw.users.len());
         let key_count = raw.users.values().map(|u| u.get_ref().keys.len()).sum();
         let mut keys: DigestMap<ApiKey> =
             DigestMap::with_capacity_and_hasher(key_count, Default::default());
         for (id, user) in &raw.users {
             let index = users.len() as UserIndex;
             if let Some(api_user) = self.user(id, user, &group_index, &raw, index, &mut keys) {
-                user_index.insert(Arc::clone(&api_user.id), index);
                 users.push(api_user);
             }
         }
@@ -158,7 +155,6 @@ impl Compiler<'_> {
             source: file.to_path_buf(),
             server,
             users: users.into_boxed_slice(),
-            user_index,
             keys,
             groups: groups.into_boxed_slice(),
             routes: routes.into_boxed_slice(),
@@ -440,7 +436,7 @@ impl Compiler<'_> {
                 digest,
                 ApiKey {
                     user: index,
-                    prefix: k.prefix.as_ref().map(|p| p.get_ref().as_str().into()),
+                    prefix: k.prefix.as_ref().and_then(|p| KeyPrefix::new(p.get_ref())),
                     created,
                     expires,
                 },

@@ -281,3 +281,32 @@ fn unix_seconds_matches_known_instants() {
     let dt: Datetime = "2026-11-22T10:00:00-02:30".parse().unwrap();
     assert_eq!(unix_seconds(&dt), Ok(1_795_341_600 + 9000));
 }
+
+#[test]
+fn every_user_is_found_by_id() {
+    let ids = [
+        "zeta@example.org",
+        "Alpha@example.org",
+        "alpha@example.org",
+        "émile@example.org",
+        "a.b+c@example.org",
+        "0@x.y",
+    ];
+    let users: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "[users.\"{id}\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = \"*\"\n\n"
+            )
+        })
+        .collect();
+    let s = compile(Path::new("x.toml"), &base(&users)).unwrap();
+    for id in ids {
+        let i = s
+            .user_index_of(id)
+            .unwrap_or_else(|| panic!("{id} not found"));
+        assert_eq!(&*s.user(i).id, id);
+        assert_eq!(s.user_by_id(id).map(|u| &*u.id), Some(id));
+    }
+    assert!(s.user_by_id("nobody@example.org").is_none());
+}
