@@ -539,7 +539,7 @@ fn shared_leading_bits(block: AddressBlock, client: IpAddr) -> Option<u32> {
             Some((u32::from(a) ^ network).leading_zeros())
         }
         (AddressBlock::V6 { network, .. }, IpAddr::V6(a)) => {
-            Some((u128::from(a) ^ network).leading_zeros())
+            Some((u128::from(a) ^ network.get()).leading_zeros())
         }
         _ => None,
     }
