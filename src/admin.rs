@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::reload::ConfigStore;
 use crate::observe::Telemetry;
+use crate::snapshot::rfc3339;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
@@ -137,17 +138,6 @@ fn keys(state: &AdminState) -> serde_json::Value {
             .then(a["prefix"].as_str().cmp(&b["prefix"].as_str()))
     });
     serde_json::json!({ "keys": keys })
-}
-
-/// Unix seconds as `2026-11-22T10:00:00Z`.
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

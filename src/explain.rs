@@ -18,7 +18,9 @@ use crate::auth::address::{AddressBlock, SourceWhitelist, canonical};
 use crate::auth::credential::key_prefix;
 use crate::auth::{self, Credential, NoPasswords, Outcome, RequestFacts, Step, Trace};
 use crate::refusal::Refusal;
-use crate::snapshot::{ApiKey, ApiUser, Group, Snapshot, Upstream, UpstreamTarget, UserStatus};
+use crate::snapshot::{
+    ApiKey, ApiUser, Group, Snapshot, Upstream, UpstreamTarget, UserStatus, rfc3339,
+};
 
 /// How many whitelist entries are suggested when a source matches none.
 const NEAREST_ENTRIES: usize = 3;
@@ -315,10 +317,10 @@ impl Narrator<'_> {
             None => facts.push("no prefix stored".to_string()),
         }
         if let Some(t) = key.created {
-            facts.push(format!("created {}", timestamp(t)));
+            facts.push(format!("created {}", rfc3339(t)));
         }
         match key.expires {
-            Some(t) => facts.push(format!("expires {}", timestamp(t))),
+            Some(t) => facts.push(format!("expires {}", rfc3339(t))),
             None => facts.push("no expiry".to_string()),
         }
         format!("user {} ({})", user.id, facts.join(", "))
@@ -388,9 +390,9 @@ impl Trace for Narrator<'_> {
                 now,
             } => {
                 let text = if now >= t {
-                    format!("expired at {} (now {}) ✗", timestamp(t), timestamp(now))
+                    format!("expired at {} (now {}) ✗", rfc3339(t), rfc3339(now))
                 } else {
-                    format!("valid until {} ✓", timestamp(t))
+                    format!("valid until {} ✓", rfc3339(t))
                 };
                 self.push("expiry", text);
             }
@@ -543,17 +545,6 @@ fn shared_leading_bits(block: AddressBlock, client: IpAddr) -> Option<u32> {
         }
         _ => None,
     }
-}
-
-/// RFC 3339 in UTC, as the configuration file writes it.
-fn timestamp(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("@{unix}"))
 }
 
 #[cfg(test)]

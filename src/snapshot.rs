@@ -284,3 +284,15 @@ impl Snapshot {
         self.server.trusted_proxies.iter().any(|b| b.contains(ip))
     }
 }
+
+/// Unix seconds as RFC 3339 in UTC (`2026-11-22T10:00:00Z`), as the configuration file writes
+/// them; the number itself if it is out of range.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}

@@ -11,6 +11,7 @@ use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Tab
 use super::CliError;
 use crate::config::compile::unix_seconds;
 use crate::snapshot::Snapshot;
+pub use crate::snapshot::rfc3339;
 
 /// One configuration file, loaded for editing.
 pub struct ConfigFile {
@@ -409,15 +410,6 @@ pub fn datetime(unix: i64) -> Result<toml_edit::Datetime, CliError> {
             "cannot write the instant {unix} as a TOML date-time"
         ))
     })
-}
-
-/// Unix seconds as `2026-11-22T10:00:00Z` (for messages and listings too).
-pub fn rfc3339(unix: i64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]

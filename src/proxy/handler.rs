@@ -219,12 +219,12 @@ impl Proxy {
         headers::add_forwarding(
             &mut parts.headers,
             original_host,
-            &headers::Forwarded {
+            headers::Forwarded {
                 peer: crate::auth::address::canonical(peer.ip()),
                 peer_is_trusted: forward.peer_is_trusted,
                 proto: "http",
-                user: forward.user.to_str().unwrap_or_default(),
-                group: forward.group.to_str().unwrap_or_default(),
+                user: forward.user,
+                group: forward.group,
             },
         );
         parts

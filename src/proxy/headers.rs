@@ -108,21 +108,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What the gateway tells the upstream about the request.
-pub struct Forwarded<'a> {
+/// What the gateway tells the upstream about the request. The identity values are already
+/// header values (validated once, when the request was decided).
+pub struct Forwarded {
     pub peer: IpAddr,
     pub peer_is_trusted: bool,
     pub proto: &'static str,
-    pub user: &'a str,
-    pub group: &'a str,
+    pub user: HeaderValue,
+    pub group: HeaderValue,
 }
 
 /// Adds `X-Forwarded-*` and the identity headers. Call after `strip_request`.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    original_host: Option<HeaderValue>,
-    fwd: &Forwarded<'_>,
-) {
+pub fn add_forwarding(headers: &mut HeaderMap, original_host: Option<HeaderValue>, fwd: Forwarded) {
     let peer = HeaderValue::from_str(&fwd.peer.to_string())
         .expect("an IP address is a valid header value");
     if fwd.peer_is_trusted {
@@ -162,12 +159,8 @@ pub fn add_forwarding(
             }
         }
     }
-    if let Ok(v) = HeaderValue::from_str(fwd.user) {
-        headers.insert(&X_APIWARD_USER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(fwd.group) {
-        headers.insert(&X_APIWARD_GROUP, v);
-    }
+    headers.insert(&X_APIWARD_USER, fwd.user);
+    headers.insert(&X_APIWARD_GROUP, fwd.group);
 }
 
 #[cfg(test)]
@@ -197,12 +190,12 @@ mod tests {
         add_forwarding(
             &mut h,
             Some(HeaderValue::from_static("api.example.org")),
-            &Forwarded {
+            Forwarded {
                 peer: "192.0.2.10".parse().unwrap(),
                 peer_is_trusted: false,
                 proto: "http",
-                user: "crm@example.org",
-                group: "g",
+                user: HeaderValue::from_static("crm@example.org"),
+                group: HeaderValue::from_static("g"),
             },
         );
         assert!(!h.contains_key("connection"));
