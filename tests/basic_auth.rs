@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use common::{TestGateway, TestKey, config, echo_upstream, eventually, get, user};
+use common::{TestGateway, TestKey, echo_upstream, eventually, get, one_user_config};
 
 /// Runs the real binary against the gateway's own configuration file, off the async workers.
 async fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
@@ -92,16 +92,7 @@ fn refused(status: u16, code: &str) -> (u16, String) {
 async fn gateway() -> (TestGateway, common::Upstream) {
     let upstream = echo_upstream().await;
     let seed = TestKey::new("seed");
-    let toml = config(
-        &upstream.url(),
-        &user(
-            "seed@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&seed],
-        ),
-    );
+    let toml = one_user_config(&upstream.url(), "seed@example.org", &seed);
     (TestGateway::start(&toml).await, upstream)
 }
 

@@ -611,17 +611,7 @@ async fn large_bodies_stream_through_in_both_directions() {
     })
     .await;
     let k = TestKey::new("bigdown");
-    let gw = TestGateway::start(&config(
-        &big.url(),
-        &user(
-            "d@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&k],
-        ),
-    ))
-    .await;
+    let gw = TestGateway::start(&one_user_config(&big.url(), "d@example.org", &k)).await;
     let r = get(&gw.url("/supporters/export"), &key(&k)).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 24 * 1024 * 1024);
@@ -655,17 +645,7 @@ async fn request_bodies_are_streamed_not_buffered() {
     })
     .await;
     let k = TestKey::new("streamer");
-    let gw = TestGateway::start(&config(
-        &upstream.url(),
-        &user(
-            "s@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&k],
-        ),
-    ))
-    .await;
+    let gw = TestGateway::start(&one_user_config(&upstream.url(), "s@example.org", &k)).await;
 
     let (chunks_tx, chunks_rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
     let body = StreamBody::new(tokio_stream_from(chunks_rx));

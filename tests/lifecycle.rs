@@ -123,17 +123,7 @@ fn check_validates_like_nginx_t() {
 async fn a_slow_request_head_is_cut_off_but_an_idle_keep_alive_connection_is_not() {
     let upstream = echo_upstream().await;
     let k = TestKey::new("timeouts");
-    let toml = config(
-        &upstream.url(),
-        &user(
-            "t@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&k],
-        ),
-    )
-    .replace(
+    let toml = one_user_config(&upstream.url(), "t@example.org", &k).replace(
         "upstream_timeout = \"2s\"",
         "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"",
     );
@@ -171,17 +161,8 @@ async fn a_slow_request_head_is_cut_off_but_an_idle_keep_alive_connection_is_not
 async fn an_idle_connection_is_closed_after_idle_timeout() {
     let upstream = echo_upstream().await;
     let k = TestKey::new("idle");
-    let toml = config(
-        &upstream.url(),
-        &user(
-            "i@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&k],
-        ),
-    )
-    .replace("upstream_timeout = \"2s\"", "idle_timeout = \"300ms\"");
+    let toml = one_user_config(&upstream.url(), "i@example.org", &k)
+        .replace("upstream_timeout = \"2s\"", "idle_timeout = \"300ms\"");
     let gw = TestGateway::start(&toml).await;
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
     assert!(
@@ -207,17 +188,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     })
     .await;
     let k = TestKey::new("shutdown");
-    let gw = TestGateway::start(&config(
-        &upstream.url(),
-        &user(
-            "s@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&k],
-        ),
-    ))
-    .await;
+    let gw = TestGateway::start(&one_user_config(&upstream.url(), "s@example.org", &k)).await;
     let url = gw.url("/supporters/1");
     let addr = gw.addr;
     let key = k.key.clone();

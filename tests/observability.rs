@@ -515,16 +515,7 @@ async fn readyz_turns_503_while_requests_drain_on_shutdown() {
     })
     .await;
     let k = TestKey::new("draining");
-    let toml = with_admin(&config(
-        &slow.url(),
-        &user(
-            "d@example.org",
-            "active",
-            "manage-supporters",
-            "127.0.0.1",
-            &[&k],
-        ),
-    ));
+    let toml = with_admin(&one_user_config(&slow.url(), "d@example.org", &k));
     let gw = TestGateway::start(&toml).await;
     let admin = gw.gateway().admin_addr().unwrap();
     let url = gw.url("/supporters/1");

@@ -360,6 +360,14 @@ allow = []
     )
 }
 
+/// `config` with one active user in `manage-supporters`, calling from 127.0.0.1 with `key`.
+pub fn one_user_config(upstream_url: &str, id: &str, key: &TestKey) -> String {
+    config(
+        upstream_url,
+        &user(id, "active", "manage-supporters", "127.0.0.1", &[key]),
+    )
+}
+
 /// A `[users."id"]` table.
 pub fn user(id: &str, status: &str, group: &str, addresses: &str, keys: &[&TestKey]) -> String {
     let keys: Vec<String> = keys
