@@ -113,8 +113,17 @@ start_nginx() { # start_nginx NAME CPUS: runs nginx with $WORK/NAME.conf in the 
     nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
     pin_prefix "$cpus"
     "${PIN[@]}" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf" &
-    PIDS+=($!)
-    wait_for_port "$3" 10 $!
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    wait_for_port "$3" 10 "$NGINX_PID"
+}
+
+cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these processes
+    local pid
+    for pid in "$@"; do
+        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+        sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'
+    done | awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
 }
 
 start_apiward() { # start_apiward CONFIG PORT CPUS: sets APIWARD_PID
@@ -142,21 +151,31 @@ to_ms() { # wrk prints 812.00us, 1.23ms or 1.02s
         else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
 }
 
-run_wrk() { # run_wrk NAME URL ROUND: appends "name round rps p50 p99" to results
+run_wrk() { # run_wrk NAME URL ROUND PID...: appends "name round rps p50 p99 user_us sys_us" to
+    # results, the last two being the CPU time per request of the server processes PID...
     local name=$1 url=$2 round=$3 out="$WORK/wrk.$1.$3.txt"
+    shift 3
+    local before after
+    before=$(cpu_ticks "$@")
     pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 5s --latency \
         -s "$WORK/keys.lua" "$url" >"$out"
+    after=$(cpu_ticks "$@")
     if grep -q -E 'Non-2xx|Socket errors' "$out"; then
         log "$name round $round had errors:"
         cat "$out" >&2
         return 1
     fi
-    local rps p50 p99
+    local rps p50 p99 requests user_us sys_us
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
     p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-    printf '%s %s %s %s %s\n' "$name" "$round" "$rps" "$p50" "$p99" >>"$WORK/results.txt"
-    log "$(printf '%-8s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms' "$name" "$round" "$rps" "$p50" "$p99")"
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    read -r user_us sys_us < <(awk -v b="$before" -v a="$after" -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        printf "%.2f %.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }')
+    printf '%s %s %s %s %s %s %s\n' "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us" >>"$WORK/results.txt"
+    log "$(printf '%-8s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  CPU %5.2f + %5.2f us/req' \
+        "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us")"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -260,9 +279,17 @@ EOF
 
     log "starting the upstream (nginx, CPUs ${LOAD_CPUS:-any}), apiward and nginx as gateways (CPUs ${PROXY_CPUS:-any})"
     start_nginx upstream "$LOAD_CPUS" "$UPSTREAM_PORT"
+    local upstream_pid=$NGINX_PID
     start_apiward "$WORK/apiward.toml" "$APIWARD_PORT" "$PROXY_CPUS"
     local apiward_pid=$APIWARD_PID
     start_nginx gateway "$PROXY_CPUS" "$NGINX_PORT"
+    local gateway_pid=$NGINX_PID
+    # Whose CPU time each target's row reports: the server answering wrk (nginx's worker).
+    local -A served_by=(
+        [direct]="$(pgrep -P "$upstream_pid" | tr '\n' ' ')"
+        [apiward]="$apiward_pid"
+        [nginx]="$(pgrep -P "$gateway_pid" | tr '\n' ' ')"
+    )
 
     local -A urls=(
         [direct]="http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
@@ -278,7 +305,8 @@ EOF
     : >"$WORK/results.txt"
     for round in $(seq "$ROUNDS"); do
         for target in direct apiward nginx; do
-            run_wrk "$target" "${urls[$target]}" "$round"
+            # shellcheck disable=SC2086 # a list of pids
+            run_wrk "$target" "${urls[$target]}" "$round" ${served_by[$target]}
         done
     done
     local hwm10k rss10k
@@ -307,24 +335,26 @@ report() {
         "wrk and the upstream to CPU ${LOAD_CPUS:-any}. Load average before the run: $LOAD_BEFORE" \
         "(anything above ~0.3 means another process shared the machine)."
     echo
-    echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs direct | req/s vs nginx |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs direct | req/s vs nginx | CPU µs/req (user + sys) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     local t rps
     for t in direct apiward nginx; do
         rps=$(stat_of "$t" 3)
-        printf '| %s | %.0f | %.3f | %.3f | %.2f | %.2f |\n' "$t" "$rps" "$(stat_of "$t" 4)" "$(stat_of "$t" 5)" \
+        printf '| %s | %.0f | %.3f | %.3f | %.2f | %.2f | %.2f + %.2f |\n' "$t" "$rps" "$(stat_of "$t" 4)" "$(stat_of "$t" 5)" \
             "$(awk -v a="$rps" -v b="$d_rps" 'BEGIN { print a / b }')" \
-            "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { print a / b }')"
+            "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of "$t" 6)" "$(stat_of "$t" 7)"
     done
     echo
     printf 'apiward / nginx: **%.2f ×** the requests per second (goal ≥ 1.25), p99 %.3f ms vs %.3f ms (goal: not higher).\n' \
         "$(awk -v a="$a_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of apiward 5)" "$(stat_of nginx 5)"
+    echo "CPU time per request (the gateway process, or nginx's worker; \`direct\` is the upstream's worker, which"
+    echo "shares its CPU with wrk) does not depend on whether another process shared the machine, unlike req/s."
     echo
     echo "Every round:"
     echo
-    echo "| round | target | req/s | p50 (ms) | p99 (ms) |"
-    echo "|---:|---|---:|---:|---:|"
-    awk '{ printf "| %s | %s | %.0f | %.3f | %.3f |\n", $2, $1, $3, $4, $5 }' "$WORK/results.txt"
+    echo "| round | target | req/s | p50 (ms) | p99 (ms) | CPU µs/req (user + sys) |"
+    echo "|---:|---|---:|---:|---:|---:|"
+    awk '{ printf "| %s | %s | %.0f | %.3f | %.3f | %.2f + %.2f |\n", $2, $1, $3, $4, $5, $6, $7 }' "$WORK/results.txt"
     echo
     echo "apiward's resident memory (\`VmHWM\` is the peak, including compiling the file; \`VmRSS\` is after serving):"
     echo

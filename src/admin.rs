@@ -30,6 +30,8 @@ pub struct AdminState {
     pub public_addr: std::net::SocketAddr,
     /// False once shutdown has begun: /readyz then says 503 so load balancers drain the gateway.
     pub ready: AtomicBool,
+    /// The upstream connection pool, for its count of idle connections.
+    pub upstream_pool: Arc<crate::proxy::upstream::Pool>,
 }
 
 pub async fn serve(
@@ -109,6 +111,7 @@ fn status(state: &AdminState) -> serde_json::Value {
         "groups": snapshot.groups.len(),
         "routes": snapshot.routes.len(),
         "upstreams": snapshot.upstreams.len(),
+        "upstream_idle_connections": state.upstream_pool.idle_connections(),
         "uptime_seconds": state.started.elapsed().as_secs(),
     })
 }

@@ -220,6 +220,10 @@ pub struct ServerSettings {
     pub organisation: Option<String>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// How long an upstream connection may stay idle in the pool.
+    pub upstream_keepalive_timeout: Duration,
+    /// Idle connections kept per upstream address; 0 closes each after its response.
+    pub upstream_keepalive_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,

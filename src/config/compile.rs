@@ -237,6 +237,14 @@ impl Compiler<'_> {
                 1.0
             }
         };
+        let upstream_keepalive_connections = match raw.upstream_keepalive_connections.as_ref() {
+            None => 1024,
+            Some(v) if (0..=65536).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                self.error(v.span(), "upstream_keepalive_connections is how many idle connections are kept per upstream: 0 (close each after its response) to 65536");
+                1024
+            }
+        };
         ServerSettings {
             listen,
             access_log,
@@ -248,6 +256,12 @@ impl Compiler<'_> {
             organisation: raw.organisation.as_ref().map(|o| o.get_ref().clone()),
             connect_timeout: self.duration(raw.connect_timeout.as_ref(), "2s", true),
             upstream_timeout: self.duration(raw.upstream_timeout.as_ref(), "30s", true),
+            upstream_keepalive_timeout: self.duration(
+                raw.upstream_keepalive_timeout.as_ref(),
+                "60s",
+                true,
+            ),
+            upstream_keepalive_connections,
             header_read_timeout: self.duration(raw.header_read_timeout.as_ref(), "10s", true),
             idle_timeout: self.duration(raw.idle_timeout.as_ref(), "60s", true),
             shutdown_timeout: self.duration(raw.shutdown_timeout.as_ref(), "10s", false),

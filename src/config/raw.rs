@@ -32,6 +32,8 @@ pub struct RawServer {
     pub organisation: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,
+    pub upstream_keepalive_timeout: Option<Spanned<String>>,
+    pub upstream_keepalive_connections: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,

@@ -192,9 +192,6 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
     if a.workers != b.workers {
         fields.push("workers");
     }
-    if a.connect_timeout != b.connect_timeout {
-        fields.push("connect_timeout");
-    }
     if a.access_log != b.access_log {
         fields.push("access_log");
     }

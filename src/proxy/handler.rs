@@ -12,11 +12,9 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::{Counted, Finish, Logged};
+use super::upstream::{Limits, Pool};
 use super::{LoggedBody, ResponseBody, echo, headers};
 use crate::auth::password::PasswordVerifier;
 use crate::auth::{self, Outcome, RequestFacts, credential};
@@ -31,7 +29,7 @@ pub(super) struct Proxy {
     pub(super) store: Arc<ConfigStore>,
     /// One pool for all upstreams, keyed by host and port; it outlives reloads, so an upstream
     /// whose URL did not change keeps its warm connections.
-    client: Client<HttpConnector, Counted<Incoming>>,
+    pub(super) pool: Arc<Pool>,
     /// Basic-auth verification: Argon2id behind a success cache and a failure limiter. It lives
     /// as long as the process, not a snapshot: its cache is keyed by the stored hash, so a
     /// reload that changes a password misses it while other reloads keep it warm.
@@ -49,6 +47,7 @@ struct Forward {
     group: HeaderValue,
     peer_is_trusted: bool,
     upstream_timeout: std::time::Duration,
+    limits: Limits,
     key_header: http::HeaderName,
     credential_source: credential::CredentialSource,
 }
@@ -56,23 +55,10 @@ struct Forward {
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 impl Proxy {
-    pub(super) fn new(
-        store: Arc<ConfigStore>,
-        settings: &crate::snapshot::ServerSettings,
-        telemetry: Arc<Telemetry>,
-    ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .set_host(false)
-            .build(connector);
+    pub(super) fn new(store: Arc<ConfigStore>, telemetry: Arc<Telemetry>) -> Proxy {
         Proxy {
             store,
-            client,
+            pool: Pool::new(),
             passwords: PasswordVerifier::new(),
             telemetry,
         }
@@ -185,6 +171,7 @@ impl Proxy {
                 group: HeaderValue::from_str(&grant.group.name).map_err(|_| Refusal::Forbidden)?,
                 peer_is_trusted,
                 upstream_timeout: snapshot.server.upstream_timeout,
+                limits: Limits::of(&snapshot.server),
                 key_header: snapshot.server.key_header.clone(),
                 credential_source,
             })
@@ -238,28 +225,17 @@ impl Proxy {
                 record.upstream_time = Some(sent.elapsed());
                 response.map(|b| Either::Right(Full::new(b)))
             }
-            UpstreamTarget::Http {
-                scheme, authority, ..
-            } => {
+            UpstreamTarget::Http { authority, .. } => {
                 if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                     parts.headers.insert(HOST, host);
                 }
-                let mut uri_parts = http::uri::Parts::default();
-                uri_parts.scheme = Some(scheme);
-                uri_parts.authority = Some(authority);
-                uri_parts.path_and_query = Some(forward.path_and_query);
-                parts.uri = match Uri::from_parts(uri_parts) {
-                    Ok(u) => u,
-                    Err(_) => {
-                        record.decision = Refusal::BadPath.code();
-                        return refusal_response(Refusal::BadPath);
-                    }
-                };
+                // Origin form: the upstream is talked to directly, never as a proxy.
+                parts.uri = Uri::from(forward.path_and_query);
                 parts.version = http::Version::HTTP_11;
                 let upstream_request = Request::from_parts(parts, body);
                 let result = tokio::time::timeout(
                     forward.upstream_timeout,
-                    self.client.request(upstream_request),
+                    self.pool.send(&authority, forward.limits, upstream_request),
                 )
                 .await;
                 record.upstream_time = Some(sent.elapsed());

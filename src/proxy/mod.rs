@@ -5,6 +5,7 @@ mod echo;
 mod handler;
 pub mod headers;
 mod io;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +16,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -33,7 +33,7 @@ use handler::Proxy;
 
 /// A response body before it is wrapped for logging: the upstream's, streamed, or one the
 /// gateway made.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<upstream::UpstreamBody, Full<Bytes>>;
 
 /// What the client receives: a response body that records the request when it ends.
 pub type LoggedBody = Logged<ResponseBody>;
@@ -149,11 +149,7 @@ impl Gateway {
             spawn_sighup_forwarder(reload_triggers.clone());
         }
 
-        let proxy = Arc::new(Proxy::new(
-            Arc::clone(&store),
-            &settings,
-            Arc::clone(&telemetry),
-        ));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&telemetry)));
         let (shutdown, shutdown_rx) = watch::channel(false);
         // The admin listener outlives the public one during shutdown, so /readyz can say 503
         // while requests drain.
@@ -164,6 +160,7 @@ impl Gateway {
             started: Instant::now(),
             public_addr: local_addr,
             ready: AtomicBool::new(true),
+            upstream_pool: Arc::clone(&proxy.pool),
         });
         if let Some(listener) = admin_listener {
             tokio::spawn(admin::serve(
@@ -172,6 +169,7 @@ impl Gateway {
                 admin_shutdown_rx,
             ));
         }
+        tokio::spawn(upstream::sweep_periodically(Arc::downgrade(&proxy.pool)));
         let serving = tokio::spawn(accept_loop(proxy, listener, shutdown_rx));
         tracing::info!(
             listen = %local_addr,

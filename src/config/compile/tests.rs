@@ -73,6 +73,8 @@ fn a_valid_file_becomes_a_snapshot() {
         UpstreamTarget::Echo => panic!("not echo"),
     }
     assert_eq!(s.server.connect_timeout, Duration::from_secs(2));
+    assert_eq!(s.server.upstream_keepalive_timeout, Duration::from_secs(60));
+    assert_eq!(s.server.upstream_keepalive_connections, 1024);
     assert_eq!(s.server.key_header.as_str(), "x-api-key");
 }
 
@@ -188,6 +190,13 @@ fn server_settings_are_validated() {
         ("workers", "0", "workers"),
         ("trusted_proxies", "[\"10.0.0.1/8\"]", "10.0.0.0/8"),
         ("max_header_bytes", "10", "max_header_bytes"),
+        ("upstream_keepalive_timeout", "\"0s\"", "greater than zero"),
+        ("upstream_keepalive_connections", "-1", "idle connections"),
+        (
+            "upstream_keepalive_connections",
+            "100000",
+            "idle connections",
+        ),
     ] {
         let text = base("").replace(
             "listen = \"127.0.0.1:8080\"",

@@ -1,0 +1,285 @@
+//! The upstream connection pool: connections are reused across requests and clients, never after
+//! a response the client abandoned, dropped when the upstream closed them, and closed after
+//! `upstream_keepalive_timeout`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A hand-written HTTP/1.1 upstream on 127.0.0.1 that counts the connections it accepts and the
+/// ones that ended, so a test can see exactly what the gateway's pool did. Requests carry no
+/// body. `/supporters/big` answers 4 MiB, `/supporters/empty` 204, `/supporters/slow` answers
+/// after 300 ms, everything else `ok <path>`.
+/// With `close_idle_after`, it closes a connection that long after each response (without
+/// saying so in the response), as an upstream with a short keep-alive timeout does.
+struct RawUpstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    async fn start(close_idle_after: Option<Duration>) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (a, e) = (Arc::clone(&accepted), Arc::clone(&ended));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = Arc::clone(&e);
+                tokio::spawn(async move {
+                    serve_raw(stream, close_idle_after).await;
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawUpstream {
+            addr,
+            accepted,
+            ended,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = match close_idle_after {
+                Some(after) if buf.is_empty() => {
+                    match tokio::time::timeout(after, stream.read(&mut chunk)).await {
+                        Ok(r) => r,
+                        Err(_) => return, // idle too long: close without a word
+                    }
+                }
+                _ => stream.read(&mut chunk).await,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let mut request_line = head.lines().next().unwrap_or("").split(' ');
+        let method = request_line.next().unwrap_or("");
+        let path = request_line.next().unwrap_or("").to_string();
+        let response = match path.as_str() {
+            "/supporters/big" => {
+                let mut r =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 4 << 20).into_bytes();
+                r.resize(r.len() + (4 << 20), b'x');
+                r
+            }
+            "/supporters/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            _ if path == "/supporters/slow" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec()
+            }
+            _ => {
+                let body = format!("ok {path}");
+                let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                if method != "HEAD" {
+                    r.push_str(&body);
+                }
+                r.into_bytes()
+            }
+        };
+        if stream.write_all(&response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn status(admin: SocketAddr) -> serde_json::Value {
+    get(&format!("http://{admin}/status"), &[]).await.json()
+}
+
+fn idle_connections(status: &serde_json::Value) -> u64 {
+    status["upstream_idle_connections"]
+        .as_u64()
+        .expect("upstream_idle_connections in /status")
+}
+
+/// One user calling `/supporters/*` on `upstream`, an admin listener, and extra `[server]` lines.
+fn pool_config(upstream: &RawUpstream, key: &TestKey, server_extra: &str) -> String {
+    one_user_config(&upstream.url(), "pool@example.org", key).replace(
+        "upstream_timeout = \"2s\"",
+        &format!("upstream_timeout = \"2s\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_connection_serves_many_requests_and_clients() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolreuse");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let key = [("x-api-key", k.key.as_str())];
+    // Each `send` is a new client connection; requests follow one another, so one upstream
+    // connection is enough, including after responses without a body (HEAD, 204).
+    for i in 0..5 {
+        let r = get(&gw.url(&format!("/supporters/{i}")), &key).await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body[..]),
+            (200, format!("ok /supporters/{i}").as_bytes())
+        );
+    }
+    let r = send("HEAD", &gw.url("/supporters/h"), &key, "").await;
+    assert_eq!(r.status, 200);
+    let r = get(&gw.url("/supporters/empty"), &key).await;
+    assert_eq!(r.status, 204);
+    let r = get(&gw.url("/supporters/last"), &key).await;
+    assert_eq!(&r.body[..], b"ok /supporters/last");
+    assert_eq!(
+        up.accepted(),
+        1,
+        "every request went over the one pooled connection"
+    );
+    assert_eq!(idle_connections(&status(admin).await), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
+    let up = RawUpstream::start(Some(Duration::from_millis(50))).await;
+    let k = TestKey::new("poolstale");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let key = [("x-api-key", k.key.as_str())];
+    for round in 1..=3 {
+        let r = get(&gw.url("/supporters/1"), &key).await;
+        assert_eq!(
+            r.status,
+            200,
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(&r.body[..], b"ok /supporters/1");
+        // The upstream closes the connection 50 ms after answering.
+        assert!(eventually(|| async { up.ended() == round }).await);
+    }
+    assert_eq!(up.accepted(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_client_abandoned_never_reaches_the_next_request() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolabandon");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /supporters/big HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+                k.key
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let n = client.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    drop(client);
+
+    // The rest of the 4 MiB is still on the first upstream connection: it must be closed, not
+    // handed to the next request.
+    let key = [("x-api-key", k.key.as_str())];
+    for _ in 0..3 {
+        let r = get(&gw.url("/supporters/small"), &key).await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body[..]),
+            (200, &b"ok /supporters/small"[..])
+        );
+    }
+    assert!(eventually(|| async { up.ended() == 1 }).await);
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_upstream_keepalive_timeout() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolexpire");
+    let gw = TestGateway::start(&pool_config(
+        &up,
+        &k,
+        "upstream_keepalive_timeout = \"300ms\"",
+    ))
+    .await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(idle_connections(&status(admin).await), 1);
+    // The sweep closes it: the upstream sees the connection end, and the pool is empty.
+    assert!(eventually(|| async { up.ended() == 1 }).await);
+    assert_eq!(idle_connections(&status(admin).await), 0);
+    let r = get(&gw.url("/supporters/2"), &[("x-api-key", k.key.as_str())]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_keepalive_connections_limits_the_pool_and_follows_reloads() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poollimit");
+    let toml = pool_config(&up, &k, "upstream_keepalive_connections = 0");
+    let gw = TestGateway::start(&toml).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let key = [("x-api-key", k.key.as_str())];
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/supporters/1"), &key).await.status, 200);
+    }
+    assert_eq!(up.accepted(), 3, "0 keeps no connection: one per request");
+    assert!(eventually(|| async { up.ended() == 3 }).await);
+    assert_eq!(idle_connections(&status(admin).await), 0);
+
+    gw.replace_config(&toml.replace(
+        "upstream_keepalive_connections = 0",
+        "upstream_keepalive_connections = 1",
+    ));
+    let store = Arc::clone(gw.gateway().store());
+    assert!(eventually(|| async { store.generation() == 2 }).await);
+    // Two requests at once (each takes 300 ms upstream) need two connections; only one is
+    // kept afterwards.
+    let slow = gw.url("/supporters/slow");
+    let (a, b) = tokio::join!(get(&slow, &key), get(&slow, &key));
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    assert_eq!(up.accepted(), 5);
+    assert_eq!(idle_connections(&status(admin).await), 1);
+    assert!(eventually(|| async { up.ended() == 4 }).await);
+}
