@@ -64,16 +64,18 @@ impl Proxy {
         }
     }
 
+    /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection.
     pub(super) async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        peer_text: HeaderValue,
     ) -> Response<LoggedBody> {
         let (outcome, mut record) = self.decide(&request, peer);
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut response = match outcome {
             Ok(forward) => {
-                self.forward(request, peer, forward, &mut record, &bytes_in)
+                self.forward(request, peer_text, forward, &mut record, &bytes_in)
                     .await
             }
             Err(refusal) => refusal_response(refusal),
@@ -185,7 +187,7 @@ impl Proxy {
     async fn forward(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer_text: HeaderValue,
         forward: Forward,
         record: &mut RequestRecord,
         bytes_in: &Arc<AtomicU64>,
@@ -207,7 +209,7 @@ impl Proxy {
             &mut parts.headers,
             original_host,
             headers::Forwarded {
-                peer: crate::auth::address::canonical(peer.ip()),
+                peer: peer_text,
                 peer_is_trusted: forward.peer_is_trusted,
                 proto: "http",
                 user: forward.user,

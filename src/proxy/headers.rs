@@ -65,33 +65,66 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
-/// Removes the headers that must not reach the upstream, in this order: the credential, every
-/// hop-by-hop header and every header `Connection` names, and identity headers a client may
-/// have forged. Only after that does the gateway add its own, so a client cannot make it drop them.
+/// Removes the headers that must not reach the upstream: the credential, every hop-by-hop header
+/// and every header `Connection` names, and identity headers a client may have forged. Only
+/// after that does the gateway add its own, so a client cannot make it drop them.
 pub fn strip_request(
     headers: &mut HeaderMap,
     key_header: &HeaderName,
     credential: CredentialSource,
 ) {
-    match credential {
-        CredentialSource::KeyHeader => {
-            headers.remove(key_header);
-        }
-        CredentialSource::Authorization => {
-            headers.remove(header::AUTHORIZATION);
-        }
-        CredentialSource::None => {}
+    if credential == CredentialSource::Authorization {
+        headers.remove(header::AUTHORIZATION);
     }
     // A key header is removed even when the credential came from elsewhere: a key is never forwarded.
     headers.remove(key_header);
-    remove_hop_by_hop(headers);
-    headers.remove(&X_APIWARD_USER);
-    headers.remove(&X_APIWARD_GROUP);
+    let present = present_among(headers, &STRIPPED_FROM_REQUESTS);
+    remove_present(headers, &STRIPPED_FROM_REQUESTS, present);
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let present = present_among(headers, &HOP_BY_HOP);
+    remove_present(headers, &HOP_BY_HOP, present);
+}
+
+/// What `strip_request` removes besides the credential: hop-by-hop headers, then forged identity.
+static STRIPPED_FROM_REQUESTS: [&HeaderName; 11] = [
+    HOP_BY_HOP[0],
+    HOP_BY_HOP[1],
+    HOP_BY_HOP[2],
+    HOP_BY_HOP[3],
+    HOP_BY_HOP[4],
+    HOP_BY_HOP[5],
+    HOP_BY_HOP[6],
+    HOP_BY_HOP[7],
+    HOP_BY_HOP[8],
+    &X_APIWARD_USER,
+    &X_APIWARD_GROUP,
+];
+
+/// Which of `names` occur in `headers`, as a bit mask: one pass over the few names a request or
+/// response carries, comparing instead of hashing. Most messages carry none of them, and a
+/// hashed `remove` of an absent name costs about as much as the whole pass.
+fn present_among(headers: &HeaderMap, names: &[&HeaderName]) -> u32 {
+    debug_assert!(names.len() <= 32);
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            present |= 1 << i;
+        }
+    }
+    present
+}
+
+/// Removes the `present` ones of `names`; when `Connection` (always `names[0]`) is among them,
+/// first every header it names.
+fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName], present: u32) {
+    debug_assert!(names[0] == header::CONNECTION);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -103,15 +136,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
 /// What the gateway tells the upstream about the request. The identity values are already
 /// header values (validated once, when the request was decided).
 pub struct Forwarded {
-    pub peer: IpAddr,
+    /// The TCP peer's address as text, made once per connection.
+    pub peer: HeaderValue,
     pub peer_is_trusted: bool,
     pub proto: &'static str,
     pub user: HeaderValue,
@@ -120,8 +156,7 @@ pub struct Forwarded {
 
 /// Adds `X-Forwarded-*` and the identity headers. Call after `strip_request`.
 pub fn add_forwarding(headers: &mut HeaderMap, original_host: Option<HeaderValue>, fwd: Forwarded) {
-    let peer = HeaderValue::from_str(&fwd.peer.to_string())
-        .expect("an IP address is a valid header value");
+    let peer = fwd.peer;
     if fwd.peer_is_trusted {
         // Keep the chain the trusted proxy sent and append the hop we saw.
         let previous: Vec<&str> = headers
@@ -132,7 +167,8 @@ pub fn add_forwarding(headers: &mut HeaderMap, original_host: Option<HeaderValue
         if previous.is_empty() {
             headers.insert(&X_FORWARDED_FOR, peer);
         } else {
-            let chain = format!("{}, {}", previous.join(", "), fwd.peer);
+            let hop = peer.to_str().unwrap_or_default();
+            let chain = format!("{}, {hop}", previous.join(", "));
             match HeaderValue::from_str(&chain) {
                 Ok(v) => {
                     headers.insert(&X_FORWARDED_FOR, v);
@@ -191,7 +227,7 @@ mod tests {
             &mut h,
             Some(HeaderValue::from_static("api.example.org")),
             Forwarded {
-                peer: "192.0.2.10".parse().unwrap(),
+                peer: HeaderValue::from_static("192.0.2.10"),
                 peer_is_trusted: false,
                 proto: "http",
                 user: HeaderValue::from_static("crm@example.org"),

@@ -318,9 +318,13 @@ fn serve_connection(
     };
     let io = TokioIo::new(io::IdleTimeout::new(stream, idle_timeout));
     let per_connection = Arc::clone(proxy);
+    let peer_text =
+        http::HeaderValue::from_str(&crate::auth::address::canonical(peer.ip()).to_string())
+            .expect("an IP address is a valid header value");
     let service = service_fn(move |request| {
         let proxy = Arc::clone(&per_connection);
-        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        let peer_text = peer_text.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request, peer, peer_text).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
