@@ -125,12 +125,16 @@ fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName], present: u32) 
         return;
     }
     if present & 1 != 0 {
+        // `close` names no header, and a `Keep-Alive` header goes anyway (it is hop-by-hop):
+        // the usual `Connection: keep-alive` needs no header name built.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -242,5 +246,34 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.10");
         assert_eq!(h["x-apiward-user"], "crm@example.org");
         assert_eq!(h["x-forwarded-host"], "api.example.org");
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Internal"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-internal", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-type"]
+        );
+
+        // Nothing to remove: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }
