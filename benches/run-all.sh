@@ -3,7 +3,8 @@
 # end-to-end comparison with nginx) and rewrites the result sections of docs/benchmarks.md.
 #
 # Usage: benches/run-all.sh     (about 20 minutes on 2 cores; run it on an otherwise idle machine)
-# The parts alone: cargo bench --bench decision | benches/callgrind.sh | benches/e2e.sh
+# The parts alone: cargo bench --bench decision | benches/callgrind.sh | benches/proxy_callgrind.sh |
+# benches/e2e.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,6 +65,9 @@ PY
 echo "run-all: callgrind" >&2
 OUT="$WORK/callgrind.md" benches/callgrind.sh >&2
 
+echo "run-all: instructions per proxied request" >&2
+OUT="$WORK/proxy-callgrind.md" benches/proxy_callgrind.sh >&2
+
 echo "run-all: end to end" >&2
 OUT="$WORK/e2e.md" benches/e2e.sh >&2
 
@@ -71,7 +75,7 @@ python3 - "$DOC" "$WORK" <<'PY'
 import re, sys
 doc, work = sys.argv[1], sys.argv[2]
 text = open(doc).read()
-for name in ["machine", "micro", "callgrind", "e2e"]:
+for name in ["machine", "micro", "callgrind", "proxy-callgrind", "e2e"]:
     body = open(f"{work}/{name}.md").read().strip()
     pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
     if not pattern.search(text):
