@@ -30,8 +30,8 @@ pub struct AdminState {
     pub public_addr: std::net::SocketAddr,
     /// False once shutdown has begun: /readyz then says 503 so load balancers drain the gateway.
     pub ready: AtomicBool,
-    /// The upstream connection pool, for its count of idle connections.
-    pub upstream_pool: Arc<crate::proxy::upstream::Pool>,
+    /// Counts kept by the proxy: idle upstream connections, fast-path requests.
+    pub proxy: Arc<dyn crate::proxy::ProxyStats>,
 }
 
 pub async fn serve(
@@ -111,7 +111,9 @@ fn status(state: &AdminState) -> serde_json::Value {
         "groups": snapshot.groups.len(),
         "routes": snapshot.routes.len(),
         "upstreams": snapshot.upstreams.len(),
-        "upstream_idle_connections": state.upstream_pool.idle_connections(),
+        "upstream_idle_connections": state.proxy.idle_upstream_connections(),
+        "fast_path_requests": state.proxy.fast_path_requests(),
+        "connections_handed_to_hyper": state.proxy.connections_handed_over(),
         "uptime_seconds": state.started.elapsed().as_secs(),
     })
 }

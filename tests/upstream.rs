@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// A hand-written HTTP/1.1 upstream on 127.0.0.1 that counts the connections it accepts and the
 /// ones that ended, so a test can see exactly what the gateway's pool did. Requests carry no
 /// body. `/supporters/big` answers 4 MiB, `/supporters/empty` 204, `/supporters/slow` answers
-/// after 300 ms, everything else `ok <path>`.
+/// after 300 ms, `/supporters/chunked` answers chunked with a trailer, `/supporters/to-close`
+/// answers without a length and closes, `/supporters/hints` sends `103 Early Hints` first,
+/// everything else `ok <path>`.
 /// With `close_idle_after`, it closes a connection that long after each response (without
 /// saying so in the response), as an upstream with a short keep-alive timeout does.
 struct RawUpstream {
@@ -108,6 +110,12 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
                 r
             }
             "/supporters/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/supporters/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
+            "/supporters/to-close" => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+                return;
+            }
+            "/supporters/hints" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints".to_vec(),
             _ if path == "/supporters/slow" => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec()
@@ -282,4 +290,175 @@ async fn upstream_keepalive_connections_limits_the_pool_and_follows_reloads() {
     assert_eq!(up.accepted(), 5);
     assert_eq!(idle_connections(&status(admin).await), 1);
     assert!(eventually(|| async { up.ended() == 4 }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_unframed_and_interim_responses_arrive_whole_on_a_reused_client_connection() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolframing");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let mut client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
+    let ask = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+            k.key
+        )
+    };
+    // Chunked (with an extension and a trailer), then a 103 before the real answer, then a
+    // plain one, all on one client connection: each response ends where it should.
+    client.send(&ask("/supporters/chunked")).await;
+    let (head, body) = client.next().await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(body, "hello, world");
+    client.send(&ask("/supporters/hints")).await;
+    let (head, body) = client.next().await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "hints");
+    client.send(&ask("/supporters/plain")).await;
+    assert_eq!(client.next().await.1, "ok /supporters/plain");
+    assert_eq!(up.accepted(), 1);
+
+    // No length: the body runs to the upstream's close, so the client connection closes too.
+    client.send(&ask("/supporters/to-close")).await;
+    let mut client = client.into_inner();
+    let text = read_until_close(&mut client, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.ends_with("until the end"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolpipe");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let mut client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
+    let mut batch = String::new();
+    for i in 0..3 {
+        batch.push_str(&format!(
+            "GET /supporters/{i} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+            k.key
+        ));
+    }
+    batch.push_str("GET /supporters/3 HTTP/1.1\r\nhost: x\r\n\r\n");
+    client.send(&batch).await;
+    for i in 0..3 {
+        assert_eq!(client.next().await.1, format!("ok /supporters/{i}"));
+    }
+    let (head, body) = client.next().await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(body.contains("missing_credentials"), "{body}");
+}
+
+/// Reads one response at a time off a client connection (Content-Length or chunked bodies),
+/// keeping what follows for the next.
+struct Responses {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Responses {
+    fn new(stream: TcpStream) -> Self {
+        Responses {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn into_inner(self) -> TcpStream {
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        self.stream
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// The next response's head and (decoded) body.
+    async fn next(&mut self) -> (String, String) {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let lower = head.to_ascii_lowercase();
+        let mut body = Vec::new();
+        let mut at = head_end;
+        if lower.contains("transfer-encoding: chunked") {
+            loop {
+                let Some(line_end) = self.buf[at..].windows(2).position(|w| w == b"\r\n") else {
+                    self.fill().await;
+                    continue;
+                };
+                let line = String::from_utf8_lossy(&self.buf[at..at + line_end]).into_owned();
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+                if size == 0 {
+                    // Trailer lines, then the empty line.
+                    let rest = at + line_end + 2;
+                    let Some(end) = self.buf[rest..]
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|i| rest + i + 4)
+                        .or_else(|| self.buf[rest..].starts_with(b"\r\n").then_some(rest + 2))
+                    else {
+                        self.fill().await;
+                        continue;
+                    };
+                    at = end;
+                    break;
+                }
+                let data = at + line_end + 2;
+                if self.buf.len() < data + size + 2 {
+                    self.fill().await;
+                    continue;
+                }
+                body.extend_from_slice(&self.buf[data..data + size]);
+                at = data + size + 2;
+            }
+        } else {
+            let len = lower
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            while self.buf.len() < head_end + len {
+                self.fill().await;
+            }
+            body.extend_from_slice(&self.buf[head_end..head_end + len]);
+            at = head_end + len;
+        }
+        self.buf.drain(..at);
+        (head, String::from_utf8(body).unwrap())
+    }
 }

@@ -25,11 +25,16 @@ use crate::refusal::Refusal;
 use crate::snapshot::{AccessLogTarget, UpstreamTarget};
 
 /// Shared by every connection: the configuration, the upstream connection pools, telemetry.
-pub(super) struct Proxy {
+pub struct Proxy {
     pub(super) store: Arc<ConfigStore>,
     /// One pool for all upstreams, keyed by host and port; it outlives reloads, so an upstream
     /// whose URL did not change keeps its warm connections.
     pub(super) pool: Arc<Pool>,
+    /// The fast path's upstream connections (`fast.rs`), kept apart from hyper's.
+    pub(super) raw_pool: super::fast::RawPool,
+    /// Requests the fast path served, and connections it handed to hyper (`/status`).
+    pub(super) fast_requests: std::sync::atomic::AtomicU64,
+    pub(super) handovers: std::sync::atomic::AtomicU64,
     /// Basic-auth verification: Argon2id behind a success cache and a failure limiter. It lives
     /// as long as the process, not a snapshot: its cache is keyed by the stored hash, so a
     /// reload that changes a password misses it while other reloads keep it warm.
@@ -39,26 +44,29 @@ pub(super) struct Proxy {
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
 /// snapshot is not held while the upstream answers.
-struct Forward {
-    target: UpstreamTarget,
-    upstream_name: Arc<str>,
-    path_and_query: PathAndQuery,
-    user: HeaderValue,
-    group: HeaderValue,
-    peer_is_trusted: bool,
-    upstream_timeout: std::time::Duration,
-    limits: Limits,
-    key_header: http::HeaderName,
-    credential_source: credential::CredentialSource,
+pub(super) struct Forward {
+    pub(super) target: UpstreamTarget,
+    pub(super) upstream_name: Arc<str>,
+    pub(super) path_and_query: PathAndQuery,
+    pub(super) user: HeaderValue,
+    pub(super) group: HeaderValue,
+    pub(super) peer_is_trusted: bool,
+    pub(super) upstream_timeout: std::time::Duration,
+    pub(super) limits: Limits,
+    pub(super) key_header: http::HeaderName,
+    pub(super) credential_source: credential::CredentialSource,
 }
 
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub(super) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 impl Proxy {
     pub(super) fn new(store: Arc<ConfigStore>, telemetry: Arc<Telemetry>) -> Proxy {
         Proxy {
             store,
             pool: Pool::new(),
+            raw_pool: super::fast::RawPool::default(),
+            fast_requests: std::sync::atomic::AtomicU64::new(0),
+            handovers: std::sync::atomic::AtomicU64::new(0),
             passwords: PasswordVerifier::new(),
             telemetry,
         }
@@ -71,7 +79,8 @@ impl Proxy {
         peer: SocketAddr,
         peer_text: HeaderValue,
     ) -> Response<LoggedBody> {
-        let (outcome, mut record) = self.decide(&request, peer);
+        let (outcome, mut record) =
+            self.decide(request.method(), request.uri(), request.headers(), peer);
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut response = match outcome {
             Ok(forward) => {
@@ -94,16 +103,17 @@ impl Proxy {
 
     /// Runs the decision against the current snapshot and keeps only what forwarding needs,
     /// and what the request's log line and metrics need.
-    fn decide(
+    pub(super) fn decide(
         &self,
-        request: &Request<Incoming>,
+        method: &http::Method,
+        uri: &Uri,
+        request_headers: &http::HeaderMap,
         peer: SocketAddr,
     ) -> (Result<Forward, Refusal>, RequestRecord) {
         let snapshot = self.store.load();
-        let client = headers::client_address(&snapshot, peer, request.headers());
+        let client = headers::client_address(&snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
-        let request_id = request
-            .headers()
+        let request_id = request_headers
             .get(&X_REQUEST_ID)
             .filter(|id| peer_is_trusted && is_reasonable_request_id(id))
             .cloned()
@@ -114,7 +124,7 @@ impl Proxy {
             client,
             user: None,
             key_prefix: None,
-            method: request.method().clone(),
+            method: method.clone(),
             path: String::new(),
             route: None,
             upstream: None,
@@ -124,20 +134,20 @@ impl Proxy {
             log: snapshot.server.access_log != AccessLogTarget::Off,
             sample: snapshot.server.access_log_sample,
         };
-        if !framing_is_unambiguous(request.headers()) {
-            record.path = request.uri().path().to_string();
+        if !framing_is_unambiguous(request_headers) {
+            record.path = uri.path().to_string();
             return (Err(Refusal::BadFraming), record);
         }
         let mut scratch = String::new();
         let (credential, credential_source) =
-            credential::extract(request.headers(), &snapshot.server.key_header, &mut scratch);
+            credential::extract(request_headers, &snapshot.server.key_header, &mut scratch);
         let presented_prefix = match credential {
             credential::Credential::Key(k) => Some(credential::key_prefix(k)),
             _ => None,
         };
         let facts = RequestFacts {
-            method: request.method(),
-            path: request.uri().path(),
+            method,
+            path: uri.path(),
             credential,
             client,
             now: reload::now_unix(),
@@ -155,7 +165,7 @@ impl Proxy {
             Outcome::Allowed(grant) => grant,
             Outcome::Refused(refusal) => {
                 record.decision = refusal.code();
-                record.path = request.uri().path().to_string();
+                record.path = uri.path().to_string();
                 return (Err(refusal), record);
             }
         };
@@ -168,7 +178,7 @@ impl Proxy {
             Ok::<_, Refusal>(Forward {
                 target: grant.upstream.target.clone(),
                 upstream_name: Arc::clone(&grant.upstream.name),
-                path_and_query: forwarded_path(&grant.upstream.target, &grant.path, request.uri())?,
+                path_and_query: forwarded_path(&grant.upstream.target, &grant.path, uri)?,
                 user: HeaderValue::from_str(user).map_err(|_| Refusal::Forbidden)?,
                 group: HeaderValue::from_str(&grant.group.name).map_err(|_| Refusal::Forbidden)?,
                 peer_is_trusted,
@@ -312,6 +322,6 @@ fn forwarded_path(
     PathAndQuery::try_from(text).map_err(|_| Refusal::BadPath)
 }
 
-fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
+pub(super) fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
     refusal.response::<Full<Bytes>>().map(Either::Right)
 }

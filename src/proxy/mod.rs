@@ -2,6 +2,7 @@
 
 mod body;
 mod echo;
+mod fast;
 mod handler;
 pub mod headers;
 mod io;
@@ -19,7 +20,6 @@ use http_body_util::{Either, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -160,7 +160,7 @@ impl Gateway {
             started: Instant::now(),
             public_addr: local_addr,
             ready: AtomicBool::new(true),
-            upstream_pool: Arc::clone(&proxy.pool),
+            proxy: Arc::clone(&proxy) as Arc<dyn ProxyStats>,
         });
         if let Some(listener) = admin_listener {
             tokio::spawn(admin::serve(
@@ -169,7 +169,7 @@ impl Gateway {
                 admin_shutdown_rx,
             ));
         }
-        tokio::spawn(upstream::sweep_periodically(Arc::downgrade(&proxy.pool)));
+        tokio::spawn(pool_upkeep(Arc::downgrade(&proxy)));
         let serving = tokio::spawn(accept_loop(proxy, listener, shutdown_rx));
         tracing::info!(
             listen = %local_addr,
@@ -220,6 +220,45 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
         let _ = self.admin_shutdown.send(true);
+    }
+}
+
+/// What `/status` reports of the proxy.
+pub trait ProxyStats: Send + Sync {
+    /// Idle upstream connections held in both pools.
+    fn idle_upstream_connections(&self) -> usize;
+    /// Requests the fast path answered (the rest went through hyper).
+    fn fast_path_requests(&self) -> u64;
+    /// Client connections the fast path gave to hyper for a request it does not serve.
+    fn connections_handed_over(&self) -> u64;
+}
+
+impl ProxyStats for Proxy {
+    fn idle_upstream_connections(&self) -> usize {
+        self.pool.idle_connections() + self.raw_pool.idle_connections()
+    }
+
+    fn fast_path_requests(&self) -> u64 {
+        self.fast_requests.load(Ordering::Relaxed)
+    }
+
+    fn connections_handed_over(&self) -> u64 {
+        self.handovers.load(Ordering::Relaxed)
+    }
+}
+
+/// Closes expired and closed idle upstream connections every second, while the proxy lives.
+async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match proxy.upgrade() {
+            Some(proxy) => {
+                proxy.pool.sweep();
+                proxy.raw_pool.sweep();
+            }
+            None => return,
+        }
     }
 }
 
@@ -279,11 +318,13 @@ async fn accept_loop(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone of `open_tx`; when the last is gone, `open_rx` ends.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&proxy, &graceful, stream, peer),
+                Ok((stream, peer)) => serve_connection(&proxy, stream, peer, shutdown.clone(), open_tx.clone(), Arc::clone(&open)),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -294,35 +335,70 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    drop(open_tx);
     let grace = proxy.store.load().server.shutdown_timeout;
     tracing::info!(
-        open_connections = graceful.count(),
+        open_connections = open.load(Ordering::Relaxed),
         "shutting down: no new connections, letting requests finish"
     );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = open_rx.recv() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_timeout reached with requests still in flight; closing them"),
     }
 }
 
+/// Serves one client connection: the fast path first, hyper for whatever the fast path hands
+/// over. `_open` is held for as long as the connection lives (graceful shutdown waits for it).
 fn serve_connection(
     proxy: &Arc<Proxy>,
-    graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    open_tx: mpsc::Sender<()>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let _ = stream.set_nodelay(true);
+    let proxy = Arc::clone(proxy);
+    let peer_text =
+        http::HeaderValue::from_str(&crate::auth::address::canonical(peer.ip()).to_string())
+            .expect("an IP address is a valid header value");
+    let gauge = proxy.telemetry.metrics.open_connections();
+    gauge.increment(1.0);
+    open.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let _open = open_tx;
+        let outcome = fast::serve(&proxy, stream, peer, peer_text.clone(), shutdown.clone()).await;
+        if let fast::Outcome::HandOver(stream, read) = outcome {
+            proxy.handovers.fetch_add(1, Ordering::Relaxed);
+            serve_with_hyper(
+                proxy,
+                fast::Prefixed::new(read, stream),
+                peer,
+                peer_text,
+                shutdown,
+            )
+            .await;
+        }
+        gauge.decrement(1.0);
+        open.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// hyper's HTTP/1.1 server on the rest of a connection, with `handler.rs` behind it.
+async fn serve_with_hyper(
+    proxy: Arc<Proxy>,
+    stream: fast::Prefixed,
+    peer: SocketAddr,
+    peer_text: http::HeaderValue,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (header_read_timeout, idle_timeout, max_header_bytes) = {
         let s = &proxy.store.load().server;
         (s.header_read_timeout, s.idle_timeout, s.max_header_bytes)
     };
     let io = TokioIo::new(io::IdleTimeout::new(stream, idle_timeout));
-    let per_connection = Arc::clone(proxy);
-    let peer_text =
-        http::HeaderValue::from_str(&crate::auth::address::canonical(peer.ip()).to_string())
-            .expect("an IP address is a valid header value");
     let service = service_fn(move |request| {
-        let proxy = Arc::clone(&per_connection);
+        let proxy = Arc::clone(&proxy);
         let peer_text = peer_text.clone();
         async move { Ok::<_, Infallible>(proxy.handle(request, peer, peer_text).await) }
     });
@@ -332,13 +408,16 @@ fn serve_connection(
         .max_header_size(max_header_bytes)
         .keep_alive(true)
         .serve_connection(io, service);
-    let connection = graceful.watch(connection);
-    let open = proxy.telemetry.metrics.open_connections();
-    open.increment(1.0);
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
+            // Finish the request in flight, if any, then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-        open.decrement(1.0);
-    });
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

@@ -1,0 +1,1371 @@
+//! The fast path: the common request (a bodiless GET, HEAD, DELETE or OPTIONS over HTTP/1.1 to an
+//! HTTP upstream) is read, decided, forwarded and answered here directly on the sockets, with
+//! `httparse` and no per-request tasks, channels or header maps beyond what the decision reads.
+//! Everything else (a request body, `Expect`, `Upgrade`, HTTP/1.0, a `Connection` header naming
+//! other headers, an absolute-form target, a head too large or malformed, the built-in echo
+//! upstream) goes to hyper: the connection, with the bytes already read, is handed to hyper's
+//! server for the rest of its life, and hyper's path (`handler.rs`) does what it always did.
+//!
+//! Both paths decide with the same `Proxy::decide`, write the same refusals
+//! (`refusal_response`), strip and add the same headers, and record the same metrics and log
+//! line; the integration tests run through both (tests/fast_path.rs checks which one served).
+//!
+//! Upstream connections: each client connection keeps the upstream connection it last used
+//! (affinity: no pool lock per request) and gives it back to `RawPool` when it closes. A request
+//! on a reused connection that fails before any byte of the answer arrived is sent once more on a
+//! new connection (all fast-path methods are idempotent), as nginx does for a cached connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::handler::{Forward, Proxy, refusal_response};
+use super::upstream::Limits;
+use crate::auth::credential::CredentialSource;
+use crate::observe::RequestRecord;
+use crate::observe::metrics::UpstreamErrorKind;
+use crate::refusal::Refusal;
+use crate::snapshot::UpstreamTarget;
+
+const MAX_HEADERS: usize = 64;
+
+/// What the fast path did with a connection.
+pub(super) enum Outcome {
+    /// The connection ended here (closed by either side, timed out, or shut down).
+    Done,
+    /// A request the fast path does not serve: hyper takes the connection, starting with these
+    /// bytes (the unread rest of what the client sent).
+    HandOver(TcpStream, Bytes),
+}
+
+/// Idle upstream connections of the fast path, per upstream address, most recently used last.
+#[derive(Default)]
+pub struct RawPool {
+    idle: Mutex<Vec<(Authority, IdleStreams)>>,
+}
+
+/// Idle connections to one upstream with when each expires, most recently used last.
+type IdleStreams = Vec<(TcpStream, Instant)>;
+
+impl RawPool {
+    fn checkout(&self, authority: &Authority) -> Option<TcpStream> {
+        let now = Instant::now();
+        loop {
+            let (stream, expires) = {
+                let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let list = pools.iter_mut().find(|(a, _)| a == authority)?;
+                list.1.pop()?
+            };
+            if expires > now && is_open(&stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    fn checkin(&self, authority: Authority, stream: TcpStream, limits: Limits) {
+        if limits.keepalive_connections == 0 {
+            return;
+        }
+        let expires = Instant::now() + limits.keepalive_timeout;
+        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match pools.iter_mut().find(|(a, _)| *a == authority) {
+            Some((_, list)) => {
+                if list.len() >= limits.keepalive_connections {
+                    list.remove(0);
+                }
+                list.push((stream, expires));
+            }
+            None => pools.push((authority, vec![(stream, expires)])),
+        }
+    }
+
+    /// Closes expired connections and those the upstream closed.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, list) in pools.iter_mut() {
+            list.retain(|(stream, expires)| *expires > now && is_open(stream));
+        }
+        pools.retain(|(_, list)| !list.is_empty());
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        let pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().map(|(_, list)| list.len()).sum()
+    }
+}
+
+/// An idle connection is open when reading from it would block: no end of stream, no stray bytes.
+fn is_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The upstream connection a client connection holds between its requests.
+struct Held {
+    stream: TcpStream,
+    authority: Authority,
+    limits: Limits,
+}
+
+/// Per-connection state.
+struct Conn<'p> {
+    proxy: &'p Proxy,
+    client: TcpStream,
+    peer: SocketAddr,
+    peer_text: HeaderValue,
+    shutdown: watch::Receiver<bool>,
+    /// Bytes read from the client and not yet used.
+    buf: BytesMut,
+    /// Bytes read from the upstream and not yet used.
+    up_buf: BytesMut,
+    /// The response head (and the body bytes that came with it) on its way to the client.
+    out: Vec<u8>,
+    /// The request head on its way upstream.
+    up_out: Vec<u8>,
+    held: Option<Held>,
+    /// Deadline timers, armed once and re-armed only when they fire early (see `wait`).
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
+    upstream_timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Serves `client` until it closes, or until a request needs hyper.
+pub(super) async fn serve(
+    proxy: &Proxy,
+    client: TcpStream,
+    peer: SocketAddr,
+    peer_text: HeaderValue,
+    shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let mut conn = Conn {
+        proxy,
+        client,
+        peer,
+        peer_text,
+        shutdown,
+        buf: BytesMut::with_capacity(8 * 1024),
+        up_buf: BytesMut::with_capacity(16 * 1024),
+        out: Vec::with_capacity(1024),
+        up_out: Vec::with_capacity(1024),
+        held: None,
+        idle_timer: Box::pin(tokio::time::sleep_until(far)),
+        upstream_timer: Box::pin(tokio::time::sleep_until(far)),
+    };
+    let outcome = conn.run().await;
+    if let Some(held) = conn.held.take() {
+        proxy
+            .raw_pool
+            .checkin(held.authority, held.stream, held.limits);
+    }
+    match outcome {
+        Step::Close => Outcome::Done,
+        Step::HandOver => Outcome::HandOver(conn.client, conn.buf.freeze()),
+        Step::Next => unreachable!("run loops on Next"),
+    }
+}
+
+enum Step {
+    Next,
+    Close,
+    HandOver,
+}
+
+/// A request head as the fast path needs it, copied out of the read buffer.
+struct Head {
+    method: Method,
+    uri: Uri,
+    /// The headers the decision reads (credential, `X-Forwarded-For`, `X-Request-Id`).
+    decision_headers: HeaderMap,
+    /// Every header as received, in order.
+    raw_headers: Vec<(Bytes, Bytes)>,
+    close: bool,
+    len: usize,
+}
+
+// Returned by value and matched at once: boxing `Head` would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Fast(Head),
+    Partial,
+    Slow,
+}
+
+impl Conn<'_> {
+    async fn run(&mut self) -> Step {
+        loop {
+            let step = self.one_request().await;
+            if !matches!(step, Step::Next) {
+                return step;
+            }
+        }
+    }
+
+    async fn one_request(&mut self) -> Step {
+        let settings = self.proxy.store.load().server.clone_timeouts();
+        // Wait for a request head: idle_timeout until its first byte, header_read_timeout from
+        // there to its end.
+        let mut head_started: Option<tokio::time::Instant> = None;
+        let head = loop {
+            if !self.buf.is_empty() {
+                match self.parse(settings.max_header_bytes) {
+                    Parsed::Fast(head) => break head,
+                    Parsed::Slow => return Step::HandOver,
+                    Parsed::Partial => {
+                        if self.buf.len() > settings.max_header_bytes {
+                            return Step::HandOver; // hyper answers 431
+                        }
+                    }
+                }
+            }
+            if *self.shutdown.borrow() && self.buf.is_empty() {
+                return Step::Close;
+            }
+            let deadline = match head_started {
+                Some(t) => t + settings.header_read_timeout,
+                None => tokio::time::Instant::now() + settings.idle_timeout,
+            };
+            match read_until(
+                &mut self.client,
+                &mut self.buf,
+                &mut self.idle_timer,
+                deadline,
+                Some(&mut self.shutdown),
+            )
+            .await
+            {
+                Read::Data => {
+                    head_started.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Read::Eof | Read::Error | Read::TimedOut | Read::ShutDown => return Step::Close,
+            }
+        };
+        self.buf.advance(head.len);
+        self.handle(head).await
+    }
+
+    /// Parses the buffered request head and decides whether the fast path can serve it.
+    fn parse(&mut self, max_header_bytes: usize) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let len = match request.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Slow,
+        };
+        if len > max_header_bytes || request.version != Some(1) {
+            return Parsed::Slow;
+        }
+        let method = match request.method {
+            Some("GET") => Method::GET,
+            Some("HEAD") => Method::HEAD,
+            Some("DELETE") => Method::DELETE,
+            Some("OPTIONS") => Method::OPTIONS,
+            _ => return Parsed::Slow,
+        };
+        let Some(path) = request.path.filter(|p| p.starts_with('/')) else {
+            return Parsed::Slow;
+        };
+        let Ok(uri) = Uri::try_from(path) else {
+            return Parsed::Slow;
+        };
+        let key_header = &self.proxy.store.load().server.key_header;
+        let mut decision_headers = HeaderMap::new();
+        let mut raw_headers = Vec::with_capacity(request.headers.len());
+        let mut close = false;
+        for h in request.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
+            {
+                return Parsed::Slow;
+            }
+            if name.eq_ignore_ascii_case(b"connection") {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                        return Parsed::Slow; // names headers to remove: hyper's path does that
+                    }
+                }
+            }
+            if name.eq_ignore_ascii_case(key_header.as_str().as_bytes())
+                || name.eq_ignore_ascii_case(b"authorization")
+                || name.eq_ignore_ascii_case(b"x-forwarded-for")
+                || name.eq_ignore_ascii_case(b"x-request-id")
+            {
+                let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name),
+                    HeaderValue::from_bytes(h.value),
+                ) else {
+                    return Parsed::Slow;
+                };
+                decision_headers.append(n, v);
+            }
+            raw_headers.push((
+                Bytes::copy_from_slice(name),
+                Bytes::copy_from_slice(h.value),
+            ));
+        }
+        Parsed::Fast(Head {
+            method,
+            uri,
+            decision_headers,
+            raw_headers,
+            close,
+            len,
+        })
+    }
+
+    async fn handle(&mut self, head: Head) -> Step {
+        let (outcome, mut record) =
+            self.proxy
+                .decide(&head.method, &head.uri, &head.decision_headers, self.peer);
+        let forward = match outcome {
+            Ok(forward) => forward,
+            Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
+        };
+        let authority = match &forward.target {
+            UpstreamTarget::Http { authority, .. } => authority.clone(),
+            UpstreamTarget::Echo => {
+                // hyper's path serves the echo upstream; give it this request back unread.
+                let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
+                unread.extend_from_slice(&rebuild_head(&head));
+                unread.extend_from_slice(&self.buf);
+                self.buf = unread;
+                return Step::HandOver;
+            }
+        };
+        self.build_upstream_head(&head, &forward, &authority, &record.request_id);
+        let sent = Instant::now();
+        let exchanged = self.exchange(&authority, &head.method, &forward).await;
+        record.upstream_time = Some(sent.elapsed());
+        let response = match exchanged {
+            Ok(response) => response,
+            Err(kind) => {
+                let refusal = match kind {
+                    UpstreamErrorKind::Timeout => Refusal::UpstreamTimeout,
+                    UpstreamErrorKind::Connect | UpstreamErrorKind::Other => {
+                        Refusal::UpstreamUnavailable
+                    }
+                };
+                self.proxy
+                    .telemetry
+                    .metrics
+                    .upstream_error(&forward.upstream_name, kind);
+                record.decision = refusal.code();
+                return self.refuse(refusal, &mut record, head.close).await;
+            }
+        };
+        self.relay(
+            response,
+            head.close,
+            &mut record,
+            &authority,
+            forward.limits,
+        )
+        .await
+    }
+
+    /// Sends the request head upstream and reads the response head, retrying once on a new
+    /// connection when a reused one turns out closed before answering.
+    async fn exchange(
+        &mut self,
+        authority: &Authority,
+        method: &Method,
+        forward: &Forward,
+    ) -> Result<ResponseHead, UpstreamErrorKind> {
+        let deadline = tokio::time::Instant::now() + forward.upstream_timeout;
+        let limits = forward.limits;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let reused = match self.held.take() {
+                Some(h) if h.authority == *authority => {
+                    self.held = Some(Held { limits, ..h });
+                    true
+                }
+                other => {
+                    if let Some(h) = other {
+                        self.proxy.raw_pool.checkin(h.authority, h.stream, h.limits);
+                    }
+                    match self.proxy.raw_pool.checkout(authority) {
+                        Some(stream) => {
+                            self.held = Some(Held {
+                                stream,
+                                authority: authority.clone(),
+                                limits,
+                            });
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            };
+            if !reused {
+                let stream = match tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + limits.connect_timeout),
+                    connect(authority),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(_)) => return Err(UpstreamErrorKind::Connect),
+                    Err(_) if tokio::time::Instant::now() >= deadline => {
+                        return Err(UpstreamErrorKind::Timeout);
+                    }
+                    Err(_) => return Err(UpstreamErrorKind::Connect),
+                };
+                self.held = Some(Held {
+                    stream,
+                    authority: authority.clone(),
+                    limits,
+                });
+            }
+            self.up_buf.clear();
+            let held = self.held.as_mut().expect("held above");
+            let written = held.stream.write_all(&self.up_out).await.is_ok();
+            let head = if written {
+                read_response_head(
+                    &mut held.stream,
+                    &mut self.up_buf,
+                    &mut self.upstream_timer,
+                    deadline,
+                    method,
+                )
+                .await
+            } else {
+                Err(HeadError::ClosedEarly)
+            };
+            match head {
+                Ok(head) => return Ok(head),
+                Err(e) => {
+                    self.held = None; // an upstream connection that failed is not reused
+                    match e {
+                        HeadError::TimedOut => return Err(UpstreamErrorKind::Timeout),
+                        HeadError::ClosedEarly if reused && attempt == 1 => continue,
+                        HeadError::ClosedEarly | HeadError::Invalid => {
+                            return Err(UpstreamErrorKind::Other);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn build_upstream_head(
+        &mut self,
+        head: &Head,
+        forward: &Forward,
+        authority: &Authority,
+        request_id: &HeaderValue,
+    ) {
+        let out = &mut self.up_out;
+        out.clear();
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(forward.path_and_query.as_str().as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let key_header = forward.key_header.as_str().as_bytes();
+        let trusted = forward.peer_is_trusted;
+        let mut original_host: Option<&[u8]> = None;
+        let mut forwarded_for: Vec<&[u8]> = Vec::new();
+        let (mut has_proto, mut has_host) = (false, false);
+        for (name, value) in &head.raw_headers {
+            let n = &name[..];
+            if n.eq_ignore_ascii_case(b"host") {
+                original_host.get_or_insert(value);
+                continue;
+            }
+            if n.eq_ignore_ascii_case(key_header)
+                || (forward.credential_source == CredentialSource::Authorization
+                    && n.eq_ignore_ascii_case(b"authorization"))
+                || is_hop_by_hop(n)
+                || n.eq_ignore_ascii_case(b"x-apiward-user")
+                || n.eq_ignore_ascii_case(b"x-apiward-group")
+                || n.eq_ignore_ascii_case(b"x-request-id")
+            {
+                continue;
+            }
+            if n.eq_ignore_ascii_case(b"x-forwarded-for") {
+                if trusted {
+                    forwarded_for.push(value);
+                }
+                continue;
+            }
+            if n.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                if !trusted {
+                    continue;
+                }
+                has_proto = true;
+            }
+            if n.eq_ignore_ascii_case(b"x-forwarded-host") {
+                if !trusted {
+                    continue;
+                }
+                has_host = true;
+            }
+            push_header(out, n, value);
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for previous in &forwarded_for {
+            out.extend_from_slice(previous);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.peer_text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !has_proto {
+            out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        }
+        if !has_host {
+            if let Some(host) = original_host {
+                push_header(out, b"x-forwarded-host", host);
+            }
+        }
+        push_header(out, b"x-apiward-user", forward.user.as_bytes());
+        push_header(out, b"x-apiward-group", forward.group.as_bytes());
+        push_header(out, b"x-request-id", request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes the response head and relays the body, then decides whether the connection goes on.
+    async fn relay(
+        &mut self,
+        response: ResponseHead,
+        client_close: bool,
+        record: &mut RequestRecord,
+        authority: &Authority,
+        limits: Limits,
+    ) -> Step {
+        let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
+        record.status = response.status;
+        // The head as received minus its hop-by-hop lines: status line and kept headers were
+        // recorded by `read_response_head` as ranges of the upstream buffer.
+        let rebuilt = &mut self.out;
+        rebuilt.clear();
+        rebuilt.extend_from_slice(b"HTTP/1.1 ");
+        rebuilt.extend_from_slice(&self.up_buf[response.status_line.clone()]);
+        rebuilt.extend_from_slice(b"\r\n");
+        for (name, value) in &response.headers {
+            push_header(
+                rebuilt,
+                &self.up_buf[name.clone()],
+                &self.up_buf[value.clone()],
+            );
+        }
+        push_header(rebuilt, b"x-request-id", record.request_id.as_bytes());
+        if !response.has_date {
+            push_header(rebuilt, b"date", &http_date());
+        }
+        if close {
+            rebuilt.extend_from_slice(b"connection: close\r\n");
+        }
+        rebuilt.extend_from_slice(b"\r\n");
+        self.up_buf.advance(response.head_len);
+        let mut bytes_out = 0u64;
+        let mut tracker = match response.framing {
+            Framing::Chunked => Some(ChunkTracker::default()),
+            _ => None,
+        };
+        let mut remaining = match response.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        // The part of the body that arrived with the head goes out in the same write.
+        let (first, done) = body_part(
+            &response.framing,
+            &mut tracker,
+            &mut remaining,
+            &self.up_buf,
+        );
+        let first = match first {
+            Ok(n) => n,
+            Err(()) => {
+                self.held = None;
+                return self.abort(record, 0);
+            }
+        };
+        rebuilt.extend_from_slice(&self.up_buf[..first]);
+        self.up_buf.advance(first);
+        bytes_out += first as u64;
+        let mut recorded = false;
+        if done && self.up_buf.is_empty() && !response.upstream_closes {
+            // The whole response is in this one write: record it before the client sees it.
+            self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
+            self.proxy.telemetry.finish(record, 0, bytes_out);
+            recorded = true;
+        }
+        if self.client.write_all(&self.out).await.is_err() {
+            if recorded {
+                self.held = None;
+                return Step::Close;
+            }
+            self.held = None;
+            return self.abort(record, bytes_out);
+        }
+        let mut done = done;
+        while !done {
+            let Some(held) = self.held.as_mut() else {
+                return self.abort(record, bytes_out);
+            };
+            self.up_buf.clear();
+            let idle = self.proxy.store.load().server.idle_timeout;
+            let read = read_until(
+                &mut held.stream,
+                &mut self.up_buf,
+                &mut self.upstream_timer,
+                tokio::time::Instant::now() + idle,
+                None,
+            )
+            .await;
+            match read {
+                Read::Data => {}
+                Read::Eof if response.framing == Framing::UntilClose => {
+                    self.held = None;
+                    break;
+                }
+                _ => {
+                    self.held = None;
+                    return self.abort(record, bytes_out);
+                }
+            }
+            let (n, d) = body_part(
+                &response.framing,
+                &mut tracker,
+                &mut remaining,
+                &self.up_buf,
+            );
+            let Ok(n) = n else {
+                self.held = None;
+                return self.abort(record, bytes_out);
+            };
+            if self.client.write_all(&self.up_buf[..n]).await.is_err() {
+                self.held = None;
+                return self.abort(record, bytes_out);
+            }
+            self.up_buf.advance(n);
+            bytes_out += n as u64;
+            done = d;
+        }
+        // Bytes after the end of the response, or an upstream that said it closes: not reusable.
+        if !self.up_buf.is_empty() || response.upstream_closes {
+            self.held = None;
+        }
+        if let Some(held) = self.held.as_mut() {
+            held.limits = limits;
+            debug_assert!(held.authority == *authority);
+        }
+        if !recorded {
+            self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
+            self.proxy.telemetry.finish(record, 0, bytes_out);
+        }
+        if close {
+            let _ = self.client.shutdown().await;
+            Step::Close
+        } else {
+            Step::Next
+        }
+    }
+
+    /// Writes a refusal, with the same status, headers and body as hyper's path.
+    async fn refuse(&mut self, refusal: Refusal, record: &mut RequestRecord, close: bool) -> Step {
+        let response = refusal_response(refusal);
+        record.status = response.status().as_u16();
+        let close = close || refusal == Refusal::BadFraming || self.shutting_down();
+        let body = refusal.body();
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(response.status().as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(
+            response
+                .status()
+                .canonical_reason()
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in response.headers() {
+            if name == header::CONNECTION {
+                continue;
+            }
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        push_header(out, b"x-request-id", record.request_id.as_bytes());
+        push_header(out, b"content-length", body.len().to_string().as_bytes());
+        push_header(out, b"date", &http_date());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        // Recorded before the client can see the answer, as hyper's path does (a client that
+        // reads /metrics right after its response finds the request counted).
+        self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
+        self.proxy.telemetry.finish(record, 0, body.len() as u64);
+        let written = self.client.write_all(&self.out).await.is_ok();
+        if close || !written {
+            let _ = self.client.shutdown().await;
+            Step::Close
+        } else {
+            Step::Next
+        }
+    }
+
+    /// The response could not be completed: record it and close the client connection, which
+    /// is how a client learns that a response it started receiving was cut short.
+    fn abort(&mut self, record: &RequestRecord, bytes_out: u64) -> Step {
+        self.proxy.telemetry.finish(record, 0, bytes_out);
+        Step::Close
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// The timeouts and limits one request uses, read from the snapshot once.
+pub(super) struct Timeouts {
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl crate::snapshot::ServerSettings {
+    pub(super) fn clone_timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle_timeout: self.idle_timeout,
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
+}
+
+/// The request head again, byte for byte what matters (method, target, headers), for hyper.
+fn rebuild_head(head: &Head) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len);
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        head.uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.raw_headers {
+        push_header(&mut out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+async fn connect(authority: &Authority) -> io::Result<TcpStream> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+enum Read {
+    Data,
+    Eof,
+    Error,
+    TimedOut,
+    ShutDown,
+}
+
+/// Reads once into `buf`, giving up at `deadline` (and, for a client between requests, when the
+/// gateway shuts down). The timer is the connection's own, armed once: it is moved only when it
+/// fires before the deadline that counts now, so a request costs no timer registration.
+/// (`read_buf` goes through tokio's `poll_read`, which forgets the socket's readiness after a
+/// short read: the next read waits for epoll instead of trying a `recvfrom` that would fail.)
+async fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    mut shutdown: Option<&mut watch::Receiver<bool>>,
+) -> Read {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        let shutdown_changed = async {
+            match shutdown.as_deref_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|stopping| *stopping).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            read = stream.read_buf(buf) => {
+                return match read {
+                    Ok(0) => Read::Eof,
+                    Ok(_) => Read::Data,
+                    Err(_) => Read::Error,
+                };
+            }
+            () = timer.as_mut() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Read::TimedOut;
+                }
+                timer.as_mut().reset(deadline);
+            }
+            () = shutdown_changed => return Read::ShutDown,
+        }
+    }
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct ResponseHead {
+    status: u16,
+    head_len: usize,
+    /// `200 OK`: the status line after the version.
+    status_line: std::ops::Range<usize>,
+    /// The headers to pass on, as ranges of the upstream buffer.
+    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    has_date: bool,
+    framing: Framing,
+    upstream_closes: bool,
+}
+
+enum HeadError {
+    /// The connection closed or failed before any byte of a response arrived.
+    ClosedEarly,
+    Invalid,
+    TimedOut,
+}
+
+async fn read_response_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    method: &Method,
+) -> Result<ResponseHead, HeadError> {
+    loop {
+        match read_until(stream, buf, timer, deadline, None).await {
+            Read::Data => {}
+            Read::Eof | Read::Error if buf.is_empty() => return Err(HeadError::ClosedEarly),
+            Read::Eof | Read::Error | Read::ShutDown => return Err(HeadError::Invalid),
+            Read::TimedOut => return Err(HeadError::TimedOut),
+        }
+        loop {
+            match parse_response_head(buf, method) {
+                Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
+                    // An interim response (103 Early Hints): skip it, the final one follows.
+                    buf.advance(head.head_len);
+                }
+                Ok(Some(head)) if head.status == 101 => return Err(HeadError::Invalid),
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => break,
+                Err(()) => return Err(HeadError::Invalid),
+            }
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(HeadError::Invalid);
+        }
+    }
+}
+
+fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<ResponseHead>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let status = response.code.ok_or(())?;
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    // "HTTP/1.1 " is 9 bytes; the status line runs to the first CR.
+    let line_end = buf.iter().position(|b| *b == b'\r').ok_or(())?;
+    if line_end < 12 {
+        return Err(());
+    }
+    let status_line = 9..line_end;
+    let mut kept = Vec::with_capacity(response.headers.len());
+    let mut has_date = false;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut other_coding = false;
+    let mut upstream_closes = response.version == Some(0);
+    let mut named: Vec<&[u8]> = Vec::new();
+    for h in response.headers.iter() {
+        let n = h.name.as_bytes();
+        if n.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    upstream_closes = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if response.version == Some(0) {
+                        upstream_closes = false;
+                    }
+                } else if !token.is_empty() {
+                    named.push(token);
+                }
+            }
+            continue;
+        }
+        if n.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            if last.eq_ignore_ascii_case(b"chunked") {
+                chunked = true;
+            } else {
+                other_coding = true;
+            }
+            kept.push((range(h.name.as_bytes()), range(h.value)));
+            continue;
+        }
+        if n.eq_ignore_ascii_case(b"content-length") {
+            let value = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(())?;
+            if length.is_some_and(|l| l != value) {
+                return Err(());
+            }
+            length = Some(value);
+        }
+        if n.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        }
+        if is_hop_by_hop(n) || n.eq_ignore_ascii_case(b"x-request-id") {
+            continue;
+        }
+        kept.push((range(h.name.as_bytes()), range(h.value)));
+    }
+    if !named.is_empty() {
+        kept.retain(|(name, _)| {
+            !named
+                .iter()
+                .any(|token| buf[name.clone()].eq_ignore_ascii_case(token))
+        });
+    }
+    let framing = if *method == Method::HEAD || status == 204 || status == 304 || status < 200 {
+        Framing::None
+    } else if chunked && !other_coding {
+        Framing::Chunked
+    } else if chunked || other_coding {
+        // A coding that does not end in chunked: the body runs to the end of the connection.
+        kept.retain(|(name, _)| !buf[name.clone()].eq_ignore_ascii_case(b"transfer-encoding"));
+        Framing::UntilClose
+    } else {
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    if framing != Framing::Chunked {
+        kept.retain(|(name, _)| !buf[name.clone()].eq_ignore_ascii_case(b"transfer-encoding"));
+    }
+    if framing == Framing::UntilClose {
+        upstream_closes = true;
+    }
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        status_line,
+        headers: kept,
+        has_date,
+        framing,
+        upstream_closes,
+    }))
+}
+
+/// How many of `available`'s bytes belong to the body, and whether the body ends with them.
+fn body_part(
+    framing: &Framing,
+    tracker: &mut Option<ChunkTracker>,
+    remaining: &mut u64,
+    available: &[u8],
+) -> (Result<usize, ()>, bool) {
+    match framing {
+        Framing::None => (Ok(0), true),
+        Framing::Length(_) => {
+            let n = (*remaining).min(available.len() as u64);
+            *remaining -= n;
+            (Ok(n as usize), *remaining == 0)
+        }
+        Framing::UntilClose => (Ok(available.len()), false),
+        Framing::Chunked => match tracker
+            .as_mut()
+            .expect("a tracker for chunked bodies")
+            .feed(available)
+        {
+            Ok(Some(end)) => (Ok(end), true),
+            Ok(None) => (Ok(available.len()), false),
+            Err(()) => (Err(()), false),
+        },
+    }
+}
+
+/// Follows a chunked body as it streams past, byte for byte, to find where it ends.
+#[derive(Debug, Default)]
+struct ChunkTracker {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    line: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLf,
+    Done,
+}
+
+impl ChunkTracker {
+    /// Consumes `bytes`; `Some(n)` when the body ends after the first `n` of them.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = (b as char).to_digit(16).expect("hex digit") as u64;
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(());
+                        }
+                        self.size = self.size * 16 + digit;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Extension,
+                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Extension => {
+                    if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else if b == b'\n' {
+                        return Err(());
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = if self.size == 0 {
+                        self.line = 0;
+                        ChunkState::Trailer
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let take = self.size.min((bytes.len() - i) as u64);
+                    self.size -= take;
+                    i += take as usize;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Size;
+                    self.digits = 0;
+                    self.size = 0;
+                }
+                ChunkState::Trailer => {
+                    if b == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    } else {
+                        self.line += 1;
+                        if self.line > 64 * 1024 {
+                            return Err(());
+                        }
+                    }
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    if self.line == 0 {
+                        self.state = ChunkState::Done;
+                        return Ok(Some(i + 1));
+                    }
+                    self.line = 0;
+                    self.state = ChunkState::Trailer;
+                }
+                ChunkState::Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// The current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted at most once a
+/// second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHE: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let (at, text) = cache.get();
+        if at == now {
+            return text;
+        }
+        let text = format_http_date(now);
+        cache.set((now, text));
+        text
+    })
+}
+
+fn format_http_date(unix: u64) -> [u8; 29] {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let text = format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[t.weekday().number_days_from_monday() as usize],
+        t.day(),
+        MONTHS[t.month() as usize - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let mut out = [b' '; 29];
+    let n = text.len().min(29);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    out
+}
+
+/// A client connection handed to hyper: the bytes the fast path already read come first.
+pub(super) struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub(super) fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chunk_tracker_finds_the_end_of_a_chunked_body_however_it_is_split() {
+        let body = b"4\r\nWiki\r\n5;name=value\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for split in 0..=body.len() {
+            let mut t = ChunkTracker::default();
+            let (a, b) = body.split_at(split);
+            let found = match t.feed(a).unwrap() {
+                Some(n) => Some(n),
+                None => t.feed(b).unwrap().map(|n| n + a.len()),
+            };
+            assert_eq!(found, Some(end), "split at {split}");
+        }
+        let mut t = ChunkTracker::default();
+        assert_eq!(t.feed(b"0\r\n\r\n").unwrap(), Some(5));
+        for bad in [&b"x\r\n"[..], b"4\r\nWikiXX", b"\r\n", b"4\n"] {
+            assert!(ChunkTracker::default().feed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        assert_eq!(
+            &format_http_date(784_111_777),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(
+            &format_http_date(1_795_341_600),
+            b"Sun, 22 Nov 2026 10:00:00 GMT"
+        );
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let get = Method::GET;
+        let parse = |text: &str, m: &Method| {
+            parse_response_head(text.as_bytes(), m)
+                .unwrap()
+                .unwrap()
+                .framing
+        };
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &get),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            parse(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                &get
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(parse("HTTP/1.1 200 OK\r\n\r\n", &get), Framing::UntilClose);
+        assert_eq!(
+            parse("HTTP/1.1 204 No Content\r\n\r\n", &get),
+            Framing::None
+        );
+        assert_eq!(
+            parse(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                &Method::HEAD
+            ),
+            Framing::None
+        );
+        assert!(
+            parse_response_head(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                &get
+            )
+            .is_err()
+        );
+        let head = parse_response_head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n",
+            &get,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.headers.len(), 2, "x-kept and content-length only");
+    }
+}
