@@ -17,6 +17,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -136,6 +137,10 @@ struct Conn<'p> {
     /// The request head on its way upstream.
     up_out: Vec<u8>,
     held: Option<Held>,
+    /// The current request's headers as (name, value) ranges of `Head::bytes`, in order.
+    req_headers: Vec<(Range<usize>, Range<usize>)>,
+    /// The current response's headers to pass on, as ranges of `up_buf`.
+    resp_headers: Vec<(Range<usize>, Range<usize>)>,
     /// Deadline timers, armed once and re-armed only when they fire early (see `wait`).
     idle_timer: Pin<Box<tokio::time::Sleep>>,
     upstream_timer: Pin<Box<tokio::time::Sleep>>,
@@ -161,6 +166,8 @@ pub(super) async fn serve(
         out: Vec::with_capacity(1024),
         up_out: Vec::with_capacity(1024),
         held: None,
+        req_headers: Vec::with_capacity(MAX_HEADERS),
+        resp_headers: Vec::with_capacity(MAX_HEADERS),
         idle_timer: Box::pin(tokio::time::sleep_until(far)),
         upstream_timer: Box::pin(tokio::time::sleep_until(far)),
     };
@@ -189,8 +196,8 @@ struct Head {
     uri: Uri,
     /// The headers the decision reads (credential, `X-Forwarded-For`, `X-Request-Id`).
     decision_headers: HeaderMap,
-    /// Every header as received, in order.
-    raw_headers: Vec<(Bytes, Bytes)>,
+    /// The head as received; `Conn::req_headers` holds where its headers are.
+    bytes: Bytes,
     close: bool,
     len: usize,
 }
@@ -252,7 +259,6 @@ impl Conn<'_> {
                 Read::Eof | Read::Error | Read::TimedOut | Read::ShutDown => return Step::Close,
             }
         };
-        self.buf.advance(head.len);
         self.handle(head).await
     }
 
@@ -278,12 +284,15 @@ impl Conn<'_> {
         let Some(path) = request.path.filter(|p| p.starts_with('/')) else {
             return Parsed::Slow;
         };
-        let Ok(uri) = Uri::try_from(path) else {
-            return Parsed::Slow;
+        let base = self.buf.as_ptr() as usize;
+        let range = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
         };
+        let path_range = range(path.as_bytes());
         let key_header = &self.proxy.store.load().server.key_header;
         let mut decision_headers = HeaderMap::new();
-        let mut raw_headers = Vec::with_capacity(request.headers.len());
+        self.req_headers.clear();
         let mut close = false;
         for h in request.headers.iter() {
             let name = h.name.as_bytes();
@@ -317,16 +326,23 @@ impl Conn<'_> {
                 };
                 decision_headers.append(n, v);
             }
-            raw_headers.push((
-                Bytes::copy_from_slice(name),
-                Bytes::copy_from_slice(h.value),
-            ));
+            self.req_headers.push((range(name), range(h.value)));
         }
+        // The head's bytes leave the read buffer without a copy; the target is parsed in place.
+        let bytes = self.buf.split_to(len).freeze();
+        let Ok(uri) = Uri::from_maybe_shared(bytes.slice(path_range)) else {
+            // Give the bytes back for hyper, in front of whatever followed them.
+            let mut unread = BytesMut::with_capacity(bytes.len() + self.buf.len());
+            unread.extend_from_slice(&bytes);
+            unread.extend_from_slice(&self.buf);
+            self.buf = unread;
+            return Parsed::Slow;
+        };
         Parsed::Fast(Head {
             method,
             uri,
             decision_headers,
-            raw_headers,
+            bytes,
             close,
             len,
         })
@@ -345,7 +361,7 @@ impl Conn<'_> {
             UpstreamTarget::Echo => {
                 // hyper's path serves the echo upstream; give it this request back unread.
                 let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
-                unread.extend_from_slice(&rebuild_head(&head));
+                unread.extend_from_slice(&head.bytes);
                 unread.extend_from_slice(&self.buf);
                 self.buf = unread;
                 return Step::HandOver;
@@ -372,14 +388,8 @@ impl Conn<'_> {
                 return self.refuse(refusal, &mut record, head.close).await;
             }
         };
-        self.relay(
-            response,
-            head.close,
-            &mut record,
-            &authority,
-            forward.limits,
-        )
-        .await
+        self.relay(response, head.close, &mut record, forward.limits)
+            .await
     }
 
     /// Sends the request head upstream and reads the response head, retrying once on a new
@@ -444,6 +454,7 @@ impl Conn<'_> {
                 read_response_head(
                     &mut held.stream,
                     &mut self.up_buf,
+                    &mut self.resp_headers,
                     &mut self.upstream_timer,
                     deadline,
                     method,
@@ -488,8 +499,8 @@ impl Conn<'_> {
         let mut original_host: Option<&[u8]> = None;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);
-        for (name, value) in &head.raw_headers {
-            let n = &name[..];
+        for (name, value) in &self.req_headers {
+            let (n, value) = (&head.bytes[name.clone()], &head.bytes[value.clone()]);
             if n.eq_ignore_ascii_case(b"host") {
                 original_host.get_or_insert(value);
                 continue;
@@ -551,7 +562,6 @@ impl Conn<'_> {
         response: ResponseHead,
         client_close: bool,
         record: &mut RequestRecord,
-        authority: &Authority,
         limits: Limits,
     ) -> Step {
         let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
@@ -563,7 +573,7 @@ impl Conn<'_> {
         rebuilt.extend_from_slice(b"HTTP/1.1 ");
         rebuilt.extend_from_slice(&self.up_buf[response.status_line.clone()]);
         rebuilt.extend_from_slice(b"\r\n");
-        for (name, value) in &response.headers {
+        for (name, value) in &self.resp_headers {
             push_header(
                 rebuilt,
                 &self.up_buf[name.clone()],
@@ -606,8 +616,11 @@ impl Conn<'_> {
         self.up_buf.advance(first);
         bytes_out += first as u64;
         let mut recorded = false;
-        if done && self.up_buf.is_empty() && !response.upstream_closes {
-            // The whole response is in this one write: record it before the client sees it.
+        if done {
+            // The whole response is in this one write: the upstream connection goes back to the
+            // pool and the request is recorded before the client sees the answer (so the client's
+            // next request finds the connection, and its next scrape finds the count).
+            self.release_upstream(self.up_buf.is_empty() && !response.upstream_closes, limits);
             self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
             self.proxy.telemetry.finish(record, 0, bytes_out);
             recorded = true;
@@ -656,7 +669,12 @@ impl Conn<'_> {
                 self.held = None;
                 return self.abort(record, bytes_out);
             };
-            if self.client.write_all(&self.up_buf[..n]).await.is_err() {
+            if d {
+                self.release_upstream(self.up_buf.len() == n && !response.upstream_closes, limits);
+            }
+            // A client that stops reading is given idle_timeout, as one that stops sending is.
+            let wrote = tokio::time::timeout(idle, self.client.write_all(&self.up_buf[..n])).await;
+            if !matches!(wrote, Ok(Ok(()))) {
                 self.held = None;
                 return self.abort(record, bytes_out);
             }
@@ -664,14 +682,7 @@ impl Conn<'_> {
             bytes_out += n as u64;
             done = d;
         }
-        // Bytes after the end of the response, or an upstream that said it closes: not reusable.
-        if !self.up_buf.is_empty() || response.upstream_closes {
-            self.held = None;
-        }
-        if let Some(held) = self.held.as_mut() {
-            held.limits = limits;
-            debug_assert!(held.authority == *authority);
-        }
+        self.held = None; // released above when reusable; an until-close body ended it
         if !recorded {
             self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
             self.proxy.telemetry.finish(record, 0, bytes_out);
@@ -737,6 +748,19 @@ impl Conn<'_> {
         Step::Close
     }
 
+    /// Ends this request's use of the upstream connection: back to the pool when `reusable`
+    /// (the response ended exactly where it should and the upstream did not say it closes),
+    /// closed otherwise.
+    fn release_upstream(&mut self, reusable: bool, limits: Limits) {
+        if let Some(held) = self.held.take() {
+            if reusable {
+                self.proxy
+                    .raw_pool
+                    .checkin(held.authority, held.stream, limits);
+            }
+        }
+    }
+
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -757,25 +781,6 @@ impl crate::snapshot::ServerSettings {
             max_header_bytes: self.max_header_bytes,
         }
     }
-}
-
-/// The request head again, byte for byte what matters (method, target, headers), for hyper.
-fn rebuild_head(head: &Head) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head.len);
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        head.uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.raw_headers {
-        push_header(&mut out, name, value);
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -881,8 +886,6 @@ struct ResponseHead {
     head_len: usize,
     /// `200 OK`: the status line after the version.
     status_line: std::ops::Range<usize>,
-    /// The headers to pass on, as ranges of the upstream buffer.
-    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
     has_date: bool,
     framing: Framing,
     upstream_closes: bool,
@@ -898,6 +901,7 @@ enum HeadError {
 async fn read_response_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
+    kept: &mut Vec<(Range<usize>, Range<usize>)>,
     timer: &mut Pin<Box<tokio::time::Sleep>>,
     deadline: tokio::time::Instant,
     method: &Method,
@@ -910,7 +914,7 @@ async fn read_response_head(
             Read::TimedOut => return Err(HeadError::TimedOut),
         }
         loop {
-            match parse_response_head(buf, method) {
+            match parse_response_head(buf, method, kept) {
                 Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                     // An interim response (103 Early Hints): skip it, the final one follows.
                     buf.advance(head.head_len);
@@ -927,7 +931,12 @@ async fn read_response_head(
     }
 }
 
-fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<ResponseHead>, ()> {
+/// Parses a response head; the headers to pass on go to `kept` as ranges of `buf`.
+fn parse_response_head(
+    buf: &[u8],
+    method: &Method,
+    kept: &mut Vec<(Range<usize>, Range<usize>)>,
+) -> Result<Option<ResponseHead>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -947,7 +956,7 @@ fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<ResponseHea
         return Err(());
     }
     let status_line = 9..line_end;
-    let mut kept = Vec::with_capacity(response.headers.len());
+    kept.clear();
     let mut has_date = false;
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -1029,6 +1038,11 @@ fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<ResponseHea
     if framing != Framing::Chunked {
         kept.retain(|(name, _)| !buf[name.clone()].eq_ignore_ascii_case(b"transfer-encoding"));
     }
+    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
+        // A length beside a transfer coding is wrong and ignored (RFC 9112 6.3); passing it on
+        // would let the client frame the body differently from us.
+        kept.retain(|(name, _)| !buf[name.clone()].eq_ignore_ascii_case(b"content-length"));
+    }
     if framing == Framing::UntilClose {
         upstream_closes = true;
     }
@@ -1036,7 +1050,6 @@ fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<ResponseHea
         status,
         head_len,
         status_line,
-        headers: kept,
         has_date,
         framing,
         upstream_closes,
@@ -1325,7 +1338,7 @@ mod tests {
     fn response_framing_follows_rfc_9112() {
         let get = Method::GET;
         let parse = |text: &str, m: &Method| {
-            parse_response_head(text.as_bytes(), m)
+            parse_response_head(text.as_bytes(), m, &mut Vec::new())
                 .unwrap()
                 .unwrap()
                 .framing
@@ -1356,16 +1369,28 @@ mod tests {
         assert!(
             parse_response_head(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
-                &get
+                &get,
+                &mut Vec::new()
             )
             .is_err()
         );
-        let head = parse_response_head(
-            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n",
+        let mut kept = Vec::new();
+        let both = parse_response_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
             &get,
+            &mut kept,
         )
         .unwrap()
         .unwrap();
-        assert_eq!(head.headers.len(), 2, "x-kept and content-length only");
+        assert_eq!(both.framing, Framing::Chunked);
+        assert_eq!(kept.len(), 1, "the length is dropped, the coding kept");
+        parse_response_head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n",
+            &get,
+            &mut kept,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(kept.len(), 2, "x-kept and content-length only");
     }
 }
