@@ -61,12 +61,13 @@ pub struct RawPool {
 type IdleStreams = Vec<(TcpStream, Instant)>;
 
 impl RawPool {
-    fn checkout(&self, authority: &Authority) -> Option<TcpStream> {
-        let now = Instant::now();
+    fn checkout(&self, authority: &Authority, now: Instant) -> Option<TcpStream> {
         loop {
             let (stream, expires) = {
                 let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = pools.iter_mut().find(|(a, _)| a == authority)?;
+                let list = pools
+                    .iter_mut()
+                    .find(|(a, _)| a.as_str() == authority.as_str())?;
                 list.1.pop()?
             };
             if expires > now && is_open(&stream) {
@@ -81,7 +82,10 @@ impl RawPool {
         }
         let expires = Instant::now() + limits.keepalive_timeout;
         let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        match pools.iter_mut().find(|(a, _)| *a == authority) {
+        match pools
+            .iter_mut()
+            .find(|(a, _)| a.as_str() == authority.as_str())
+        {
             Some((_, list)) => {
                 if list.len() >= limits.keepalive_connections {
                     list.remove(0);
@@ -137,8 +141,9 @@ struct Conn<'p> {
     /// The request head on its way upstream.
     up_out: Vec<u8>,
     held: Option<Held>,
-    /// The current request's headers as (name, value) ranges of `Head::bytes`, in order.
-    req_headers: Vec<(Range<usize>, Range<usize>)>,
+    /// The current request's headers as (name, value) ranges of `Head::bytes`, in order, with
+    /// what each is.
+    req_headers: Vec<(Range<usize>, Range<usize>, Known)>,
     /// The current response's headers to pass on, as ranges of `up_buf`.
     resp_headers: Vec<(Range<usize>, Range<usize>)>,
     /// Deadline timers, armed once and re-armed only when they fire early (see `wait`).
@@ -294,39 +299,39 @@ impl Conn<'_> {
         let mut decision_headers = HeaderMap::new();
         self.req_headers.clear();
         let mut close = false;
+        let key_header = key_header.as_str().as_bytes();
         for h in request.headers.iter() {
             let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"expect")
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
-            {
-                return Parsed::Slow;
-            }
-            if name.eq_ignore_ascii_case(b"connection") {
-                for token in h.value.split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
-                        return Parsed::Slow; // names headers to remove: hyper's path does that
+            let known = if name.eq_ignore_ascii_case(key_header) {
+                Known::Key
+            } else {
+                classify(name)
+            };
+            match known {
+                Known::TransferEncoding | Known::Expect | Known::Upgrade => return Parsed::Slow,
+                Known::ContentLength if h.value != b"0" => return Parsed::Slow,
+                Known::Connection => {
+                    for token in h.value.split(|b| *b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                            return Parsed::Slow; // names headers to remove: hyper's path does that
+                        }
                     }
                 }
+                Known::Key | Known::Authorization | Known::XForwardedFor | Known::XRequestId => {
+                    let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name),
+                        HeaderValue::from_bytes(h.value),
+                    ) else {
+                        return Parsed::Slow;
+                    };
+                    decision_headers.append(n, v);
+                }
+                _ => {}
             }
-            if name.eq_ignore_ascii_case(key_header.as_str().as_bytes())
-                || name.eq_ignore_ascii_case(b"authorization")
-                || name.eq_ignore_ascii_case(b"x-forwarded-for")
-                || name.eq_ignore_ascii_case(b"x-request-id")
-            {
-                let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name),
-                    HeaderValue::from_bytes(h.value),
-                ) else {
-                    return Parsed::Slow;
-                };
-                decision_headers.append(n, v);
-            }
-            self.req_headers.push((range(name), range(h.value)));
+            self.req_headers.push((range(name), range(h.value), known));
         }
         // The head's bytes leave the read buffer without a copy; the target is parsed in place.
         let bytes = self.buf.split_to(len).freeze();
@@ -368,8 +373,11 @@ impl Conn<'_> {
             }
         };
         self.build_upstream_head(&head, &forward, &authority, &record.request_id);
+        // One clock read serves the record, the upstream deadline and the pool's expiry check.
         let sent = Instant::now();
-        let exchanged = self.exchange(&authority, &head.method, &forward).await;
+        let exchanged = self
+            .exchange(&authority, &head.method, &forward, sent)
+            .await;
         record.upstream_time = Some(sent.elapsed());
         let response = match exchanged {
             Ok(response) => response,
@@ -399,14 +407,15 @@ impl Conn<'_> {
         authority: &Authority,
         method: &Method,
         forward: &Forward,
+        sent: Instant,
     ) -> Result<ResponseHead, UpstreamErrorKind> {
-        let deadline = tokio::time::Instant::now() + forward.upstream_timeout;
+        let deadline = tokio::time::Instant::from_std(sent) + forward.upstream_timeout;
         let limits = forward.limits;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let reused = match self.held.take() {
-                Some(h) if h.authority == *authority => {
+                Some(h) if h.authority.as_str() == authority.as_str() => {
                     self.held = Some(Held { limits, ..h });
                     true
                 }
@@ -414,7 +423,7 @@ impl Conn<'_> {
                     if let Some(h) = other {
                         self.proxy.raw_pool.checkin(h.authority, h.stream, h.limits);
                     }
-                    match self.proxy.raw_pool.checkout(authority) {
+                    match self.proxy.raw_pool.checkout(authority, sent) {
                         Some(stream) => {
                             self.held = Some(Held {
                                 stream,
@@ -494,44 +503,37 @@ impl Conn<'_> {
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
-        let key_header = forward.key_header.as_str().as_bytes();
         let trusted = forward.peer_is_trusted;
+        let strip_authorization = forward.credential_source == CredentialSource::Authorization;
         let mut original_host: Option<&[u8]> = None;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);
-        for (name, value) in &self.req_headers {
+        for (name, value, known) in &self.req_headers {
             let (n, value) = (&head.bytes[name.clone()], &head.bytes[value.clone()]);
-            if n.eq_ignore_ascii_case(b"host") {
-                original_host.get_or_insert(value);
-                continue;
-            }
-            if n.eq_ignore_ascii_case(key_header)
-                || (forward.credential_source == CredentialSource::Authorization
-                    && n.eq_ignore_ascii_case(b"authorization"))
-                || is_hop_by_hop(n)
-                || n.eq_ignore_ascii_case(b"x-apiward-user")
-                || n.eq_ignore_ascii_case(b"x-apiward-group")
-                || n.eq_ignore_ascii_case(b"x-request-id")
-            {
-                continue;
-            }
-            if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-                if trusted {
-                    forwarded_for.push(value);
-                }
-                continue;
-            }
-            if n.eq_ignore_ascii_case(b"x-forwarded-proto") {
-                if !trusted {
+            match known {
+                Known::Host => {
+                    original_host.get_or_insert(value);
                     continue;
                 }
-                has_proto = true;
-            }
-            if n.eq_ignore_ascii_case(b"x-forwarded-host") {
-                if !trusted {
+                Known::Key
+                | Known::Hop
+                | Known::Connection
+                | Known::TransferEncoding
+                | Known::Upgrade
+                | Known::Identity
+                | Known::XRequestId => continue,
+                Known::Authorization if strip_authorization => continue,
+                Known::XForwardedFor => {
+                    if trusted {
+                        forwarded_for.push(value);
+                    }
                     continue;
                 }
-                has_host = true;
+                Known::XForwardedProto if !trusted => continue,
+                Known::XForwardedProto => has_proto = true,
+                Known::XForwardedHost if !trusted => continue,
+                Known::XForwardedHost => has_host = true,
+                _ => {}
             }
             push_header(out, n, value);
         }
@@ -790,20 +792,65 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+/// The header names the fast path acts on. Found by length first, so a name is compared with at
+/// most two candidates instead of every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// The configured key header.
+    Key,
+    Host,
+    Date,
+    Connection,
+    /// Hop-by-hop besides `Connection` and `Transfer-Encoding`.
+    Hop,
+    TransferEncoding,
+    ContentLength,
+    Expect,
+    Upgrade,
+    Authorization,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XRequestId,
+    /// `X-Apiward-User` and `X-Apiward-Group`: ours only.
+    Identity,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Known {
+    use Known::*;
+    let candidates: &[(&[u8], Known)] = match name.len() {
+        2 => &[(b"te", Hop)],
+        4 => &[(b"host", Host), (b"date", Date)],
+        6 => &[(b"expect", Expect)],
+        7 => &[(b"trailer", Hop), (b"upgrade", Upgrade)],
+        10 => &[(b"connection", Connection), (b"keep-alive", Hop)],
+        12 => &[(b"x-request-id", XRequestId)],
+        13 => &[(b"authorization", Authorization)],
+        14 => &[
+            (b"content-length", ContentLength),
+            (b"x-apiward-user", Identity),
+        ],
+        15 => &[
+            (b"x-forwarded-for", XForwardedFor),
+            (b"x-apiward-group", Identity),
+        ],
+        16 => &[
+            (b"proxy-connection", Hop),
+            (b"x-forwarded-host", XForwardedHost),
+        ],
+        17 => &[
+            (b"transfer-encoding", TransferEncoding),
+            (b"x-forwarded-proto", XForwardedProto),
+        ],
+        18 => &[(b"proxy-authenticate", Hop)],
+        19 => &[(b"proxy-authorization", Hop)],
+        _ => &[],
+    };
+    candidates
+        .iter()
+        .find(|(n, _)| name.eq_ignore_ascii_case(n))
+        .map_or(Other, |(_, k)| *k)
 }
 
 async fn connect(authority: &Authority) -> io::Result<TcpStream> {
@@ -965,7 +1012,8 @@ fn parse_response_head(
     let mut named: Vec<&[u8]> = Vec::new();
     for h in response.headers.iter() {
         let n = h.name.as_bytes();
-        if n.eq_ignore_ascii_case(b"connection") {
+        let known = classify(n);
+        if known == Known::Connection {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -980,7 +1028,7 @@ fn parse_response_head(
             }
             continue;
         }
-        if n.eq_ignore_ascii_case(b"transfer-encoding") {
+        if known == Known::TransferEncoding {
             let last = h
                 .value
                 .rsplit(|b| *b == b',')
@@ -995,7 +1043,7 @@ fn parse_response_head(
             kept.push((range(h.name.as_bytes()), range(h.value)));
             continue;
         }
-        if n.eq_ignore_ascii_case(b"content-length") {
+        if known == Known::ContentLength {
             let value = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -1005,11 +1053,10 @@ fn parse_response_head(
             }
             length = Some(value);
         }
-        if n.eq_ignore_ascii_case(b"date") {
-            has_date = true;
-        }
-        if is_hop_by_hop(n) || n.eq_ignore_ascii_case(b"x-request-id") {
-            continue;
+        match known {
+            Known::Date => has_date = true,
+            Known::Hop | Known::Upgrade | Known::XRequestId => continue,
+            _ => {}
         }
         kept.push((range(h.name.as_bytes()), range(h.value)));
     }
@@ -1319,6 +1366,26 @@ mod tests {
         assert_eq!(t.feed(b"0\r\n\r\n").unwrap(), Some(5));
         for bad in [&b"x\r\n"[..], b"4\r\nWikiXX", b"\r\n", b"4\n"] {
             assert!(ChunkTracker::default().feed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn header_names_are_classified_whatever_their_case() {
+        for (name, known) in [
+            ("Host", Known::Host),
+            ("TE", Known::Hop),
+            ("Keep-Alive", Known::Hop),
+            ("Proxy-Authorization", Known::Hop),
+            ("connection", Known::Connection),
+            ("Transfer-Encoding", Known::TransferEncoding),
+            ("X-Forwarded-Proto", Known::XForwardedProto),
+            ("x-apiward-GROUP", Known::Identity),
+            ("X-Request-ID", Known::XRequestId),
+            ("x-forwarded-fox", Known::Other),
+            ("accept", Known::Other),
+            ("", Known::Other),
+        ] {
+            assert_eq!(classify(name.as_bytes()), known, "{name}");
         }
     }
 
