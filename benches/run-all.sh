@@ -11,7 +11,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 DOC=docs/benchmarks.md
 WORK=$(mktemp -d /tmp/apiward-bench.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+# Kept when something fails, so twenty minutes of results are not lost: the section files are there.
+trap 'status=$?; if ((status == 0)); then rm -rf "$WORK"; else echo "run-all: results kept in $WORK" >&2; fi' EXIT
 
 {
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src benches Cargo.toml || echo ' (with uncommitted changes)')"
@@ -77,10 +78,10 @@ doc, work = sys.argv[1], sys.argv[2]
 text = open(doc).read()
 for name in ["machine", "micro", "callgrind", "proxy-callgrind", "e2e"]:
     body = open(f"{work}/{name}.md").read().strip()
-    pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(\n<!-- END {name} -->)", re.S)
+    pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
     if not pattern.search(text):
         sys.exit(f"{doc} has no <!-- BEGIN {name} --> ... <!-- END {name} --> section")
-    text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 open(doc, "w").write(text)
 PY
 echo "run-all: $DOC updated" >&2

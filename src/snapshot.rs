@@ -171,6 +171,8 @@ pub struct ApiKey {
 #[derive(Debug, Clone)]
 pub struct Group {
     pub name: Box<str>,
+    /// `name` as the `X-Apiward-Group` value, made once; `None` if the name cannot be one.
+    pub header: Option<http::HeaderValue>,
     pub permissions: Box<[Permission]>,
 }
 

@@ -136,6 +136,7 @@ impl Compiler<'_> {
             group_index.insert(name.get_ref().clone(), groups.len() as u32);
             groups.push(Group {
                 name: name.get_ref().as_str().into(),
+                header: http::HeaderValue::from_str(name.get_ref()).ok(),
                 permissions: permissions.into_boxed_slice(),
             });
         }

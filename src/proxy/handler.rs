@@ -48,7 +48,8 @@ pub(super) struct Forward {
     pub(super) target: UpstreamTarget,
     pub(super) upstream_name: Arc<str>,
     pub(super) path_and_query: PathAndQuery,
-    pub(super) user: HeaderValue,
+    /// The user id; checked to be a valid header value when the request was decided.
+    pub(super) user: Arc<str>,
     pub(super) group: HeaderValue,
     pub(super) peer_is_trusted: bool,
     pub(super) upstream_timeout: std::time::Duration,
@@ -135,7 +136,9 @@ impl Proxy {
             sample: snapshot.server.access_log_sample,
         };
         if !framing_is_unambiguous(request_headers) {
-            record.path = uri.path().to_string();
+            if record.log {
+                record.path = uri.path().to_string();
+            }
             return (Err(Refusal::BadFraming), record);
         }
         let mut scratch = String::new();
@@ -165,22 +168,30 @@ impl Proxy {
             Outcome::Allowed(grant) => grant,
             Outcome::Refused(refusal) => {
                 record.decision = refusal.code();
-                record.path = uri.path().to_string();
+                if record.log {
+                    record.path = uri.path().to_string();
+                }
                 return (Err(refusal), record);
             }
         };
         record.decision = "allowed";
-        record.path = grant.path.to_string();
+        if record.log {
+            // Only the request log reads it.
+            record.path = grant.path.to_string();
+        }
         record.route = Some(Arc::clone(&grant.route.prefix));
         record.upstream = Some(Arc::clone(&grant.upstream.name));
-        let user = decision.user.map_or("", |u| &u.id);
         let forward = (|| {
             Ok::<_, Refusal>(Forward {
                 target: grant.upstream.target.clone(),
                 upstream_name: Arc::clone(&grant.upstream.name),
                 path_and_query: forwarded_path(&grant.upstream.target, &grant.path, uri)?,
-                user: HeaderValue::from_str(user).map_err(|_| Refusal::Forbidden)?,
-                group: HeaderValue::from_str(&grant.group.name).map_err(|_| Refusal::Forbidden)?,
+                user: decision
+                    .user
+                    .map(|u| Arc::clone(&u.id))
+                    .filter(|id| is_header_value(id))
+                    .ok_or(Refusal::Forbidden)?,
+                group: grant.group.header.clone().ok_or(Refusal::Forbidden)?,
                 peer_is_trusted,
                 upstream_timeout: snapshot.server.upstream_timeout,
                 limits: Limits::of(&snapshot.server),
@@ -222,7 +233,8 @@ impl Proxy {
                 peer: peer_text,
                 peer_is_trusted: forward.peer_is_trusted,
                 proto: "http",
-                user: forward.user,
+                user: HeaderValue::try_from(&*forward.user)
+                    .expect("checked by is_header_value when decided"),
                 group: forward.group,
             },
         );
@@ -276,6 +288,11 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Whether `HeaderValue::from_str` would accept `text` (checked without allocating one).
+fn is_header_value(text: &str) -> bool {
+    text.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// A request id from a trusted proxy is kept only if it is short and printable.
