@@ -177,11 +177,9 @@ pub(super) async fn serve(
         upstream_timer: Box::pin(tokio::time::sleep_until(far)),
     };
     let outcome = conn.run().await;
-    if let Some(held) = conn.held.take() {
-        proxy
-            .raw_pool
-            .checkin(held.authority, held.stream, held.limits);
-    }
+    // Between requests the upstream connection is back in the pool; one still held here was cut
+    // off mid-request, its state unknown, so it is closed.
+    conn.held = None;
     match outcome {
         Step::Close => Outcome::Done,
         Step::HandOver => Outcome::HandOver(conn.client, conn.buf.freeze()),
