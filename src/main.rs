@@ -199,6 +199,9 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Listen for SIGTERM before the port opens: a supervisor that stops the gateway as soon
+        // as it accepts connections must get a clean exit, not the signal's default (death).
+        let stop = stop_signal();
         let gateway = match Gateway::start_with_store(store, None, Options::default()).await {
             Ok(g) => g,
             Err(e) => {
@@ -206,27 +209,29 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_stop_signal().await;
+        stop.await;
         gateway.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop_signal() {
+/// Registers for SIGTERM now (the handler exists from this call on) and returns a future that
+/// ends on SIGTERM or Ctrl-C.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
+        signal(SignalKind::terminate()).ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
             return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
