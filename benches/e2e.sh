@@ -15,6 +15,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/support/keys_lua.sh
+source "$ROOT/benches/support/keys_lua.sh"
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -222,25 +224,7 @@ main() {
 
     # wrk sends 1,024 different keys spread over all users, prepared once per thread, so the
     # key lookup is not always the same cache line; the direct upstream ignores the header.
-    {
-        echo 'local keys = {'
-        awk -v n="$USERS" 'BEGIN { step = int(n / 1024); if (step < 1) step = 1 }
-            (NR - 1) % step == 0 && c < 1024 { printf "  \"%s\",\n", $0; c++ }' "$WORK/keys.txt"
-        echo '}'
-        cat <<EOF
-local requests = {}
-local i = 0
-function init(args)
-    for n, key in ipairs(keys) do
-        requests[n] = wrk.format("GET", "$REQUEST_PATH", { ["X-Api-Key"] = key })
-    end
-end
-function request()
-    i = i % #requests + 1
-    return requests[i]
-end
-EOF
-    } >"$WORK/keys.lua"
+    keys_lua "$WORK/keys.txt" "$USERS" "$REQUEST_PATH" >"$WORK/keys.lua"
 
     { nginx_common upstream; cat <<EOF; } >"$WORK/upstream.conf"
     server {
@@ -348,7 +332,7 @@ report() {
     printf 'apiward / nginx: **%.2f ×** the requests per second (goal ≥ 1.25), p99 %.3f ms vs %.3f ms (goal: not higher).\n' \
         "$(awk -v a="$a_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of apiward 5)" "$(stat_of nginx 5)"
     echo "CPU time per request (the gateway process, or nginx's worker; \`direct\` is the upstream's worker, which"
-    echo "shares its CPU with wrk) does not depend on whether another process shared the machine, unlike req/s."
+    echo "shares its CPU with wrk) moves much less than req/s when another process or VM shares the machine."
     echo
     echo "Every round:"
     echo

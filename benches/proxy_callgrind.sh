@@ -12,6 +12,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/support/keys_lua.sh
+source "$ROOT/benches/support/keys_lua.sh"
 USERS=${USERS:-10000}
 DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-16}
@@ -51,25 +53,7 @@ PATH=$PATH:/usr/sbin
 "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 \
     --access-log off --listen "127.0.0.1:$APIWARD_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
     --keys "$WORK/keys.txt" >/dev/null
-{
-    echo 'local keys = {'
-    awk -v n="$USERS" 'BEGIN { step = int(n / 1024); if (step < 1) step = 1 }
-        (NR - 1) % step == 0 && c < 1024 { printf "  \"%s\",\n", $0; c++ }' "$WORK/keys.txt"
-    echo '}'
-    cat <<'EOF'
-local requests = {}
-local i = 0
-function init(args)
-    for n, key in ipairs(keys) do
-        requests[n] = wrk.format("GET", "/api/items/42", { ["X-Api-Key"] = key })
-    end
-end
-function request()
-    i = i % #requests + 1
-    return requests[i]
-end
-EOF
-} >"$WORK/keys.lua"
+keys_lua "$WORK/keys.txt" "$USERS" /api/items/42 >"$WORK/keys.lua"
 cat >"$WORK/upstream.conf" <<EOF
 worker_processes 1;
 daemon off;
