@@ -141,6 +141,8 @@ struct Conn<'p> {
     /// The request head on its way upstream.
     up_out: Vec<u8>,
     held: Option<Held>,
+    /// The headers the decision reads (credential, `X-Forwarded-For`, `X-Request-Id`).
+    decision_headers: HeaderMap,
     /// The current request's headers as (name, value) ranges of `Head::bytes`, in order, with
     /// what each is.
     req_headers: Vec<(Range<usize>, Range<usize>, Known)>,
@@ -171,6 +173,7 @@ pub(super) async fn serve(
         out: Vec::with_capacity(1024),
         up_out: Vec::with_capacity(1024),
         held: None,
+        decision_headers: HeaderMap::with_capacity(4),
         req_headers: Vec::with_capacity(MAX_HEADERS),
         resp_headers: Vec::with_capacity(MAX_HEADERS),
         idle_timer: Box::pin(tokio::time::sleep_until(far)),
@@ -197,8 +200,6 @@ enum Step {
 struct Head {
     method: Method,
     uri: Uri,
-    /// The headers the decision reads (credential, `X-Forwarded-For`, `X-Request-Id`).
-    decision_headers: HeaderMap,
     /// The head as received; `Conn::req_headers` holds where its headers are.
     bytes: Bytes,
     close: bool,
@@ -294,7 +295,9 @@ impl Conn<'_> {
         };
         let path_range = range(path.as_bytes());
         let key_header = &self.proxy.store.load().server.key_header;
-        let mut decision_headers = HeaderMap::new();
+        // Cleared, not made anew: its tables stay allocated from one request to the next.
+        let decision_headers = &mut self.decision_headers;
+        decision_headers.clear();
         self.req_headers.clear();
         let mut close = false;
         let key_header = key_header.as_str().as_bytes();
@@ -344,7 +347,6 @@ impl Conn<'_> {
         Parsed::Fast(Head {
             method,
             uri,
-            decision_headers,
             bytes,
             close,
             len,
@@ -354,7 +356,7 @@ impl Conn<'_> {
     async fn handle(&mut self, head: Head) -> Step {
         let (outcome, mut record) =
             self.proxy
-                .decide(&head.method, &head.uri, &head.decision_headers, self.peer);
+                .decide(&head.method, &head.uri, &self.decision_headers, self.peer);
         let forward = match outcome {
             Ok(forward) => forward,
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,

@@ -157,10 +157,13 @@ impl Proxy {
         };
         let decision = auth::decide(&snapshot, &facts, &self.passwords);
         record.user = decision.user.map(|u| Arc::clone(&u.id));
-        record.key_prefix = decision
-            .key
-            .and_then(|k| k.prefix.map(|p| Box::from(&*p)))
-            .or_else(|| presented_prefix.map(Into::into));
+        if record.log {
+            // Only the request log reads it.
+            record.key_prefix = decision
+                .key
+                .and_then(|k| k.prefix.map(|p| Box::from(&*p)))
+                .or_else(|| presented_prefix.map(Into::into));
+        }
         if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {
             self.telemetry.key_usage.touch(digest, facts.now);
         }
