@@ -19,8 +19,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,8 @@ use http::uri::Authority;
 use http::{Method, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 use super::handler::{Forward, Proxy, refusal_response};
 use super::upstream::Limits;
@@ -49,6 +51,35 @@ pub(super) enum Outcome {
     /// A request the fast path does not serve: hyper takes the connection, starting with these
     /// bytes (the unread rest of what the client sent).
     HandOver(TcpStream, Bytes),
+}
+
+/// Graceful shutdown as the fast path sees it: a flag, and a notification that wakes every
+/// connection waiting for a request. Each connection registers for the notification once, when
+/// it starts, instead of once per wait.
+#[derive(Default)]
+pub struct Stop {
+    stopping: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl Stop {
+    /// Shutdown has begun: connections finish the request in flight, then close.
+    pub fn begin(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn has_begun(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// A future that ends when shutdown begins, registered now (so a `begin` from here on is
+    /// not missed; check `has_begun` after calling this for one that came before).
+    fn watch(&self) -> Pin<Box<OwnedNotified>> {
+        let mut notified = Box::pin(Arc::clone(&self.notify).notified_owned());
+        notified.as_mut().enable();
+        notified
+    }
 }
 
 /// Idle upstream connections of the fast path, per upstream address, most recently used last.
@@ -131,7 +162,8 @@ struct Conn<'p> {
     client: TcpStream,
     peer: SocketAddr,
     peer_text: HeaderValue,
-    shutdown: watch::Receiver<bool>,
+    /// Ends when graceful shutdown begins.
+    stop: Pin<Box<OwnedNotified>>,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
     /// Bytes read from the upstream and not yet used.
@@ -159,7 +191,6 @@ pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     peer_text: HeaderValue,
-    shutdown: watch::Receiver<bool>,
 ) -> Outcome {
     let far = tokio::time::Instant::now() + Duration::from_secs(3600);
     let mut conn = Conn {
@@ -167,7 +198,7 @@ pub(super) async fn serve(
         client,
         peer,
         peer_text,
-        shutdown,
+        stop: proxy.stop.watch(),
         buf: BytesMut::with_capacity(8 * 1024),
         up_buf: BytesMut::with_capacity(16 * 1024),
         out: Vec::with_capacity(1024),
@@ -241,7 +272,7 @@ impl Conn<'_> {
                     }
                 }
             }
-            if *self.shutdown.borrow() && self.buf.is_empty() {
+            if self.proxy.stop.has_begun() && self.buf.is_empty() {
                 return Step::Close;
             }
             let deadline = match head_started {
@@ -253,7 +284,7 @@ impl Conn<'_> {
                 &mut self.buf,
                 &mut self.idle_timer,
                 deadline,
-                Some(&mut self.shutdown),
+                Some(&mut self.stop),
             )
             .await
             {
@@ -764,7 +795,7 @@ impl Conn<'_> {
     }
 
     fn shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.proxy.stop.has_begun()
     }
 }
 
@@ -882,7 +913,7 @@ async fn read_until(
     buf: &mut BytesMut,
     timer: &mut Pin<Box<tokio::time::Sleep>>,
     deadline: tokio::time::Instant,
-    mut shutdown: Option<&mut watch::Receiver<bool>>,
+    mut stop: Option<&mut Pin<Box<OwnedNotified>>>,
 ) -> Read {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
@@ -891,11 +922,9 @@ async fn read_until(
         timer.as_mut().reset(deadline);
     }
     loop {
-        let shutdown_changed = async {
-            match shutdown.as_deref_mut() {
-                Some(rx) => {
-                    let _ = rx.wait_for(|stopping| *stopping).await;
-                }
+        let shutdown_begins = async {
+            match stop.as_deref_mut() {
+                Some(stop) => stop.as_mut().await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -914,7 +943,7 @@ async fn read_until(
                 }
                 timer.as_mut().reset(deadline);
             }
-            () = shutdown_changed => return Read::ShutDown,
+            () = shutdown_begins => return Read::ShutDown,
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct Proxy {
     /// Requests the fast path served, and connections it handed to hyper (`/status`).
     pub(super) fast_requests: std::sync::atomic::AtomicU64,
     pub(super) handovers: std::sync::atomic::AtomicU64,
+    /// Graceful shutdown, for the fast path's connections.
+    pub(super) stop: super::fast::Stop,
     /// Basic-auth verification: Argon2id behind a success cache and a failure limiter. It lives
     /// as long as the process, not a snapshot: its cache is keyed by the stored hash, so a
     /// reload that changes a password misses it while other reloads keep it warm.
@@ -68,6 +70,7 @@ impl Proxy {
             raw_pool: super::fast::RawPool::default(),
             fast_requests: std::sync::atomic::AtomicU64::new(0),
             handovers: std::sync::atomic::AtomicU64::new(0),
+            stop: super::fast::Stop::default(),
             passwords: PasswordVerifier::new(),
             telemetry,
         }

@@ -335,6 +335,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    proxy.stop.begin();
     drop(open_tx);
     let grace = proxy.store.load().server.shutdown_timeout;
     tracing::info!(
@@ -367,7 +368,7 @@ fn serve_connection(
     open.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let _open = open_tx;
-        let outcome = fast::serve(&proxy, stream, peer, peer_text.clone(), shutdown.clone()).await;
+        let outcome = fast::serve(&proxy, stream, peer, peer_text.clone()).await;
         if let fast::Outcome::HandOver(stream, read) = outcome {
             proxy.handovers.fetch_add(1, Ordering::Relaxed);
             serve_with_hyper(
