@@ -201,3 +201,25 @@ async fn get_echo(addr: SocketAddr, key: &str) -> String {
     .unwrap();
     read_until_close(&mut conn, std::time::Duration::from_secs(5)).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_key_header_is_found_and_stripped_whatever_its_spelling() {
+    let up = echo_upstream().await;
+    let k = TestKey::new("oddheader");
+    let toml = one_user_config(&up.url(), "odd@example.org", &k).replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"2s\"\nkey_header = \"X-Partner_Key\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    for spelling in ["x-partner_key", "X-PARTNER_KEY"] {
+        let r = get(&gw.url("/supporters/1"), &[(spelling, k.key.as_str())]).await;
+        assert_eq!(r.status, 200, "{spelling}");
+        assert_eq!(
+            r.upstream_header("x-partner_key"),
+            None,
+            "the key reached the upstream"
+        );
+    }
+    let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
+    assert_eq!(r.status, 401, "only the configured header carries the key");
+}

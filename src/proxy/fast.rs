@@ -334,6 +334,7 @@ impl Conn<'_> {
         let key_header = key_header.as_str().as_bytes();
         for h in request.headers.iter() {
             let name = h.name.as_bytes();
+            // Not `same_token`: a configured name may hold `_` and other bytes bit 5 would change.
             let known = if name.eq_ignore_ascii_case(key_header) {
                 Known::Key
             } else {
@@ -880,8 +881,15 @@ fn classify(name: &[u8]) -> Known {
     };
     candidates
         .iter()
-        .find(|(n, _)| name.eq_ignore_ascii_case(n))
+        .find(|(n, _)| same_token(name, n))
         .map_or(Other, |(_, k)| *k)
+}
+
+/// Whether header name `name` equals `lower`, a name of lower-case letters and `-` only, ignoring
+/// ASCII case. Setting bit 5 lower-cases a letter and leaves `-` as it is; the only other bytes it
+/// would turn into those (controls) cannot be in a header name, which `httparse` has checked.
+fn same_token(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
 }
 
 async fn connect(authority: &Authority) -> io::Result<TcpStream> {
@@ -1413,6 +1421,9 @@ mod tests {
             ("x-forwarded-fox", Known::Other),
             ("accept", Known::Other),
             ("", Known::Other),
+            ("x_request_id", Known::Other),
+            ("X-REQUEST-ID", Known::XRequestId),
+            ("x-request-i^", Known::Other),
         ] {
             assert_eq!(classify(name.as_bytes()), known, "{name}");
         }
