@@ -7,7 +7,7 @@
 # process per server. Then apiward's peak resident memory with 10,000 and 1,000,000 users.
 #
 # Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
-# Knobs (environment): DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 USERS=10000
+# Knobs (environment): DURATION=10s ROUNDS=5 CONNECTIONS=64 THREADS=2 USERS=10000
 #   BIG_USERS=1000000 (0 skips the 1M memory run) PROXY_CPUS=0 LOAD_CPUS=1 (taskset lists; empty
 #   disables pinning) BASE_PORT=18180 OUT=FILE (the markdown section is also written there).
 #
@@ -18,7 +18,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/support/keys_lua.sh
 source "$ROOT/benches/support/keys_lua.sh"
 DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 USERS=${USERS:-10000}
