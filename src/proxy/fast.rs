@@ -10,23 +10,24 @@
 //! (`refusal_response`), strip and add the same headers, and record the same metrics and log
 //! line; the integration tests run through both (tests/fast_path.rs checks which one served).
 //!
-//! Upstream connections: each client connection keeps the upstream connection it last used
-//! (affinity: no pool lock per request) and gives it back to `RawPool` when it closes. A request
-//! on a reused connection that fails before any byte of the answer arrived is sent once more on a
-//! new connection (all fast-path methods are idempotent), as nginx does for a cached connection.
+//! Upstream connections come from `RawPool` for each request and go back to it as soon as the
+//! response has been read, before its last bytes reach the client (so the client's next request
+//! finds it). A request on a reused connection that fails before any byte of the answer arrived
+//! is sent once more on a new connection (all fast-path methods are idempotent), as nginx does
+//! for a cached connection.
 
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -34,8 +35,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
-use super::handler::{Forward, Proxy, refusal_response};
-use super::upstream::Limits;
+use super::handler::{Forward, Proxy, X_REQUEST_ID, refusal_response};
+use super::headers::X_FORWARDED_FOR;
+use super::upstream::{IdlePool, Limits, connect_tcp};
 use crate::auth::credential::CredentialSource;
 use crate::observe::RequestRecord;
 use crate::observe::metrics::UpstreamErrorKind;
@@ -82,78 +84,19 @@ impl Stop {
     }
 }
 
-/// Idle upstream connections of the fast path, per upstream address, most recently used last.
-#[derive(Default)]
-pub struct RawPool {
-    idle: Mutex<Vec<(Authority, IdleStreams)>>,
-}
-
-/// Idle connections to one upstream with when each expires, most recently used last.
-type IdleStreams = Vec<(TcpStream, Instant)>;
-
-impl RawPool {
-    fn checkout(&self, authority: &Authority, now: Instant) -> Option<TcpStream> {
-        loop {
-            let (stream, expires) = {
-                let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = pools
-                    .iter_mut()
-                    .find(|(a, _)| a.as_str() == authority.as_str())?;
-                list.1.pop()?
-            };
-            if expires > now && is_open(&stream) {
-                return Some(stream);
-            }
-        }
-    }
-
-    fn checkin(&self, authority: Authority, stream: TcpStream, limits: Limits) {
-        if limits.keepalive_connections == 0 {
-            return;
-        }
-        let expires = Instant::now() + limits.keepalive_timeout;
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        match pools
-            .iter_mut()
-            .find(|(a, _)| a.as_str() == authority.as_str())
-        {
-            Some((_, list)) => {
-                if list.len() >= limits.keepalive_connections {
-                    list.remove(0);
-                }
-                list.push((stream, expires));
-            }
-            None => pools.push((authority, vec![(stream, expires)])),
-        }
-    }
-
-    /// Closes expired connections and those the upstream closed.
-    pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, list) in pools.iter_mut() {
-            list.retain(|(stream, expires)| *expires > now && is_open(stream));
-        }
-        pools.retain(|(_, list)| !list.is_empty());
-    }
-
-    pub fn idle_connections(&self) -> usize {
-        let pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        pools.iter().map(|(_, list)| list.len()).sum()
-    }
-}
+/// The fast path's idle upstream connections: plain sockets, checked with `is_open`.
+pub type RawPool = IdlePool<TcpStream>;
 
 /// An idle connection is open when reading from it would block: no end of stream, no stray bytes.
-fn is_open(stream: &TcpStream) -> bool {
+pub(super) fn is_open(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// The upstream connection a client connection holds between its requests.
+/// The upstream connection a request is using, taken from the pool or opened for it.
 struct Held {
     stream: TcpStream,
     authority: Authority,
-    limits: Limits,
 }
 
 /// Per-connection state.
@@ -258,7 +201,7 @@ impl Conn<'_> {
     }
 
     async fn one_request(&mut self) -> Step {
-        let settings = self.proxy.store.load().server.clone_timeouts();
+        let settings = Timeouts::of(&self.proxy.store.load().server);
         // Wait for a request head: idle_timeout until its first byte, header_read_timeout from
         // there to its end.
         let mut head_started: Option<tokio::time::Instant> = None;
@@ -327,17 +270,17 @@ impl Conn<'_> {
             start..start + s.len()
         };
         let path_range = range(path.as_bytes());
-        let key_header = &self.proxy.store.load().server.key_header;
+        let snapshot = self.proxy.store.load();
+        let key_header = &snapshot.server.key_header;
         // Cleared, not made anew: its tables stay allocated from one request to the next.
         let decision_headers = &mut self.decision_headers;
         decision_headers.clear();
         self.req_headers.clear();
         let mut close = false;
-        let key_header = key_header.as_str().as_bytes();
         for h in request.headers.iter() {
             let name = h.name.as_bytes();
             // Not `same_token`: a configured name may hold `_` and other bytes bit 5 would change.
-            let known = if name.eq_ignore_ascii_case(key_header) {
+            let known = if name.eq_ignore_ascii_case(key_header.as_str().as_bytes()) {
                 Known::Key
             } else {
                 classify(name)
@@ -356,13 +299,17 @@ impl Conn<'_> {
                     }
                 }
                 Known::Key | Known::Authorization | Known::XForwardedFor | Known::XRequestId => {
-                    let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(name),
-                        HeaderValue::from_bytes(h.value),
-                    ) else {
+                    // The name is known already: no need to parse it again.
+                    let name = match known {
+                        Known::Key => key_header.clone(),
+                        Known::Authorization => header::AUTHORIZATION,
+                        Known::XForwardedFor => X_FORWARDED_FOR.clone(),
+                        _ => X_REQUEST_ID.clone(),
+                    };
+                    let Ok(value) = HeaderValue::from_bytes(h.value) else {
                         return Parsed::Slow;
                     };
-                    decision_headers.append(n, v);
+                    decision_headers.append(name, value);
                 }
                 _ => {}
             }
@@ -448,32 +395,19 @@ impl Conn<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let reused = match self.held.take() {
-                Some(h) if h.authority.as_str() == authority.as_str() => {
-                    self.held = Some(Held { limits, ..h });
-                    true
-                }
-                other => {
-                    if let Some(h) = other {
-                        self.proxy.raw_pool.checkin(h.authority, h.stream, h.limits);
-                    }
-                    match self.proxy.raw_pool.checkout(authority, sent) {
-                        Some(stream) => {
-                            self.held = Some(Held {
-                                stream,
-                                authority: authority.clone(),
-                                limits,
-                            });
-                            true
-                        }
-                        None => false,
-                    }
-                }
+            // Between requests the connection is in the pool, so nothing is held here. The
+            // first attempt may reuse one; a retry always opens a new one.
+            let pooled = if attempt == 1 {
+                self.proxy.raw_pool.take(authority, sent, |s| is_open(s))
+            } else {
+                None
             };
-            if !reused {
-                let stream = match tokio::time::timeout_at(
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(stream) => stream,
+                None => match tokio::time::timeout_at(
                     deadline.min(tokio::time::Instant::now() + limits.connect_timeout),
-                    connect(authority),
+                    connect_tcp(authority),
                 )
                 .await
                 {
@@ -483,13 +417,12 @@ impl Conn<'_> {
                         return Err(UpstreamErrorKind::Timeout);
                     }
                     Err(_) => return Err(UpstreamErrorKind::Connect),
-                };
-                self.held = Some(Held {
-                    stream,
-                    authority: authority.clone(),
-                    limits,
-                });
-            }
+                },
+            };
+            self.held = Some(Held {
+                stream,
+                authority: authority.clone(),
+            });
             self.up_buf.clear();
             let held = self.held.as_mut().expect("held above");
             let written = held.stream.write_all(&self.up_out).await.is_ok();
@@ -790,9 +723,7 @@ impl Conn<'_> {
     fn release_upstream(&mut self, reusable: bool, limits: Limits) {
         if let Some(held) = self.held.take() {
             if reusable {
-                self.proxy
-                    .raw_pool
-                    .checkin(held.authority, held.stream, limits);
+                self.proxy.raw_pool.put(held.authority, held.stream, limits);
             }
         }
     }
@@ -803,18 +734,18 @@ impl Conn<'_> {
 }
 
 /// The timeouts and limits one request uses, read from the snapshot once.
-pub(super) struct Timeouts {
-    pub idle_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
+struct Timeouts {
+    idle_timeout: Duration,
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
 }
 
-impl crate::snapshot::ServerSettings {
-    pub(super) fn clone_timeouts(&self) -> Timeouts {
+impl Timeouts {
+    fn of(server: &crate::snapshot::ServerSettings) -> Timeouts {
         Timeouts {
-            idle_timeout: self.idle_timeout,
-            header_read_timeout: self.header_read_timeout,
-            max_header_bytes: self.max_header_bytes,
+            idle_timeout: server.idle_timeout,
+            header_read_timeout: server.header_read_timeout,
+            max_header_bytes: server.max_header_bytes,
         }
     }
 }
@@ -892,17 +823,6 @@ fn classify(name: &[u8]) -> Known {
 /// would turn into those (controls) cannot be in a header name, which `httparse` has checked.
 fn same_token(name: &[u8], lower: &[u8]) -> bool {
     name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
-}
-
-async fn connect(authority: &Authority) -> io::Result<TcpStream> {
-    let port = authority.port_u16().unwrap_or(80);
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let stream = TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 enum Read {
@@ -1303,24 +1223,11 @@ fn http_date() -> [u8; 29] {
     })
 }
 
+/// `httpdate` is what hyper formats its own `Date` headers with.
 fn format_http_date(unix: u64) -> [u8; 29] {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let text = format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[t.weekday().number_days_from_monday() as usize],
-        t.day(),
-        MONTHS[t.month() as usize - 1],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(unix);
     let mut out = [b' '; 29];
+    let text = httpdate::fmt_http_date(at);
     let n = text.len().min(29);
     out[..n].copy_from_slice(&text.as_bytes()[..n]);
     out
@@ -1428,6 +1335,20 @@ mod tests {
             ("x-request-i^", Known::Other),
         ] {
             assert_eq!(classify(name.as_bytes()), known, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_of_hypers_path_is_one_here_too() {
+        // Two spellings of one list: `headers::HOP_BY_HOP` for hyper's path, `classify` here.
+        for name in super::super::headers::HOP_BY_HOP {
+            assert!(
+                matches!(
+                    classify(name.as_str().as_bytes()),
+                    Known::Hop | Known::Connection | Known::TransferEncoding | Known::Upgrade
+                ),
+                "{name}"
+            );
         }
     }
 

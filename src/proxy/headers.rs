@@ -17,7 +17,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one hop and never travel further (RFC 9110 7.6.1, plus the usual extras).
-static HOP_BY_HOP: [&HeaderName; 9] = [
+pub(super) static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,

@@ -255,7 +255,7 @@ async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
         match proxy.upgrade() {
             Some(proxy) => {
                 proxy.pool.sweep();
-                proxy.raw_pool.sweep();
+                proxy.raw_pool.sweep(|s| fast::is_open(s));
             }
             None => return,
         }

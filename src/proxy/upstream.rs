@@ -68,15 +68,89 @@ impl Conn {
     }
 }
 
-struct Idle {
-    conn: Conn,
-    expires: Instant,
+/// Idle upstream connections per upstream address, most recently used last, each with when it
+/// expires. Both pools are one of these: hyper's connections here (`Pool`), the fast path's
+/// sockets in `fast.rs`. Whether a connection is still usable is the caller's to say.
+pub struct IdlePool<T> {
+    idle: Mutex<Vec<(Authority, IdleList<T>)>>,
 }
 
-/// Idle connections, most recently used last, per upstream address.
+type IdleList<T> = Vec<(T, Instant)>;
+
+impl<T> Default for IdlePool<T> {
+    fn default() -> Self {
+        IdlePool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T> IdlePool<T> {
+    /// The most recently used connection to `authority` that has not expired by `now` and that
+    /// `usable` accepts; the others met on the way are closed (outside the lock).
+    pub fn take(
+        &self,
+        authority: &Authority,
+        now: Instant,
+        mut usable: impl FnMut(&mut T) -> bool,
+    ) -> Option<T> {
+        loop {
+            let (mut conn, expires) = {
+                let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let (_, list) = pools
+                    .iter_mut()
+                    .find(|(a, _)| a.as_str() == authority.as_str())?;
+                list.pop()?
+            };
+            if expires > now && usable(&mut conn) {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Keeps `conn` for `limits.keepalive_timeout`; when `keepalive_connections` are already
+    /// kept for `authority`, the least recently used goes. With 0 allowed, `conn` is closed.
+    pub fn put(&self, authority: Authority, conn: T, limits: Limits) {
+        if limits.keepalive_connections == 0 {
+            return;
+        }
+        let idle = (conn, Instant::now() + limits.keepalive_timeout);
+        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match pools
+            .iter_mut()
+            .find(|(a, _)| a.as_str() == authority.as_str())
+        {
+            Some((_, list)) => {
+                if list.len() >= limits.keepalive_connections {
+                    list.remove(0);
+                }
+                list.push(idle);
+            }
+            None => pools.push((authority, vec![idle])),
+        }
+    }
+
+    /// Closes the connections that have expired and those `usable` rejects.
+    pub fn sweep(&self, mut usable: impl FnMut(&mut T) -> bool) {
+        let now = Instant::now();
+        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, list) in pools.iter_mut() {
+            list.retain_mut(|(conn, expires)| *expires > now && usable(conn));
+        }
+        pools.retain(|(_, list)| !list.is_empty());
+    }
+
+    /// Idle connections now kept, over all upstreams.
+    pub fn idle_connections(&self) -> usize {
+        let pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().map(|(_, list)| list.len()).sum()
+    }
+}
+
+/// hyper's client connections, kept alive between requests.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
+    idle: IdlePool<Conn>,
 }
 
 /// Why an upstream did not answer.
@@ -159,79 +233,37 @@ impl Pool {
 
     /// The most recently used idle connection to `authority` that is still open and ready.
     async fn checkout(&self, authority: &Authority) -> Option<Conn> {
-        loop {
-            let idle = {
-                let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                pools
-                    .iter_mut()
-                    .find(|(a, _)| a == authority)
-                    .and_then(|(_, idle)| idle.pop())
-            }?;
-            if idle.expires <= Instant::now() {
-                continue;
-            }
-            let mut conn = idle.conn;
-            // Lets the connection notice a close or an error that arrived while it was idle, and
-            // registers its I/O with this task.
-            if poll_fn(|cx| Poll::Ready(conn.poll_io(cx))).await && conn.sender.is_ready() {
-                return Some(conn);
-            }
-        }
+        let now = Instant::now();
+        // Polling each candidate lets it notice a close or an error that arrived while it was
+        // idle, and registers its I/O with this task.
+        poll_fn(|cx| {
+            Poll::Ready(self.idle.take(authority, now, |conn| {
+                conn.poll_io(cx) && conn.sender.is_ready()
+            }))
+        })
+        .await
     }
 
     fn checkin(&self, authority: Authority, limits: Limits, conn: Conn) {
-        if limits.keepalive_connections == 0 {
-            return;
-        }
-        let idle = Idle {
-            conn,
-            expires: Instant::now() + limits.keepalive_timeout,
-        };
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        match pools.iter_mut().find(|(a, _)| *a == authority) {
-            Some((_, list)) => {
-                if list.len() >= limits.keepalive_connections {
-                    // Keep the most recently used ones: the oldest goes.
-                    list.remove(0);
-                }
-                list.push(idle);
-            }
-            None => pools.push((authority, vec![idle])),
-        }
+        self.idle.put(authority, conn, limits);
     }
 
     /// Closes connections idle for longer than their keep-alive timeout, and those the upstream
     /// has closed.
     pub fn sweep(&self) {
-        let now = Instant::now();
         let mut cx = Context::from_waker(Waker::noop());
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, list) in pools.iter_mut() {
-            list.retain_mut(|idle| idle.expires > now && idle.conn.poll_io(&mut cx));
-        }
-        pools.retain(|(_, list)| !list.is_empty());
+        self.idle.sweep(|conn| conn.poll_io(&mut cx));
     }
 
     /// Idle connections now held, over all upstreams.
     pub fn idle_connections(&self) -> usize {
-        let pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        pools.iter().map(|(_, list)| list.len()).sum()
+        self.idle.idle_connections()
     }
 }
 
-/// Sweeps `pool` every few seconds for as long as it exists.
-pub async fn sweep_periodically(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(pool) => pool.sweep(),
-            None => return,
-        }
-    }
-}
-
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, UpstreamError> {
+/// A TCP connection to `authority` (an IP address or a name to resolve, and a port, 80 if none),
+/// with Nagle's algorithm off. Both pools open their connections with it.
+pub async fn connect_tcp(authority: &Authority) -> std::io::Result<TcpStream> {
     let port = authority.port_u16().unwrap_or(80);
     // A bracketed IPv6 literal is what `Authority::host` returns; `TcpStream::connect` wants it
     // without brackets.
@@ -239,7 +271,13 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Upstr
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+    let stream = TcpStream::connect((host, port)).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, connect_tcp(authority)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => {
             return Err(UpstreamError::Connect {
@@ -254,7 +292,6 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Upstr
             });
         }
     };
-    let _ = stream.set_nodelay(true);
     let (sender, io) = http1::handshake(TokioIo::new(stream)).await?;
     Ok(Conn {
         sender,
