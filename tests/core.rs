@@ -242,19 +242,7 @@ async fn refused_requests_never_reach_the_upstream() {
     .await;
     let good = TestKey::new("good");
     let far = TestKey::new("far");
-    let users = user(
-        "good@example.org",
-        "active",
-        "manage-supporters",
-        "127.0.0.1",
-        &[&good],
-    ) + &user(
-        "far@example.org",
-        "active",
-        "manage-supporters",
-        "192.0.2.1",
-        &[&far],
-    );
+    let users = good_and_far_users(&good, &far);
     let gw = TestGateway::start(&config(&upstream.url(), &users)).await;
     let url = gw.url("/supporters/1");
     get(&url, &[]).await;

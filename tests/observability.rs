@@ -35,19 +35,7 @@ async fn metrics_count_known_traffic_exactly() {
     let up = echo_upstream().await;
     let good = TestKey::new("metricsgood");
     let far = TestKey::new("metricsfar");
-    let users = user(
-        "good@example.org",
-        "active",
-        "manage-supporters",
-        "127.0.0.1",
-        &[&good],
-    ) + &user(
-        "far@example.org",
-        "active",
-        "manage-supporters",
-        "192.0.2.1",
-        &[&far],
-    );
+    let users = good_and_far_users(&good, &far);
     let gw = TestGateway::start(&with_admin(&config(&up.url(), &users))).await;
     let admin = gw.gateway().admin_addr().expect("admin listener");
 

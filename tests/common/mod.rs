@@ -368,6 +368,24 @@ pub fn one_user_config(upstream_url: &str, id: &str, key: &TestKey) -> String {
     )
 }
 
+/// Two active users in `manage-supporters`: `good@example.org` calling from 127.0.0.1 (where the
+/// tests run) and `far@example.org`, whose whitelist (192.0.2.1) the tests never match.
+pub fn good_and_far_users(good: &TestKey, far: &TestKey) -> String {
+    user(
+        "good@example.org",
+        "active",
+        "manage-supporters",
+        "127.0.0.1",
+        &[good],
+    ) + &user(
+        "far@example.org",
+        "active",
+        "manage-supporters",
+        "192.0.2.1",
+        &[far],
+    )
+}
+
 /// A `[users."id"]` table.
 pub fn user(id: &str, status: &str, group: &str, addresses: &str, keys: &[&TestKey]) -> String {
     let keys: Vec<String> = keys
