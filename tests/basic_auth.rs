@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -18,26 +17,8 @@ async fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let stdin = stdin.to_string();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_apiward"))
-            .args(&args)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run apiward");
-        // A command that does not read stdin may exit before it is written: that is fine.
-        if let Err(e) = child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-        {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-        }
-        let out = child.wait_with_output().expect("output");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::run_apiward(&config, &args, &stdin);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim_end().to_string(),

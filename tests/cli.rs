@@ -2,7 +2,8 @@
 //! shipped (heavily commented) configuration: what they print, what they write, and that a
 //! refused edit leaves the file exactly as it was.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -92,25 +93,7 @@ impl Run {
 }
 
 fn run_with_config(config: &Path, args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apiward"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run apiward");
-    // A command that does not read stdin may exit before it is written: a broken pipe is fine.
-    if let Err(e) = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-    {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    Run(child.wait_with_output().expect("apiward output"))
+    Run(common::run_apiward(config, args, stdin))
 }
 
 /// Every comment of `before` is still in `after`, in the same order.

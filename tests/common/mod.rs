@@ -368,6 +368,31 @@ pub fn one_user_config(upstream_url: &str, id: &str, key: &TestKey) -> String {
     )
 }
 
+/// Runs the apiward binary with `args` and `--config config`, writes `stdin` to it, and waits.
+pub fn run_apiward(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiward"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run apiward");
+    // A command that does not read stdin may exit before it is written: a broken pipe is fine.
+    if let Err(e) = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+    {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
+    child.wait_with_output().expect("apiward output")
+}
+
 /// Two active users in `manage-supporters`: `good@example.org` calling from 127.0.0.1 (where the
 /// tests run) and `far@example.org`, whose whitelist (192.0.2.1) the tests never match.
 pub fn good_and_far_users(good: &TestKey, far: &TestKey) -> String {
