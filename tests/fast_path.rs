@@ -10,17 +10,6 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-fn with_admin(toml: &str) -> String {
-    toml.replace(
-        "upstream_timeout = \"2s\"",
-        "upstream_timeout = \"2s\"\nadmin_listen = \"127.0.0.1:0\"",
-    )
-}
-
-async fn status(admin: SocketAddr) -> serde_json::Value {
-    get(&format!("http://{admin}/status"), &[]).await.json()
-}
-
 /// The upstream's view of a request, without what legitimately differs between two requests.
 fn comparable(reply: &Reply) -> serde_json::Map<String, serde_json::Value> {
     let mut headers = reply.json()["headers"].as_object().unwrap().clone();

@@ -10,13 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn with_admin(toml: &str) -> String {
-    toml.replace(
-        "upstream_timeout = \"2s\"",
-        "upstream_timeout = \"2s\"\nadmin_listen = \"127.0.0.1:0\"",
-    )
-}
-
 /// The value of one sample line of the Prometheus text, e.g. `apiward_requests_total{...}`.
 fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
     metrics

@@ -135,10 +135,6 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
     }
 }
 
-async fn status(admin: SocketAddr) -> serde_json::Value {
-    get(&format!("http://{admin}/status"), &[]).await.json()
-}
-
 fn idle_connections(status: &serde_json::Value) -> u64 {
     status["upstream_idle_connections"]
         .as_u64()
@@ -147,9 +143,9 @@ fn idle_connections(status: &serde_json::Value) -> u64 {
 
 /// One user calling `/supporters/*` on `upstream`, an admin listener, and extra `[server]` lines.
 fn pool_config(upstream: &RawUpstream, key: &TestKey, server_extra: &str) -> String {
-    one_user_config(&upstream.url(), "pool@example.org", key).replace(
+    with_admin(&one_user_config(&upstream.url(), "pool@example.org", key)).replace(
         "upstream_timeout = \"2s\"",
-        &format!("upstream_timeout = \"2s\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}"),
+        &format!("upstream_timeout = \"2s\"\n{server_extra}"),
     )
 }
 

@@ -393,6 +393,19 @@ pub fn run_apiward(config: &Path, args: &[&str], stdin: &str) -> std::process::O
     child.wait_with_output().expect("apiward output")
 }
 
+/// `toml` (made by `config`) with an admin listener on an ephemeral loopback port.
+pub fn with_admin(toml: &str) -> String {
+    toml.replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"2s\"\nadmin_listen = \"127.0.0.1:0\"",
+    )
+}
+
+/// `GET /status` of the admin listener at `admin`, as JSON.
+pub async fn status(admin: SocketAddr) -> serde_json::Value {
+    get(&format!("http://{admin}/status"), &[]).await.json()
+}
+
 /// Two active users in `manage-supporters`: `good@example.org` calling from 127.0.0.1 (where the
 /// tests run) and `far@example.org`, whose whitelist (192.0.2.1) the tests never match.
 pub fn good_and_far_users(good: &TestKey, far: &TestKey) -> String {
