@@ -590,17 +590,16 @@ impl Conn<'_> {
             // pool and the request is recorded before the client sees the answer (so the client's
             // next request finds the connection, and its next scrape finds the count).
             self.release_upstream(self.up_buf.is_empty() && !response.upstream_closes, limits);
-            self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
-            self.proxy.telemetry.finish(record, 0, bytes_out);
+            self.answered(record, bytes_out);
             recorded = true;
         }
         if self.client.write_all(&self.out).await.is_err() {
-            if recorded {
-                self.held = None;
-                return Step::Close;
-            }
             self.held = None;
-            return self.abort(record, bytes_out);
+            return if recorded {
+                Step::Close
+            } else {
+                self.abort(record, bytes_out)
+            };
         }
         let mut done = done;
         while !done {
@@ -653,8 +652,7 @@ impl Conn<'_> {
         }
         self.held = None; // released above when reusable; an until-close body ended it
         if !recorded {
-            self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
-            self.proxy.telemetry.finish(record, 0, bytes_out);
+            self.answered(record, bytes_out);
         }
         if close {
             let _ = self.client.shutdown().await;
@@ -699,8 +697,7 @@ impl Conn<'_> {
         out.extend_from_slice(&body);
         // Recorded before the client can see the answer, as hyper's path does (a client that
         // reads /metrics right after its response finds the request counted).
-        self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
-        self.proxy.telemetry.finish(record, 0, body.len() as u64);
+        self.answered(record, body.len() as u64);
         let written = self.client.write_all(&self.out).await.is_ok();
         if close || !written {
             let _ = self.client.shutdown().await;
@@ -708,6 +705,12 @@ impl Conn<'_> {
         } else {
             Step::Next
         }
+    }
+
+    /// A request answered by the fast path: counted for `/status`, and recorded (metrics, log).
+    fn answered(&self, record: &RequestRecord, bytes_out: u64) {
+        self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
+        self.proxy.telemetry.finish(record, 0, bytes_out);
     }
 
     /// The response could not be completed: record it and close the client connection, which
