@@ -392,12 +392,11 @@ impl Conn<'_> {
     ) -> Result<ResponseHead, UpstreamErrorKind> {
         let deadline = tokio::time::Instant::from_std(sent) + forward.upstream_timeout;
         let limits = forward.limits;
-        let mut attempt = 0;
+        // Between requests the connection is in the pool, so nothing is held here. The first
+        // attempt may reuse one; a retry always opens a new one.
+        let mut may_reuse = true;
         loop {
-            attempt += 1;
-            // Between requests the connection is in the pool, so nothing is held here. The
-            // first attempt may reuse one; a retry always opens a new one.
-            let pooled = if attempt == 1 {
+            let pooled = if may_reuse {
                 self.proxy.raw_pool.take(authority, sent, |s| is_open(s))
             } else {
                 None
@@ -445,7 +444,7 @@ impl Conn<'_> {
                     self.held = None; // an upstream connection that failed is not reused
                     match e {
                         HeadError::TimedOut => return Err(UpstreamErrorKind::Timeout),
-                        HeadError::ClosedEarly if reused && attempt == 1 => continue,
+                        HeadError::ClosedEarly if reused => may_reuse = false,
                         HeadError::ClosedEarly | HeadError::Invalid => {
                             return Err(UpstreamErrorKind::Other);
                         }
