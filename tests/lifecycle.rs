@@ -171,6 +171,33 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_idle_timeout_applies_to_open_connections_from_their_next_request() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("idlereload");
+    let long = one_user_config(&upstream.url(), "r@example.org", &k)
+        .replace("upstream_timeout = \"2s\"", "idle_timeout = \"30s\"");
+    let gw = TestGateway::start(&long).await;
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /supporters/1 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        k.key
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    gw.replace_config(&long.replace("idle_timeout = \"30s\"", "idle_timeout = \"300ms\""));
+    let store = gw.gateway().store();
+    assert!(eventually(|| async { store.generation() == 2 }).await);
+    // The wait that began before the reload keeps its 30 s; the next request reads the new
+    // setting, so the wait after it ends in 300 ms.
+    conn.write_all(request.as_bytes()).await.unwrap();
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(5)).await,
+        "the connection kept the idle_timeout it had before the reload"
+    );
+}
+
 /// Whether the server closes the connection (EOF or reset) before `limit`.
 async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
     use tokio::io::AsyncReadExt;

@@ -115,6 +115,9 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
                 return;
             }
+            // Valid but unusual: bare LF line ends, padding around a value, an empty value.
+            "/supporters/odd-head" => b"HTTP/1.1 200 OK\nx-spaced:   padded value  \r\nx-empty:\r\ncontent-length: 3\n\nodd".to_vec(),
+            "/supporters/old" => b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nx-old: yes\r\ncontent-length: 3\r\n\r\nold".to_vec(),
             "/supporters/hints" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints".to_vec(),
             _ if path == "/supporters/slow" => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -457,4 +460,43 @@ impl Responses {
         self.buf.drain(..at);
         (head, String::from_utf8(body).unwrap())
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_response_heads_reach_the_client_in_canonical_form() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("oddhead");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let mut client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
+    let ask = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+            k.key
+        )
+    };
+    // Lines that are already `name: value\r\n` are copied as they are; the others are
+    // rewritten in that form. Either way, every line the client sees ends in CRLF.
+    client.send(&ask("/supporters/odd-head")).await;
+    let (head, body) = client.next().await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+    assert!(head.contains("\r\nx-spaced: padded value\r\n"), "{head:?}");
+    assert!(head.contains("\r\nx-empty: \r\n"), "{head:?}");
+    let bare_lf = head
+        .char_indices()
+        .any(|(i, c)| c == '\n' && !head[..i].ends_with('\r'));
+    assert!(!bare_lf, "a line ends in a bare LF: {head:?}");
+    assert_eq!(body, "odd");
+    // An HTTP/1.0 answer goes out as HTTP/1.1, without the upstream's Connection header.
+    client.send(&ask("/supporters/old")).await;
+    let (head, body) = client.next().await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+    assert!(head.contains("\r\nx-old: yes\r\n"), "{head:?}");
+    assert!(
+        !head.to_ascii_lowercase().contains("keep-alive"),
+        "{head:?}"
+    );
+    assert_eq!(body, "old");
+    // The connection is still in step: a plain request after them is answered.
+    client.send(&ask("/supporters/plain")).await;
+    assert_eq!(client.next().await.1, "ok /supporters/plain");
 }

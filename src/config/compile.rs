@@ -136,7 +136,9 @@ impl Compiler<'_> {
             group_index.insert(name.get_ref().clone(), groups.len() as u32);
             groups.push(Group {
                 name: name.get_ref().as_str().into(),
-                header: http::HeaderValue::from_str(name.get_ref()).ok(),
+                header: http::HeaderValue::from_str(name.get_ref())
+                    .ok()
+                    .map(|_| http::HeaderValue::from_static(interned(name.get_ref()))),
                 permissions: permissions.into_boxed_slice(),
             });
         }
@@ -329,7 +331,11 @@ impl Compiler<'_> {
                 return None;
             }
         }
-        let Some(authority) = uri.authority().cloned() else {
+        // Interned, so that copying it for each request touches no reference count.
+        let Some(authority) = uri
+            .authority()
+            .map(|a| http::uri::Authority::from_static(interned(a.as_str())))
+        else {
             self.error(url.span(), format!("{text:?} has no host: {hint}"));
             return None;
         };
@@ -506,9 +512,29 @@ fn check_route_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
+/// The one `'static` copy of `text`, made the first time it is asked for. Header names, group
+/// header values and upstream authorities built on it are copied for each request without
+/// touching a reference count (an atomic operation each, measured in docs/benchmarks.md). The
+/// set only grows by the distinct names that configurations have ever used: a few, not per
+/// request and not per user.
+fn interned(text: &str) -> &'static str {
+    static SET: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> =
+        std::sync::Mutex::new(None);
+    let mut set = SET.lock().unwrap_or_else(|e| e.into_inner());
+    let set = set.get_or_insert_with(Default::default);
+    if let Some(found) = set.get(text) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(text.into());
+    set.insert(leaked);
+    leaked
+}
+
 fn check_key_header(name: &str) -> Result<HeaderName, String> {
     let header = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("key_header {name:?} is not a valid HTTP header name"))?;
+    // Lower case, as `from_bytes` made it; interned for the reason `interned` gives.
+    let header = HeaderName::from_static(interned(header.as_str()));
     let reserved = [
         "host",
         "authorization",

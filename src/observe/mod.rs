@@ -72,7 +72,12 @@ impl Telemetry {
 
     /// Records a finished request: metrics always, a log line unless sampled out.
     pub fn finish(&self, record: &RequestRecord, bytes_in: u64, bytes_out: u64) {
-        let total = record.started.elapsed();
+        self.finish_at(record, Instant::now(), bytes_in, bytes_out);
+    }
+
+    /// `finish` for a caller that has just read the clock: `now` is when the request ended.
+    pub fn finish_at(&self, record: &RequestRecord, now: Instant, bytes_in: u64, bytes_out: u64) {
+        let total = now.saturating_duration_since(record.started);
         self.metrics.request(
             record.user.as_ref(),
             record.route.as_ref(),

@@ -17,6 +17,7 @@
 //! for a cached connection.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
@@ -42,7 +43,7 @@ use crate::auth::credential::CredentialSource;
 use crate::observe::RequestRecord;
 use crate::observe::metrics::UpstreamErrorKind;
 use crate::refusal::Refusal;
-use crate::snapshot::UpstreamTarget;
+use crate::snapshot::{Snapshot, UpstreamTarget};
 
 const MAX_HEADERS: usize = 64;
 
@@ -96,7 +97,12 @@ pub(super) fn is_open(stream: &TcpStream) -> bool {
 /// The upstream connection a request is using, taken from the pool or opened for it.
 struct Held {
     stream: TcpStream,
-    authority: Authority,
+}
+
+/// Where a request's upstream connection goes back to, and on what terms.
+struct Upstream<'a> {
+    authority: &'a Authority,
+    limits: Limits,
 }
 
 /// Per-connection state.
@@ -126,6 +132,12 @@ struct Conn<'p> {
     /// Deadline timers, armed once and re-armed only when they fire early (see `wait`).
     idle_timer: Pin<Box<tokio::time::Sleep>>,
     upstream_timer: Pin<Box<tokio::time::Sleep>>,
+    /// The timeouts of the snapshot whose generation is `timeouts.generation`: read again only
+    /// after a reload, so that waiting for a request costs no snapshot load.
+    timeouts: Timeouts,
+    /// When the connection was last busy (accepted, or its last response recorded): the idle
+    /// timeout counts from there. Kept so that waiting for a request needs no clock read.
+    last_active: Instant,
 }
 
 /// Serves `client` until it closes, or until a request needs hyper.
@@ -135,7 +147,8 @@ pub(super) async fn serve(
     peer: SocketAddr,
     peer_text: HeaderValue,
 ) -> Outcome {
-    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let accepted = Instant::now();
+    let far = tokio::time::Instant::from_std(accepted) + Duration::from_secs(3600);
     let mut conn = Conn {
         proxy,
         client,
@@ -154,6 +167,8 @@ pub(super) async fn serve(
         resp_headers: Vec::with_capacity(16),
         idle_timer: Box::pin(tokio::time::sleep_until(far)),
         upstream_timer: Box::pin(tokio::time::sleep_until(far)),
+        last_active: accepted,
+        timeouts: Timeouts::current(proxy),
     };
     let outcome = conn.run().await;
     // Between requests the upstream connection is back in the pool; one still held here was cut
@@ -180,6 +195,8 @@ struct Head {
     bytes: Bytes,
     close: bool,
     len: usize,
+    /// The snapshot `parse` read, for the decision; taken (and so released) once decided.
+    snapshot: Option<arc_swap::Guard<Arc<Snapshot>>>,
 }
 
 // Returned by value and matched at once: boxing `Head` would only add an allocation.
@@ -201,17 +218,25 @@ impl Conn<'_> {
     }
 
     async fn one_request(&mut self) -> Step {
-        let settings = Timeouts::of(&self.proxy.store.load().server);
+        if self.proxy.store.generation() != self.timeouts.generation {
+            self.timeouts = Timeouts::current(self.proxy);
+        }
+        let settings = &self.timeouts;
+        let (idle_timeout, header_read_timeout, max_header_bytes) = (
+            settings.idle_timeout,
+            settings.header_read_timeout,
+            settings.max_header_bytes,
+        );
         // Wait for a request head: idle_timeout until its first byte, header_read_timeout from
         // there to its end.
         let mut head_started: Option<tokio::time::Instant> = None;
         let head = loop {
             if !self.buf.is_empty() {
-                match self.parse(settings.max_header_bytes) {
+                match self.parse(max_header_bytes) {
                     Parsed::Fast(head) => break head,
                     Parsed::Slow => return Step::HandOver,
                     Parsed::Partial => {
-                        if self.buf.len() > settings.max_header_bytes {
+                        if self.buf.len() > max_header_bytes {
                             return Step::HandOver; // hyper answers 431
                         }
                     }
@@ -221,8 +246,8 @@ impl Conn<'_> {
                 return Step::Close;
             }
             let deadline = match head_started {
-                Some(t) => t + settings.header_read_timeout,
-                None => tokio::time::Instant::now() + settings.idle_timeout,
+                Some(t) => t + header_read_timeout,
+                None => tokio::time::Instant::from_std(self.last_active) + idle_timeout,
             };
             match read_until(
                 &mut self.client,
@@ -239,14 +264,18 @@ impl Conn<'_> {
                 Read::Eof | Read::Error | Read::TimedOut | Read::ShutDown => return Step::Close,
             }
         };
-        self.handle(head).await
+        // The request's time counts from its first byte, as nginx's $request_time does.
+        let arrived = head_started.map_or_else(Instant::now, tokio::time::Instant::into_std);
+        self.handle(head, arrived).await
     }
 
-    /// Parses the buffered request head and decides whether the fast path can serve it.
+    /// Parses the buffered request head and decides whether the fast path can serve it. The
+    /// snapshot it reads the key header from is the one the request is then decided against.
     fn parse(&mut self, max_header_bytes: usize) -> Parsed {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let len = match request.parse(&self.buf) {
+        // Left uninitialised: httparse writes only the entries it fills (2 KiB of stores saved).
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let len = match request.parse_with_uninit_headers(&self.buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Slow,
@@ -331,19 +360,27 @@ impl Conn<'_> {
             bytes,
             close,
             len,
+            snapshot: Some(snapshot),
         })
     }
 
-    async fn handle(&mut self, head: Head) -> Step {
-        let (outcome, mut record) =
-            self.proxy
-                .decide(&head.method, &head.uri, &self.decision_headers, self.peer);
+    async fn handle(&mut self, mut head: Head, arrived: Instant) -> Step {
+        let snapshot = head.snapshot.take().expect("set by parse");
+        let (outcome, mut record) = self.proxy.decide(
+            &snapshot,
+            &head.method,
+            &head.uri,
+            &self.decision_headers,
+            self.peer,
+            arrived,
+        );
+        drop(snapshot);
         let forward = match outcome {
             Ok(forward) => forward,
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
         };
         let authority = match &forward.target {
-            UpstreamTarget::Http { authority, .. } => authority.clone(),
+            UpstreamTarget::Http { authority, .. } => authority,
             UpstreamTarget::Echo => {
                 // hyper's path serves the echo upstream; give it this request back unread.
                 let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
@@ -353,13 +390,12 @@ impl Conn<'_> {
                 return Step::HandOver;
             }
         };
-        self.build_upstream_head(&head, &forward, &authority, &record.request_id);
+        self.build_upstream_head(&head, &forward, authority, &record);
         // One clock read serves the record, the upstream deadline and the pool's expiry check.
         let sent = Instant::now();
-        let exchanged = self
-            .exchange(&authority, &head.method, &forward, sent)
-            .await;
-        record.upstream_time = Some(sent.elapsed());
+        let exchanged = self.exchange(authority, &head.method, &forward, sent).await;
+        let received = Instant::now();
+        record.upstream_time = Some(received.saturating_duration_since(sent));
         let response = match exchanged {
             Ok(response) => response,
             Err(kind) => {
@@ -369,15 +405,18 @@ impl Conn<'_> {
                         Refusal::UpstreamUnavailable
                     }
                 };
-                self.proxy
-                    .telemetry
-                    .metrics
-                    .upstream_error(&forward.upstream_name, kind);
+                if let Some(upstream) = &record.upstream {
+                    self.proxy.telemetry.metrics.upstream_error(upstream, kind);
+                }
                 record.decision = refusal.code();
                 return self.refuse(refusal, &mut record, head.close).await;
             }
         };
-        self.relay(response, head.close, &mut record, forward.limits)
+        let upstream = Upstream {
+            authority,
+            limits: forward.limits,
+        };
+        self.relay(response, head.close, &mut record, &upstream, received)
             .await
     }
 
@@ -418,10 +457,7 @@ impl Conn<'_> {
                     Err(_) => return Err(UpstreamErrorKind::Connect),
                 },
             };
-            self.held = Some(Held {
-                stream,
-                authority: authority.clone(),
-            });
+            self.held = Some(Held { stream });
             self.up_buf.clear();
             let held = self.held.as_mut().expect("held above");
             let written = held.stream.write_all(&self.up_out).await.is_ok();
@@ -459,8 +495,9 @@ impl Conn<'_> {
         head: &Head,
         forward: &Forward,
         authority: &Authority,
-        request_id: &HeaderValue,
+        record: &RequestRecord,
     ) {
+        let user = record.user.as_deref().unwrap_or_default();
         let out = &mut self.up_out;
         out.clear();
         out.extend_from_slice(head.method.as_str().as_bytes());
@@ -474,8 +511,9 @@ impl Conn<'_> {
         let mut original_host: Option<&[u8]> = None;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);
-        for (name, value, known) in &self.req_headers {
-            let (n, value) = (&head.bytes[name.clone()], &head.bytes[value.clone()]);
+        let mut lines = Lines::new(&head.bytes, out);
+        for (name, value_range, known) in &self.req_headers {
+            let value = &head.bytes[value_range.clone()];
             match known {
                 Known::Host => {
                     original_host.get_or_insert(value);
@@ -501,8 +539,9 @@ impl Conn<'_> {
                 Known::XForwardedHost => has_host = true,
                 _ => {}
             }
-            push_header(out, n, value);
+            lines.header(name.clone(), value_range.clone());
         }
+        lines.flush();
         out.extend_from_slice(b"x-forwarded-for: ");
         for previous in &forwarded_for {
             out.extend_from_slice(previous);
@@ -518,19 +557,21 @@ impl Conn<'_> {
                 push_header(out, b"x-forwarded-host", host);
             }
         }
-        push_header(out, b"x-apiward-user", forward.user.as_bytes());
+        push_header(out, b"x-apiward-user", user.as_bytes());
         push_header(out, b"x-apiward-group", forward.group.as_bytes());
-        push_header(out, b"x-request-id", request_id.as_bytes());
+        push_header(out, b"x-request-id", record.request_id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 
     /// Writes the response head and relays the body, then decides whether the connection goes on.
+    /// `received` is when the response head arrived.
     async fn relay(
         &mut self,
         response: ResponseHead,
         client_close: bool,
         record: &mut RequestRecord,
-        limits: Limits,
+        upstream: &Upstream<'_>,
+        received: Instant,
     ) -> Step {
         let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
         record.status = response.status;
@@ -538,16 +579,23 @@ impl Conn<'_> {
         // recorded by `read_response_head` as ranges of the upstream buffer.
         let rebuilt = &mut self.out;
         rebuilt.clear();
-        rebuilt.extend_from_slice(b"HTTP/1.1 ");
-        rebuilt.extend_from_slice(&self.up_buf[response.status_line.clone()]);
-        rebuilt.extend_from_slice(b"\r\n");
-        for (name, value) in &self.resp_headers {
-            push_header(
-                rebuilt,
-                &self.up_buf[name.clone()],
-                &self.up_buf[value.clone()],
-            );
+        let mut lines = Lines::new(&self.up_buf, rebuilt);
+        let status_end = response.status_line.end;
+        if self.up_buf.starts_with(b"HTTP/1.1 ")
+            && self.up_buf.get(status_end..status_end + 2) == Some(b"\r\n")
+        {
+            lines.raw(0..status_end + 2);
+        } else {
+            lines.out.extend_from_slice(b"HTTP/1.1 ");
+            lines
+                .out
+                .extend_from_slice(&self.up_buf[response.status_line.clone()]);
+            lines.out.extend_from_slice(b"\r\n");
         }
+        for (name, value) in &self.resp_headers {
+            lines.header(name.clone(), value.clone());
+        }
+        lines.flush();
         push_header(rebuilt, b"x-request-id", record.request_id.as_bytes());
         if !response.has_date {
             push_header(rebuilt, b"date", &http_date());
@@ -588,8 +636,9 @@ impl Conn<'_> {
             // The whole response is in this one write: the upstream connection goes back to the
             // pool and the request is recorded before the client sees the answer (so the client's
             // next request finds the connection, and its next scrape finds the count).
-            self.release_upstream(self.up_buf.is_empty() && !response.upstream_closes, limits);
-            self.answered(record, bytes_out);
+            let reusable = self.up_buf.is_empty() && !response.upstream_closes;
+            self.release_upstream(reusable, upstream, received);
+            self.answered(record, bytes_out, received);
             recorded = true;
         }
         if self.client.write_all(&self.out).await.is_err() {
@@ -606,7 +655,7 @@ impl Conn<'_> {
                 return self.abort(record, bytes_out);
             };
             self.up_buf.clear();
-            let idle = self.proxy.store.load().server.idle_timeout;
+            let idle = self.timeouts.idle_timeout;
             let read = read_until(
                 &mut held.stream,
                 &mut self.up_buf,
@@ -637,7 +686,8 @@ impl Conn<'_> {
                 return self.abort(record, bytes_out);
             };
             if d {
-                self.release_upstream(self.up_buf.len() == n && !response.upstream_closes, limits);
+                let reusable = self.up_buf.len() == n && !response.upstream_closes;
+                self.release_upstream(reusable, upstream, Instant::now());
             }
             // A client that stops reading is given idle_timeout, as one that stops sending is.
             let wrote = tokio::time::timeout(idle, self.client.write_all(&self.up_buf[..n])).await;
@@ -651,7 +701,7 @@ impl Conn<'_> {
         }
         self.held = None; // released above when reusable; an until-close body ended it
         if !recorded {
-            self.answered(record, bytes_out);
+            self.answered(record, bytes_out, Instant::now());
         }
         if close {
             let _ = self.client.shutdown().await;
@@ -696,7 +746,7 @@ impl Conn<'_> {
         out.extend_from_slice(&body);
         // Recorded before the client can see the answer, as hyper's path does (a client that
         // reads /metrics right after its response finds the request counted).
-        self.answered(record, body.len() as u64);
+        self.answered(record, body.len() as u64, Instant::now());
         let written = self.client.write_all(&self.out).await.is_ok();
         if close || !written {
             let _ = self.client.shutdown().await;
@@ -706,10 +756,12 @@ impl Conn<'_> {
         }
     }
 
-    /// A request answered by the fast path: counted for `/status`, and recorded (metrics, log).
-    fn answered(&self, record: &RequestRecord, bytes_out: u64) {
+    /// A request answered by the fast path at `now`: counted for `/status`, and recorded
+    /// (metrics, log).
+    fn answered(&mut self, record: &RequestRecord, bytes_out: u64, now: Instant) {
         self.proxy.fast_requests.fetch_add(1, Ordering::Relaxed);
-        self.proxy.telemetry.finish(record, 0, bytes_out);
+        self.proxy.telemetry.finish_at(record, now, 0, bytes_out);
+        self.last_active = now;
     }
 
     /// The response could not be completed: record it and close the client connection, which
@@ -722,10 +774,12 @@ impl Conn<'_> {
     /// Ends this request's use of the upstream connection: back to the pool when `reusable`
     /// (the response ended exactly where it should and the upstream did not say it closes),
     /// closed otherwise.
-    fn release_upstream(&mut self, reusable: bool, limits: Limits) {
+    fn release_upstream(&mut self, reusable: bool, to: &Upstream<'_>, now: Instant) {
         if let Some(held) = self.held.take() {
             if reusable {
-                self.proxy.raw_pool.put(held.authority, held.stream, limits);
+                self.proxy
+                    .raw_pool
+                    .put(to.authority, held.stream, to.limits, now);
             }
         }
     }
@@ -735,19 +789,71 @@ impl Conn<'_> {
     }
 }
 
-/// The timeouts and limits one request uses, read from the snapshot once.
+/// The timeouts and limits a connection waits with, read from the snapshot once per reload.
 struct Timeouts {
+    generation: u64,
     idle_timeout: Duration,
     header_read_timeout: Duration,
     max_header_bytes: usize,
 }
 
 impl Timeouts {
-    fn of(server: &crate::snapshot::ServerSettings) -> Timeouts {
+    fn current(proxy: &Proxy) -> Timeouts {
+        // The generation first: a reload between the two reads makes it stale, not wrong.
+        let generation = proxy.store.generation();
+        let server = &proxy.store.load().server;
         Timeouts {
+            generation,
             idle_timeout: server.idle_timeout,
             header_read_timeout: server.header_read_timeout,
             max_header_bytes: server.max_header_bytes,
+        }
+    }
+}
+
+/// Copies header lines out of a received head: a run of lines that are next to each other and
+/// already in the form `name: value\r\n` goes out in one copy; any other line is rewritten in
+/// that form by `push_header`. The bytes written are the same either way.
+struct Lines<'a> {
+    src: &'a [u8],
+    out: &'a mut Vec<u8>,
+    run: Range<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(src: &'a [u8], out: &'a mut Vec<u8>) -> Lines<'a> {
+        Lines {
+            src,
+            out,
+            run: 0..0,
+        }
+    }
+
+    /// Copies `src[line]` (one whole line, its CRLF included) as it is.
+    fn raw(&mut self, line: Range<usize>) {
+        if self.run.is_empty() || self.run.end != line.start {
+            self.flush();
+            self.run.start = line.start;
+        }
+        self.run.end = line.end;
+    }
+
+    fn header(&mut self, name: Range<usize>, value: Range<usize>) {
+        let src = self.src;
+        let canonical = src.get(name.end..value.start) == Some(b": ")
+            && src.get(value.end..value.end + 2) == Some(b"\r\n");
+        if canonical {
+            self.raw(name.start..value.end + 2);
+        } else {
+            self.flush();
+            push_header(self.out, &src[name], &src[value]);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.run.is_empty() {
+            self.out.extend_from_slice(&self.src[self.run.clone()]);
+            self.run = 0..0;
         }
     }
 }
@@ -945,9 +1051,13 @@ fn parse_response_head(
     method: &Method,
     kept: &mut Vec<(Range<usize>, Range<usize>)>,
 ) -> Result<Option<ResponseHead>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
@@ -958,8 +1068,14 @@ fn parse_response_head(
         let start = s.as_ptr() as usize - base;
         start..start + s.len()
     };
-    // "HTTP/1.1 " is 9 bytes; the status line runs to the first CR.
-    let line_end = buf.iter().position(|b| *b == b'\r').ok_or(())?;
+    // "HTTP/1.1 " is 9 bytes; the status line runs to the first LF, less the CR before it
+    // (httparse accepts a bare LF too).
+    let lf = buf.iter().position(|b| *b == b'\n').ok_or(())?;
+    let line_end = if buf[..lf].ends_with(b"\r") {
+        lf - 1
+    } else {
+        lf
+    };
     if line_end < 12 {
         return Err(());
     }
@@ -1364,6 +1480,49 @@ mod tests {
             &format_http_date(1_795_341_600),
             b"Sun, 22 Nov 2026 10:00:00 GMT"
         );
+    }
+
+    #[test]
+    fn header_lines_come_out_as_push_header_writes_them_however_they_came_in() {
+        let src: &[u8] = b"HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\nc:   3  \r\nd: 4\ne:\r\nf: 6\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut headers);
+        assert!(response.parse(src).unwrap().is_complete());
+        let base = src.as_ptr() as usize;
+        let range = |s: &[u8]| s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len();
+        // Every subset of the headers, in order, as the request and response paths keep them.
+        let all = response.headers;
+        for mask in 0u32..(1 << all.len()) {
+            let kept: Vec<_> = (0..all.len()).filter(|i| mask & (1 << i) != 0).collect();
+            let mut expected = Vec::new();
+            for &i in &kept {
+                push_header(&mut expected, all[i].name.as_bytes(), all[i].value);
+            }
+            let mut out = Vec::new();
+            let mut lines = Lines::new(src, &mut out);
+            for &i in &kept {
+                lines.header(range(all[i].name.as_bytes()), range(all[i].value));
+            }
+            lines.flush();
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected),
+                "headers {kept:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_status_line_ends_at_its_line_end_whatever_the_line_ends_are() {
+        for text in [
+            "HTTP/1.1 404 Not Found\r\nx: 1\r\n\r\n",
+            "HTTP/1.1 404 Not Found\nx: 1\r\n\n",
+        ] {
+            let head = parse_response_head(text.as_bytes(), &Method::GET, &mut Vec::new())
+                .unwrap()
+                .unwrap();
+            assert_eq!(&text[head.status_line], "404 Not Found", "{text:?}");
+        }
     }
 
     #[test]

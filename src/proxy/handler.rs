@@ -22,7 +22,7 @@ use crate::config::reload::{self, ConfigStore};
 use crate::observe::metrics::UpstreamErrorKind;
 use crate::observe::{RequestRecord, Telemetry};
 use crate::refusal::Refusal;
-use crate::snapshot::{AccessLogTarget, UpstreamTarget};
+use crate::snapshot::{AccessLogTarget, Snapshot, UpstreamTarget};
 
 /// Shared by every connection: the configuration, the upstream connection pools, telemetry.
 pub struct Proxy {
@@ -48,10 +48,7 @@ pub struct Proxy {
 /// snapshot is not held while the upstream answers.
 pub(super) struct Forward {
     pub(super) target: UpstreamTarget,
-    pub(super) upstream_name: Arc<str>,
     pub(super) path_and_query: PathAndQuery,
-    /// The user id; checked to be a valid header value when the request was decided.
-    pub(super) user: Arc<str>,
     pub(super) group: HeaderValue,
     pub(super) peer_is_trusted: bool,
     pub(super) upstream_timeout: std::time::Duration,
@@ -83,8 +80,14 @@ impl Proxy {
         peer: SocketAddr,
         peer_text: HeaderValue,
     ) -> Response<LoggedBody> {
-        let (outcome, mut record) =
-            self.decide(request.method(), request.uri(), request.headers(), peer);
+        let (outcome, mut record) = self.decide(
+            &self.store.load(),
+            request.method(),
+            request.uri(),
+            request.headers(),
+            peer,
+            Instant::now(),
+        );
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut response = match outcome {
             Ok(forward) => {
@@ -106,16 +109,18 @@ impl Proxy {
     }
 
     /// Runs the decision against the current snapshot and keeps only what forwarding needs,
-    /// and what the request's log line and metrics need.
+    /// and what the request's log line and metrics need. `arrived` is when the request began
+    /// (its total time, in metrics and the log, counts from there).
     pub(super) fn decide(
         &self,
+        snapshot: &Snapshot,
         method: &http::Method,
         uri: &Uri,
         request_headers: &http::HeaderMap,
         peer: SocketAddr,
+        arrived: Instant,
     ) -> (Result<Forward, Refusal>, RequestRecord) {
-        let snapshot = self.store.load();
-        let client = headers::client_address(&snapshot, peer, request_headers);
+        let client = headers::client_address(snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
         let request_id = request_headers
             .get(&X_REQUEST_ID)
@@ -123,7 +128,7 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| self.telemetry.next_request_id());
         let mut record = RequestRecord {
-            started: Instant::now(),
+            started: arrived,
             request_id,
             client,
             user: None,
@@ -147,8 +152,9 @@ impl Proxy {
         let mut scratch = String::new();
         let (credential, credential_source) =
             credential::extract(request_headers, &snapshot.server.key_header, &mut scratch);
+        // Only the request log reads it.
         let presented_prefix = match credential {
-            credential::Credential::Key(k) => Some(credential::key_prefix(k)),
+            credential::Credential::Key(k) if record.log => Some(credential::key_prefix(k)),
             _ => None,
         };
         let facts = RequestFacts {
@@ -158,7 +164,7 @@ impl Proxy {
             client,
             now: reload::now_unix(),
         };
-        let decision = auth::decide(&snapshot, &facts, &self.passwords);
+        let decision = auth::decide(snapshot, &facts, &self.passwords);
         record.user = decision.user.map(|u| Arc::clone(&u.id));
         if record.log {
             // Only the request log reads it.
@@ -188,15 +194,14 @@ impl Proxy {
         record.route = Some(Arc::clone(&grant.route.prefix));
         record.upstream = Some(Arc::clone(&grant.upstream.name));
         let forward = (|| {
+            // The user id goes upstream in X-Apiward-User, from `record.user`; the upstream's
+            // name, for its error metrics, is `record.upstream`.
+            if !decision.user.is_some_and(|u| is_header_value(&u.id)) {
+                return Err(Refusal::Forbidden);
+            }
             Ok::<_, Refusal>(Forward {
                 target: grant.upstream.target.clone(),
-                upstream_name: Arc::clone(&grant.upstream.name),
                 path_and_query: forwarded_path(&grant.upstream.target, &grant.path, uri)?,
-                user: decision
-                    .user
-                    .map(|u| Arc::clone(&u.id))
-                    .filter(|id| is_header_value(id))
-                    .ok_or(Refusal::Forbidden)?,
                 group: grant.group.header.clone().ok_or(Refusal::Forbidden)?,
                 peer_is_trusted,
                 upstream_timeout: snapshot.server.upstream_timeout,
@@ -239,7 +244,7 @@ impl Proxy {
                 peer: peer_text,
                 peer_is_trusted: forward.peer_is_trusted,
                 proto: "http",
-                user: HeaderValue::try_from(&*forward.user)
+                user: HeaderValue::try_from(record.user.as_deref().unwrap_or_default())
                     .expect("checked by is_header_value when decided"),
                 group: forward.group,
             },
@@ -276,7 +281,7 @@ impl Proxy {
                         return Response::from_parts(parts, Either::Left(body));
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, connect = e.is_connect(), upstream = %forward.upstream_name, "upstream request failed");
+                        tracing::debug!(error = %e, connect = e.is_connect(), upstream = record.upstream.as_deref().unwrap_or_default(), "upstream request failed");
                         let kind = if e.is_connect() {
                             UpstreamErrorKind::Connect
                         } else {
@@ -286,9 +291,9 @@ impl Proxy {
                     }
                     Err(_) => (Refusal::UpstreamTimeout, UpstreamErrorKind::Timeout),
                 };
-                self.telemetry
-                    .metrics
-                    .upstream_error(&forward.upstream_name, failure.1);
+                if let Some(upstream) = &record.upstream {
+                    self.telemetry.metrics.upstream_error(upstream, failure.1);
+                }
                 record.decision = failure.0.code();
                 refusal_response(failure.0)
             }

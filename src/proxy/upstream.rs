@@ -108,13 +108,14 @@ impl<T> IdlePool<T> {
         }
     }
 
-    /// Keeps `conn` for `limits.keepalive_timeout`; when `keepalive_connections` are already
-    /// kept for `authority`, the least recently used goes. With 0 allowed, `conn` is closed.
-    pub fn put(&self, authority: Authority, conn: T, limits: Limits) {
+    /// Keeps `conn` for `limits.keepalive_timeout` from `now`; when `keepalive_connections` are
+    /// already kept for `authority`, the least recently used goes. With 0 allowed, `conn` is
+    /// closed.
+    pub fn put(&self, authority: &Authority, conn: T, limits: Limits, now: Instant) {
         if limits.keepalive_connections == 0 {
             return;
         }
-        let idle = (conn, Instant::now() + limits.keepalive_timeout);
+        let idle = (conn, now + limits.keepalive_timeout);
         let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         match pools
             .iter_mut()
@@ -126,7 +127,7 @@ impl<T> IdlePool<T> {
                 }
                 list.push(idle);
             }
-            None => pools.push((authority, vec![idle])),
+            None => pools.push((authority.clone(), vec![idle])),
         }
     }
 
@@ -245,7 +246,7 @@ impl Pool {
     }
 
     fn checkin(&self, authority: Authority, limits: Limits, conn: Conn) {
-        self.idle.put(authority, conn, limits);
+        self.idle.put(&authority, conn, limits, Instant::now());
     }
 
     /// Closes connections idle for longer than their keep-alive timeout, and those the upstream

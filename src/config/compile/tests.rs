@@ -319,3 +319,12 @@ fn every_user_is_found_by_id() {
     }
     assert!(s.user_by_id("nobody@example.org").is_none());
 }
+
+#[test]
+fn interned_text_is_one_copy_per_distinct_text() {
+    let a = interned("upstream.example:8080");
+    let b = interned(&String::from("upstream.example:8080"));
+    assert_eq!(a, "upstream.example:8080");
+    assert!(std::ptr::eq(a, b), "the same text was leaked twice");
+    assert!(!std::ptr::eq(a, interned("other.example:8080")));
+}
