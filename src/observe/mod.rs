@@ -2,6 +2,7 @@
 
 pub mod key_usage;
 pub mod metrics;
+mod series;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

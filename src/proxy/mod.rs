@@ -129,7 +129,6 @@ impl Gateway {
 
         let telemetry = Arc::new(Telemetry::new());
         telemetry.metrics.set_generation(store.generation());
-        tokio::spawn(metrics_upkeep(Arc::downgrade(&telemetry)));
         let (reload_triggers, triggers_rx) = mpsc::unbounded_channel();
         let watcher = if options.watch_config {
             Some(reload::watch_file(config_path, reload_triggers.clone())?)
@@ -257,18 +256,6 @@ async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
                 proxy.pool.sweep();
                 proxy.raw_pool.sweep(|s| fast::is_open(s));
             }
-            None => return,
-        }
-    }
-}
-
-/// Folds histogram samples into buckets every few seconds, for as long as the gateway lives.
-async fn metrics_upkeep(telemetry: std::sync::Weak<Telemetry>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        match telemetry.upgrade() {
-            Some(t) => t.metrics.run_upkeep(),
             None => return,
         }
     }
