@@ -4,7 +4,8 @@
 # requests (1,024 keys rotating); counters are zeroed after a warm-up and dumped after a fixed
 # run, and the total is divided by the requests wrk completed. Unlike req/s on a shared VM, this
 # barely moves between runs (±1 %), so it shows what a hot-path change did to apiward's own code.
-# Kernel time (the syscalls) is not counted: see docs/benchmarks.md for that part.
+# Kernel time (the syscalls) is not counted: see docs/benchmarks.md for that part. With objdump and
+# python3 present it also counts the atomic read-modify-write instructions (benches/support/atomics.py).
 #
 # Usage: benches/proxy_callgrind.sh     (about 1 minute; OUT=FILE also writes the table)
 # Knobs: USERS=10000 DURATION=5s CONNECTIONS=16 BASE_PORT=18380
@@ -90,7 +91,7 @@ nginx -p "$WORK" -e "$WORK/upstream.error.log" -c "$WORK/upstream.conf" &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/" "${PIDS[-1]}"
 
-APIWARD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+APIWARD_LOG=warn valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$WORK/callgrind.out" \
     "$ROOT/target/release/apiward" run --config "$WORK/apiward.toml" >"$WORK/apiward.log" 2>&1 &
 VALGRIND_PID=$!
 PIDS+=("$VALGRIND_PID")
@@ -117,4 +118,11 @@ TOTAL=$(awk '/^(summary|totals):/ { print $2; exit }' "$WORK/callgrind.out.1")
         "$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { print t / n }')"
     echo "valgrind hides the CPU's SHA extensions, so about 3,400 of them are the portable SHA-256 of"
     echo "the key (a few hundred natively; see the decision's instruction counts)."
+    if command -v objdump >/dev/null && command -v python3 >/dev/null; then
+        echo
+        echo "Atomic read-modify-write instructions among them (\`benches/support/atomics.py\`): each counts"
+        echo "as one instruction above but costs about 20 cycles, even uncontended:"
+        python3 "$ROOT/benches/support/atomics.py" "$ROOT/target/release/apiward" \
+            "$WORK/callgrind.out.1" "$REQUESTS" 8
+    fi
 } | tee "${OUT:-/dev/null}"
