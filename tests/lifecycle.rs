@@ -198,6 +198,30 @@ async fn a_reloaded_idle_timeout_applies_to_open_connections_from_their_next_req
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_grace_period() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("idleshutdown");
+    let toml = one_user_config(&upstream.url(), "d@example.org", &k)
+        .replace("upstream_timeout = \"2s\"", "shutdown_timeout = \"60s\"");
+    let gw = TestGateway::start(&toml).await;
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /supporters/1 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        k.key
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    // The connection now waits for its next request; shutdown must end that wait at once, not
+    // after shutdown_timeout.
+    let shutdown = tokio::spawn(gw.shutdown());
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(10)).await,
+        "an idle keep-alive connection stayed open through shutdown"
+    );
+    shutdown.await.unwrap();
+}
+
 /// Whether the server closes the connection (EOF or reset) before `limit`.
 async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
     use tokio::io::AsyncReadExt;

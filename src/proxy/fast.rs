@@ -112,7 +112,7 @@ struct Conn<'p> {
     peer: SocketAddr,
     peer_text: HeaderValue,
     /// Ends when graceful shutdown begins.
-    stop: Pin<Box<OwnedNotified>>,
+    stop: StopWatch,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
     /// Bytes read from the upstream and not yet used.
@@ -130,8 +130,8 @@ struct Conn<'p> {
     /// The current response's headers to pass on, as ranges of `up_buf`.
     resp_headers: Vec<(Range<usize>, Range<usize>)>,
     /// Deadline timers, armed once and re-armed only when they fire early (see `wait`).
-    idle_timer: Pin<Box<tokio::time::Sleep>>,
-    upstream_timer: Pin<Box<tokio::time::Sleep>>,
+    idle_timer: Timer,
+    upstream_timer: Timer,
     /// The timeouts of the snapshot whose generation is `timeouts.generation`: read again only
     /// after a reload, so that waiting for a request costs no snapshot load.
     timeouts: Timeouts,
@@ -154,7 +154,10 @@ pub(super) async fn serve(
         client,
         peer,
         peer_text,
-        stop: proxy.stop.watch(),
+        stop: StopWatch {
+            notified: proxy.stop.watch(),
+            polled: false,
+        },
         // Small to start: most heads fit in 4 KiB, and a connection that never forwards (refused,
         // or handed to hyper) never needs an upstream buffer. Reads grow them when needed.
         buf: BytesMut::with_capacity(4 * 1024),
@@ -165,8 +168,8 @@ pub(super) async fn serve(
         decision_headers: HeaderMap::with_capacity(4),
         req_headers: Vec::with_capacity(16),
         resp_headers: Vec::with_capacity(16),
-        idle_timer: Box::pin(tokio::time::sleep_until(far)),
-        upstream_timer: Box::pin(tokio::time::sleep_until(far)),
+        idle_timer: Timer::new(far),
+        upstream_timer: Timer::new(far),
         last_active: accepted,
         timeouts: Timeouts::current(proxy),
     };
@@ -254,7 +257,7 @@ impl Conn<'_> {
                 &mut self.buf,
                 &mut self.idle_timer,
                 deadline,
-                Some(&mut self.stop),
+                Some((&self.proxy.stop, &mut self.stop)),
             )
             .await
             {
@@ -941,49 +944,106 @@ enum Read {
     ShutDown,
 }
 
+/// A connection's deadline timer: armed once, and moved only when it fires before the deadline
+/// that counts now, so a request costs no timer registration.
+struct Timer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Polled (so its waker is this task's) since it was last set: until it is set again or
+    /// fires, it need not be polled on every wait.
+    registered: bool,
+}
+
+impl Timer {
+    fn new(deadline: tokio::time::Instant) -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            registered: false,
+        }
+    }
+
+    fn set(&mut self, deadline: tokio::time::Instant) {
+        self.sleep.as_mut().reset(deadline);
+        self.registered = false;
+    }
+
+    /// Whether `deadline` has passed; otherwise the timer will wake this task by then.
+    fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: tokio::time::Instant) -> bool {
+        loop {
+            if self.registered && !self.sleep.is_elapsed() {
+                return false;
+            }
+            match self.sleep.as_mut().poll(cx) {
+                Poll::Pending => {
+                    self.registered = true;
+                    return false;
+                }
+                Poll::Ready(()) if tokio::time::Instant::now() >= deadline => return true,
+                // It fired for an earlier deadline than this wait's: set it again.
+                Poll::Ready(()) => self.set(deadline),
+            }
+        }
+    }
+}
+
+/// A connection's view of graceful shutdown: the notification, polled once so that it wakes
+/// this task, then the flag (`Stop::has_begun`) on every wait.
+struct StopWatch {
+    notified: Pin<Box<OwnedNotified>>,
+    polled: bool,
+}
+
+impl StopWatch {
+    fn poll_begun(&mut self, cx: &mut Context<'_>, stop: &Stop) -> bool {
+        if stop.has_begun() {
+            return true;
+        }
+        if !self.polled {
+            self.polled = true;
+            return self.notified.as_mut().poll(cx).is_ready();
+        }
+        false
+    }
+}
+
 /// Reads once into `buf`, giving up at `deadline` (and, for a client between requests, when the
-/// gateway shuts down). The timer is the connection's own, armed once: it is moved only when it
-/// fires before the deadline that counts now, so a request costs no timer registration.
+/// gateway shuts down). Once the read is pending, the timer and the shutdown notification are
+/// polled only when they need to be (see `Timer` and `StopWatch`): a task's waker is the same
+/// from one poll to the next, so what they registered stays valid.
 /// (`read_buf` goes through tokio's `poll_read`, which forgets the socket's readiness after a
 /// short read: the next read waits for epoll instead of trying a `recvfrom` that would fail.)
 async fn read_until(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    timer: &mut Timer,
     deadline: tokio::time::Instant,
-    mut stop: Option<&mut Pin<Box<OwnedNotified>>>,
+    mut stop: Option<(&Stop, &mut StopWatch)>,
 ) -> Read {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
-    if timer.deadline() > deadline {
-        timer.as_mut().reset(deadline);
+    if timer.sleep.deadline() > deadline {
+        timer.set(deadline);
     }
-    loop {
-        let shutdown_begins = async {
-            match stop.as_deref_mut() {
-                Some(stop) => stop.as_mut().await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            read = stream.read_buf(buf) => {
-                return match read {
-                    Ok(0) => Read::Eof,
-                    Ok(_) => Read::Data,
-                    Err(_) => Read::Error,
-                };
-            }
-            () = timer.as_mut() => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Read::TimedOut;
-                }
-                timer.as_mut().reset(deadline);
-            }
-            () = shutdown_begins => return Read::ShutDown,
+    let mut read = std::pin::pin!(stream.read_buf(buf));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(read) = read.as_mut().poll(cx) {
+            return Poll::Ready(match read {
+                Ok(0) => Read::Eof,
+                Ok(_) => Read::Data,
+                Err(_) => Read::Error,
+            });
         }
-    }
+        if timer.poll_passed(cx, deadline) {
+            return Poll::Ready(Read::TimedOut);
+        }
+        if let Some((stop, watch)) = stop.as_mut() {
+            if watch.poll_begun(cx, stop) {
+                return Poll::Ready(Read::ShutDown);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// How a response body ends.
@@ -1016,7 +1076,7 @@ async fn read_response_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     kept: &mut Vec<(Range<usize>, Range<usize>)>,
-    timer: &mut Pin<Box<tokio::time::Sleep>>,
+    timer: &mut Timer,
     deadline: tokio::time::Instant,
     method: &Method,
 ) -> Result<ResponseHead, HeadError> {
