@@ -178,13 +178,7 @@ async fn a_reloaded_idle_timeout_applies_to_open_connections_from_their_next_req
     let long = one_user_config(&upstream.url(), "r@example.org", &k)
         .replace("upstream_timeout = \"2s\"", "idle_timeout = \"30s\"");
     let gw = TestGateway::start(&long).await;
-    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "GET /supporters/1 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-        k.key
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    let (mut conn, request) = answered_connection(&gw, &k).await;
     gw.replace_config(&long.replace("idle_timeout = \"30s\"", "idle_timeout = \"300ms\""));
     let store = gw.gateway().store();
     assert!(eventually(|| async { store.generation() == 2 }).await);
@@ -205,13 +199,7 @@ async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_gra
     let toml = one_user_config(&upstream.url(), "d@example.org", &k)
         .replace("upstream_timeout = \"2s\"", "shutdown_timeout = \"60s\"");
     let gw = TestGateway::start(&toml).await;
-    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "GET /supporters/1 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-        k.key
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    let (mut conn, _) = answered_connection(&gw, &k).await;
     // The connection now waits for its next request; shutdown must end that wait at once, not
     // after shutdown_timeout.
     let shutdown = tokio::spawn(gw.shutdown());
@@ -220,6 +208,18 @@ async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_gra
         "an idle keep-alive connection stayed open through shutdown"
     );
     shutdown.await.unwrap();
+}
+
+/// A keep-alive connection to `gw` that has had one request answered, and that request.
+async fn answered_connection(gw: &TestGateway, k: &TestKey) -> (TcpStream, String) {
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /supporters/1 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        k.key
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+    (conn, request)
 }
 
 /// Whether the server closes the connection (EOF or reset) before `limit`.

@@ -110,6 +110,11 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
                 r
             }
             "/supporters/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/supporters/6k" => {
+                let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 6000\r\n\r\n".to_vec();
+                r.resize(r.len() + 6000, b'x');
+                r
+            }
             "/supporters/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
             "/supporters/to-close" => {
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
@@ -294,15 +299,8 @@ async fn upstream_keepalive_connections_limits_the_pool_and_follows_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_unframed_and_interim_responses_arrive_whole_on_a_reused_client_connection() {
     let up = RawUpstream::start(None).await;
-    let k = TestKey::new("poolframing");
-    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
-    let mut client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
-    let ask = |path: &str| {
-        format!(
-            "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-            k.key
-        )
-    };
+    let (k, _gw, mut client) = pooled_client(&up, "poolframing").await;
+    let ask = |path: &str| get_with_key(path, &k);
     // Chunked (with an extension and a trailer), then a 103 before the real answer, then a
     // plain one, all on one client connection: each response ends where it should.
     client.send(&ask("/supporters/chunked")).await;
@@ -337,15 +335,10 @@ async fn chunked_unframed_and_interim_responses_arrive_whole_on_a_reused_client_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let up = RawUpstream::start(None).await;
-    let k = TestKey::new("poolpipe");
-    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
-    let mut client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (k, _gw, mut client) = pooled_client(&up, "poolpipe").await;
     let mut batch = String::new();
     for i in 0..3 {
-        batch.push_str(&format!(
-            "GET /supporters/{i} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-            k.key
-        ));
+        batch.push_str(&get_with_key(&format!("/supporters/{i}"), &k));
     }
     batch.push_str("GET /supporters/3 HTTP/1.1\r\nhost: x\r\n\r\n");
     client.send(&batch).await;
@@ -355,6 +348,22 @@ async fn pipelined_requests_are_answered_in_order() {
     let (head, body) = client.next().await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(body.contains("missing_credentials"), "{body}");
+}
+
+/// A gateway in front of `up` with one user, and a client connection to it.
+async fn pooled_client(up: &RawUpstream, label: &str) -> (TestKey, TestGateway, Responses) {
+    let k = TestKey::new(label);
+    let gw = TestGateway::start(&pool_config(up, &k, "")).await;
+    let client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
+    (k, gw, client)
+}
+
+/// A GET request head for `path` with the user's key.
+fn get_with_key(path: &str, k: &TestKey) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        k.key
+    )
 }
 
 /// Reads one response at a time off a client connection (Content-Length or chunked bodies),
@@ -465,15 +474,8 @@ impl Responses {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusual_response_heads_reach_the_client_in_canonical_form() {
     let up = RawUpstream::start(None).await;
-    let k = TestKey::new("oddhead");
-    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
-    let mut client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
-    let ask = |path: &str| {
-        format!(
-            "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-            k.key
-        )
-    };
+    let (k, _gw, mut client) = pooled_client(&up, "oddhead").await;
+    let ask = |path: &str| get_with_key(path, &k);
     // Lines that are already `name: value\r\n` are copied as they are; the others are
     // rewritten in that form. Either way, every line the client sees ends in CRLF.
     client.send(&ask("/supporters/odd-head")).await;
@@ -499,4 +501,38 @@ async fn unusual_response_heads_reach_the_client_in_canonical_form() {
     // The connection is still in step: a plain request after them is answered.
     client.send(&ask("/supporters/plain")).await;
     assert_eq!(client.next().await.1, "ok /supporters/plain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answers_is_cut_off_after_idle_timeout() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("noreader");
+    let gw = TestGateway::start(&pool_config(&up, &k, "idle_timeout = \"500ms\"")).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    // A client that pipelines requests for 6 KB answers and never reads: its small receive
+    // window and then the gateway's send buffer fill, and the gateway's write has to wait.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (_unread, mut writer) = socket.connect(gw.addr).await.unwrap().into_split();
+    let batch = get_with_key("/supporters/6k", &k).repeat(100);
+    let writing = tokio::spawn(async move {
+        // Until the gateway closes the connection (or stops reading, and this write waits).
+        while writer.write_all(batch.as_bytes()).await.is_ok() {}
+    });
+    let open = || async {
+        let reply = get(&format!("http://{admin}/metrics"), &[]).await;
+        let metrics = String::from_utf8_lossy(&reply.body).into_owned();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("apiward_open_connections "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert!(eventually(|| async { open().await == Some(1.0) }).await);
+    // The gateway's writes now wait for a client that never reads: after idle_timeout it
+    // closes the connection instead of waiting for ever.
+    assert!(
+        eventually(|| async { open().await == Some(0.0) }).await,
+        "a connection whose client stopped reading stayed open"
+    );
+    writing.abort();
 }

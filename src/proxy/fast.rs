@@ -463,8 +463,17 @@ impl Conn<'_> {
             self.held = Some(Held { stream });
             self.up_buf.clear();
             let held = self.held.as_mut().expect("held above");
-            let written = held.stream.write_all(&self.up_out).await.is_ok();
-            let head = if written {
+            // An upstream that stops reading is given what is left of upstream_timeout.
+            let written = write_until(
+                &mut held.stream,
+                &self.up_out,
+                &mut self.upstream_timer,
+                deadline,
+            )
+            .await;
+            let head = if written == Written::TimedOut {
+                Err(HeadError::TimedOut)
+            } else if written == Written::All {
                 read_response_head(
                     &mut held.stream,
                     &mut self.up_buf,
@@ -644,7 +653,12 @@ impl Conn<'_> {
             self.answered(record, bytes_out, received);
             recorded = true;
         }
-        if self.client.write_all(&self.out).await.is_err() {
+        // A client that stops reading is given idle_timeout, here as for the rest of the body.
+        let idle = self.timeouts.idle_timeout;
+        let deadline = tokio::time::Instant::from_std(received) + idle;
+        let written =
+            write_until(&mut self.client, &self.out, &mut self.idle_timer, deadline).await;
+        if written != Written::All {
             self.held = None;
             return if recorded {
                 Step::Close
@@ -658,7 +672,6 @@ impl Conn<'_> {
                 return self.abort(record, bytes_out);
             };
             self.up_buf.clear();
-            let idle = self.timeouts.idle_timeout;
             let read = read_until(
                 &mut held.stream,
                 &mut self.up_buf,
@@ -749,9 +762,12 @@ impl Conn<'_> {
         out.extend_from_slice(&body);
         // Recorded before the client can see the answer, as hyper's path does (a client that
         // reads /metrics right after its response finds the request counted).
-        self.answered(record, body.len() as u64, Instant::now());
-        let written = self.client.write_all(&self.out).await.is_ok();
-        if close || !written {
+        let now = Instant::now();
+        self.answered(record, body.len() as u64, now);
+        let deadline = tokio::time::Instant::from_std(now) + self.timeouts.idle_timeout;
+        let written =
+            write_until(&mut self.client, &self.out, &mut self.idle_timer, deadline).await;
+        if close || written != Written::All {
             let _ = self.client.shutdown().await;
             Step::Close
         } else {
@@ -1040,6 +1056,40 @@ async fn read_until(
             if watch.poll_begun(cx, stop) {
                 return Poll::Ready(Read::ShutDown);
             }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    All,
+    Failed,
+    TimedOut,
+}
+
+/// Writes all of `bytes`, giving up at `deadline`. The timer is polled only if the write has to
+/// wait (the socket's buffer is full), which a request and its answer almost never do.
+async fn write_until(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timer: &mut Timer,
+    deadline: tokio::time::Instant,
+) -> Written {
+    if timer.sleep.deadline() > deadline {
+        timer.set(deadline);
+    }
+    let mut write = std::pin::pin!(stream.write_all(bytes));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(written) = write.as_mut().poll(cx) {
+            return Poll::Ready(match written {
+                Ok(()) => Written::All,
+                Err(_) => Written::Failed,
+            });
+        }
+        if timer.poll_passed(cx, deadline) {
+            return Poll::Ready(Written::TimedOut);
         }
         Poll::Pending
     })
