@@ -1077,6 +1077,13 @@ async fn write_until(
     timer: &mut Timer,
     deadline: tokio::time::Instant,
 ) -> Written {
+    // Almost always the socket takes it all at once: then no future and no timer are involved.
+    let bytes = match stream.try_write(bytes) {
+        Ok(n) if n == bytes.len() => return Written::All,
+        Ok(n) => &bytes[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
+        Err(_) => return Written::Failed,
+    };
     if timer.sleep.deadline() > deadline {
         timer.set(deadline);
     }
