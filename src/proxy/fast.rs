@@ -706,8 +706,10 @@ impl Conn<'_> {
                 self.release_upstream(reusable, upstream, Instant::now());
             }
             // A client that stops reading is given idle_timeout, as one that stops sending is.
-            let wrote = tokio::time::timeout(idle, self.client.write_all(&self.up_buf[..n])).await;
-            if !matches!(wrote, Ok(Ok(()))) {
+            let deadline = tokio::time::Instant::now() + idle;
+            let body = &self.up_buf[..n];
+            let wrote = write_until(&mut self.client, body, &mut self.idle_timer, deadline).await;
+            if wrote != Written::All {
                 self.held = None;
                 return self.abort(record, bytes_out);
             }
@@ -982,6 +984,13 @@ impl Timer {
         self.registered = false;
     }
 
+    /// Makes sure the timer fires by `deadline`: moved only if it is armed for later.
+    fn arm_by(&mut self, deadline: tokio::time::Instant) {
+        if self.sleep.deadline() > deadline {
+            self.set(deadline);
+        }
+    }
+
     /// Whether `deadline` has passed; otherwise the timer will wake this task by then.
     fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: tokio::time::Instant) -> bool {
         loop {
@@ -1037,9 +1046,7 @@ async fn read_until(
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
-    if timer.sleep.deadline() > deadline {
-        timer.set(deadline);
-    }
+    timer.arm_by(deadline);
     let mut read = std::pin::pin!(stream.read_buf(buf));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(read) = read.as_mut().poll(cx) {
@@ -1084,9 +1091,7 @@ async fn write_until(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
         Err(_) => return Written::Failed,
     };
-    if timer.sleep.deadline() > deadline {
-        timer.set(deadline);
-    }
+    timer.arm_by(deadline);
     let mut write = std::pin::pin!(stream.write_all(bytes));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(written) = write.as_mut().poll(cx) {
