@@ -136,9 +136,7 @@ impl Compiler<'_> {
             group_index.insert(name.get_ref().clone(), groups.len() as u32);
             groups.push(Group {
                 name: name.get_ref().as_str().into(),
-                header: http::HeaderValue::from_str(name.get_ref())
-                    .ok()
-                    .map(|_| http::HeaderValue::from_static(interned(name.get_ref()))),
+                header: group_header(name.get_ref()),
                 permissions: permissions.into_boxed_slice(),
             });
         }
@@ -332,10 +330,12 @@ impl Compiler<'_> {
             }
         }
         // Interned, so that copying it for each request touches no reference count.
-        let Some(authority) = uri
-            .authority()
-            .map(|a| http::uri::Authority::from_static(interned(a.as_str())))
-        else {
+        let Some(authority) = uri.authority().map(|a| {
+            http::uri::Authority::from_maybe_shared(bytes::Bytes::from_static(
+                interned(a.as_str()).as_bytes(),
+            ))
+            .unwrap_or_else(|_| a.clone())
+        }) else {
             self.error(url.span(), format!("{text:?} has no host: {hint}"));
             return None;
         };
@@ -528,6 +528,21 @@ fn interned(text: &str) -> &'static str {
     let leaked: &'static str = Box::leak(text.into());
     set.insert(leaked);
     leaked
+}
+
+/// The group's name as the `X-Apiward-Group` value, or `None` when it cannot be one. Interned
+/// when it is plain ASCII (`HeaderValue::from_static` takes nothing else; a name with other
+/// characters is still a valid value, made the usual way).
+fn group_header(name: &str) -> Option<http::HeaderValue> {
+    let value = http::HeaderValue::from_str(name).ok()?;
+    let plain = name
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t');
+    Some(if plain {
+        http::HeaderValue::from_static(interned(name))
+    } else {
+        value
+    })
 }
 
 fn check_key_header(name: &str) -> Result<HeaderName, String> {

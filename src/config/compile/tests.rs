@@ -328,3 +328,27 @@ fn interned_text_is_one_copy_per_distinct_text() {
     assert!(std::ptr::eq(a, b), "the same text was leaked twice");
     assert!(!std::ptr::eq(a, interned("other.example:8080")));
 }
+
+#[test]
+fn interned_values_do_not_refuse_what_the_plain_ones_accept() {
+    // A group name beyond ASCII is a valid header value but not a `from_static` one; an IPv6
+    // upstream authority is interned like any other.
+    for (group, expected) in [("équipe", "équipe".as_bytes()), ("ops team", b"ops team")] {
+        let header = group_header(group).unwrap_or_else(|| panic!("{group}: no header"));
+        assert_eq!(header.as_bytes(), expected);
+    }
+    assert!(group_header("bad\nname").is_none());
+    let text = base("").replace("http://127.0.0.1:9000/base/", "http://[::1]:9000/base");
+    assert!(
+        text.contains("[::1]:9000"),
+        "the test's base config changed: {text}"
+    );
+    let s = compile(Path::new("x.toml"), &text).unwrap();
+    let target = &s.upstreams[0].target;
+    match target {
+        crate::snapshot::UpstreamTarget::Http { authority, .. } => {
+            assert_eq!(authority.as_str(), "[::1]:9000")
+        }
+        other => panic!("{other:?}"),
+    }
+}
