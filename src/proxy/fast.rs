@@ -45,6 +45,8 @@ use crate::observe::metrics::UpstreamErrorKind;
 use crate::refusal::Refusal;
 use crate::snapshot::{Snapshot, UpstreamTarget};
 
+type SnapshotGuard = arc_swap::Guard<Arc<Snapshot>>;
+
 const MAX_HEADERS: usize = 64;
 
 /// What the fast path did with a connection.
@@ -94,11 +96,6 @@ pub(super) fn is_open(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// The upstream connection a request is using, taken from the pool or opened for it.
-struct Held {
-    stream: TcpStream,
-}
-
 /// Where a request's upstream connection goes back to, and on what terms.
 struct Upstream<'a> {
     authority: &'a Authority,
@@ -121,7 +118,9 @@ struct Conn<'p> {
     out: Vec<u8>,
     /// The request head on its way upstream.
     up_out: Vec<u8>,
-    held: Option<Held>,
+    /// The upstream connection the current request is using, taken from the pool or opened
+    /// for it.
+    held: Option<TcpStream>,
     /// The headers the decision reads (credential, `X-Forwarded-For`, `X-Request-Id`).
     decision_headers: HeaderMap,
     /// The current request's headers as (name, value) ranges of `Head::bytes`, in order, with
@@ -198,14 +197,13 @@ struct Head {
     bytes: Bytes,
     close: bool,
     len: usize,
-    /// The snapshot `parse` read, for the decision; taken (and so released) once decided.
-    snapshot: Option<arc_swap::Guard<Arc<Snapshot>>>,
 }
 
 // Returned by value and matched at once: boxing `Head` would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    Fast(Head),
+    /// The head, and the snapshot it was read with (the request is decided against it).
+    Fast(Head, SnapshotGuard),
     Partial,
     Slow,
 }
@@ -224,22 +222,17 @@ impl Conn<'_> {
         if self.proxy.store.generation() != self.timeouts.generation {
             self.timeouts = Timeouts::current(self.proxy);
         }
-        let settings = &self.timeouts;
-        let (idle_timeout, header_read_timeout, max_header_bytes) = (
-            settings.idle_timeout,
-            settings.header_read_timeout,
-            settings.max_header_bytes,
-        );
+        let settings = self.timeouts;
         // Wait for a request head: idle_timeout until its first byte, header_read_timeout from
         // there to its end.
         let mut head_started: Option<tokio::time::Instant> = None;
-        let head = loop {
+        let (head, snapshot) = loop {
             if !self.buf.is_empty() {
-                match self.parse(max_header_bytes) {
-                    Parsed::Fast(head) => break head,
+                match self.parse(settings.max_header_bytes) {
+                    Parsed::Fast(head, snapshot) => break (head, snapshot),
                     Parsed::Slow => return Step::HandOver,
                     Parsed::Partial => {
-                        if self.buf.len() > max_header_bytes {
+                        if self.buf.len() > settings.max_header_bytes {
                             return Step::HandOver; // hyper answers 431
                         }
                     }
@@ -249,8 +242,8 @@ impl Conn<'_> {
                 return Step::Close;
             }
             let deadline = match head_started {
-                Some(t) => t + header_read_timeout,
-                None => tokio::time::Instant::from_std(self.last_active) + idle_timeout,
+                Some(t) => t + settings.header_read_timeout,
+                None => tokio::time::Instant::from_std(self.last_active) + settings.idle_timeout,
             };
             match read_until(
                 &mut self.client,
@@ -269,7 +262,7 @@ impl Conn<'_> {
         };
         // The request's time counts from its first byte, as nginx's $request_time does.
         let arrived = head_started.map_or_else(Instant::now, tokio::time::Instant::into_std);
-        self.handle(head, arrived).await
+        self.handle(head, snapshot, arrived).await
     }
 
     /// Parses the buffered request head and decides whether the fast path can serve it. The
@@ -357,18 +350,21 @@ impl Conn<'_> {
             self.buf = unread;
             return Parsed::Slow;
         };
-        Parsed::Fast(Head {
-            method,
-            uri,
-            bytes,
-            close,
-            len,
-            snapshot: Some(snapshot),
-        })
+        Parsed::Fast(
+            Head {
+                method,
+                uri,
+                bytes,
+                close,
+                len,
+            },
+            snapshot,
+        )
     }
 
-    async fn handle(&mut self, mut head: Head, arrived: Instant) -> Step {
-        let snapshot = head.snapshot.take().expect("set by parse");
+    /// `snapshot` is the one `parse` read the head with; it is released once the request is
+    /// decided, before anything waits.
+    async fn handle(&mut self, head: Head, snapshot: SnapshotGuard, arrived: Instant) -> Step {
         let (outcome, mut record) = self.proxy.decide(
             &snapshot,
             &head.method,
@@ -460,32 +456,25 @@ impl Conn<'_> {
                     Err(_) => return Err(UpstreamErrorKind::Connect),
                 },
             };
-            self.held = Some(Held { stream });
             self.up_buf.clear();
-            let held = self.held.as_mut().expect("held above");
+            let held = self.held.insert(stream);
             // An upstream that stops reading is given what is left of upstream_timeout.
-            let written = write_until(
-                &mut held.stream,
-                &self.up_out,
-                &mut self.upstream_timer,
-                deadline,
-            )
-            .await;
-            let head = if written == Written::TimedOut {
-                Err(HeadError::TimedOut)
-            } else if written == Written::All {
-                read_response_head(
-                    &mut held.stream,
-                    &mut self.up_buf,
-                    &mut self.resp_headers,
-                    &mut self.upstream_timer,
-                    deadline,
-                    method,
-                )
-                .await
-            } else {
-                Err(HeadError::ClosedEarly)
-            };
+            let head =
+                match write_until(held, &self.up_out, &mut self.upstream_timer, deadline).await {
+                    Written::All => {
+                        read_response_head(
+                            held,
+                            &mut self.up_buf,
+                            &mut self.resp_headers,
+                            &mut self.upstream_timer,
+                            deadline,
+                            method,
+                        )
+                        .await
+                    }
+                    Written::TimedOut => Err(HeadError::TimedOut),
+                    Written::Failed => Err(HeadError::ClosedEarly),
+                };
             match head {
                 Ok(head) => return Ok(head),
                 Err(e) => {
@@ -653,12 +642,7 @@ impl Conn<'_> {
             self.answered(record, bytes_out, received);
             recorded = true;
         }
-        // A client that stops reading is given idle_timeout, here as for the rest of the body.
-        let idle = self.timeouts.idle_timeout;
-        let deadline = tokio::time::Instant::from_std(received) + idle;
-        let written =
-            write_until(&mut self.client, &self.out, &mut self.idle_timer, deadline).await;
-        if written != Written::All {
+        if self.send_out(received).await != Written::All {
             self.held = None;
             return if recorded {
                 Step::Close
@@ -666,6 +650,7 @@ impl Conn<'_> {
                 self.abort(record, bytes_out)
             };
         }
+        let idle = self.timeouts.idle_timeout;
         let mut done = done;
         while !done {
             let Some(held) = self.held.as_mut() else {
@@ -673,7 +658,7 @@ impl Conn<'_> {
             };
             self.up_buf.clear();
             let read = read_until(
-                &mut held.stream,
+                held,
                 &mut self.up_buf,
                 &mut self.upstream_timer,
                 tokio::time::Instant::now() + idle,
@@ -766,15 +751,20 @@ impl Conn<'_> {
         // reads /metrics right after its response finds the request counted).
         let now = Instant::now();
         self.answered(record, body.len() as u64, now);
-        let deadline = tokio::time::Instant::from_std(now) + self.timeouts.idle_timeout;
-        let written =
-            write_until(&mut self.client, &self.out, &mut self.idle_timer, deadline).await;
+        let written = self.send_out(now).await;
         if close || written != Written::All {
             let _ = self.client.shutdown().await;
             Step::Close
         } else {
             Step::Next
         }
+    }
+
+    /// Writes `self.out` (an answer's head, or a whole refusal) to the client. A client that stops
+    /// reading is given idle_timeout from `since`, as one that stops sending is.
+    async fn send_out(&mut self, since: Instant) -> Written {
+        let deadline = tokio::time::Instant::from_std(since) + self.timeouts.idle_timeout;
+        write_until(&mut self.client, &self.out, &mut self.idle_timer, deadline).await
     }
 
     /// A request answered by the fast path at `now`: counted for `/status`, and recorded
@@ -798,9 +788,7 @@ impl Conn<'_> {
     fn release_upstream(&mut self, reusable: bool, to: &Upstream<'_>, now: Instant) {
         if let Some(held) = self.held.take() {
             if reusable {
-                self.proxy
-                    .raw_pool
-                    .put(to.authority, held.stream, to.limits, now);
+                self.proxy.raw_pool.put(to.authority, held, to.limits, now);
             }
         }
     }
@@ -811,6 +799,7 @@ impl Conn<'_> {
 }
 
 /// The timeouts and limits a connection waits with, read from the snapshot once per reload.
+#[derive(Clone, Copy)]
 struct Timeouts {
     generation: u64,
     idle_timeout: Duration,
@@ -1030,10 +1019,44 @@ impl StopWatch {
     }
 }
 
+/// How a wait for a socket ended.
+enum Until<T> {
+    Done(T),
+    TimedOut,
+    ShutDown,
+}
+
+/// Runs `op` (a read or a write), giving up at `deadline` and, with `stop`, when the gateway
+/// shuts down. Once `op` is pending, the timer and the shutdown notification are polled only
+/// when they need to be (see `Timer` and `StopWatch`): a task's waker is the same from one poll
+/// to the next, so what they registered stays valid.
+async fn until<F: Future>(
+    op: F,
+    timer: &mut Timer,
+    deadline: tokio::time::Instant,
+    mut stop: Option<(&Stop, &mut StopWatch)>,
+) -> Until<F::Output> {
+    timer.arm_by(deadline);
+    let mut op = std::pin::pin!(op);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = op.as_mut().poll(cx) {
+            return Poll::Ready(Until::Done(output));
+        }
+        if timer.poll_passed(cx, deadline) {
+            return Poll::Ready(Until::TimedOut);
+        }
+        if let Some((stop, watch)) = stop.as_mut() {
+            if watch.poll_begun(cx, stop) {
+                return Poll::Ready(Until::ShutDown);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Reads once into `buf`, giving up at `deadline` (and, for a client between requests, when the
-/// gateway shuts down). Once the read is pending, the timer and the shutdown notification are
-/// polled only when they need to be (see `Timer` and `StopWatch`): a task's waker is the same
-/// from one poll to the next, so what they registered stays valid.
+/// gateway shuts down).
 /// (`read_buf` goes through tokio's `poll_read`, which forgets the socket's readiness after a
 /// short read: the next read waits for epoll instead of trying a `recvfrom` that would fail.)
 async fn read_until(
@@ -1041,32 +1064,18 @@ async fn read_until(
     buf: &mut BytesMut,
     timer: &mut Timer,
     deadline: tokio::time::Instant,
-    mut stop: Option<(&Stop, &mut StopWatch)>,
+    stop: Option<(&Stop, &mut StopWatch)>,
 ) -> Read {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
-    timer.arm_by(deadline);
-    let mut read = std::pin::pin!(stream.read_buf(buf));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(read) = read.as_mut().poll(cx) {
-            return Poll::Ready(match read {
-                Ok(0) => Read::Eof,
-                Ok(_) => Read::Data,
-                Err(_) => Read::Error,
-            });
-        }
-        if timer.poll_passed(cx, deadline) {
-            return Poll::Ready(Read::TimedOut);
-        }
-        if let Some((stop, watch)) = stop.as_mut() {
-            if watch.poll_begun(cx, stop) {
-                return Poll::Ready(Read::ShutDown);
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    match until(stream.read_buf(buf), timer, deadline, stop).await {
+        Until::Done(Ok(0)) => Read::Eof,
+        Until::Done(Ok(_)) => Read::Data,
+        Until::Done(Err(_)) => Read::Error,
+        Until::TimedOut => Read::TimedOut,
+        Until::ShutDown => Read::ShutDown,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1076,8 +1085,8 @@ enum Written {
     TimedOut,
 }
 
-/// Writes all of `bytes`, giving up at `deadline`. The timer is polled only if the write has to
-/// wait (the socket's buffer is full), which a request and its answer almost never do.
+/// Writes all of `bytes`, giving up at `deadline`. The timer is involved only if the write has
+/// to wait (the socket's buffer is full), which a request and its answer almost never do.
 async fn write_until(
     stream: &mut TcpStream,
     bytes: &[u8],
@@ -1091,21 +1100,11 @@ async fn write_until(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
         Err(_) => return Written::Failed,
     };
-    timer.arm_by(deadline);
-    let mut write = std::pin::pin!(stream.write_all(bytes));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(written) = write.as_mut().poll(cx) {
-            return Poll::Ready(match written {
-                Ok(()) => Written::All,
-                Err(_) => Written::Failed,
-            });
-        }
-        if timer.poll_passed(cx, deadline) {
-            return Poll::Ready(Written::TimedOut);
-        }
-        Poll::Pending
-    })
-    .await
+    match until(stream.write_all(bytes), timer, deadline, None).await {
+        Until::Done(Ok(())) => Written::All,
+        Until::TimedOut => Written::TimedOut,
+        Until::Done(Err(_)) | Until::ShutDown => Written::Failed,
+    }
 }
 
 /// How a response body ends.
