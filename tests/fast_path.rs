@@ -131,10 +131,7 @@ async fn a_connection_moves_to_hyper_mid_stream_without_a_seam() {
     .await;
     let admin = gw.gateway().admin_addr().unwrap();
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let get = format!(
-        "GET /supporters/a HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-        k.key
-    );
+    let get = get_with_key("/supporters/a", &k);
     let post = format!(
         "POST /supporters/b HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-length: 5\r\n\r\nhello",
         k.key

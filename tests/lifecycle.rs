@@ -213,10 +213,7 @@ async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_gra
 /// A keep-alive connection to `gw` that has had one request answered, and that request.
 async fn answered_connection(gw: &TestGateway, k: &TestKey) -> (TcpStream, String) {
     let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "GET /supporters/1 HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-        k.key
-    );
+    let request = get_with_key("/supporters/1", k);
     conn.write_all(request.as_bytes()).await.unwrap();
     assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
     (conn, request)

@@ -215,13 +215,7 @@ async fn a_response_the_client_abandoned_never_reaches_the_next_request() {
     let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
     let mut client = TcpStream::connect(gw.addr).await.unwrap();
     client
-        .write_all(
-            format!(
-                "GET /supporters/big HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-                k.key
-            )
-            .as_bytes(),
-        )
+        .write_all(get_with_key("/supporters/big", &k).as_bytes())
         .await
         .unwrap();
     let mut first = [0u8; 1024];
@@ -356,14 +350,6 @@ async fn pooled_client(up: &RawUpstream, label: &str) -> (TestKey, TestGateway, 
     let gw = TestGateway::start(&pool_config(up, &k, "")).await;
     let client = Responses::new(TcpStream::connect(gw.addr).await.unwrap());
     (k, gw, client)
-}
-
-/// A GET request head for `path` with the user's key.
-fn get_with_key(path: &str, k: &TestKey) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
-        k.key
-    )
 }
 
 /// Reads one response at a time off a client connection (Content-Length or chunked bodies),

@@ -301,6 +301,14 @@ pub async fn read_response(conn: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// A keep-alive GET request head for `path` with the user's key in `X-Api-Key`.
+pub fn get_with_key(path: &str, k: &TestKey) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\n\r\n",
+        k.key
+    )
+}
+
 /// Polls `check` until it returns true, for up to 10 seconds; returns whether it did.
 pub async fn eventually<F, Fut>(mut check: F) -> bool
 where
