@@ -2,7 +2,10 @@
 # End-to-end benchmark: the same small upstream (nginx, a fixed 20-byte body) measured with wrk
 #   (a) directly, (b) through apiward (10,000 users, key in a header, source whitelist), and
 #   (c) through nginx doing the equivalent checks (a map from key to user, a map from
-#       user:address to allowed, proxy_pass with upstream keep-alive),
+#       user:address to allowed, proxy_pass with upstream keep-alive), and
+#   (d) through HAProxy in TCP mode, which forwards bytes without parsing or checking anything:
+#       the cheapest proxy there is, so its req/s is about the most that wrk and the upstream on
+#       their CPU can take through any proxy on this machine (the "ceiling" row),
 # in alternating rounds with the same connection count and duration, one worker thread or
 # process per server. Then apiward's peak resident memory with 10,000 and 1,000,000 users.
 #
@@ -32,6 +35,8 @@ UPSTREAM_PORT=$BASE_PORT
 APIWARD_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 BIG_PORT=$((BASE_PORT + 3))
+CEILING_PORT=$((BASE_PORT + 4))
+TARGETS=(direct apiward nginx ceiling)
 REQUEST_PATH=/api/items/42
 BODY=01234567890123456789 # 20 bytes
 
@@ -69,6 +74,7 @@ install_tools() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
     command -v curl >/dev/null || missing+=(curl)
     command -v taskset >/dev/null || missing+=(util-linux)
     if ((${#missing[@]})); then
@@ -120,6 +126,39 @@ start_nginx() { # start_nginx NAME CPUS: runs nginx with $WORK/NAME.conf in the 
     wait_for_port "$3" 10 "$NGINX_PID"
 }
 
+start_haproxy() { # start_haproxy CONFIG PORT CPUS: runs haproxy in the foreground, sets HAPROXY_PID
+    haproxy -c -q -f "$1"
+    pin_prefix "$3"
+    "${PIN[@]}" haproxy -db -f "$1" >>"$WORK/haproxy.log" 2>&1 &
+    HAPROXY_PID=$!
+    PIDS+=("$HAPROXY_PID")
+    wait_for_port "$2" 10 "$HAPROXY_PID"
+}
+
+cpu_list() { # cpu_list LIST: the CPU numbers of a taskset list such as 0, 0,2 or 0-3 (empty: none)
+    local part
+    local -a parts
+    IFS=, read -r -a parts <<<"$1"
+    for part in "${parts[@]}"; do
+        if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+    done
+}
+
+cpu_time() { # cpu_time LIST: "busy total" clock ticks so far of those CPUs (all of them when empty)
+    local -a cpus
+    mapfile -t cpus < <(cpu_list "$1")
+    awk -v want=" ${cpus[*]} " '
+        (want == "  " && $1 == "cpu") || (want != "  " && $1 ~ /^cpu[0-9]+$/ && index(want, " " substr($1, 4) " ")) {
+            # user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+            busy += $2 + $3 + $4 + $7 + $8 + $9; total += $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }
+        END { print busy + 0, total + 0 }' /proc/stat
+}
+
+busy_pct() { # busy_pct BEFORE AFTER: the share of the ticks between two cpu_time readings that were busy, in %
+    awk -v b="$1" -v a="$2" 'BEGIN { split(b, x, " "); split(a, y, " ")
+        t = y[2] - x[2]; printf "%.0f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }'
+}
+
 cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these processes
     local pid
     for pid in "$@"; do
@@ -153,15 +192,20 @@ to_ms() { # wrk prints 812.00us, 1.23ms or 1.02s
         else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
 }
 
-run_wrk() { # run_wrk NAME URL ROUND PID...: appends "name round rps p50 p99 user_us sys_us" to
-    # results, the last two being the CPU time per request of the server processes PID...
+run_wrk() { # run_wrk NAME URL ROUND PID...: appends "name round rps p50 p99 user_us sys_us
+    # proxy_busy load_busy" to results: the CPU time per request of the server processes PID...,
+    # then how busy the gateways' CPUs and the load's CPUs (wrk and the upstream) were, in %
     local name=$1 url=$2 round=$3 out="$WORK/wrk.$1.$3.txt"
     shift 3
-    local before after
+    local before after proxy_before load_before proxy_busy load_busy
     before=$(cpu_ticks "$@")
+    proxy_before=$(cpu_time "$PROXY_CPUS")
+    load_before=$(cpu_time "$LOAD_CPUS")
     pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 5s --latency \
         -s "$WORK/keys.lua" "$url" >"$out"
     after=$(cpu_ticks "$@")
+    proxy_busy=$(busy_pct "$proxy_before" "$(cpu_time "$PROXY_CPUS")")
+    load_busy=$(busy_pct "$load_before" "$(cpu_time "$LOAD_CPUS")")
     if grep -q -E 'Non-2xx|Socket errors' "$out"; then
         log "$name round $round had errors:"
         cat "$out" >&2
@@ -175,9 +219,10 @@ run_wrk() { # run_wrk NAME URL ROUND PID...: appends "name round rps p50 p99 use
     read -r user_us sys_us < <(awk -v b="$before" -v a="$after" -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN {
         split(b, x, " "); split(a, y, " ")
         printf "%.2f %.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }')
-    printf '%s %s %s %s %s %s %s\n' "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us" >>"$WORK/results.txt"
-    log "$(printf '%-8s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  CPU %5.2f + %5.2f us/req' \
-        "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us")"
+    printf '%s %s %s %s %s %s %s %s %s\n' "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us" \
+        "$proxy_busy" "$load_busy" >>"$WORK/results.txt"
+    log "$(printf '%-8s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  CPU %5.2f + %5.2f us/req  busy %s%% + %s%%' \
+        "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us" "$proxy_busy" "$load_busy")"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -209,8 +254,9 @@ big_memory() { # big_memory USERS: sets BIG_HWM and BIG_RSS (KiB) of apiward ser
 main() {
     LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
     install_tools
+    PATH=$PATH:/usr/sbin
     local port
-    for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT"; do
+    for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT" "$CEILING_PORT"; do
         port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
     done
 
@@ -261,34 +307,55 @@ EOF
 }
 EOF
 
-    log "starting the upstream (nginx, CPUs ${LOAD_CPUS:-any}), apiward and nginx as gateways (CPUs ${PROXY_CPUS:-any})"
+    # The ceiling: bytes relayed both ways, one upstream connection per client connection.
+    cat >"$WORK/ceiling.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend ceiling
+    bind 127.0.0.1:$CEILING_PORT
+    default_backend upstream
+backend upstream
+    server upstream 127.0.0.1:$UPSTREAM_PORT
+EOF
+
+    log "starting the upstream (nginx, CPUs ${LOAD_CPUS:-any}); apiward, nginx and HAProxy (TCP) as gateways (CPUs ${PROXY_CPUS:-any})"
     start_nginx upstream "$LOAD_CPUS" "$UPSTREAM_PORT"
     local upstream_pid=$NGINX_PID
     start_apiward "$WORK/apiward.toml" "$APIWARD_PORT" "$PROXY_CPUS"
     local apiward_pid=$APIWARD_PID
     start_nginx gateway "$PROXY_CPUS" "$NGINX_PORT"
     local gateway_pid=$NGINX_PID
+    start_haproxy "$WORK/ceiling.cfg" "$CEILING_PORT" "$PROXY_CPUS"
+    local ceiling_pid=$HAPROXY_PID
     # Whose CPU time each target's row reports: the server answering wrk (nginx's worker).
     local -A served_by=(
         [direct]="$(pgrep -P "$upstream_pid" | tr '\n' ' ')"
         [apiward]="$apiward_pid"
         [nginx]="$(pgrep -P "$gateway_pid" | tr '\n' ' ')"
+        [ceiling]="$ceiling_pid"
     )
 
     local -A urls=(
         [direct]="http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
         [apiward]="http://127.0.0.1:$APIWARD_PORT$REQUEST_PATH"
         [nginx]="http://127.0.0.1:$NGINX_PORT$REQUEST_PATH"
+        [ceiling]="http://127.0.0.1:$CEILING_PORT$REQUEST_PATH"
     )
     local target round
-    for target in direct apiward nginx; do check_target "${urls[$target]}"; done
+    for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
     # Warm-up: connection pools, page faults, CPU frequency.
-    for target in direct apiward nginx; do
+    for target in "${TARGETS[@]}"; do
         pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "${urls[$target]}" >/dev/null
     done
     : >"$WORK/results.txt"
     for round in $(seq "$ROUNDS"); do
-        for target in direct apiward nginx; do
+        for target in "${TARGETS[@]}"; do
             # shellcheck disable=SC2086 # a list of pids
             run_wrk "$target" "${urls[$target]}" "$round" ${served_by[$target]}
         done
@@ -308,37 +375,43 @@ EOF
 
 report() {
     local hwm10k=$1 rss10k=$2 big_hwm=$3 big_rss=$4
-    local d_rps a_rps n_rps
+    local d_rps a_rps n_rps c_rps
     d_rps=$(stat_of direct 3)
     a_rps=$(stat_of apiward 3)
     n_rps=$(stat_of nginx 3)
+    c_rps=$(stat_of ceiling 3)
     echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC'): wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency," \
-        "$ROUNDS rounds alternating direct, apiward, nginx; medians over the rounds." \
+        "$ROUNDS rounds alternating ${TARGETS[*]}; medians over the rounds." \
         "$USERS users; wrk rotates over 1,024 of their keys (X-Api-Key); each user has two whitelist" \
         "entries and the client matches the second. Gateways pinned to CPU ${PROXY_CPUS:-any}," \
         "wrk and the upstream to CPU ${LOAD_CPUS:-any}. Load average before the run: $LOAD_BEFORE" \
-        "(anything above ~0.3 means another process shared the machine)."
+        "(anything above ~0.3 means another process shared the machine)." \
+        "\`ceiling\` is HAProxy in TCP mode: it relays bytes without parsing or checking anything."
     echo
-    echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs direct | req/s vs nginx | CPU µs/req (user + sys) |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 (ms) | p99 (ms) | req/s vs direct | req/s vs nginx | CPU µs/req (user + sys) | gateway CPU busy | load CPU busy |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     local t rps
-    for t in direct apiward nginx; do
+    for t in "${TARGETS[@]}"; do
         rps=$(stat_of "$t" 3)
-        printf '| %s | %.0f | %.3f | %.3f | %.2f | %.2f | %.2f + %.2f |\n' "$t" "$rps" "$(stat_of "$t" 4)" "$(stat_of "$t" 5)" \
+        printf '| %s | %.0f | %.3f | %.3f | %.2f | %.2f | %.2f + %.2f | %s %% | %s %% |\n' "$t" "$rps" "$(stat_of "$t" 4)" "$(stat_of "$t" 5)" \
             "$(awk -v a="$rps" -v b="$d_rps" 'BEGIN { print a / b }')" \
-            "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of "$t" 6)" "$(stat_of "$t" 7)"
+            "$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of "$t" 6)" "$(stat_of "$t" 7)" \
+            "$(stat_of "$t" 8)" "$(stat_of "$t" 9)"
     done
     echo
     printf 'apiward / nginx: **%.2f ×** the requests per second (goal ≥ 1.25), p99 %.3f ms vs %.3f ms (goal: not higher).\n' \
         "$(awk -v a="$a_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of apiward 5)" "$(stat_of nginx 5)"
+    printf 'ceiling / nginx: %.2f ×; apiward / ceiling: %.2f ×. The ceiling is what wrk and the upstream, sharing their CPU, can take through a proxy that does nothing: when the load CPU is busy near 100 %%, they, not the gateway, set the req/s.\n' \
+        "$(awk -v a="$c_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(awk -v a="$a_rps" -v b="$c_rps" 'BEGIN { print a / b }')"
     echo "CPU time per request (the gateway process, or nginx's worker; \`direct\` is the upstream's worker, which"
     echo "shares its CPU with wrk) moves much less than req/s when another process or VM shares the machine."
+    echo "Busy is the share of the CPUs' time, from \`/proc/stat\`, not idle during the round."
     echo
     echo "Every round:"
     echo
-    echo "| round | target | req/s | p50 (ms) | p99 (ms) | CPU µs/req (user + sys) |"
-    echo "|---:|---|---:|---:|---:|---:|"
-    awk '{ printf "| %s | %s | %.0f | %.3f | %.3f | %.2f + %.2f |\n", $2, $1, $3, $4, $5, $6, $7 }' "$WORK/results.txt"
+    echo "| round | target | req/s | p50 (ms) | p99 (ms) | CPU µs/req (user + sys) | gateway CPU busy | load CPU busy |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+    awk '{ printf "| %s | %s | %.0f | %.3f | %.3f | %.2f + %.2f | %s %% | %s %% |\n", $2, $1, $3, $4, $5, $6, $7, $8, $9 }' "$WORK/results.txt"
     echo
     echo "apiward's resident memory (\`VmHWM\` is the peak, including compiling the file; \`VmRSS\` is after serving):"
     echo
