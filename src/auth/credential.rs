@@ -62,7 +62,7 @@ pub fn extract<'r>(
         }
         return match value.to_str() {
             Ok("") => (Credential::Missing, CredentialSource::KeyHeader),
-            Ok(k) => (Credential::Key(k.trim()), CredentialSource::KeyHeader),
+            Ok(k) => (Credential::Key(k.trim_ascii()), CredentialSource::KeyHeader),
             Err(_) => (Credential::Malformed, CredentialSource::KeyHeader),
         };
     }
@@ -72,8 +72,8 @@ pub fn extract<'r>(
     let Ok(auth) = auth.to_str() else {
         return (Credential::Missing, CredentialSource::None);
     };
-    let (scheme, rest) = auth.trim().split_once(' ').unwrap_or((auth, ""));
-    let rest = rest.trim();
+    let (scheme, rest) = auth.trim_ascii().split_once(' ').unwrap_or((auth, ""));
+    let rest = rest.trim_ascii();
     if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() {
             return (Credential::Malformed, CredentialSource::Authorization);

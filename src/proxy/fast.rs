@@ -1166,6 +1166,21 @@ async fn read_response_head(
     }
 }
 
+/// A `Content-Length` value: `1*DIGIT` (RFC 9110, 8.6) between optional spaces or tabs, that fits
+/// in a `u64`. A sign, an empty value or anything else is refused, as hyper refuses it.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 /// Parses a response head; the headers to pass on go to `kept` as ranges of `buf`.
 fn parse_response_head(
     buf: &[u8],
@@ -1242,10 +1257,7 @@ fn parse_response_head(
             continue;
         }
         if known == Known::ContentLength {
-            let value = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(())?;
+            let value = content_length(h.value).ok_or(())?;
             if length.is_some_and(|l| l != value) {
                 return Err(());
             }
@@ -1643,6 +1655,30 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(&text[head.status_line], "404 Not Found", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"20"), Some(20));
+        assert_eq!(content_length(b" \t0020 "), Some(20));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+20",
+            b"-1",
+            b"2 0",
+            b"20;",
+            b"0x14",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
