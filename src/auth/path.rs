@@ -39,8 +39,12 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, BadPath> {
 /// One pass over the bytes: refuses what is never valid, and says whether any work is needed.
 fn is_already_normal(bytes: &[u8]) -> Result<bool, BadPath> {
     let mut normal = true;
-    let mut prev = 0u8;
     for (i, &b) in bytes.iter().enumerate() {
+        // Most bytes are ordinary: one table load each, and the `match` only for the rest.
+        if !NEEDS_A_LOOK[usize::from(b)] {
+            continue;
+        }
+        let prev = if i == 0 { 0 } else { bytes[i - 1] };
         match b {
             b'\\' => return Err(BadPath::Backslash),
             0..=0x1f | 0x7f => return Err(BadPath::ControlCharacter),
@@ -58,10 +62,20 @@ fn is_already_normal(bytes: &[u8]) -> Result<bool, BadPath> {
             }
             _ => {}
         }
-        prev = b;
     }
     Ok(normal)
 }
+
+/// The bytes `is_already_normal` has to look at: controls, DEL, `\`, `%`, `/` and `.`.
+static NEEDS_A_LOOK: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b <= 0x1f || b == 0x7f || matches!(b as u8, b'\\' | b'%' | b'/' | b'.');
+        b += 1;
+    }
+    table
+};
 
 fn hex_value(b: u8) -> Option<u8> {
     match b {
