@@ -122,9 +122,11 @@ impl Proxy {
     ) -> (Result<Forward, Refusal>, RequestRecord) {
         let client = headers::client_address(snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
-        let request_id = request_headers
-            .get(&X_REQUEST_ID)
-            .filter(|id| peer_is_trusted && is_reasonable_request_id(id))
+        // Only a trusted proxy's request id is kept, so the header is not even looked up otherwise.
+        let request_id = peer_is_trusted
+            .then(|| request_headers.get(&X_REQUEST_ID))
+            .flatten()
+            .filter(|id| is_reasonable_request_id(id))
             .cloned()
             .unwrap_or_else(|| self.telemetry.next_request_id());
         let mut record = RequestRecord {
