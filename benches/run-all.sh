@@ -2,7 +2,7 @@
 # Runs every benchmark (criterion micro-benchmarks, callgrind instruction counts, the wrk
 # end-to-end comparison with nginx) and rewrites the result sections of docs/benchmarks.md.
 #
-# Usage: benches/run-all.sh     (about 20 minutes on 2 cores; run it on an otherwise idle machine)
+# Usage: benches/run-all.sh     (about 25 minutes on 2 cores; run it on an otherwise idle machine)
 # The parts alone: cargo bench --bench decision | benches/callgrind.sh | benches/proxy_callgrind.sh |
 # benches/e2e.sh
 set -euo pipefail
@@ -18,7 +18,7 @@ trap 'status=$?; if ((status == 0)); then rm -rf "$WORK"; else echo "run-all: re
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src benches Cargo.toml || echo ' (with uncommitted changes)')"
     echo "- CPU: $(nproc) × $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) ($(awk -F': ' '/^cpu MHz/ { printf "%.0f MHz", $2; exit }' /proc/cpuinfo), $(grep -q sha_ni /proc/cpuinfo && echo 'SHA extensions' || echo 'no SHA extensions'))"
     echo "- Memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); kernel $(uname -r); $(. /etc/os-release && echo "$PRETTY_NAME")"
-    echo "- $(rustc --version); $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo 'nginx: installed by e2e.sh'); $(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }' || true)"
+    echo "- $(rustc --version); $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo 'nginx: installed by e2e.sh'); $(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }' || true); $(PATH=$PATH:/usr/sbin haproxy -v 2>/dev/null | awk 'NR == 1 { print "HAProxy", $3 }' || echo 'HAProxy: installed by e2e.sh')"
 } >"$WORK/machine.md"
 
 echo "run-all: criterion micro-benchmarks" >&2
