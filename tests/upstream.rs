@@ -18,7 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// body. `/supporters/big` answers 4 MiB, `/supporters/empty` 204, `/supporters/slow` answers
 /// after 300 ms, `/supporters/chunked` answers chunked with a trailer, `/supporters/to-close`
 /// answers without a length and closes, `/supporters/hints` sends `103 Early Hints` first,
-/// everything else `ok <path>`.
+/// `/supporters/drop-next` answers, then reads the next request on its connection and closes
+/// it without answering, everything else `ok <path>`.
 /// With `close_idle_after`, it closes a connection that long after each response (without
 /// saying so in the response), as an upstream with a short keep-alive timeout does.
 struct RawUpstream {
@@ -77,6 +78,7 @@ impl RawUpstream {
 
 async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
     let mut buf = Vec::new();
+    let mut drop_next = false;
     loop {
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -97,11 +99,15 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
+        if drop_next {
+            return; // the request was read: close as if the keep-alive timeout had just struck
+        }
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end);
         let mut request_line = head.lines().next().unwrap_or("").split(' ');
         let method = request_line.next().unwrap_or("");
         let path = request_line.next().unwrap_or("").to_string();
+        drop_next = path == "/supporters/drop-next";
         let response = match path.as_str() {
             "/supporters/big" => {
                 let mut r =
@@ -206,6 +212,49 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
         assert!(eventually(|| async { up.ended() == round }).await);
     }
     assert_eq!(up.accepted(), 3);
+}
+
+/// The race no pool can avoid: the upstream closes a kept-alive connection just as the gateway
+/// writes the next request on it. The request (a GET, safe to send twice) goes again on a new
+/// connection, and the client never sees the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_closed_a_reused_connection_on_is_sent_again_on_a_new_one() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolretry");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let key = [("x-api-key", k.key.as_str())];
+    let r = get(&gw.url("/supporters/drop-next"), &key).await;
+    assert_eq!(&r.body[..], b"ok /supporters/drop-next");
+    assert!(eventually(|| async { idle_connections(&status(admin).await) == 1 }).await);
+    let r = get(&gw.url("/supporters/after"), &key).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (200, &b"ok /supporters/after"[..]),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // The first connection took the request and closed; the second answered it.
+    assert_eq!(up.accepted(), 2);
+    assert!(eventually(|| async { up.ended() == 1 }).await);
+}
+
+/// The same race with a POST, which is not safe to send twice: the upstream may have acted on
+/// it before closing. The client gets a 502 and the request is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_upstream_closed_a_reused_connection_on_is_not_sent_again() {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new("poolnoretry");
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let key = [("x-api-key", k.key.as_str())];
+    let r = send("POST", &gw.url("/supporters/drop-next"), &key, "").await;
+    assert_eq!(&r.body[..], b"ok /supporters/drop-next");
+    assert!(eventually(|| async { idle_connections(&status(admin).await) == 1 }).await);
+    let r = send("POST", &gw.url("/supporters/after"), &key, "").await;
+    assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(eventually(|| async { up.ended() == 1 }).await);
+    assert_eq!(up.accepted(), 1, "no second connection carried the POST");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
