@@ -403,6 +403,9 @@ report() {
         "$(awk -v a="$a_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(stat_of apiward 5)" "$(stat_of nginx 5)"
     printf 'ceiling / nginx: %.2f ×; apiward / ceiling: %.2f ×. The ceiling is what wrk and the upstream, sharing their CPU, can take through a proxy that does nothing: when the load CPU is busy near 100 %%, they, not the gateway, set the req/s.\n' \
         "$(awk -v a="$c_rps" -v b="$n_rps" 'BEGIN { print a / b }')" "$(awk -v a="$a_rps" -v b="$c_rps" 'BEGIN { print a / b }')"
+    printf 'CPU per request, nginx / apiward: %.2f ×: the req/s ratio to expect per core where the gateway, not the load, is what runs out.\n' \
+        "$(awk -v n="$(stat_of nginx 6) $(stat_of nginx 7)" -v a="$(stat_of apiward 6) $(stat_of apiward 7)" 'BEGIN {
+            split(n, x, " "); split(a, y, " "); print (x[1] + x[2]) / (y[1] + y[2]) }')"
     echo "CPU time per request (the gateway process, or nginx's worker; \`direct\` is the upstream's worker, which"
     echo "shares its CPU with wrk) moves much less than req/s when another process or VM shares the machine."
     echo "Busy is the share of the CPUs' time, from \`/proc/stat\`, not idle during the round."
