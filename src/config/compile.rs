@@ -534,15 +534,14 @@ fn interned(text: &str) -> &'static str {
 /// when it is plain ASCII (`HeaderValue::from_static` takes nothing else; a name with other
 /// characters is still a valid value, made the usual way).
 fn group_header(name: &str) -> Option<http::HeaderValue> {
-    let value = http::HeaderValue::from_str(name).ok()?;
     let plain = name
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) || b == b'\t');
-    Some(if plain {
-        http::HeaderValue::from_static(interned(name))
+    if plain {
+        Some(http::HeaderValue::from_static(interned(name)))
     } else {
-        value
-    })
+        http::HeaderValue::from_str(name).ok()
+    }
 }
 
 fn check_key_header(name: &str) -> Result<HeaderName, String> {
