@@ -214,19 +214,36 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
     assert_eq!(up.accepted(), 3);
 }
 
+/// A gateway whose one pooled upstream connection will take the next request and close without
+/// answering it: `/supporters/drop-next` was asked for with `method`, on the path that method
+/// takes, and the connection is back in the pool.
+async fn pooled_connection_about_to_drop(
+    label: &str,
+    method: &str,
+) -> (RawUpstream, TestKey, TestGateway) {
+    let up = RawUpstream::start(None).await;
+    let k = TestKey::new(label);
+    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let r = send(
+        method,
+        &gw.url("/supporters/drop-next"),
+        &[("x-api-key", k.key.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(&r.body[..], b"ok /supporters/drop-next");
+    assert!(eventually(|| async { idle_connections(&status(admin).await) == 1 }).await);
+    (up, k, gw)
+}
+
 /// The race no pool can avoid: the upstream closes a kept-alive connection just as the gateway
 /// writes the next request on it. The request (a GET, safe to send twice) goes again on a new
 /// connection, and the client never sees the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_upstream_closed_a_reused_connection_on_is_sent_again_on_a_new_one() {
-    let up = RawUpstream::start(None).await;
-    let k = TestKey::new("poolretry");
-    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
-    let admin = gw.gateway().admin_addr().unwrap();
+    let (up, k, gw) = pooled_connection_about_to_drop("poolretry", "GET").await;
     let key = [("x-api-key", k.key.as_str())];
-    let r = get(&gw.url("/supporters/drop-next"), &key).await;
-    assert_eq!(&r.body[..], b"ok /supporters/drop-next");
-    assert!(eventually(|| async { idle_connections(&status(admin).await) == 1 }).await);
     let r = get(&gw.url("/supporters/after"), &key).await;
     assert_eq!(
         (r.status.as_u16(), &r.body[..]),
@@ -243,14 +260,8 @@ async fn a_request_the_upstream_closed_a_reused_connection_on_is_sent_again_on_a
 /// it before closing. The client gets a 502 and the request is not sent again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_the_upstream_closed_a_reused_connection_on_is_not_sent_again() {
-    let up = RawUpstream::start(None).await;
-    let k = TestKey::new("poolnoretry");
-    let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
-    let admin = gw.gateway().admin_addr().unwrap();
+    let (up, k, gw) = pooled_connection_about_to_drop("poolnoretry", "POST").await;
     let key = [("x-api-key", k.key.as_str())];
-    let r = send("POST", &gw.url("/supporters/drop-next"), &key, "").await;
-    assert_eq!(&r.body[..], b"ok /supporters/drop-next");
-    assert!(eventually(|| async { idle_connections(&status(admin).await) == 1 }).await);
     let r = send("POST", &gw.url("/supporters/after"), &key, "").await;
     assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(&r.body));
     assert!(eventually(|| async { up.ended() == 1 }).await);
