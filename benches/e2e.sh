@@ -66,8 +66,17 @@ pin() { # pin CPUS command...: runs the command pinned to CPUS, or unpinned when
     if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
 }
 
-pin_prefix() { # sets PIN to the taskset prefix for CPUS; a background job started with it keeps its pid
-    if [[ -n $1 ]]; then PIN=(taskset -c "$1"); else PIN=(); fi
+start_pinned() { # start_pinned CPUS PORT SECONDS LOG command...: runs the command in the background,
+    # pinned to CPUS, its output appended to LOG, stopped on exit; waits at most SECONDS for PORT to
+    # listen. Sets STARTED_PID (taskset and env exec the command, so that is the command's pid).
+    local cpus=$1 port=$2 seconds=$3 log=$4
+    shift 4
+    local -a pin=()
+    if [[ -n $cpus ]]; then pin=(taskset -c "$cpus"); fi
+    "${pin[@]}" "$@" >>"$log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_for_port "$port" "$seconds" "$STARTED_PID"
 }
 
 install_tools() {
@@ -116,23 +125,15 @@ http {
 EOF
 }
 
-start_nginx() { # start_nginx NAME CPUS: runs nginx with $WORK/NAME.conf in the foreground
-    local name=$1 cpus=$2
+start_nginx() { # start_nginx NAME CPUS PORT: runs nginx with $WORK/NAME.conf in the foreground, sets STARTED_PID
+    local name=$1
     nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
-    pin_prefix "$cpus"
-    "${PIN[@]}" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf" &
-    NGINX_PID=$!
-    PIDS+=("$NGINX_PID")
-    wait_for_port "$3" 10 "$NGINX_PID"
+    start_pinned "$2" "$3" 10 "$WORK/$name.out" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
 }
 
-start_haproxy() { # start_haproxy CONFIG PORT CPUS: runs haproxy in the foreground, sets HAPROXY_PID
+start_haproxy() { # start_haproxy CONFIG PORT CPUS: runs haproxy in the foreground, sets STARTED_PID
     haproxy -c -q -f "$1"
-    pin_prefix "$3"
-    "${PIN[@]}" haproxy -db -f "$1" >>"$WORK/haproxy.log" 2>&1 &
-    HAPROXY_PID=$!
-    PIDS+=("$HAPROXY_PID")
-    wait_for_port "$2" 10 "$HAPROXY_PID"
+    start_pinned "$3" "$2" 10 "$WORK/haproxy.log" haproxy -db -f "$1"
 }
 
 cpu_list() { # cpu_list LIST: the CPU numbers of a taskset list such as 0, 0,2 or 0-3 (empty: none)
@@ -167,12 +168,8 @@ cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these
     done | awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
 }
 
-start_apiward() { # start_apiward CONFIG PORT CPUS: sets APIWARD_PID
-    pin_prefix "$3"
-    APIWARD_LOG=warn "${PIN[@]}" "$ROOT/target/release/apiward" run --config "$1" >>"$WORK/apiward.log" 2>&1 &
-    APIWARD_PID=$!
-    PIDS+=("$APIWARD_PID")
-    wait_for_port "$2" 600 "$APIWARD_PID"
+start_apiward() { # start_apiward CONFIG PORT CPUS: sets STARTED_PID
+    start_pinned "$3" "$2" 600 "$WORK/apiward.log" env APIWARD_LOG=warn "$ROOT/target/release/apiward" run --config "$1"
 }
 
 check_target() { # check_target URL: the request the benchmark sends must get the upstream's body
@@ -238,7 +235,7 @@ big_memory() { # big_memory USERS: sets BIG_HWM and BIG_RSS (KiB) of apiward ser
     "$ROOT/target/release/examples/gen_config" --users "$users" --out "$cfg" --workers 1 --access-log off \
         --listen "127.0.0.1:$BIG_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --keys "$WORK/big-keys.txt"
     start_apiward "$cfg" "$BIG_PORT" "$PROXY_CPUS"
-    pid=$APIWARD_PID
+    pid=$STARTED_PID
     local key
     key=$(sed -n "$((users / 2 + 1))p" "$WORK/big-keys.txt")
     for _ in 1 2 3 4 5; do
@@ -326,13 +323,13 @@ EOF
 
     log "starting the upstream (nginx, CPUs ${LOAD_CPUS:-any}); apiward, nginx and HAProxy (TCP) as gateways (CPUs ${PROXY_CPUS:-any})"
     start_nginx upstream "$LOAD_CPUS" "$UPSTREAM_PORT"
-    local upstream_pid=$NGINX_PID
+    local upstream_pid=$STARTED_PID
     start_apiward "$WORK/apiward.toml" "$APIWARD_PORT" "$PROXY_CPUS"
-    local apiward_pid=$APIWARD_PID
+    local apiward_pid=$STARTED_PID
     start_nginx gateway "$PROXY_CPUS" "$NGINX_PORT"
-    local gateway_pid=$NGINX_PID
+    local gateway_pid=$STARTED_PID
     start_haproxy "$WORK/ceiling.cfg" "$CEILING_PORT" "$PROXY_CPUS"
-    local ceiling_pid=$HAPROXY_PID
+    local ceiling_pid=$STARTED_PID
     # Whose CPU time each target's row reports: the server answering wrk (nginx's worker).
     local -A served_by=(
         [direct]="$(pgrep -P "$upstream_pid" | tr '\n' ' ')"
