@@ -207,7 +207,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
         method: &question.method,
         path,
         credential,
-        client: question.source,
+        client: question.source.into(),
         now: question.now,
     };
     let decision = match question.caller {
@@ -410,10 +410,16 @@ impl Trace for Narrator<'_> {
                 whitelist,
             } => {
                 let text = if allowed {
-                    let entry = whitelist.matching_entry(client).unwrap_or_default();
+                    let entry = client
+                        .ip()
+                        .and_then(|ip| whitelist.matching_entry(ip))
+                        .unwrap_or_default();
                     format!("{client} matches {entry} ✓")
                 } else {
-                    let nearest: Vec<String> = nearest_entries(whitelist, client)
+                    let nearest: Vec<String> = client
+                        .ip()
+                        .map(|ip| nearest_entries(whitelist, ip))
+                        .unwrap_or_default()
                         .iter()
                         .map(|(block, bits)| match bits {
                             Some(1) => format!("{block} (1 leading bit shared)"),

@@ -141,6 +141,48 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Where a request comes from, as far as the gateway can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddress {
+    Ip(IpAddr),
+    /// A trusted proxy vouched for an `X-Forwarded-For` entry that is not an address (not
+    /// UTF-8, a name, garbage). That entry is the client, and it matches no whitelist, not even
+    /// `"*"`: it is never replaced by the address of a hop nearer to the gateway.
+    Unreadable,
+}
+
+impl ClientAddress {
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            ClientAddress::Ip(ip) => Some(ip),
+            ClientAddress::Unreadable => None,
+        }
+    }
+}
+
+impl From<IpAddr> for ClientAddress {
+    fn from(ip: IpAddr) -> ClientAddress {
+        ClientAddress::Ip(ip)
+    }
+}
+
+impl std::str::FromStr for ClientAddress {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<ClientAddress, Self::Err> {
+        text.parse().map(ClientAddress::Ip)
+    }
+}
+
+impl fmt::Display for ClientAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAddress::Ip(ip) => ip.fmt(f),
+            ClientAddress::Unreadable => f.write_str("unreadable"),
+        }
+    }
+}
+
 /// The addresses one API user may call from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceWhitelist {
@@ -193,6 +235,11 @@ impl SourceWhitelist {
             blocks.push(AddressBlock::parse(entry)?);
         }
         Ok(SourceWhitelist::Blocks(blocks.into_boxed_slice()))
+    }
+
+    /// Whether `client` may call; an unreadable client address matches nothing.
+    pub fn admits(&self, client: ClientAddress) -> bool {
+        client.ip().is_some_and(|ip| self.allows(ip))
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {

@@ -10,7 +10,6 @@ pub mod path;
 pub mod permission;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 
 use http::Method;
 
@@ -28,7 +27,7 @@ pub struct RequestFacts<'r> {
     pub path: &'r str,
     pub credential: Credential<'r>,
     /// The client address: the TCP peer, or the one a trusted proxy vouched for.
-    pub client: IpAddr,
+    pub client: address::ClientAddress,
     /// Unix seconds, for key expiry.
     pub now: i64,
 }
@@ -104,7 +103,7 @@ pub enum Step<'a> {
     },
     Status(UserStatus),
     Source {
-        client: IpAddr,
+        client: address::ClientAddress,
         allowed: bool,
         whitelist: &'a address::SourceWhitelist,
     },
@@ -230,7 +229,7 @@ pub fn decide_identified_traced<'s, 'r>(
     if user.status != UserStatus::Active {
         return refused(Some(user), key, Refusal::UserInactive);
     }
-    let allowed = user.sources.allows(facts.client);
+    let allowed = user.sources.admits(facts.client);
     trace.step(Step::Source {
         client: facts.client,
         allowed,

@@ -118,7 +118,7 @@ fn millis(d: Duration) -> f64 {
 pub struct RequestRecord {
     pub started: Instant,
     pub request_id: HeaderValue,
-    pub client: std::net::IpAddr,
+    pub client: crate::auth::address::ClientAddress,
     pub user: Option<Arc<str>>,
     pub key_prefix: Option<Box<str>>,
     pub method: http::Method,

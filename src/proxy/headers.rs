@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
+use crate::auth::address::ClientAddress;
 use crate::auth::credential::CredentialSource;
 use crate::snapshot::Snapshot;
 
@@ -30,35 +31,43 @@ pub(super) static HOP_BY_HOP: [&HeaderName; 9] = [
 ];
 
 /// The client address: the TCP peer, unless the peer is a trusted proxy, in which case it is the
-/// rightmost `X-Forwarded-For` address that is not itself a trusted proxy.
-pub fn client_address(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+/// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy. Several header lines
+/// are one list, in order. The entries are read as bytes: an entry that is not an address (not
+/// UTF-8, a name, garbage) ends the walk as the client, which then matches no whitelist; the walk
+/// never falls back to a hop nearer to the gateway, since a balancer that appends the real client
+/// to what the client sent would otherwise let any client be judged as the balancer.
+pub fn client_address(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> ClientAddress {
     let peer_ip = crate::auth::address::canonical(peer.ip());
     if snapshot.server.trusted_proxies.is_empty() || !snapshot.is_trusted_proxy(peer_ip) {
-        return peer_ip;
+        return ClientAddress::Ip(peer_ip);
     }
-    let mut client = peer_ip;
+    let mut farthest = peer_ip;
     // Later header lines were appended by nearer proxies, so walk the lines and entries from the end.
     let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for line in lines.iter().rev() {
-        let Ok(text) = line.to_str() else {
-            return client;
-        };
-        for entry in text.rsplit(',') {
-            let Some(ip) = parse_forwarded_entry(entry.trim()) else {
-                // An address we cannot read: stop at the last hop we could vouch for.
-                return client;
-            };
-            client = crate::auth::address::canonical(ip);
-            if !snapshot.is_trusted_proxy(client) {
-                return client;
+        for entry in line.as_bytes().rsplit(|&b| b == b',') {
+            let entry = entry.trim_ascii();
+            if entry.is_empty() {
+                // `a, , b` and a trailing comma: list syntax (RFC 9110 5.6.1), not an entry.
+                continue;
             }
+            let Some(ip) = parse_forwarded_entry(entry) else {
+                return ClientAddress::Unreadable;
+            };
+            let ip = crate::auth::address::canonical(ip);
+            if !snapshot.is_trusted_proxy(ip) {
+                return ClientAddress::Ip(ip);
+            }
+            farthest = ip;
         }
     }
-    client
+    // Every entry was a trusted proxy (or there was none): the farthest trusted hop is the client.
+    ClientAddress::Ip(farthest)
 }
 
 /// `192.0.2.1`, `2001:db8::1`, `192.0.2.1:4711` or `[2001:db8::1]:4711`.
-fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?;
     entry
         .parse::<IpAddr>()
         .ok()
