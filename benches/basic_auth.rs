@@ -78,7 +78,7 @@ fn bench_credentials(c: &mut Criterion) {
             method: &Method::GET,
             path: "/bench/items/42",
             credential,
-            client,
+            client: client.into(),
             now: 1_800_000_000,
         };
         matches!(
