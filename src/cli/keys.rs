@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::edit::{self, ConfigFile, KeyEntry, NewKey};
 use super::{CliError, KeysCommand};
+use crate::config::edit::{self, ConfigFile, KeyEntry, NewKey};
 use crate::config::reload::now_unix;
 use crate::keys::IssuedKey;
 
@@ -192,7 +192,8 @@ fn add_key(
             created: now,
             expires: expires.map(|d| now.saturating_add(d.as_secs() as i64)),
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// The one key whose label starts with `prefix`.

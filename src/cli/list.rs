@@ -5,9 +5,9 @@ use std::path::Path;
 
 use toml_edit::{Item, TableLike, Value};
 
-use super::edit::{self, ConfigFile, KeyEntry};
 use super::last_used::{self, LastUse};
 use super::{CliError, ListFormat};
+use crate::config::edit::{self, ConfigFile, KeyEntry};
 use crate::config::reload::now_unix;
 
 /// One user as listed.

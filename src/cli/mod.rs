@@ -5,7 +5,6 @@
 //! stdout, alone on its line; everything meant for the operator goes to stderr, so
 //! `KEY=$(apiward users add ...)` captures exactly the key.
 
-mod edit;
 mod keys;
 mod last_used;
 mod list;
@@ -17,8 +16,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-
-use crate::config::ConfigErrors;
 
 /// Where the configuration is unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "config/apiward.toml";
@@ -265,15 +262,8 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
 /// Why a command did not do what was asked. Each names the file or the user and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: not valid TOML: {message}", path.display())]
-    Syntax { path: PathBuf, message: String },
-    #[error("no user {id:?} in {}: `apiward users list` shows the ids", path.display())]
-    NoSuchUser { id: String, path: PathBuf },
+    #[error(transparent)]
+    Edit(#[from] crate::config::edit::EditError),
     #[error(
         "a user {0:?} already exists: choose another id, or change it with `apiward users set`"
     )]
@@ -286,17 +276,6 @@ pub enum CliError {
     UnknownGroup { group: String, known: String },
     #[error("--remote-addresses: {0}")]
     BadAddresses(String),
-    #[error("the configuration file is laid out in a way this command cannot edit: {0}")]
-    Layout(String),
-    #[error("the edited file would not pass `apiward check`, so it was not written:\n{0}")]
-    WouldNotPass(ConfigErrors),
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{} changed while this command was editing it: nothing was written; run the command again", .0.display())]
-    ChangedMeanwhile(PathBuf),
     #[error("{0}")]
     KeySelection(String),
     #[error("the password was refused: {0}")]

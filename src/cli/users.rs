@@ -5,10 +5,10 @@ use std::path::Path;
 
 use toml_edit::{Item, Table, TableLike, Value};
 
-use super::edit::{self, ConfigFile, NewKey};
 use super::{AddUser, CliError, SetUser, Status, UsersCommand, password_policy};
 use crate::auth::address::SourceWhitelist;
 use crate::config::compile::check_user_id;
+use crate::config::edit::{self, ConfigFile, NewKey};
 use crate::config::reload::now_unix;
 
 pub fn run(config: &Path, command: UsersCommand) -> Result<(), CliError> {

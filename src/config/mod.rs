@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod diff;
 pub mod duration;
+pub mod edit;
 pub mod error;
 mod parse;
 pub mod raw;

@@ -1,6 +1,7 @@
 //! Editing the configuration file in place: load it with `toml_edit` (comments, order and
 //! formatting kept), change it, check the result exactly as `apiward check` would, and only then
-//! replace the file atomically (temporary file in the same directory, fsync, rename).
+//! replace the file atomically (temporary file in the same directory, fsync, rename). The CLI and
+//! the admin API both edit through here.
 
 use std::fs;
 use std::io::Write as _;
@@ -8,10 +9,35 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, TableLike, Value};
 
-use super::CliError;
+use crate::config::ConfigErrors;
 use crate::config::compile::unix_seconds;
 use crate::snapshot::Snapshot;
 pub use crate::snapshot::rfc3339;
+
+/// Why an edit of the file was not made. Each names the file or the user and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not valid TOML: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("no user {id:?} in {}: `apiward users list` shows the ids", path.display())]
+    NoSuchUser { id: String, path: PathBuf },
+    #[error("the configuration file is laid out in a way this command cannot edit: {0}")]
+    Layout(String),
+    #[error("the edited file would not pass `apiward check`, so it was not written:\n{0}")]
+    WouldNotPass(ConfigErrors),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} changed while this command was editing it: nothing was written; run the command again", .0.display())]
+    ChangedMeanwhile(PathBuf),
+}
 
 /// One configuration file, loaded for editing.
 pub struct ConfigFile {
@@ -21,15 +47,15 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    pub fn open(path: &Path) -> Result<ConfigFile, CliError> {
-        let original = fs::read_to_string(path).map_err(|source| CliError::Read {
+    pub fn open(path: &Path) -> Result<ConfigFile, EditError> {
+        let original = fs::read_to_string(path).map_err(|source| EditError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let doc: DocumentMut =
             original
                 .parse()
-                .map_err(|e: toml_edit::TomlError| CliError::Syntax {
+                .map_err(|e: toml_edit::TomlError| EditError::Syntax {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
@@ -72,14 +98,14 @@ impl ConfigFile {
         self.users().is_some_and(|u| u.contains_key(id))
     }
 
-    pub fn user(&self, id: &str) -> Result<&dyn TableLike, CliError> {
+    pub fn user(&self, id: &str) -> Result<&dyn TableLike, EditError> {
         self.users()
             .and_then(|u| u.get(id))
             .and_then(Item::as_table_like)
             .ok_or_else(|| self.no_such_user(id))
     }
 
-    pub fn user_mut(&mut self, id: &str) -> Result<&mut dyn TableLike, CliError> {
+    pub fn user_mut(&mut self, id: &str) -> Result<&mut dyn TableLike, EditError> {
         let missing = self.no_such_user(id);
         self.doc
             .get_mut("users")
@@ -89,15 +115,15 @@ impl ConfigFile {
             .ok_or(missing)
     }
 
-    fn no_such_user(&self, id: &str) -> CliError {
-        CliError::NoSuchUser {
+    fn no_such_user(&self, id: &str) -> EditError {
+        EditError::NoSuchUser {
             id: id.to_string(),
             path: self.path.clone(),
         }
     }
 
     /// Adds `[users."id"]` after the last user, keeping everything else where it is.
-    pub fn insert_user(&mut self, id: &str, user: Table) -> Result<(), CliError> {
+    pub fn insert_user(&mut self, id: &str, user: Table) -> Result<(), EditError> {
         let users = self.doc.entry("users").or_insert_with(|| {
             let mut t = Table::new();
             // `[users]` itself stays unwritten; only `[users."id"]` headers appear.
@@ -113,13 +139,13 @@ impl ConfigFile {
                 t.insert(id, Value::InlineTable(user.into_inline_table()));
                 Ok(())
             }
-            _ => Err(CliError::Layout(
+            _ => Err(EditError::Layout(
                 "`users` is not a table: write each user as [users.\"id\"]".into(),
             )),
         }
     }
 
-    pub fn remove_user(&mut self, id: &str) -> Result<(), CliError> {
+    pub fn remove_user(&mut self, id: &str) -> Result<(), EditError> {
         let missing = self.no_such_user(id);
         self.doc
             .get_mut("users")
@@ -131,9 +157,10 @@ impl ConfigFile {
 
     /// Checks the edited text as `apiward check` does and, only if it passes, replaces the file.
     /// A refused edit leaves the file untouched, byte for byte.
-    pub fn save(self) -> Result<Snapshot, CliError> {
+    pub fn save(self) -> Result<Snapshot, EditError> {
         let text = self.doc.to_string();
-        let snapshot = crate::config::compile(&self.path, &text).map_err(CliError::WouldNotPass)?;
+        let snapshot =
+            crate::config::compile(&self.path, &text).map_err(EditError::WouldNotPass)?;
         write_atomically(&self.path, &self.original, &text)?;
         Ok(snapshot)
     }
@@ -142,8 +169,8 @@ impl ConfigFile {
 /// Replaces `path` with `text` by renaming a synced temporary file over it, so a reader (the
 /// gateway's reload) sees the old file or the new one, never half of one. Refuses if the file
 /// changed since it was read, instead of silently undoing someone else's edit.
-fn write_atomically(path: &Path, expected: &str, text: &str) -> Result<(), CliError> {
-    let write_error = |source| CliError::Write {
+fn write_atomically(path: &Path, expected: &str, text: &str) -> Result<(), EditError> {
+    let write_error = |source| EditError::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -152,7 +179,7 @@ fn write_atomically(path: &Path, expected: &str, text: &str) -> Result<(), CliEr
     let target = fs::canonicalize(path).map_err(write_error)?;
     let current = fs::read_to_string(&target).map_err(write_error)?;
     if current != expected {
-        return Err(CliError::ChangedMeanwhile(path.to_path_buf()));
+        return Err(EditError::ChangedMeanwhile(path.to_path_buf()));
     }
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -235,14 +262,14 @@ enum Keys<'a> {
     Sections(&'a mut ArrayOfTables),
 }
 
-fn keys_mut(user: &mut dyn TableLike) -> Result<Keys<'_>, CliError> {
+fn keys_mut(user: &mut dyn TableLike) -> Result<Keys<'_>, EditError> {
     if !user.contains_key("keys") {
         user.insert("keys", Item::Value(Value::Array(Array::new())));
     }
     match user.get_mut("keys") {
         Some(Item::Value(Value::Array(a))) => Ok(Keys::Inline(a)),
         Some(Item::ArrayOfTables(a)) => Ok(Keys::Sections(a)),
-        _ => Err(CliError::Layout(
+        _ => Err(EditError::Layout(
             "a user's `keys` is not an array: write keys = [ { sha256 = ... }, ... ]".into(),
         )),
     }
@@ -278,7 +305,7 @@ pub fn read_keys(user: &dyn TableLike) -> Vec<KeyEntry> {
 }
 
 /// Appends a key, one per line like the ones already there.
-pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), CliError> {
+pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), EditError> {
     let mut entry = InlineTable::new();
     entry.insert("sha256", key.sha256.into());
     entry.insert("prefix", key.prefix.into());
@@ -328,7 +355,7 @@ pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), CliErr
 }
 
 /// Removes the keys at the given positions (as returned by `read_keys`).
-pub fn remove_keys(user: &mut dyn TableLike, positions: &[usize]) -> Result<(), CliError> {
+pub fn remove_keys(user: &mut dyn TableLike, positions: &[usize]) -> Result<(), EditError> {
     match keys_mut(user)? {
         Keys::Inline(array) => {
             let mut i = 0;
@@ -362,7 +389,7 @@ pub fn set_key_expiry(
     user: &mut dyn TableLike,
     position: usize,
     expires: i64,
-) -> Result<(), CliError> {
+) -> Result<(), EditError> {
     let value = Value::from(datetime(expires)?);
     match keys_mut(user)? {
         Keys::Inline(array) => {
@@ -404,9 +431,9 @@ fn set_inline(table: &mut InlineTable, field: &str, mut value: Value) {
 }
 
 /// Unix seconds as a TOML offset date-time in UTC, `2026-11-22T10:00:00Z`.
-pub fn datetime(unix: i64) -> Result<toml_edit::Datetime, CliError> {
+pub fn datetime(unix: i64) -> Result<toml_edit::Datetime, EditError> {
     rfc3339(unix).parse().map_err(|_| {
-        CliError::Layout(format!(
+        EditError::Layout(format!(
             "cannot write the instant {unix} as a TOML date-time"
         ))
     })
