@@ -7,13 +7,14 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod explain;
+pub mod gateway;
 pub mod keys;
 pub mod observe;
 pub mod proxy;
 pub mod refusal;
 pub mod snapshot;
 
-pub use proxy::{Gateway, Options, StartError};
+pub use gateway::{Gateway, Options, StartError};
 
 /// mimalloc, for the gateway and everything built on this crate (tests, benchmarks), so that what
 /// is measured is what runs: about 10 % more requests per second than glibc's allocator and a

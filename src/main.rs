@@ -6,13 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use apiward::cli::DEFAULT_CONFIG;
 use apiward::config;
 use apiward::config::reload::ConfigStore;
 use apiward::snapshot::AccessLogTarget;
 use apiward::{Gateway, Options};
 use tracing_appender::non_blocking::WorkerGuard;
-
-const DEFAULT_CONFIG: &str = "config/apiward.toml";
 
 #[derive(Parser)]
 #[command(

@@ -7,31 +7,15 @@ use std::time::Duration;
 use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use super::names;
 use super::series::Series;
 
-pub const REQUESTS: &str = "apiward_requests_total";
-pub const REQUEST_DURATION: &str = "apiward_request_duration_seconds";
-pub const UPSTREAM_DURATION: &str = "apiward_upstream_duration_seconds";
-pub const UPSTREAM_ERRORS: &str = "apiward_upstream_errors_total";
-pub const RELOADS: &str = "apiward_reloads_total";
-pub const CONFIG_GENERATION: &str = "apiward_config_generation";
-pub const OPEN_CONNECTIONS: &str = "apiward_open_connections";
-
-/// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 7] = [
-    REQUESTS,
-    REQUEST_DURATION,
-    UPSTREAM_DURATION,
-    UPSTREAM_ERRORS,
-    RELOADS,
-    CONFIG_GENERATION,
-    OPEN_CONNECTIONS,
-];
+pub use super::names::{
+    ALL, CONFIG_GENERATION, NONE, OPEN_CONNECTIONS, RELOADS, REQUEST_DURATION, REQUESTS,
+    UPSTREAM_DURATION, UPSTREAM_ERRORS,
+};
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
-
-/// Label value used when a request had no user or no route.
-pub const NONE: &str = "none";
 
 /// Why an upstream request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,24 +64,15 @@ impl Metrics {
 
     fn describe(&self) {
         // The per-request series are described where they are rendered (`series.rs`).
-        let help = [
-            (
-                UPSTREAM_ERRORS,
-                "Upstream requests that failed, by upstream and kind (connect, timeout, other).",
-            ),
-            (
-                RELOADS,
-                "Configuration reloads by outcome (applied, refused, missing).",
-            ),
-            (
-                CONFIG_GENERATION,
-                "Generation of the configuration serving now; 1 is the file loaded at start.",
-            ),
-            (OPEN_CONNECTIONS, "Client connections open now."),
+        let described = [
+            UPSTREAM_ERRORS,
+            RELOADS,
+            CONFIG_GENERATION,
+            OPEN_CONNECTIONS,
         ];
-        for (name, text) in help {
+        for name in described {
+            let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
-            let text: metrics::SharedString = text.into();
             match name.as_str() {
                 REQUESTS | UPSTREAM_ERRORS | RELOADS => {
                     self.recorder.describe_counter(name, None, text)
@@ -115,7 +90,7 @@ impl Metrics {
     /// The Prometheus text exposition of everything recorded.
     pub fn render(&self) -> String {
         let mut text = self.handle.render();
-        self.series.render(&mut text, help);
+        self.series.render(&mut text, names::help);
         text
     }
 
@@ -168,20 +143,6 @@ impl Metrics {
 
     pub fn open_connections(&self) -> metrics::Gauge {
         self.gauge(OPEN_CONNECTIONS)
-    }
-}
-
-/// The help text of the per-request series.
-fn help(name: &str) -> &'static str {
-    match name {
-        REQUESTS => {
-            "Requests by API user, route, decision (allowed or the error code) and status class."
-        }
-        REQUEST_DURATION => "Time from a request's head to the end of its response, by route.",
-        UPSTREAM_DURATION => {
-            "Time from forwarding a request to the upstream's response head, by route."
-        }
-        _ => "",
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod key_usage;
 pub mod metrics;
+pub mod names;
 mod series;
 
 use std::sync::Arc;

@@ -239,12 +239,12 @@ impl Series {
             *counts.entry(labels).or_default() += cell.get();
         }
         if !counts.is_empty() {
-            family(out, super::metrics::REQUESTS, "counter", &help);
+            family(out, super::names::REQUESTS, "counter", &help);
             for (labels, n) in counts {
                 let _ = writeln!(
                     out,
                     "{}{{user=\"{}\",route=\"{}\",decision=\"{}\",status_class=\"{}\"}} {n}",
-                    super::metrics::REQUESTS,
+                    super::names::REQUESTS,
                     Escaped(labels.user.as_deref()),
                     Escaped(labels.route.as_deref()),
                     Escaped(Some(labels.decision)),
@@ -254,8 +254,8 @@ impl Series {
         }
         type Pick = fn(&RouteCells) -> &Histogram;
         let histograms: [(&str, Pick); 2] = [
-            (super::metrics::REQUEST_DURATION, |r| &r.total),
-            (super::metrics::UPSTREAM_DURATION, |r| &r.upstream),
+            (super::names::REQUEST_DURATION, |r| &r.total),
+            (super::names::UPSTREAM_DURATION, |r| &r.upstream),
         ];
         for (name, pick) in histograms {
             let mut by_route: BTreeMap<Option<&str>, ([u64; 17], u64)> = BTreeMap::new();
@@ -303,7 +303,7 @@ struct Escaped<'a>(Option<&'a str>);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in self.0.unwrap_or(super::metrics::NONE).chars() {
+        for c in self.0.unwrap_or(super::names::NONE).chars() {
             match c {
                 '\\' => f.write_str("\\\\")?,
                 '"' => f.write_str("\\\"")?,

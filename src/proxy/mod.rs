@@ -10,10 +10,8 @@ pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -24,9 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminState};
-use crate::config::ConfigErrors;
-use crate::config::reload::{self, ConfigStore, ReloadOutcome, ReloadTrigger};
+use crate::config::reload::ConfigStore;
 use crate::observe::Telemetry;
 use body::Logged;
 use handler::Proxy;
@@ -38,188 +34,19 @@ pub type ResponseBody = Either<upstream::UpstreamBody, Full<Bytes>>;
 /// What the client receives: a response body that records the request when it ends.
 pub type LoggedBody = Logged<ResponseBody>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(ConfigErrors),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot watch the configuration file: {0}")]
-    Watch(#[from] notify::Error),
-}
-
-/// How `start` runs the gateway.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Reload when the configuration file changes.
-    pub watch_config: bool,
-    /// Reload on SIGHUP.
-    pub reload_on_sighup: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            watch_config: true,
-            reload_on_sighup: true,
-        }
-    }
-}
-
-/// A running gateway.
-pub struct Gateway {
-    local_addr: SocketAddr,
-    admin_addr: Option<SocketAddr>,
+/// Starts serving the public `listener`: the accept loop, and the upkeep of the upstream
+/// pools. What it returns reports the proxy's counts (for `/status`) and ends when the
+/// listener has shut down (on `shutdown`) and its connections have finished.
+pub(crate) fn spawn(
     store: Arc<ConfigStore>,
-    admin: Arc<AdminState>,
-    shutdown: watch::Sender<bool>,
-    admin_shutdown: watch::Sender<bool>,
-    serving: JoinHandle<()>,
-    reload_triggers: mpsc::UnboundedSender<ReloadTrigger>,
-    _watcher: Option<notify::RecommendedWatcher>,
-}
-
-impl Gateway {
-    /// Loads the configuration, binds (or adopts) the listener and starts serving.
-    pub async fn start(
-        config_path: &Path,
-        listener: Option<std::net::TcpListener>,
-        options: Options,
-    ) -> Result<Gateway, StartError> {
-        let store = ConfigStore::open(config_path).map_err(StartError::Config)?;
-        Gateway::start_with_store(store, listener, options).await
-    }
-
-    /// Starts serving a configuration already loaded by `ConfigStore::open`.
-    pub async fn start_with_store(
-        store: Arc<ConfigStore>,
-        listener: Option<std::net::TcpListener>,
-        options: Options,
-    ) -> Result<Gateway, StartError> {
-        let config_path = store.path().to_path_buf();
-        let config_path = config_path.as_path();
-        let settings = store.load().server.clone();
-        let listener = match listener {
-            Some(l) => {
-                l.set_nonblocking(true).map_err(|source| StartError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-                TcpListener::from_std(l)
-            }
-            None => bind(settings.listen),
-        }
-        .map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-
-        let admin_listener = match settings.admin_listen {
-            Some(addr) => Some(bind(addr).map_err(|source| StartError::Bind { addr, source })?),
-            None => None,
-        };
-        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-
-        let telemetry = Arc::new(Telemetry::new());
-        telemetry.metrics.set_generation(store.generation());
-        let (reload_triggers, triggers_rx) = mpsc::unbounded_channel();
-        let watcher = if options.watch_config {
-            Some(reload::watch_file(config_path, reload_triggers.clone())?)
-        } else {
-            None
-        };
-        let reload_store = Arc::clone(&store);
-        let reload_telemetry = Arc::clone(&telemetry);
-        tokio::spawn(reload::reload_loop(
-            Arc::clone(&store),
-            triggers_rx,
-            move |outcome: &ReloadOutcome| {
-                reload_telemetry.reloaded(outcome, &reload_store.load(), reload_store.generation());
-            },
-        ));
-        if options.reload_on_sighup {
-            spawn_sighup_forwarder(reload_triggers.clone());
-        }
-
-        let proxy = Arc::new(Proxy::new(Arc::clone(&store), Arc::clone(&telemetry)));
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        // The admin listener outlives the public one during shutdown, so /readyz can say 503
-        // while requests drain.
-        let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
-        let admin = Arc::new(AdminState {
-            store: Arc::clone(&store),
-            telemetry: Arc::clone(&telemetry),
-            started: Instant::now(),
-            public_addr: local_addr,
-            ready: AtomicBool::new(true),
-            proxy: Arc::clone(&proxy) as Arc<dyn ProxyStats>,
-        });
-        if let Some(listener) = admin_listener {
-            tokio::spawn(admin::serve(
-                listener,
-                Arc::clone(&admin),
-                admin_shutdown_rx,
-            ));
-        }
-        tokio::spawn(pool_upkeep(Arc::downgrade(&proxy)));
-        let serving = tokio::spawn(accept_loop(proxy, listener, shutdown_rx));
-        tracing::info!(
-            listen = %local_addr,
-            admin = %admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
-            config = %config_path.display(),
-            users = store.load().users.len(),
-            "apiward is serving"
-        );
-        Ok(Gateway {
-            local_addr,
-            admin_addr,
-            store,
-            admin,
-            shutdown,
-            admin_shutdown,
-            serving,
-            reload_triggers,
-            _watcher: watcher,
-        })
-    }
-
-    /// The admin listener's address, when `admin_listen` is set.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
-    /// Metrics, key usage and request ids of this gateway.
-    pub fn telemetry(&self) -> &Arc<Telemetry> {
-        &self.admin.telemetry
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    pub fn store(&self) -> &Arc<ConfigStore> {
-        &self.store
-    }
-
-    /// Asks for a reload, as SIGHUP does.
-    pub fn request_reload(&self) {
-        let _ = self.reload_triggers.send(ReloadTrigger::Signal);
-    }
-
-    /// Stops accepting, lets in-flight requests finish (up to `shutdown_timeout`), and returns.
-    pub async fn shutdown(self) {
-        self.admin.ready.store(false, Ordering::Relaxed);
-        let _ = self.shutdown.send(true);
-        let _ = self.serving.await;
-        let _ = self.admin_shutdown.send(true);
-    }
+    telemetry: Arc<Telemetry>,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<dyn ProxyStats>, JoinHandle<()>) {
+    let proxy = Arc::new(Proxy::new(store, telemetry));
+    tokio::spawn(pool_upkeep(Arc::downgrade(&proxy)));
+    let stats = Arc::clone(&proxy) as Arc<dyn ProxyStats>;
+    (stats, tokio::spawn(accept_loop(proxy, listener, shutdown)))
 }
 
 /// What `/status` reports of the proxy.
@@ -260,45 +87,6 @@ async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
         }
     }
 }
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    if addr.is_ipv6() {
-        // "[::]:8080" serves IPv4 clients too (as ::ffff:a.b.c.d), whatever the host's default.
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
-#[cfg(unix)]
-fn spawn_sighup_forwarder(triggers: mpsc::UnboundedSender<ReloadTrigger>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hangups) => {
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    if triggers.send(ReloadTrigger::Signal).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the file")
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn spawn_sighup_forwarder(_: mpsc::UnboundedSender<ReloadTrigger>) {}
 
 async fn accept_loop(
     proxy: Arc<Proxy>,

@@ -1,0 +1,46 @@
+//! Every metric the gateway exports: its name, its kind and its help text, in one place that the
+//! Prometheus registry (`metrics.rs`) and the per-request series (`series.rs`) both read.
+
+pub const REQUESTS: &str = "apiward_requests_total";
+pub const REQUEST_DURATION: &str = "apiward_request_duration_seconds";
+pub const UPSTREAM_DURATION: &str = "apiward_upstream_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "apiward_upstream_errors_total";
+pub const RELOADS: &str = "apiward_reloads_total";
+pub const CONFIG_GENERATION: &str = "apiward_config_generation";
+pub const OPEN_CONNECTIONS: &str = "apiward_open_connections";
+
+/// Every metric name exported, for documentation and tests.
+pub const ALL: [&str; 7] = [
+    REQUESTS,
+    REQUEST_DURATION,
+    UPSTREAM_DURATION,
+    UPSTREAM_ERRORS,
+    RELOADS,
+    CONFIG_GENERATION,
+    OPEN_CONNECTIONS,
+];
+
+/// Label value used when a request had no user or no route.
+pub const NONE: &str = "none";
+
+/// The help text of every metric, as `# HELP` shows it.
+pub fn help(name: &str) -> &'static str {
+    match name {
+        REQUESTS => {
+            "Requests by API user, route, decision (allowed or the error code) and status class."
+        }
+        REQUEST_DURATION => "Time from a request's head to the end of its response, by route.",
+        UPSTREAM_DURATION => {
+            "Time from forwarding a request to the upstream's response head, by route."
+        }
+        UPSTREAM_ERRORS => {
+            "Upstream requests that failed, by upstream and kind (connect, timeout, other)."
+        }
+        RELOADS => "Configuration reloads by outcome (applied, refused, missing).",
+        CONFIG_GENERATION => {
+            "Generation of the configuration serving now; 1 is the file loaded at start."
+        }
+        OPEN_CONNECTIONS => "Client connections open now.",
+        _ => "",
+    }
+}
