@@ -369,3 +369,23 @@ fn replaced_snapshots_are_freed() {
     let alive = old.iter().filter(|w| w.strong_count() > 0).count();
     assert_eq!(alive, 0, "{alive} replaced snapshots are still alive");
 }
+
+#[test]
+fn undoing_a_refused_edit_clears_the_reload_error() {
+    use apiward::config::reload::{ConfigStore, ReloadOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apiward.toml");
+    let good = v1("http://127.0.0.1:9", &keys());
+    std::fs::write(&path, &good).unwrap();
+    let store = ConfigStore::open(&path).unwrap();
+    std::fs::write(&path, good.replace("status = \"active\"", "status = \"on\"")).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::Refused(_)));
+    assert!(store.last_failure().is_some());
+    // The file is byte-identical to the loaded one again: nothing to apply, but the failure
+    // /status shows is stale.
+    std::fs::write(&path, &good).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::BackInLine));
+    assert!(store.last_failure().is_none());
+    assert_eq!(store.generation(), 1, "nothing was applied");
+    assert!(matches!(store.reload(), ReloadOutcome::Unchanged));
+}

@@ -25,6 +25,9 @@ pub enum ReloadOutcome {
     },
     /// The file's bytes are the ones already loaded: nothing to do.
     Unchanged,
+    /// The file's bytes are the ones already loaded, after a refused edit: the file is back in
+    /// line with what is served, so the stale failure is cleared.
+    BackInLine,
     /// The file is not there (a rename in progress, or deleted): the current snapshot keeps serving.
     Missing,
     /// The file was refused; the current snapshot keeps serving.
@@ -124,7 +127,11 @@ impl ConfigStore {
         };
         let digest = text_digest(&text);
         if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
-            return ReloadOutcome::Unchanged;
+            let stale = self.last_failure.lock().map(|mut f| f.take()).unwrap_or(None);
+            return match stale {
+                Some(_) => ReloadOutcome::BackInLine,
+                None => ReloadOutcome::Unchanged,
+            };
         }
         let snapshot = match super::compile(&self.path, &text) {
             Ok(s) => s,
@@ -356,6 +363,9 @@ fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutc
         }
         ReloadOutcome::Unchanged => {
             tracing::debug!(%file, trigger, "configuration file unchanged");
+        }
+        ReloadOutcome::BackInLine => {
+            tracing::info!(%file, trigger, "configuration file is back in line with the configuration served; the earlier reload error is cleared");
         }
         ReloadOutcome::Missing => {
             tracing::warn!(%file, trigger, "configuration file is missing; the current configuration keeps serving");

@@ -58,7 +58,7 @@ impl Telemetry {
             }
             ReloadOutcome::Refused(_) => self.metrics.reload("refused"),
             ReloadOutcome::Missing => self.metrics.reload("missing"),
-            ReloadOutcome::Unchanged => {}
+            ReloadOutcome::Unchanged | ReloadOutcome::BackInLine => {}
         }
         self.metrics.set_generation(generation);
     }
