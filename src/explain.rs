@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::BufRead;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -17,6 +17,7 @@ use http::Method;
 use crate::auth::address::{AddressBlock, SourceWhitelist, canonical};
 use crate::auth::credential::key_prefix;
 use crate::auth::{self, Credential, NoPasswords, Outcome, RequestFacts, Step, Trace};
+use crate::cli::report::{self, Exit, Report};
 use crate::refusal::Refusal;
 use crate::snapshot::{
     ApiKey, ApiUser, Group, Snapshot, Upstream, UpstreamTarget, UserStatus, rfc3339,
@@ -28,9 +29,6 @@ const NEAREST_ENTRIES: usize = 3;
 /// `apiward explain ...`
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The configuration file to explain against.
-    #[arg(long, short, default_value = crate::cli::DEFAULT_CONFIG, value_name = "PATH")]
-    pub config: PathBuf,
     /// The API key the request presents; "-" reads it from the first line of stdin (keeps it out
     /// of the shell history). Only its first characters are ever printed.
     #[arg(long, value_name = "KEY", conflicts_with = "user")]
@@ -56,28 +54,31 @@ fn parse_method(text: &str) -> Result<Method, String> {
         .map_err(|_| format!("{text:?} is not an HTTP method"))
 }
 
-/// Runs `apiward explain`: 0 whatever the verdict, 1 for a file that does not load or a key that
-/// cannot be read.
-pub fn run(args: ExplainArgs) -> ExitCode {
-    let snapshot = match crate::config::load(&args.config) {
+/// Runs `apiward explain` on `config`: 0 whatever the verdict, 2 for a file that does not load
+/// or an empty `--key -`, 1 for a key that cannot be read.
+pub fn run(config: &Path, args: ExplainArgs) -> ExitCode {
+    let snapshot = match crate::config::load(config) {
         Ok(s) => s,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error(s); nothing to explain against",
-                args.config.display(),
-                errors.0.len()
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(errors) => return report::config_errors(config, &errors, "nothing to explain against"),
     };
     let key_from_stdin;
     let caller = match (&args.key, &args.user) {
         (Some(k), _) if k == "-" => {
             let mut line = String::new();
             if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-                eprintln!("cannot read the key from stdin: {e}");
-                return ExitCode::FAILURE;
+                return Report::new(
+                    Exit::Failure,
+                    format!("cannot read the key from stdin: {e}"),
+                )
+                .print();
+            }
+            if line.trim().is_empty() {
+                return Report::new(
+                    Exit::Usage,
+                    "--key - reads the key from stdin, and stdin was empty",
+                )
+                .hint("pipe the key in (`printf %s \"$KEY\" | apiward explain --key - ...`), or leave --key out to explain a request without a credential")
+                .print();
             }
             key_from_stdin = line;
             Caller::Key(&key_from_stdin)

@@ -13,6 +13,7 @@ pub mod observe;
 pub mod proxy;
 pub mod refusal;
 pub mod snapshot;
+pub mod suggest;
 
 pub use gateway::{Gateway, Options, StartError};
 

@@ -6,20 +6,32 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use apiward::cli::DEFAULT_CONFIG;
+use apiward::cli::config_path::ConfigPath;
+use apiward::cli::report::{self, Exit, Report};
 use apiward::config;
 use apiward::config::reload::ConfigStore;
 use apiward::snapshot::AccessLogTarget;
-use apiward::{Gateway, Options};
+use apiward::{Gateway, Options, StartError};
 use tracing_appender::non_blocking::WorkerGuard;
 
 #[derive(Parser)]
 #[command(
     name = "apiward",
     version,
-    about = "An authenticating reverse proxy for API users"
+    about = "An authenticating reverse proxy for API users",
+    after_help = "\
+Configuration file: --config PATH, else $APIWARD_CONFIG, else ./config/apiward.toml when it
+exists (a checkout), else /etc/apiward/apiward.toml.
+
+Exit status: 0 done; 1 a failure while running (a port in use, a file that cannot be written);
+2 a usage error, or a configuration file that is missing or does not validate.
+Messages go to stderr as `error: <what>`, followed by `hint: <what to do>` where there is one."
 )]
 struct Cli {
+    /// The configuration file (default: $APIWARD_CONFIG, ./config/apiward.toml, or
+    /// /etc/apiward/apiward.toml, the first that is set or exists).
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,22 +41,14 @@ enum Command {
     /// Run the gateway.
     ///
     /// Example: apiward run --config /etc/apiward/apiward.toml
-    Run {
-        /// The configuration file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    Run,
     /// Validate a configuration file without starting anything (like `nginx -t`).
     ///
-    /// Exit status 0 and a one-line summary when the file is valid; 1 and every error, with
-    /// file:line:column, when it is not.
+    /// Exit status 0 and a one-line summary when the file is valid; 2 and every error, in file
+    /// order with file:line:column, when it is not.
     ///
     /// Example: apiward check --config /etc/apiward/apiward.toml
-    Check {
-        /// The configuration file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    Check,
     /// Create, list, change and delete API users, and set their passwords.
     ///
     /// Each change edits the configuration file in place (comments and order kept), and only
@@ -58,7 +62,7 @@ enum Command {
     ///
     /// Runs the gateway's own decision on the file and prints each step: the key's user (by
     /// prefix only), expiry, status, source whitelist, path, route, group permission, verdict.
-    /// Exit status 0 whatever the verdict; 1 for a file that does not load, 2 for bad arguments.
+    /// Exit status 0 whatever the verdict; 2 for a file that does not load or bad arguments.
     ///
     /// Example: apiward explain --key - --source 192.0.2.10 --method POST --path /supporters/
     Explain(apiward::explain::ExplainArgs),
@@ -66,12 +70,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = ConfigPath::resolve(cli.config);
+    if let Err(report) = config.require_existing() {
+        return report.print();
+    }
     match cli.command {
-        Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
-        Command::Users(args) => apiward::cli::run_users(args),
-        Command::Keys(args) => apiward::cli::run_keys(args),
-        Command::Explain(args) => apiward::explain::run(args),
+        Command::Run => run(&config),
+        Command::Check => check(&config.path),
+        Command::Users(args) => apiward::cli::run_users(&config.path, args),
+        Command::Keys(args) => apiward::cli::run_keys(&config.path, args),
+        Command::Explain(args) => apiward::explain::run(&config.path, args),
     }
 }
 
@@ -146,37 +154,24 @@ fn check(path: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: {} error(s); the file was not accepted",
-                path.display(),
-                errors.0.len()
-            );
-            ExitCode::FAILURE
-        }
+        Err(errors) => report::config_errors(path, &errors, "the file was not accepted"),
     }
 }
 
-fn run(path: &Path) -> ExitCode {
+fn run(config: &ConfigPath) -> ExitCode {
+    let path = config.path.as_path();
     // The first load, through the same pipeline as every reload. The worker count and the log
     // destination come from it, so it happens before the runtime and the logger exist.
     let store = match ConfigStore::open(path) {
         Ok(store) => store,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: not started: fix the errors above", path.display());
-            return ExitCode::FAILURE;
-        }
+        Err(errors) => return report::config_errors(path, &errors, "the gateway was not started"),
     };
     let server = store.load().server.clone();
     let _log_flusher = match init_logging(&server.access_log) {
         Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return Report::new(Exit::Failure, e).print(),
     };
+    tracing::info!(config = %path.display(), from = %config.source, "configuration file");
     // One worker runs on a current-thread runtime: the multi-thread scheduler's parking and
     // waking costs about 3 µs of kernel time per request even with a single worker
     // (docs/benchmarks.md). Compiling a reloaded file still runs on the blocking pool.
@@ -193,8 +188,7 @@ fn run(path: &Path) -> ExitCode {
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return Report::new(Exit::Failure, format!("cannot start the runtime: {e}")).print();
         }
     };
     runtime.block_on(async {
@@ -203,15 +197,34 @@ fn run(path: &Path) -> ExitCode {
         let stop = stop_signal();
         let gateway = match Gateway::start_with_store(store, None, Options::default()).await {
             Ok(g) => g,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return start_failure(path, &e).print(),
         };
         stop.await;
         gateway.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Why the gateway did not start, with what to do about it.
+fn start_failure(path: &Path, e: &StartError) -> Report {
+    match e {
+        StartError::Config(errors) => Report::new(Exit::Usage, errors),
+        StartError::Bind { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            Report::new(Exit::Failure, e).hint(format!(
+                "another process listens on {addr} (`ss -ltnp 'sport = :{}'` shows which): stop it, or change `listen`/`admin_listen` in [server] of {}",
+                addr.port(),
+                path.display()
+            ))
+        }
+        StartError::Bind { addr, source }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Report::new(Exit::Failure, e).hint(format!(
+                "ports below 1024 need CAP_NET_BIND_SERVICE (deploy/apiward.service grants it), or listen on a port above 1023 instead of {addr}"
+            ))
+        }
+        _ => Report::new(Exit::Failure, e),
+    }
 }
 
 /// Registers for SIGTERM now (the handler exists from this call on) and returns a future that

@@ -71,10 +71,13 @@ impl Run {
         );
         self
     }
+    /// Refused as asked (an unknown user, a bad argument, an edit that would not validate):
+    /// exit code 2, and an `error:` line on stderr.
     #[track_caller]
     fn failure(self) -> Run {
         assert!(!self.ok(), "command succeeded: {}", self.stderr());
-        assert_eq!(self.0.status.code(), Some(1), "{}", self.stderr());
+        assert_eq!(self.0.status.code(), Some(2), "{}", self.stderr());
+        assert!(self.stderr().starts_with("error: "), "{}", self.stderr());
         self
     }
     /// The one line on stdout (a key or password), checked to be alone.

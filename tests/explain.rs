@@ -438,7 +438,7 @@ async fn only_a_bad_file_or_bad_arguments_make_explain_fail() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[users.\"a@example.org\"]\nstatus = \"sleeping\"\n").expect("write");
     let out = run_explain(&bad, &["--path", "/"], "").await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("bad.toml:"),
         "{}",
@@ -446,7 +446,7 @@ async fn only_a_bad_file_or_bad_arguments_make_explain_fail() {
     );
     let missing = dir.path().join("missing.toml");
     let out = run_explain(&missing, &["--path", "/"], "").await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, config("builtin:echo", "")).expect("write");

@@ -378,7 +378,11 @@ fn undoing_a_refused_edit_clears_the_reload_error() {
     let good = v1("http://127.0.0.1:9", &keys());
     std::fs::write(&path, &good).unwrap();
     let store = ConfigStore::open(&path).unwrap();
-    std::fs::write(&path, good.replace("status = \"active\"", "status = \"on\"")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("status = \"active\"", "status = \"on\""),
+    )
+    .unwrap();
     assert!(matches!(store.reload(), ReloadOutcome::Refused(_)));
     assert!(store.last_failure().is_some());
     // The file is byte-identical to the loaded one again: nothing to apply, but the failure

@@ -26,7 +26,10 @@ impl VerbSet {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| *v)
             .ok_or_else(|| {
-                format!("unknown verb {name:?}: use view (GET, HEAD, OPTIONS), create (POST), modify (PUT, PATCH) or delete (DELETE)")
+                format!(
+                    "unknown verb {name:?}{}: use view (GET, HEAD, OPTIONS), create (POST), modify (PUT, PATCH) or delete (DELETE)",
+                    crate::suggest::did_you_mean(name, VerbSet::NAMES.iter().map(|(n, _)| *n))
+                )
             })
     }
 

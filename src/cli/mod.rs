@@ -5,27 +5,25 @@
 //! stdout, alone on its line; everything meant for the operator goes to stderr, so
 //! `KEY=$(apiward users add ...)` captures exactly the key.
 
+pub mod config_path;
 mod keys;
 mod last_used;
 mod list;
 pub mod password_policy;
+pub mod report;
 mod users;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-/// Where the configuration is unless `--config` says otherwise.
-pub const DEFAULT_CONFIG: &str = "config/apiward.toml";
+use report::{Exit, Report};
 
-/// `apiward users ...`
+/// `apiward users ...` (the file is the global `--config`).
 #[derive(Debug, Args)]
 pub struct UsersArgs {
-    /// The configuration file to edit.
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, value_name = "PATH")]
-    pub config: PathBuf,
     #[command(subcommand)]
     pub command: UsersCommand,
 }
@@ -33,9 +31,6 @@ pub struct UsersArgs {
 /// `apiward keys ...`
 #[derive(Debug, Args)]
 pub struct KeysArgs {
-    /// The configuration file to edit.
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, value_name = "PATH")]
-    pub config: PathBuf,
     #[command(subcommand)]
     pub command: KeysCommand,
 }
@@ -298,14 +293,51 @@ pub enum CliError {
     Hash(#[from] crate::auth::password::HashError),
 }
 
-/// Runs `apiward users ...`; the exit code is 0 on success and 1 with a message otherwise.
-pub fn run_users(args: UsersArgs) -> ExitCode {
-    report(users::run(&args.config, args.command))
+/// Runs `apiward users ...` on `config`; the exit code is 0 on success, else 1 or 2
+/// (`CliError::exit`) with a message.
+pub fn run_users(config: &Path, args: UsersArgs) -> ExitCode {
+    report(users::run(config, args.command))
 }
 
-/// Runs `apiward keys ...`.
-pub fn run_keys(args: KeysArgs) -> ExitCode {
-    report(keys::run(&args.config, args.command))
+/// Runs `apiward keys ...` on `config`.
+pub fn run_keys(config: &Path, args: KeysArgs) -> ExitCode {
+    report(keys::run(config, args.command))
+}
+
+impl CliError {
+    /// 2 when what was asked cannot be done as asked (an unknown user, a bad argument, a file
+    /// that would not validate); 1 when something failed while doing it.
+    pub fn exit(&self) -> Exit {
+        use crate::config::edit::EditError;
+        match self {
+            CliError::Edit(EditError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Exit::Usage
+            }
+            CliError::Edit(
+                EditError::Read { .. } | EditError::Write { .. } | EditError::ChangedMeanwhile(_),
+            )
+            | CliError::Stdin(_)
+            | CliError::SecretNotPrinted { .. }
+            | CliError::Random(_)
+            | CliError::Hash(_) => Exit::Failure,
+            CliError::Edit(
+                EditError::Syntax { .. }
+                | EditError::NoSuchUser { .. }
+                | EditError::Layout(_)
+                | EditError::WouldNotPass(_),
+            )
+            | CliError::DuplicateUser(_)
+            | CliError::BadUserId(_)
+            | CliError::UnknownGroup { .. }
+            | CliError::BadAddresses(_)
+            | CliError::KeySelection(_)
+            | CliError::Policy(_)
+            | CliError::PasswordMismatch
+            | CliError::NotConfirmed(_) => Exit::Usage,
+        }
+    }
 }
 
 /// Prints a secret made by a command on stdout, alone on its line. The file is already saved,
@@ -332,9 +364,6 @@ fn print_listing(text: &str) {
 fn report(result: Result<(), CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => Report::new(e.exit(), &e).print(),
     }
 }

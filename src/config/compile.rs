@@ -27,25 +27,35 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Parses and validates one file's text. `file` is only used to name the file in errors.
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let loc = Locator::new(file, text);
-    let raw: RawConfig = match super::parse::parse(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let message = e.message().trim_end().to_string();
-            let err = match e.span() {
-                Some(span) => loc.error(span, message),
-                None => loc.whole_file(message),
-            };
-            return Err(ConfigErrors(vec![err]));
-        }
-    };
     let mut c = Compiler {
         loc: &loc,
         errors: Vec::new(),
+    };
+    let raw: RawConfig = match super::parse::parse(text) {
+        Ok(raw) => raw,
+        // The slow path, only for a file with mistakes: every unknown field is reported and
+        // dropped, so that the rest of the file is still checked.
+        Err(_) => {
+            let (raw, problems) = super::schema::parse_reporting_all(text);
+            for (span, message) in problems {
+                let err = match span {
+                    Some(span) => loc.error(span, message),
+                    None => loc.whole_file(message),
+                };
+                c.errors.push(err);
+            }
+            match raw {
+                Some(raw) => raw,
+                None => return Err(ConfigErrors(c.errors)),
+            }
+        }
     };
     let snapshot = c.snapshot(file, raw);
     if c.errors.is_empty() {
         Ok(snapshot)
     } else {
+        // In the order of the file, as an operator reads it (a stable sort: whole-file first).
+        c.errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(c.errors))
     }
 }
@@ -101,8 +111,9 @@ impl Compiler<'_> {
                 None => self.error(
                     route.upstream.span(),
                     format!(
-                        "route {prefix:?} names upstream {:?}, which is not defined: add [upstreams.{}] or use one of: {}",
+                        "route {prefix:?} names upstream {:?}, which is not defined{}: add [upstreams.{}] or use one of: {}",
                         route.upstream.get_ref(),
+                        did_you_mean(route.upstream.get_ref(), raw.upstreams.keys()),
                         route.upstream.get_ref(),
                         names(raw.upstreams.keys())
                     ),
@@ -381,8 +392,12 @@ impl Compiler<'_> {
             self.error(
                 u.status.span(),
                 format!(
-                    "status {:?} is not one of: active, pending, inactive",
-                    u.status.get_ref()
+                    "status {:?} is not one of: active, pending, inactive{}",
+                    u.status.get_ref(),
+                    crate::suggest::did_you_mean(
+                        u.status.get_ref(),
+                        ["active", "pending", "inactive"]
+                    )
                 ),
             );
         }
@@ -391,8 +406,9 @@ impl Compiler<'_> {
             self.error(
                 u.group.span(),
                 format!(
-                    "group {:?} is not defined: add [groups.{}] or use one of: {}",
+                    "group {:?} is not defined{}: add [groups.{}] or use one of: {}",
                     u.group.get_ref(),
+                    did_you_mean(u.group.get_ref(), raw.groups.keys()),
                     u.group.get_ref(),
                     names(raw.groups.keys())
                 ),
@@ -488,6 +504,10 @@ impl Compiler<'_> {
             }
         }
     }
+}
+
+fn did_you_mean<'a>(word: &str, keys: impl Iterator<Item = &'a Spanned<String>>) -> String {
+    crate::suggest::did_you_mean(word, keys.map(|k| k.get_ref().as_str()))
 }
 
 fn names<'a>(keys: impl Iterator<Item = &'a Spanned<String>>) -> String {

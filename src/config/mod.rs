@@ -8,6 +8,7 @@ pub mod error;
 mod parse;
 pub mod raw;
 pub mod reload;
+mod schema;
 
 use std::path::Path;
 

@@ -127,7 +127,11 @@ impl ConfigStore {
         };
         let digest = text_digest(&text);
         if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
-            let stale = self.last_failure.lock().map(|mut f| f.take()).unwrap_or(None);
+            let stale = self
+                .last_failure
+                .lock()
+                .map(|mut f| f.take())
+                .unwrap_or(None);
             return match stale {
                 Some(_) => ReloadOutcome::BackInLine,
                 None => ReloadOutcome::Unchanged,

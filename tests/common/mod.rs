@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use apiward::{Gateway, Options};
 
+pub mod process;
+
 /// A key and its digest, for building configs.
 pub struct TestKey {
     pub key: String,

@@ -1,0 +1,273 @@
+//! The whole-file check behind `compile`'s slow path: every unknown field is reported (with the
+//! field that was probably meant) and removed, so that the rest of the file is still checked
+//! instead of serde stopping at the first typo.
+//!
+//! The known fields are those of the raw serde types themselves, read from their derived
+//! `Deserialize` impls, so this list can never drift from what the parser accepts.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+use super::raw::{
+    RawConfig, RawGroup, RawKey, RawPermission, RawRoute, RawServer, RawUpstream, RawUser,
+};
+
+/// One problem: where (if it is at one place), and what.
+pub type Problem = (Option<Range<usize>>, String);
+
+/// Parses `text`, reporting every unknown field and then the first error serde finds in the rest;
+/// the config is `Some` when nothing but unknown fields was wrong.
+pub fn parse_reporting_all(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
+    let mut root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => return (None, vec![problem(&e)]),
+    };
+    let mut problems = Vec::new();
+    prune(root.get_mut(), Kind::Root, "the top level", &mut problems);
+    let raw = match RawConfig::deserialize(toml::de::Deserializer::from(root)) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            problems.push(problem(&e));
+            None
+        }
+    };
+    problems.sort_by_key(|(span, _)| span.as_ref().map_or(0, |s| s.start));
+    (raw, problems)
+}
+
+fn problem(e: &toml::de::Error) -> Problem {
+    (e.span(), e.message().trim_end().to_string())
+}
+
+/// The kinds of table in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Root,
+    Server,
+    Upstream,
+    Route,
+    Group,
+    Permission,
+    User,
+    Key,
+}
+
+/// What a field holds when it holds tables of a known kind.
+enum Holds {
+    One(Kind, &'static str),
+    /// `[upstreams.NAME]`, `[groups.NAME]`, `[users."ID"]`.
+    Named(Kind, &'static str),
+    List(Kind, &'static str),
+}
+
+impl Kind {
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Root => fields_of::<RawConfig>(),
+            Kind::Server => fields_of::<RawServer>(),
+            Kind::Upstream => fields_of::<RawUpstream>(),
+            Kind::Route => fields_of::<RawRoute>(),
+            Kind::Group => fields_of::<RawGroup>(),
+            Kind::Permission => fields_of::<RawPermission>(),
+            Kind::User => fields_of::<RawUser>(),
+            Kind::Key => fields_of::<RawKey>(),
+        }
+    }
+
+    fn holds(self, field: &str) -> Option<Holds> {
+        Some(match (self, field) {
+            (Kind::Root, "server") => Holds::One(Kind::Server, "[server]"),
+            (Kind::Root, "upstreams") => Holds::Named(Kind::Upstream, "upstreams"),
+            (Kind::Root, "groups") => Holds::Named(Kind::Group, "groups"),
+            (Kind::Root, "users") => Holds::Named(Kind::User, "users"),
+            (Kind::Root, "routes") => Holds::List(Kind::Route, "[[routes]]"),
+            (Kind::Group, "allow") => Holds::List(Kind::Permission, "a group's allow entry"),
+            (Kind::User, "keys") => Holds::List(Kind::Key, "a user's key"),
+            _ => return None,
+        })
+    }
+}
+
+/// Removes the fields of `table` that its kind does not have, reporting each, and walks into the
+/// tables it holds.
+fn prune(table: &mut DeTable<'_>, kind: Kind, place: &str, problems: &mut Vec<Problem>) {
+    let known = kind.fields();
+    let strangers: Vec<_> = table
+        .keys()
+        .filter(|name| !known.contains(&name.get_ref().as_ref()))
+        .cloned()
+        .collect();
+    for name in strangers {
+        problems.push((Some(name.span()), unknown(name.get_ref(), known, place)));
+        table.remove(&name);
+    }
+    for (name, value) in table.iter_mut() {
+        match (kind.holds(name.get_ref()), value.get_mut()) {
+            (Some(Holds::One(inner, place)), DeValue::Table(t)) => prune(t, inner, place, problems),
+            (Some(Holds::Named(inner, kind_name)), DeValue::Table(t)) => {
+                for (name, value) in t.iter_mut() {
+                    if let DeValue::Table(t) = value.get_mut() {
+                        let place = format!("[{kind_name}.{}]", table_key(name.get_ref()));
+                        prune(t, inner, &place, problems);
+                    }
+                }
+            }
+            (Some(Holds::List(inner, place)), DeValue::Array(items)) => {
+                for item in items.iter_mut() {
+                    if let DeValue::Table(t) = item.get_mut() {
+                        prune(t, inner, place, problems);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A table name as it is written in a header: bare when it can be, quoted otherwise.
+fn table_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+fn unknown(name: &str, known: &[&str], place: &str) -> String {
+    match crate::suggest::closest(name, known.iter().copied()) {
+        Some(meant) => format!("unknown field `{name}` in {place}: did you mean `{meant}`?"),
+        None => format!(
+            "unknown field `{name}` in {place}: it accepts {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The field names a derived `Deserialize` asks for, read by a deserializer that only listens.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+struct Probe(&'static [&'static str]);
+
+#[derive(Debug)]
+struct Listened;
+
+impl std::fmt::Display for Listened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("only the field names were read")
+    }
+}
+
+impl std::error::Error for Listened {}
+
+impl serde::de::Error for Listened {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Listened
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for &mut Probe {
+    type Error = Listened;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Listened> {
+        Err(Listened)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Listened> {
+        self.0 = fields;
+        Err(Listened)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_known_fields_are_those_of_the_raw_types() {
+        assert_eq!(
+            Kind::Root.fields(),
+            ["server", "upstreams", "routes", "groups", "users"]
+        );
+        assert!(Kind::Server.fields().contains(&"upstream_timeout"));
+        assert_eq!(Kind::Route.fields(), ["prefix", "upstream"]);
+        assert_eq!(
+            Kind::Key.fields(),
+            ["sha256", "prefix", "created", "expires"]
+        );
+        assert_eq!(Kind::Permission.fields(), ["path", "verbs"]);
+        assert!(Kind::User.fields().contains(&"remote_addresses"));
+    }
+
+    #[test]
+    fn every_unknown_field_is_reported_with_what_was_meant_and_removed() {
+        let text = "[server]\nupstream_timout = \"5s\"\n\n[upstreams.a]\nurl = \"builtin:echo\"\nweight = 2\n\n[[routes]]\nprefix = \"/\"\nupstrem = \"a\"\n\n[groups.g]\nallow = [{ path = \"/**\", verb = [\"view\"] }]\n\n[users.\"u@example.org\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = \"*\"\nkeys = [{ sha256 = \"00\", expire = 2026-01-01T00:00:00Z }]\n\n[servr]\nx = 1\n";
+        let (raw, problems) = parse_reporting_all(text);
+        let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+        assert!(
+            messages[0].contains("`upstream_timout` in [server]: did you mean `upstream_timeout`?"),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`weight` in [upstreams.a]: it accepts `url`")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`upstrem` in [[routes]]: did you mean `upstream`?"))
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`verb` in a group's allow entry: did you mean `verbs`?"))
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`expire` in a user's key: did you mean `expires`?"))
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("`servr` in the top level: did you mean `server`?"))
+        );
+        // With the unknown fields gone, a missing required field is what serde reports next.
+        assert!(raw.is_none());
+        assert!(
+            messages.iter().any(|m| m.contains("missing field")),
+            "{messages:?}"
+        );
+        let at = |needle: &str| text.find(needle).unwrap();
+        assert_eq!(
+            problems[0].0.as_ref().map(|s| s.start),
+            Some(at("upstream_timout"))
+        );
+    }
+}
