@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use apiward::auth::PasswordCheck as _;
+use apiward::auth::{PasswordAttempt, PasswordCheck as _};
 use apiward::auth::password::PasswordVerifier;
 use apiward::snapshot::KeyDigest;
 
@@ -718,8 +718,8 @@ fn set_password_stores_an_argon2id_hash_that_verifies() {
     let snap = apiward::config::load(&s.path).unwrap();
     let user = snap.user_by_id("crm-sync@example.org").unwrap();
     let verifier = PasswordVerifier::new();
-    assert!(verifier.verify(user, "Tr0ub4dor&3 horse"));
-    assert!(!verifier.verify(user, "Tr0ub4dor&3 horse\n"));
+    assert!(verifier.verify(&from_loopback(user, "Tr0ub4dor&3 horse")));
+    assert!(!verifier.verify(&from_loopback(user, "Tr0ub4dor&3 horse\n")));
 
     let generated = s
         .run(
@@ -736,11 +736,21 @@ fn set_password_stores_an_argon2id_hash_that_verifies() {
     assert!(generated.len() >= 20);
     let snap = apiward::config::load(&s.path).unwrap();
     let user = snap.user_by_id("crm-sync@example.org").unwrap();
-    assert!(verifier.verify(user, &generated));
+    assert!(verifier.verify(&from_loopback(user, &generated)));
     assert!(
-        !verifier.verify(user, "Tr0ub4dor&3 horse"),
+        !verifier.verify(&from_loopback(user, "Tr0ub4dor&3 horse")),
         "the old password no longer works"
     );
+}
+
+/// A password attempt for `user` from 127.0.0.1.
+fn from_loopback<'a>(user: &'a apiward::snapshot::ApiUser, password: &'a str) -> PasswordAttempt<'a> {
+    PasswordAttempt {
+        id: &user.id,
+        user: Some(user),
+        password,
+        client: std::net::Ipv4Addr::LOCALHOST.into(),
+    }
 }
 
 #[test]

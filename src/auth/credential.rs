@@ -26,6 +26,11 @@ pub enum CredentialSource {
     Authorization,
 }
 
+/// The longest key the gateway hashes, in bytes. Issued keys are 46; anything longer than this
+/// is refused as `invalid_credentials` before it costs a digest (a 30 KiB header would
+/// otherwise cost six times the CPU of a real key).
+pub const MAX_KEY_LEN: usize = 256;
+
 /// How many characters of a key may be shown in logs and explanations.
 pub const KEY_PREFIX_LEN: usize = 8;
 

@@ -10,6 +10,7 @@ pub mod path;
 pub mod permission;
 
 use std::borrow::Cow;
+use std::fmt;
 
 use http::Method;
 
@@ -118,17 +119,37 @@ pub enum Step<'a> {
     },
 }
 
+/// One Basic-auth password to check, from a source the user's whitelist admits (a source it does
+/// not admit is refused before any password is looked at).
+#[derive(Clone, Copy)]
+pub struct PasswordAttempt<'a> {
+    /// The id as presented.
+    pub id: &'a str,
+    /// The configured user of that id, if it has a password hash. `None` (an unknown id, or one
+    /// without a password) must cost the same work as a wrong password, so that the answer's
+    /// timing does not say which ids have a password.
+    pub user: Option<&'a ApiUser>,
+    pub password: &'a str,
+    pub client: std::net::IpAddr,
+}
+
+impl fmt::Debug for PasswordAttempt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PasswordAttempt({} from {}, password hidden)", self.id, self.client)
+    }
+}
+
 /// Checks a Basic-auth password against a user's stored hash. Supplied by the caller, because a
 /// password check is expensive and the gateway caches it; `decide` stays pure.
 pub trait PasswordCheck {
-    fn verify(&self, user: &ApiUser, password: &str) -> bool;
+    fn verify(&self, attempt: &PasswordAttempt<'_>) -> bool;
 }
 
 /// For callers that never accept passwords.
 pub struct NoPasswords;
 
 impl PasswordCheck for NoPasswords {
-    fn verify(&self, _: &ApiUser, _: &str) -> bool {
+    fn verify(&self, _: &PasswordAttempt<'_>) -> bool {
         false
     }
 }
@@ -150,7 +171,10 @@ pub fn decide_traced<'s, 'r>(
     trace: &mut impl Trace,
 ) -> Decision<'s, 'r> {
     let digest = match facts.credential {
-        Credential::Key(presented) => Some(KeyDigest::of(presented)),
+        // A key longer than any the gateway issues is refused before it costs a hash.
+        Credential::Key(presented) if presented.len() <= credential::MAX_KEY_LEN => {
+            Some(KeyDigest::of(presented))
+        }
         _ => None,
     };
     let mut decision = identify_then_decide(snapshot, facts, digest.as_ref(), passwords, trace);
@@ -189,10 +213,28 @@ fn identify_then_decide<'s, 'r>(
             }
         },
         Credential::Basic { user: id, password } => {
-            let user = snapshot
-                .user_by_id(id)
-                .filter(|u| u.password_hash.is_some());
-            let ok = user.is_some_and(|u| passwords.verify(u, password));
+            let configured = snapshot.user_by_id(id);
+            // The source first: a source outside the user's whitelist never costs Argon2 and
+            // never counts against the user's failures (or anyone could lock the user out).
+            if let Some(u) = configured.filter(|u| !u.sources.admits(facts.client)) {
+                trace.step(Step::Source {
+                    client: facts.client,
+                    allowed: false,
+                    whitelist: &u.sources,
+                });
+                return refused(None, None, Refusal::UnregisteredSource);
+            }
+            let Some(client) = facts.client.ip() else {
+                trace.step(Step::KeyNotFound);
+                return refused(None, None, Refusal::InvalidCredentials);
+            };
+            let user = configured.filter(|u| u.password_hash.is_some());
+            let ok = passwords.verify(&PasswordAttempt {
+                id,
+                user,
+                password,
+                client,
+            }) && user.is_some();
             match user {
                 Some(user) if ok => {
                     trace.step(Step::PasswordChecked { user, ok });

@@ -8,10 +8,14 @@
 //!    flushed: a changed password changes the hash and therefore the key; a disabled or deleted
 //!    user is refused by `decide` itself, which checks the snapshot on every request. Unrelated
 //!    reloads (another user added) keep the cache warm.
-//! 2. The failure limiter ([`limiter`]): a user with recent failures gets a few more Argon2 runs,
-//!    then is refused without one until its bucket refills, so the gateway is neither a password
-//!    oracle nor a way to burn its CPU. A cache hit is answered before the limiter, so a client
-//!    that already logged in keeps working while someone else guesses its password.
+//! 2. The failure limiter ([`limiter`]): a (user, source) pair with recent failures gets a few
+//!    more Argon2 runs, then is refused without one until its bucket refills, and a user's
+//!    sources together have a ceiling, so the gateway is neither a password oracle nor a way to
+//!    burn its CPU. A cache hit is answered before the limiter, so a client that already logged
+//!    in keeps working while someone else guesses its password; `decide` checks the source
+//!    whitelist before any of this, so a source the user may not call from never reaches it.
+//!    An unknown id, or one without a password, goes through the same limiter and one Argon2 run
+//!    against a dummy hash, so the answer's timing does not tell which ids have a password.
 //! 3. Argon2id itself (tens of milliseconds by design). It runs on the request's worker thread
 //!    inside `tokio::task::block_in_place`, which moves that worker's other tasks to another
 //!    thread first; it happens once per user and password per `CACHE_TTL`, plus the few failures
@@ -21,7 +25,7 @@ pub mod limiter;
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::PasswordVerifier as _;
@@ -30,8 +34,8 @@ use dashmap::DashMap;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::PasswordCheck;
-use crate::snapshot::{ApiUser, DigestHasher};
+use super::{PasswordAttempt, PasswordCheck};
+use crate::snapshot::DigestHasher;
 use limiter::FailureLimiter;
 
 /// How long a verified credential is trusted without running Argon2 again.
@@ -195,19 +199,18 @@ impl PasswordVerifier {
     /// The cold path: limiter, then Argon2 (off the async worker), then bookkeeping.
     fn verify_uncached(
         &self,
-        user: &str,
+        attempt: &PasswordAttempt<'_>,
         hash: &str,
-        password: &str,
         tag: Option<CredentialTag>,
     ) -> bool {
-        if !self.limiter.admit(user) {
+        if !self.limiter.admit(attempt.id, attempt.client) {
             self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         self.stats.argon2_runs.fetch_add(1, Ordering::Relaxed);
-        let ok = off_the_async_worker(|| argon2_matches(hash, password));
+        let ok = off_the_async_worker(|| argon2_matches(hash, attempt.password));
         if ok {
-            self.limiter.record_success(user);
+            self.limiter.record_success(attempt.id, attempt.client);
             if let Some(tag) = tag {
                 self.remember(tag);
             }
@@ -218,14 +221,37 @@ impl PasswordVerifier {
     }
 }
 
+/// What an id without a password is checked against: a hash of a random password, with the
+/// parameters `hash_password` gives every user, made once on first need. Verifying against it
+/// costs what a wrong password for a real user costs, and never succeeds.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut secret = [0u8; 24];
+        // Without randomness the dummy is still never matched by anything that counts: a match
+        // against it is ignored.
+        let _ = getrandom::fill(&mut secret);
+        Argon2::default()
+            .hash_password_with_salt(&secret, b"apiward-dummy-salt")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
 impl PasswordCheck for PasswordVerifier {
-    fn verify(&self, user: &ApiUser, password: &str) -> bool {
-        let Some(hash) = user.password_hash.as_deref() else {
+    fn verify(&self, attempt: &PasswordAttempt<'_>) -> bool {
+        let Some((user, hash)) = attempt
+            .user
+            .and_then(|u| u.password_hash.as_deref().map(|h| (u, h)))
+        else {
+            // An unknown id, or one without a password: the same limiter and the same Argon2
+            // run as a wrong password, and never a success.
+            let _ = self.verify_uncached(attempt, dummy_hash(), None);
             return false;
         };
-        let tag = self.tag(&user.id, hash, password);
+        let tag = self.tag(&user.id, hash, attempt.password);
         let Some(tag) = tag else {
-            return self.verify_uncached(&user.id, hash, password, None);
+            return self.verify_uncached(attempt, hash, None);
         };
         if self.cached(&tag) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +266,7 @@ impl PasswordCheck for PasswordVerifier {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 true
             } else {
-                self.verify_uncached(&user.id, hash, password, Some(tag))
+                self.verify_uncached(attempt, hash, Some(tag))
             }
         };
         // The last one out removes the lock (the map holds one reference, `lock` another).

@@ -74,8 +74,8 @@ fn refusal(d: &Decision<'_, '_>) -> Option<Refusal> {
 struct OnePassword(&'static str);
 
 impl PasswordCheck for OnePassword {
-    fn verify(&self, _: &ApiUser, password: &str) -> bool {
-        password == self.0
+    fn verify(&self, attempt: &PasswordAttempt<'_>) -> bool {
+        attempt.password == self.0
     }
 }
 
@@ -297,4 +297,59 @@ fn a_trace_sees_every_step_of_an_allowed_request() {
             "Permission"
         ]
     );
+}
+
+#[test]
+fn a_basic_credential_from_an_unregistered_source_is_refused_before_its_password_is_checked() {
+    struct Counting(std::cell::Cell<u32>);
+    impl PasswordCheck for Counting {
+        fn verify(&self, attempt: &PasswordAttempt<'_>) -> bool {
+            self.0.set(self.0.get() + 1);
+            attempt.password == "right"
+        }
+    }
+    let s = snapshot();
+    let get = Method::GET;
+    let checks = Counting(std::cell::Cell::new(0));
+    for password in ["right", "wrong"] {
+        let c = Credential::Basic {
+            user: "a@example.org",
+            password,
+        };
+        let d = decide(&s, &facts(&get, "/supporters/1", c, "203.0.113.1"), &checks);
+        assert_eq!(refusal(&d), Some(Refusal::UnregisteredSource));
+        assert!(d.user.is_none(), "nobody was identified");
+    }
+    assert_eq!(checks.0.get(), 0, "no password was checked");
+    // An unknown id and an id without a password are checked (against a dummy) like a real one.
+    for user in ["nobody@example.org", "p@example.org"] {
+        let c = Credential::Basic {
+            user,
+            password: "right",
+        };
+        let d = decide(&s, &facts(&get, "/supporters/1", c, "192.0.2.10"), &checks);
+        assert_eq!(refusal(&d), Some(Refusal::InvalidCredentials), "{user}");
+    }
+    assert_eq!(checks.0.get(), 2);
+}
+
+#[test]
+fn a_key_longer_than_the_bound_is_refused_before_it_is_hashed() {
+    let s = snapshot();
+    let get = Method::GET;
+    let long = format!("aw_{}", "x".repeat(credential::MAX_KEY_LEN));
+    let d = decide(
+        &s,
+        &facts(&get, "/supporters/1", Credential::Key(&long), "192.0.2.10"),
+        &NoPasswords,
+    );
+    assert_eq!(refusal(&d), Some(Refusal::InvalidCredentials));
+    assert!(d.key_digest.is_none(), "no digest was made");
+    let at_bound = "k".repeat(credential::MAX_KEY_LEN);
+    let d = decide(
+        &s,
+        &facts(&get, "/supporters/1", Credential::Key(&at_bound), "192.0.2.10"),
+        &NoPasswords,
+    );
+    assert!(d.key_digest.is_some(), "a key at the bound is still looked up");
 }

@@ -6,7 +6,7 @@ use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
 use super::limiter::{BucketShape, FailureLimiter};
 use super::*;
 use crate::auth::address::SourceWhitelist;
-use crate::snapshot::UserStatus;
+use crate::snapshot::{ApiUser, UserStatus};
 
 /// A cheap hash (tests verify many times); the parameters are read back from the PHC string.
 fn cheap_hash(password: &str) -> String {
@@ -28,6 +28,16 @@ fn user(hash: Option<String>) -> ApiUser {
     }
 }
 
+/// An attempt for `user`'s id from 192.0.2.1.
+fn attempt<'a>(user: &'a ApiUser, password: &'a str) -> PasswordAttempt<'a> {
+    PasswordAttempt {
+        id: &user.id,
+        user: Some(user),
+        password,
+        client: "192.0.2.1".parse().unwrap(),
+    }
+}
+
 fn runs(v: &PasswordVerifier) -> (u64, u64, u64, u64) {
     let s = v.stats();
     (
@@ -42,11 +52,11 @@ fn runs(v: &PasswordVerifier) -> (u64, u64, u64, u64) {
 fn a_success_is_cached_and_a_failure_is_not() {
     let v = PasswordVerifier::new();
     let u = user(Some(cheap_hash("correct-horse-1")));
-    assert!(v.verify(&u, "correct-horse-1"));
-    assert!(v.verify(&u, "correct-horse-1"));
+    assert!(v.verify(&attempt(&u, "correct-horse-1")));
+    assert!(v.verify(&attempt(&u, "correct-horse-1")));
     assert_eq!(runs(&v), (1, 1, 0, 0), "the second check is a cache hit");
-    assert!(!v.verify(&u, "wrong-horse-1"));
-    assert!(!v.verify(&u, "wrong-horse-1"));
+    assert!(!v.verify(&attempt(&u, "wrong-horse-1")));
+    assert!(!v.verify(&attempt(&u, "wrong-horse-1")));
     assert_eq!(
         runs(&v),
         (1, 3, 2, 0),
@@ -58,13 +68,13 @@ fn a_success_is_cached_and_a_failure_is_not() {
 fn a_changed_hash_misses_the_cache() {
     let v = PasswordVerifier::new();
     let old = user(Some(cheap_hash("first-pass-1")));
-    assert!(v.verify(&old, "first-pass-1"));
+    assert!(v.verify(&attempt(&old, "first-pass-1")));
     let new = user(Some(cheap_hash("second-pass-2")));
     assert!(
-        !v.verify(&new, "first-pass-1"),
+        !v.verify(&attempt(&new, "first-pass-1")),
         "the old password no longer matches"
     );
-    assert!(v.verify(&new, "second-pass-2"));
+    assert!(v.verify(&attempt(&new, "second-pass-2")));
     assert_eq!(runs(&v).1, 3);
 }
 
@@ -79,12 +89,16 @@ fn repeated_failures_are_throttled_but_a_cached_success_still_works() {
             burst: 100,
             refill_every: Duration::from_secs(3600),
         },
+        BucketShape {
+            burst: 100,
+            refill_every: Duration::from_secs(3600),
+        },
     );
     let v = PasswordVerifier::with_limiter(limiter);
     let u = user(Some(cheap_hash("right-answer-9")));
-    assert!(v.verify(&u, "right-answer-9"));
+    assert!(v.verify(&attempt(&u, "right-answer-9")));
     for _ in 0..5 {
-        assert!(!v.verify(&u, "guess-1234"));
+        assert!(!v.verify(&attempt(&u, "guess-1234")));
     }
     let (_, argon2_runs, failures, throttled) = runs(&v);
     assert_eq!(
@@ -93,7 +107,7 @@ fn repeated_failures_are_throttled_but_a_cached_success_still_works() {
         "only the burst ran Argon2"
     );
     assert!(
-        v.verify(&u, "right-answer-9"),
+        v.verify(&attempt(&u, "right-answer-9")),
         "the cached credential is answered before the limiter"
     );
 }
@@ -101,8 +115,41 @@ fn repeated_failures_are_throttled_but_a_cached_success_still_works() {
 #[test]
 fn users_without_a_valid_hash_never_pass() {
     let v = PasswordVerifier::new();
-    assert!(!v.verify(&user(None), "anything-1"));
-    assert!(!v.verify(&user(Some("$argon2id$garbage".into())), "anything-1"));
+    assert!(!v.verify(&attempt(&user(None), "anything-1")));
+    assert!(!v.verify(&attempt(
+        &user(Some("$argon2id$garbage".into())),
+        "anything-1"
+    )));
+}
+
+#[test]
+fn an_unknown_id_or_one_without_a_password_costs_an_argon2_run_like_a_wrong_password() {
+    let v = PasswordVerifier::new();
+    let no_password = user(None);
+    let unknown = PasswordAttempt {
+        id: "nobody@example.org",
+        user: None,
+        password: "anything-1",
+        client: "192.0.2.1".parse().unwrap(),
+    };
+    assert!(!v.verify(&unknown));
+    assert!(!v.verify(&PasswordAttempt {
+        user: None,
+        ..attempt(&no_password, "anything-1")
+    }));
+    assert_eq!(runs(&v), (0, 2, 2, 0), "two dummy Argon2 runs, two failures");
+    assert!(check_password_hash(dummy_hash()).is_ok(), "{}", dummy_hash());
+    assert!(
+        dummy_hash().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "the dummy costs what a real user's hash costs: {}",
+        dummy_hash()
+    );
+    // The limiter counts unknown ids too: their throttling looks like a real id's.
+    for _ in 0..10 {
+        assert!(!v.verify(&unknown));
+    }
+    let (_, argon2_runs, _, throttled) = runs(&v);
+    assert_eq!((argon2_runs, throttled), (2 + 4, 6));
 }
 
 #[test]
