@@ -16,6 +16,9 @@ use http::uri::{Authority, Scheme};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::Permission;
 
+mod routes;
+pub use routes::RouteTable;
+
 /// The SHA-256 digest of a whole key string: what the file stores and what lookups use.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyDigest(pub [u8; 32]);
@@ -252,8 +255,7 @@ pub struct Snapshot {
     pub users: Box<[ApiUser]>,
     pub keys: DigestMap<ApiKey>,
     pub groups: Box<[Group]>,
-    /// Longest prefix first, so the first match is the longest.
-    pub routes: Box<[Route]>,
+    pub routes: RouteTable,
     pub upstreams: Box<[Upstream]>,
 }
 
@@ -278,7 +280,7 @@ impl Snapshot {
     }
 
     pub fn route_for(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(path))
+        self.routes.lookup(path)
     }
 
     pub fn upstream(&self, route: &Route) -> &Upstream {

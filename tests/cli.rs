@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use apiward::auth::{PasswordAttempt, PasswordCheck as _};
 use apiward::auth::password::PasswordVerifier;
+use apiward::auth::{PasswordAttempt, PasswordCheck as _};
 use apiward::snapshot::KeyDigest;
 
 const SHIPPED: &str = include_str!("../config/apiward.toml");
@@ -744,7 +744,10 @@ fn set_password_stores_an_argon2id_hash_that_verifies() {
 }
 
 /// A password attempt for `user` from 127.0.0.1.
-fn from_loopback<'a>(user: &'a apiward::snapshot::ApiUser, password: &'a str) -> PasswordAttempt<'a> {
+fn from_loopback<'a>(
+    user: &'a apiward::snapshot::ApiUser,
+    password: &'a str,
+) -> PasswordAttempt<'a> {
     PasswordAttempt {
         id: &user.id,
         user: Some(user),

@@ -38,6 +38,13 @@ impl AddressBlock {
                 network: u32::from(a),
                 prefix,
             },
+            // `::ffff:a.b.c.d` is how an IPv4 client looks on a dual-stack socket, and clients
+            // are compared as IPv4 (`canonical`): an entry written that way is the IPv4 entry,
+            // or it would pass `check` and never match.
+            IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => AddressBlock::V4 {
+                network: u32::from(a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                prefix: prefix - 96,
+            },
             IpAddr::V6(a) => AddressBlock::V6 {
                 network: V6Bits::new(u128::from(a)),
                 prefix,
@@ -320,6 +327,31 @@ mod tests {
         assert!(!w.allows(ip("::ffff:192.0.2.11")));
         // The IPv4-compatible (deprecated) form is a different address and must not match.
         assert!(!w.allows(ip("::192.0.2.10")));
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_are_the_ipv4_entries() {
+        for (written, means) in [
+            ("::ffff:192.0.2.1", "192.0.2.1"),
+            ("::ffff:198.51.100.0/120", "198.51.100.0/24"),
+            ("::ffff:c000:201", "192.0.2.1"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+        ] {
+            assert_eq!(
+                AddressBlock::parse(written),
+                AddressBlock::parse(means),
+                "{written}"
+            );
+        }
+        let w = SourceWhitelist::parse_tilde("::ffff:192.0.2.1~::ffff:198.51.100.0/120").unwrap();
+        assert!(w.allows(ip("192.0.2.1")));
+        assert!(w.allows(ip("::ffff:192.0.2.1")));
+        assert!(w.allows(ip("198.51.100.77")));
+        assert!(!w.allows(ip("192.0.2.2")));
+        assert_eq!(w.to_string(), "192.0.2.1~198.51.100.0/24");
+        // Host bits under the mask are still refused, with the IPv4 form suggested.
+        let err = AddressBlock::parse("::ffff:198.51.100.7/120").unwrap_err();
+        assert!(err.contains("198.51.100.0/24"), "{err}");
     }
 
     #[test]

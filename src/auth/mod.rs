@@ -135,7 +135,11 @@ pub struct PasswordAttempt<'a> {
 
 impl fmt::Debug for PasswordAttempt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PasswordAttempt({} from {}, password hidden)", self.id, self.client)
+        write!(
+            f,
+            "PasswordAttempt({} from {}, password hidden)",
+            self.id, self.client
+        )
     }
 }
 

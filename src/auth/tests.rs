@@ -348,8 +348,16 @@ fn a_key_longer_than_the_bound_is_refused_before_it_is_hashed() {
     let at_bound = "k".repeat(credential::MAX_KEY_LEN);
     let d = decide(
         &s,
-        &facts(&get, "/supporters/1", Credential::Key(&at_bound), "192.0.2.10"),
+        &facts(
+            &get,
+            "/supporters/1",
+            Credential::Key(&at_bound),
+            "192.0.2.10",
+        ),
         &NoPasswords,
     );
-    assert!(d.key_digest.is_some(), "a key at the bound is still looked up");
+    assert!(
+        d.key_digest.is_some(),
+        "a key at the bound is still looked up"
+    );
 }

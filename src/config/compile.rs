@@ -18,7 +18,7 @@ use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
-    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, KeyPrefix, Route,
+    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, KeyPrefix, Route, RouteTable,
     ServerSettings, Snapshot, Upstream, UpstreamTarget, UserIndex, UserStatus,
 };
 
@@ -87,13 +87,14 @@ impl Compiler<'_> {
         }
 
         let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        let mut seen_prefixes = std::collections::HashSet::with_capacity(raw.routes.len());
         for route in &raw.routes {
             let prefix = route.prefix.get_ref();
             if let Err(msg) = check_route_prefix(prefix) {
                 self.error(route.prefix.span(), msg);
                 continue;
             }
-            if routes.iter().any(|r| &*r.prefix == prefix.as_str()) {
+            if !seen_prefixes.insert(prefix.as_str()) {
                 self.error(
                     route.prefix.span(),
                     format!("route prefix {prefix:?} is defined twice: keep one"),
@@ -120,7 +121,6 @@ impl Compiler<'_> {
                 ),
             }
         }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
         let mut groups = Vec::with_capacity(raw.groups.len());
         let mut group_index = HashMap::new();
@@ -169,7 +169,7 @@ impl Compiler<'_> {
             users: users.into_boxed_slice(),
             keys,
             groups: groups.into_boxed_slice(),
-            routes: routes.into_boxed_slice(),
+            routes: RouteTable::new(routes),
             upstreams: upstreams.into_boxed_slice(),
         }
     }

@@ -7,14 +7,16 @@
 //! with a plain load and store; a scrape adds up every thread's cells. Each thread finds its
 //! cells for a request's labels in a thread-local map, keyed like the old handle cache by the
 //! addresses of the snapshot's `Arc<str>`s (which the map keeps alive, so no address is reused
-//! while it is a key).
+//! while it is a key). When a thread ends (the runtime's blocking threads come and go, and
+//! `block_in_place` moves a worker to a new one), its cells are folded into a total of ended
+//! threads, so the registry holds one set per live thread, not one per thread that ever was.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -62,6 +64,13 @@ struct Histogram {
 }
 
 impl Histogram {
+    fn add(&self, other: &Histogram) {
+        for (to, from) in self.buckets.iter().zip(&other.buckets) {
+            to.add(from.get());
+        }
+        self.sum_ns.add(other.sum_ns.get());
+    }
+
     fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = BOUNDS_NS.iter().position(|b| ns <= *b).unwrap_or(16);
@@ -86,12 +95,54 @@ struct Labels {
     class: &'static str,
 }
 
+/// Whose cells: a live thread's (only it writes them), or the ended threads' folded total
+/// (written under the registry's lock).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Owner {
+    Thread(ThreadId),
+    Ended,
+}
+
 /// Every thread's cells, for scrapes, and for a thread that needs cells for labels it has not
 /// cached (it gets the ones it had before, so reloads do not make the registry grow).
 #[derive(Default)]
 struct Registry {
-    counters: HashMap<(ThreadId, Labels), Arc<Cell>>,
-    routes: HashMap<(ThreadId, Option<Arc<str>>), Arc<RouteCells>>,
+    counters: HashMap<(Owner, Labels), Arc<Cell>>,
+    routes: HashMap<(Owner, Option<Arc<str>>), Arc<RouteCells>>,
+}
+
+impl Registry {
+    /// Adds an ended thread's cells to the ended threads' total and drops them.
+    fn fold(&mut self, thread: ThreadId) {
+        let gone = Owner::Thread(thread);
+        let counters: Vec<_> = self
+            .counters
+            .keys()
+            .filter(|(owner, _)| *owner == gone)
+            .cloned()
+            .collect();
+        for key in counters {
+            if let Some(cell) = self.counters.remove(&key) {
+                self.counters
+                    .entry((Owner::Ended, key.1))
+                    .or_default()
+                    .add(cell.get());
+            }
+        }
+        let routes: Vec<_> = self
+            .routes
+            .keys()
+            .filter(|(owner, _)| *owner == gone)
+            .cloned()
+            .collect();
+        for key in routes {
+            if let Some(cells) = self.routes.remove(&key) {
+                let total = self.routes.entry((Owner::Ended, key.1)).or_default();
+                total.total.add(&cells.total);
+                total.upstream.add(&cells.upstream);
+            }
+        }
+    }
 }
 
 pub struct Series {
@@ -100,7 +151,7 @@ pub struct Series {
     id: usize,
     /// Bumped by `forget`: thread-local entries of an older epoch are dropped when next seen.
     epoch: AtomicU64,
-    registry: Mutex<Registry>,
+    registry: Arc<Mutex<Registry>>,
 }
 
 /// The thread-local key: the addresses of the label values, and the registry's id.
@@ -138,7 +189,25 @@ struct LocalEntry {
 struct Local {
     /// The epoch this thread last saw, for each registry it recorded for.
     epochs: Vec<(usize, u64)>,
+    /// The registries this thread has cells in, to fold them into when it ends.
+    registries: Vec<Weak<Mutex<Registry>>>,
+    thread: Option<ThreadId>,
     entries: HashMap<LocalKey, LocalEntry, BuildHasherDefault<crate::snapshot::DigestHasher>>,
+}
+
+impl Drop for Local {
+    /// The thread is ending: its cells join the ended threads' total.
+    fn drop(&mut self) {
+        let Some(thread) = self.thread else { return };
+        for registry in self.registries.drain(..) {
+            if let Some(registry) = registry.upgrade() {
+                registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fold(thread);
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -152,7 +221,7 @@ impl Default for Series {
         Series {
             id: NEXT_ID.fetch_add(1, Relaxed) as usize,
             epoch: AtomicU64::new(0),
-            registry: Mutex::new(Registry::default()),
+            registry: Arc::new(Mutex::new(Registry::default())),
         }
     }
 }
@@ -185,7 +254,11 @@ impl Series {
                     *seen = epoch;
                     local.entries.retain(|k, _| k.series != self.id);
                 }
-                None => local.epochs.push((self.id, epoch)),
+                None => {
+                    local.epochs.push((self.id, epoch));
+                    local.registries.push(Arc::downgrade(&self.registry));
+                    local.thread = Some(std::thread::current().id());
+                }
             }
             let entry = local
                 .entries
@@ -215,8 +288,9 @@ impl Series {
             class,
         };
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let requests = Arc::clone(registry.counters.entry((thread, labels)).or_default());
-        let route_cells = Arc::clone(registry.routes.entry((thread, route.cloned())).or_default());
+        let owner = Owner::Thread(thread);
+        let requests = Arc::clone(registry.counters.entry((owner, labels)).or_default());
+        let route_cells = Arc::clone(registry.routes.entry((owner, route.cloned())).or_default());
         LocalEntry {
             requests,
             route: route_cells,
@@ -415,8 +489,59 @@ mod tests {
             sample("apiward_request_duration_seconds_bucket{route=\"none\",le=\"+Inf\"}"),
             1.0
         );
-        // Each thread reused its cells after `forget`: one per thread and label set.
+        // Each thread reused its cells after `forget`, and the three that ended were folded
+        // into one total: the ended threads' set and this thread's.
         let registry = series.registry.lock().unwrap();
-        assert_eq!(registry.counters.len(), 4);
+        assert_eq!(registry.counters.len(), 2);
+    }
+
+    #[test]
+    fn cells_of_ended_threads_are_folded_into_one_total() {
+        let series = Arc::new(Series::default());
+        let route: Arc<str> = "/r/".into();
+        for _ in 0..50 {
+            let (series, route) = (Arc::clone(&series), Arc::clone(&route));
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    series.record(
+                        None,
+                        Some(&route),
+                        "allowed",
+                        "2xx",
+                        Duration::from_millis(2),
+                        Some(Duration::from_millis(1)),
+                    );
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        {
+            let registry = series.registry.lock().unwrap();
+            assert_eq!(
+                registry.counters.len(),
+                1,
+                "one total, not fifty threads' cells"
+            );
+            assert_eq!(registry.routes.len(), 1);
+        }
+        let mut text = String::new();
+        series.render(&mut text, |_| "help");
+        assert!(
+            text.contains(
+                "apiward_requests_total{user=\"none\",route=\"/r/\",decision=\"allowed\",status_class=\"2xx\"} 150\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiward_upstream_duration_seconds_count{route=\"/r/\"} 150\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "apiward_request_duration_seconds_bucket{route=\"/r/\",le=\"0.001\"} 0\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -272,13 +272,19 @@ mod tests {
             !limiter.admit("a@x.org", here),
             "the fourth attempt within a minute is refused"
         );
-        assert!(limiter.admit("b@x.org", here), "another user is not affected");
+        assert!(
+            limiter.admit("b@x.org", here),
+            "another user is not affected"
+        );
         assert!(
             limiter.admit("a@x.org", ip("192.0.2.2")),
             "the same user from another source is not affected"
         );
         limiter.record_success("a@x.org", here);
-        assert!(limiter.admit("a@x.org", here), "a success forgets the failures");
+        assert!(
+            limiter.admit("a@x.org", here),
+            "a success forgets the failures"
+        );
     }
 
     #[test]
@@ -327,7 +333,10 @@ mod tests {
             limiter.admit("a@x.org", ip("192.0.2.1")),
             "the source that proved the password is exempt from the ceiling"
         );
-        assert!(limiter.admit("b@x.org", ip("198.51.100.99")), "another user is not");
+        assert!(
+            limiter.admit("b@x.org", ip("198.51.100.99")),
+            "another user is not"
+        );
     }
 
     #[test]
@@ -339,6 +348,10 @@ mod tests {
             .filter(|u| limiter.admit(u, here))
             .count();
         assert_eq!(admitted, 3, "random ids cannot buy unlimited Argon2 runs");
-        assert_eq!(limiter.users_with_failures(), 3, "refused attempts store nothing");
+        assert_eq!(
+            limiter.users_with_failures(),
+            3,
+            "refused attempts store nothing"
+        );
     }
 }

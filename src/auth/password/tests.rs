@@ -137,8 +137,16 @@ fn an_unknown_id_or_one_without_a_password_costs_an_argon2_run_like_a_wrong_pass
         user: None,
         ..attempt(&no_password, "anything-1")
     }));
-    assert_eq!(runs(&v), (0, 2, 2, 0), "two dummy Argon2 runs, two failures");
-    assert!(check_password_hash(dummy_hash()).is_ok(), "{}", dummy_hash());
+    assert_eq!(
+        runs(&v),
+        (0, 2, 2, 0),
+        "two dummy Argon2 runs, two failures"
+    );
+    assert!(
+        check_password_hash(dummy_hash()).is_ok(),
+        "{}",
+        dummy_hash()
+    );
     assert!(
         dummy_hash().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "the dummy costs what a real user's hash costs: {}",

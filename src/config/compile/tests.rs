@@ -282,6 +282,31 @@ fn routes_are_ordered_longest_prefix_first() {
 }
 
 #[test]
+fn forty_thousand_routes_compile_and_a_duplicate_is_still_found() {
+    // Compilation once compared every route with every earlier one (40,000 took seconds).
+    let mut routes = String::new();
+    for i in 0..40_000 {
+        routes.push_str(&format!(
+            "[[routes]]\nprefix = \"/r{i}/\"\nupstream = \"api\"\n\n"
+        ));
+    }
+    let text = base("").replace("[groups.g]", &format!("{routes}[groups.g]"));
+    let s = compile(Path::new("x.toml"), &text).unwrap();
+    assert_eq!(s.routes.len(), 40_001);
+    assert_eq!(
+        s.route_for("/r39999/x").unwrap().prefix.as_ref(),
+        "/r39999/"
+    );
+    assert_eq!(s.route_for("/r3999").unwrap().prefix.as_ref(), "/r3999/");
+    let dup = base("").replace(
+        "[groups.g]",
+        "[[routes]]\nprefix = \"/r7/\"\nupstream = \"api\"\n\n[[routes]]\nprefix = \"/r7/\"\nupstream = \"api\"\n\n[groups.g]",
+    );
+    let e = errors(&dup);
+    assert!(e[0].message.contains("defined twice"), "{}", e[0]);
+}
+
+#[test]
 fn unix_seconds_matches_known_instants() {
     let dt: Datetime = "1970-01-01T00:00:00Z".parse().unwrap();
     assert_eq!(unix_seconds(&dt), Ok(0));
