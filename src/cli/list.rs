@@ -25,7 +25,7 @@ struct Listed {
 }
 
 pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(), CliError> {
-    let file = ConfigFile::open(config)?;
+    let file = ConfigFile::read(config)?;
     let mut users = Vec::new();
     for id in file.user_ids() {
         users.push(listed(&id, file.user(&id)?));

@@ -4,8 +4,8 @@
 //! the admin API both edit through here.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, TableLike, Value};
 
@@ -13,6 +13,9 @@ use crate::config::ConfigErrors;
 use crate::config::compile::unix_seconds;
 use crate::snapshot::Snapshot;
 pub use crate::snapshot::rfc3339;
+
+mod replace;
+use replace::{EditLock, write_atomically};
 
 /// Why an edit of the file was not made. Each names the file or the user and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -37,17 +40,37 @@ pub enum EditError {
     },
     #[error("{} changed while this command was editing it: nothing was written; run the command again", .0.display())]
     ChangedMeanwhile(PathBuf),
+    #[error("another edit of {} has held its lock for {}s: nothing was written; run the command again once it is done", path.display(), waited.as_secs())]
+    Locked { path: PathBuf, waited: Duration },
 }
+
+
 
 /// One configuration file, loaded for editing.
 pub struct ConfigFile {
     path: PathBuf,
     original: String,
     pub doc: DocumentMut,
+    /// The advisory lock that keeps other edits (CLI or admin API) out until this one is saved
+    /// or dropped; `None` for a file read only to be listed.
+    _lock: Option<EditLock>,
 }
 
 impl ConfigFile {
+    /// Loads the file for an edit, first waiting for any other edit of it to finish (an
+    /// exclusive advisory lock, held until this one is saved or dropped), so two edits at once
+    /// both land instead of one undoing the other.
     pub fn open(path: &Path) -> Result<ConfigFile, EditError> {
+        let lock = EditLock::acquire(path)?;
+        ConfigFile::load(path, Some(lock))
+    }
+
+    /// Loads the file to read it only (a listing): no lock, never saved over another edit.
+    pub fn read(path: &Path) -> Result<ConfigFile, EditError> {
+        ConfigFile::load(path, None)
+    }
+
+    fn load(path: &Path, lock: Option<EditLock>) -> Result<ConfigFile, EditError> {
         let original = fs::read_to_string(path).map_err(|source| EditError::Read {
             path: path.to_path_buf(),
             source,
@@ -63,6 +86,7 @@ impl ConfigFile {
             path: path.to_path_buf(),
             original,
             doc,
+            _lock: lock,
         })
     }
 
@@ -158,69 +182,17 @@ impl ConfigFile {
     /// Checks the edited text as `apiward check` does and, only if it passes, replaces the file.
     /// A refused edit leaves the file untouched, byte for byte.
     pub fn save(self) -> Result<Snapshot, EditError> {
+        if self._lock.is_none() {
+            return Err(EditError::Layout(
+                "this file was opened to be read, not edited".into(),
+            ));
+        }
         let text = self.doc.to_string();
         let snapshot =
             crate::config::compile(&self.path, &text).map_err(EditError::WouldNotPass)?;
         write_atomically(&self.path, &self.original, &text)?;
         Ok(snapshot)
     }
-}
-
-/// Replaces `path` with `text` by renaming a synced temporary file over it, so a reader (the
-/// gateway's reload) sees the old file or the new one, never half of one. Refuses if the file
-/// changed since it was read, instead of silently undoing someone else's edit.
-fn write_atomically(path: &Path, expected: &str, text: &str) -> Result<(), EditError> {
-    let write_error = |source| EditError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    // A symlinked config (Kubernetes ..data swaps, /etc/apiward -> ...) is edited where it lives,
-    // leaving the link in place.
-    let target = fs::canonicalize(path).map_err(write_error)?;
-    let current = fs::read_to_string(&target).map_err(write_error)?;
-    if current != expected {
-        return Err(EditError::ChangedMeanwhile(path.to_path_buf()));
-    }
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = target.file_name().map_or_else(
-        || "apiward.toml".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let suffix =
-        crate::keys::generate_password(8).map_err(|e| write_error(std::io::Error::other(e)))?;
-    // One leading dot (never two: the gateway's watcher treats `..name` as a Kubernetes swap).
-    let temp = dir.join(format!(".{name}.{suffix}.tmp"));
-    let result = (|| {
-        let metadata = fs::metadata(&target)?;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
-        file.write_all(text.as_bytes())?;
-        // The file may hold password hashes: the copy gets the original's mode and, where we
-        // may, its owner.
-        fs::set_permissions(&temp, metadata.permissions())?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt as _;
-            let _ = std::os::unix::fs::chown(&temp, Some(metadata.uid()), Some(metadata.gid()));
-        }
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, &target)?;
-        // The rename itself is durable only once the directory is synced.
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(write_error)
 }
 
 /// One key entry of a user, as read from the file.
