@@ -58,7 +58,7 @@ pub struct Gateway {
     admin_shutdown: watch::Sender<bool>,
     serving: JoinHandle<()>,
     reload_triggers: mpsc::UnboundedSender<ReloadTrigger>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<reload::ConfigWatch>,
 }
 
 impl Gateway {

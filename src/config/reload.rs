@@ -266,20 +266,100 @@ const QUIET: Duration = Duration::from_millis(10);
 /// A stream of events never delays a reload longer than this.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Watches the config file's directory (not its inode, so rename-over saves and Kubernetes
-/// `..data` symlink swaps are seen) and sends a trigger for each relevant event.
+/// The watch on the configuration file: its directory (not its inode, so rename-over saves and
+/// Kubernetes `..data` symlink swaps are seen) and, when the path is a symlink, the directory of
+/// every link on the way and of the file it resolves to (where `apiward users ...` writes).
+/// After each relevant event the path is resolved again and the watched directories follow.
+/// Dropping it stops the watch.
+pub struct ConfigWatch {
+    notes: std::sync::mpsc::Sender<Note>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Note {
+    Changed,
+    Stop,
+}
+
+impl Drop for ConfigWatch {
+    fn drop(&mut self) {
+        let _ = self.notes.send(Note::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What to watch for one configuration path: directories, and the file names in them that
+/// concern it.
+#[derive(Debug, Default, PartialEq)]
+struct Watched {
+    dirs: Vec<PathBuf>,
+    names: Vec<std::ffi::OsString>,
+}
+
+impl Watched {
+    /// Follows `path`'s symlinks (at most 40 hops, as the kernel does) to the file itself.
+    fn resolve(path: &Path) -> Watched {
+        let mut watched = Watched::default();
+        let add = |watched: &mut Watched, p: &Path| {
+            let dir = parent_dir(p);
+            // By the directory's real path: `..data/` names a different directory after a swap.
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            if !watched.dirs.contains(&dir) {
+                watched.dirs.push(dir);
+            }
+            if let Some(name) = p.file_name() {
+                if !watched.names.iter().any(|n| n == name) {
+                    watched.names.push(name.to_os_string());
+                }
+            }
+        };
+        let mut hop = path.to_path_buf();
+        for _ in 0..40 {
+            add(&mut watched, &hop);
+            match std::fs::read_link(&hop) {
+                Ok(target) if target.is_absolute() => hop = target,
+                Ok(target) => hop = parent_dir(&hop).join(target),
+                Err(_) => break,
+            }
+        }
+        if let Ok(real) = std::fs::canonicalize(path) {
+            add(&mut watched, &real);
+        }
+        watched
+    }
+
+    fn concerns(names: &[std::ffi::OsString], event: &notify::Event) -> bool {
+        event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|n| {
+                names.iter().any(|w| w == n) || n.to_string_lossy().starts_with("..")
+            })
+        })
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Watches the configuration file (see `ConfigWatch`) and sends a trigger for each relevant event.
 pub fn watch_file(
     path: &Path,
     triggers: mpsc::UnboundedSender<ReloadTrigger>,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> notify::Result<ConfigWatch> {
     use notify::event::{AccessKind, AccessMode, EventKind};
     use notify::{RecursiveMode, Watcher};
+    use std::sync::RwLock;
 
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().map(|n| n.to_os_string());
+    let first = Watched::resolve(path);
+    let names = Arc::new(RwLock::new(first.names.clone()));
+    let (notes, notes_rx) = std::sync::mpsc::channel();
+    let event_names = Arc::clone(&names);
+    let event_notes = notes.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         let relevant_kind = match event.kind {
@@ -288,17 +368,60 @@ pub fn watch_file(
             EventKind::Access(_) => false,
             _ => true,
         };
-        let relevant_path = event.paths.iter().any(|p| {
-            let name = p.file_name();
-            name == file_name.as_deref()
-                || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
-        });
-        if relevant_kind && relevant_path {
+        let names = event_names.read().unwrap_or_else(|p| p.into_inner());
+        if relevant_kind && Watched::concerns(&names, &event) {
             let _ = triggers.send(ReloadTrigger::FileEvent);
+            let _ = event_notes.send(Note::Changed);
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+    // The link's own directory must be watchable; the others are followed as far as they exist.
+    let mut dirs = first.dirs.iter();
+    if let Some(own) = dirs.next() {
+        watcher.watch(own, RecursiveMode::NonRecursive)?;
+    }
+    let mut watching: Vec<PathBuf> = first.dirs.iter().take(1).cloned().collect();
+    for dir in dirs {
+        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watching.push(dir.clone()),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory the configuration symlink points into; edits there wait for SIGHUP"),
+        }
+    }
+    let path = path.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("apiward-config-watch".into())
+        .spawn(move || {
+            // Re-resolves after each relevant event: a swapped link or `..data` moves the file.
+            while let Ok(Note::Changed) = notes_rx.recv() {
+                let mut stop = false;
+                while let Ok(note) = notes_rx.try_recv() {
+                    stop |= matches!(note, Note::Stop);
+                }
+                if stop {
+                    break;
+                }
+                let now = Watched::resolve(&path);
+                for dir in &now.dirs {
+                    if !watching.contains(dir)
+                        && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok()
+                    {
+                        watching.push(dir.clone());
+                    }
+                }
+                watching.retain(|dir| {
+                    let keep = now.dirs.contains(dir);
+                    if !keep {
+                        let _ = watcher.unwatch(dir);
+                    }
+                    keep
+                });
+                *names.write().unwrap_or_else(|p| p.into_inner()) = now.names;
+            }
+        })
+        .map_err(notify::Error::io)?;
+    Ok(ConfigWatch {
+        notes,
+        thread: Some(thread),
+    })
 }
 
 /// Coalesces triggers and runs one reload per burst, logging each outcome.
