@@ -225,7 +225,9 @@ async fn an_ipv4_mapped_whitelist_entry_admits_the_ipv4_client() {
 async fn many_routes_still_go_to_the_longest_prefix_on_both_paths() {
     let upstream = echo_upstream().await;
     let other = upstream_with(|_| async {
-        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"other")))
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"other",
+        )))
     })
     .await;
     let k = TestKey::new("routes");
@@ -237,7 +239,13 @@ async fn many_routes_still_go_to_the_longest_prefix_on_both_paths() {
     }
     let toml = config(
         &upstream.url(),
-        &user("r@example.org", "active", "manage-supporters", "127.0.0.1", &[&k]),
+        &user(
+            "r@example.org",
+            "active",
+            "manage-supporters",
+            "127.0.0.1",
+            &[&k],
+        ),
     )
     .replace(
         "[groups.manage-supporters]",
@@ -291,7 +299,10 @@ async fn cli(config: &std::path::Path, args: &[&str]) -> Result<String, String> 
 }
 
 async fn works(gw: &TestGateway, key: &str) -> bool {
-    get(&gw.url("/supporters/1"), &[("x-api-key", key)]).await.status == 200
+    get(&gw.url("/supporters/1"), &[("x-api-key", key)])
+        .await
+        .status
+        == 200
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +330,15 @@ async fn a_cli_edit_through_a_symlink_into_another_directory_is_reloaded() {
         async move {
             cli(
                 &link,
-                &["users", "add", id, "--group", "manage-supporters", "--remote-addresses", "127.0.0.1"],
+                &[
+                    "users",
+                    "add",
+                    id,
+                    "--group",
+                    "manage-supporters",
+                    "--remote-addresses",
+                    "127.0.0.1",
+                ],
             )
             .await
             .expect("users add")
@@ -330,7 +349,12 @@ async fn a_cli_edit_through_a_symlink_into_another_directory_is_reloaded() {
         eventually(|| works(&gw, &first)).await,
         "an edit of the symlink's target was not reloaded"
     );
-    assert!(std::fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
 
     // The link now points into the second directory (renamed over, as `ln -sfT` does); the
     // watch follows it, and the next CLI edit there is reloaded too.
@@ -354,18 +378,31 @@ async fn concurrent_cli_edits_all_land() {
     let seed = TestKey::new("concurrentseed");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("apiward.toml");
-    std::fs::write(&path, one_user_config(&upstream.url(), "seed@example.org", &seed))
-        .expect("write");
+    std::fs::write(
+        &path,
+        one_user_config(&upstream.url(), "seed@example.org", &seed),
+    )
+    .expect("write");
     // Six edits at once: without a lock each reads the same file, and all but one are lost or
     // refused as "changed meanwhile".
-    let ids: Vec<String> = (0..6).map(|i| format!("concurrent-{i}@example.org")).collect();
+    let ids: Vec<String> = (0..6)
+        .map(|i| format!("concurrent-{i}@example.org"))
+        .collect();
     let edits = ids.iter().map(|id| {
         let path = path.clone();
         let id = id.clone();
         tokio::spawn(async move {
             cli(
                 &path,
-                &["users", "add", &id, "--group", "manage-supporters", "--remote-addresses", "127.0.0.1"],
+                &[
+                    "users",
+                    "add",
+                    &id,
+                    "--group",
+                    "manage-supporters",
+                    "--remote-addresses",
+                    "127.0.0.1",
+                ],
             )
             .await
         })
@@ -381,9 +418,7 @@ async fn concurrent_cli_edits_all_land() {
 }
 
 /// Waits for every task, in order.
-async fn futures_join_all<T>(
-    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
+async fn futures_join_all<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let tasks: Vec<_> = tasks.collect();
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {

@@ -383,7 +383,9 @@ pub fn watch_file(
     for dir in dirs {
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => watching.push(dir.clone()),
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory the configuration symlink points into; edits there wait for SIGHUP"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory the configuration symlink points into; edits there wait for SIGHUP")
+            }
         }
     }
     let path = path.to_path_buf();

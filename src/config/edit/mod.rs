@@ -44,8 +44,6 @@ pub enum EditError {
     Locked { path: PathBuf, waited: Duration },
 }
 
-
-
 /// One configuration file, loaded for editing.
 pub struct ConfigFile {
     path: PathBuf,

@@ -129,7 +129,6 @@ impl EditLock {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
