@@ -316,7 +316,10 @@ impl CliError {
                 Exit::Usage
             }
             CliError::Edit(
-                EditError::Read { .. } | EditError::Write { .. } | EditError::ChangedMeanwhile(_),
+                EditError::Read { .. }
+                | EditError::Write { .. }
+                | EditError::ChangedMeanwhile(_)
+                | EditError::Locked { .. },
             )
             | CliError::Stdin(_)
             | CliError::SecretNotPrinted { .. }
