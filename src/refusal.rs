@@ -106,6 +106,24 @@ impl Refusal {
         }
     }
 
+    /// Whether the connection closes after this answer: what follows a request whose framing is
+    /// ambiguous cannot be delimited with certainty.
+    pub fn closes_connection(self) -> bool {
+        match self {
+            Refusal::BadFraming => true,
+            Refusal::MissingCredentials
+            | Refusal::InvalidCredentials
+            | Refusal::KeyExpired
+            | Refusal::UserInactive
+            | Refusal::UnregisteredSource
+            | Refusal::NoRoute
+            | Refusal::Forbidden
+            | Refusal::BadPath
+            | Refusal::UpstreamUnavailable
+            | Refusal::UpstreamTimeout => false,
+        }
+    }
+
     /// The JSON body: `{"error": code, "message": sentence}`.
     pub fn body(self) -> Bytes {
         let body = serde_json::json!({ "error": self.code(), "message": self.message() });
@@ -130,17 +148,17 @@ impl Refusal {
                     HeaderValue::from_static("Bearer realm=\"apiward\", error=\"invalid_token\""),
                 );
             }
-            Refusal::BadFraming => {
-                // What follows this request on the connection cannot be delimited with certainty.
-                headers.insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Refusal::BadPath
+            Refusal::BadFraming
+            | Refusal::BadPath
             | Refusal::UserInactive
             | Refusal::UnregisteredSource
             | Refusal::NoRoute
             | Refusal::Forbidden
             | Refusal::UpstreamUnavailable
             | Refusal::UpstreamTimeout => {}
+        }
+        if self.closes_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::observe::{RequestRecord, Telemetry};
+use crate::observe::RequestRecord;
+use crate::proxy::policy::Policy;
 
 /// A request body on its way upstream, counting the bytes that pass.
 pub struct Counted<B> {
@@ -57,7 +58,7 @@ pub struct Logged<B> {
 }
 
 pub struct Finish {
-    pub telemetry: Arc<Telemetry>,
+    pub policy: Arc<Policy>,
     pub record: RequestRecord,
     pub bytes_in: Arc<AtomicU64>,
 }
@@ -73,8 +74,9 @@ impl<B> Logged<B> {
 
     fn complete(&mut self) {
         if let Some(f) = self.finish.take() {
-            f.telemetry.finish(
+            f.policy.finish(
                 &f.record,
+                std::time::Instant::now(),
                 f.bytes_in.load(Ordering::Relaxed),
                 self.bytes_out,
             );

@@ -1,0 +1,51 @@
+//! What the HTTP/1 engine keeps across connections: the policy it serves, its upstream pool,
+//! graceful shutdown, and the count of requests it answered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::client::{RawPool, is_open};
+use super::deadline::Stop;
+use crate::proxy::policy::Policy;
+
+pub struct Engine {
+    pub(super) policy: Arc<Policy>,
+    /// Idle upstream connections, plain sockets; kept apart from hyper's client connections.
+    pub(super) pool: RawPool,
+    /// Graceful shutdown, for the engine's connections.
+    pub(super) stop: Stop,
+    /// Requests the engine answered (`/status`).
+    pub(super) served: AtomicU64,
+}
+
+impl Engine {
+    pub fn new(policy: Arc<Policy>) -> Engine {
+        Engine {
+            policy,
+            pool: RawPool::default(),
+            stop: Stop::default(),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    /// Shutdown has begun: each connection finishes the request in flight, then closes; one
+    /// waiting for a request closes now.
+    pub fn begin_shutdown(&self) {
+        self.stop.begin();
+    }
+
+    /// Requests the engine answered (the rest went to hyper).
+    pub fn requests_served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Idle upstream connections in the engine's pool.
+    pub fn idle_upstream_connections(&self) -> usize {
+        self.pool.idle_connections()
+    }
+
+    /// Closes expired idle upstream connections and those the upstream has closed.
+    pub fn sweep_pool(&self) {
+        self.pool.sweep(|s| is_open(s));
+    }
+}

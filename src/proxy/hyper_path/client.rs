@@ -1,0 +1,278 @@
+//! hyper's path to the upstream: HTTP/1.1 client connections, kept alive and reused, driven by
+//! the task of the request that uses them.
+//!
+//! hyper's ready-made client (`hyper_util::client::legacy`) runs every upstream connection in its
+//! own task: each request then wakes that task and is woken back by it, twice, and the pool
+//! behind it takes a lock, hashes its key and allocates on every checkout. Here a connection is
+//! checked out by the task serving the client's request, which polls it itself until the
+//! response body has been read, then puts it back: no task hand-off and no channel wake-up per
+//! request (docs/benchmarks.md measures what that gives).
+//!
+//! An idle connection is polled by nobody. Whether the upstream closed it meanwhile is found out
+//! when it is checked out (it is polled once then, and dropped if it finished), and by the sweep
+//! that drops connections idle for longer than `upstream_keepalive_timeout`. A request that could
+//! not be written because the connection was no longer usable is sent again on another one.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::Counted;
+use crate::proxy::policy::{
+    InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
+};
+use crate::proxy::upstream::{IdlePool, Limits, connect_tcp};
+
+/// What a request sends upstream: the client's body, counted as it streams.
+pub type RequestBody = Counted<Incoming>;
+
+type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// One HTTP/1.1 connection: the half that sends requests and the half that does the I/O.
+struct Conn {
+    sender: http1::SendRequest<RequestBody>,
+    io: Pin<Box<Connection>>,
+}
+
+impl Conn {
+    /// Polls the I/O half once. False when the connection has finished (closed or failed).
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
+        self.io.as_mut().poll(cx).is_pending()
+    }
+}
+
+/// hyper's client connections, kept alive between requests.
+#[derive(Default)]
+pub struct Pool {
+    idle: IdlePool<Conn>,
+}
+
+/// Why an upstream did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: Authority,
+        source: std::io::Error,
+    },
+    #[error("connecting to {authority} took longer than {timeout:?}")]
+    ConnectTimeout {
+        authority: Authority,
+        timeout: Duration,
+    },
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// What the policy makes of it.
+    pub fn failure(&self) -> UpstreamFailure {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                UpstreamFailure::Connect
+            }
+            UpstreamError::Http(e) if e.is_parse_too_large() => {
+                UpstreamFailure::Invalid(InvalidResponse::TooLarge)
+            }
+            UpstreamError::Http(e) if e.is_parse() => {
+                UpstreamFailure::Invalid(InvalidResponse::Malformed)
+            }
+            UpstreamError::Http(_) => UpstreamFailure::Broken,
+        }
+    }
+}
+
+impl Pool {
+    pub fn new() -> Arc<Pool> {
+        Arc::new(Pool::default())
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `authority` and returns the response head
+    /// with a body that keeps driving the connection and returns it to the pool when it ends.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        limits: Limits,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // A pooled connection that turns out unusable before the request was written gets the
+        // request back; then a new connection is tried, once.
+        let mut fresh_tried = false;
+        loop {
+            let mut conn = match self.checkout(authority).await {
+                Some(conn) => conn,
+                None => {
+                    fresh_tried = true;
+                    connect(authority, limits.connect_timeout).await?
+                }
+            };
+            let sending = conn.sender.try_send_request(request);
+            let mut sending = std::pin::pin!(sending);
+            let mut io_alive = true;
+            let answer = poll_fn(|cx| {
+                if io_alive {
+                    io_alive = conn.poll_io(cx);
+                }
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match answer {
+                Ok(response) => {
+                    let pooled = io_alive.then(|| Checkin {
+                        pool: Arc::downgrade(self),
+                        authority: authority.clone(),
+                        limits,
+                        conn,
+                    });
+                    return Ok(response.map(|body| UpstreamBody::new(body, pooled)));
+                }
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if !fresh_tried => request = unsent,
+                    _ => return Err(UpstreamError::Http(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `authority` that is still open and ready.
+    async fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        let now = Instant::now();
+        // Polling each candidate lets it notice a close or an error that arrived while it was
+        // idle, and registers its I/O with this task.
+        poll_fn(|cx| {
+            Poll::Ready(self.idle.take(authority, now, |conn| {
+                conn.poll_io(cx) && conn.sender.is_ready()
+            }))
+        })
+        .await
+    }
+
+    fn checkin(&self, authority: Authority, limits: Limits, conn: Conn) {
+        self.idle.put(&authority, conn, limits, Instant::now());
+    }
+
+    /// Closes connections idle for longer than their keep-alive timeout, and those the upstream
+    /// has closed.
+    pub fn sweep(&self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.idle.sweep(|conn| conn.poll_io(&mut cx));
+    }
+
+    /// Idle connections now held, over all upstreams.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.idle_connections()
+    }
+}
+
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, connect_tcp(authority)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(UpstreamError::Connect {
+                authority: authority.clone(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(UpstreamError::ConnectTimeout {
+                authority: authority.clone(),
+                timeout,
+            });
+        }
+    };
+    // The same head limits as the HTTP/1 engine's: a larger head is an invalid answer there too.
+    let (sender, io) = http1::Builder::new()
+        .max_headers(MAX_RESPONSE_HEADERS)
+        .max_header_size(MAX_RESPONSE_HEAD_BYTES)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    Ok(Conn {
+        sender,
+        io: Box::pin(io),
+    })
+}
+
+/// A connection on its way back to the pool once its response has been read.
+struct Checkin {
+    pool: Weak<Pool>,
+    authority: Authority,
+    limits: Limits,
+    conn: Conn,
+}
+
+/// An upstream response body. Polling it also drives the connection it arrives on; when it has
+/// been read to the end the connection goes back to the pool, and when it is dropped before
+/// that the connection is closed (its rest of the response cannot be skipped cheaply).
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<Checkin>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, conn: Option<Checkin>) -> Self {
+        let mut body = UpstreamBody { inner, conn };
+        if body.inner.is_end_stream() {
+            // No body (HEAD, 204, 304, Content-Length: 0): the connection is free already.
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(Checkin {
+            pool,
+            authority,
+            limits,
+            conn,
+        }) = self.conn.take()
+        {
+            if let Some(pool) = pool.upgrade() {
+                pool.checkin(authority, limits, conn);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(checkin) = this.conn.as_mut() {
+            if !checkin.conn.poll_io(cx) {
+                // Finished: whatever it read is in the body's channel; it cannot be reused.
+                this.conn = None;
+            }
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,182 @@
+//! The public listener: accepts connections and serves each on any stream, the HTTP/1 engine
+//! first and hyper's server for whatever the engine hands over; counts what `/status` shows, and
+//! shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::h1::{self, Engine};
+use super::hyper_path::{self, HyperPath};
+use super::io::Prefixed;
+use super::policy::Policy;
+use crate::config::reload::ConfigStore;
+use crate::observe::Telemetry;
+
+/// What `/status` reports of the proxy.
+pub trait ProxyStats: Send + Sync {
+    /// Idle upstream connections held in both pools.
+    fn idle_upstream_connections(&self) -> usize;
+    /// Requests the fast path answered (the rest went through hyper).
+    fn fast_path_requests(&self) -> u64;
+    /// Client connections the fast path gave to hyper for a request it does not serve.
+    fn connections_handed_over(&self) -> u64;
+}
+
+/// Shared by every connection: the policy and the two transports behind it.
+struct Proxy {
+    policy: Arc<Policy>,
+    engine: Engine,
+    hyper: Arc<HyperPath>,
+    /// Connections the engine handed to hyper (`/status`).
+    handovers: AtomicU64,
+}
+
+impl ProxyStats for Proxy {
+    fn idle_upstream_connections(&self) -> usize {
+        self.engine.idle_upstream_connections() + self.hyper.idle_upstream_connections()
+    }
+
+    fn fast_path_requests(&self) -> u64 {
+        self.engine.requests_served()
+    }
+
+    fn connections_handed_over(&self) -> u64 {
+        self.handovers.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts serving the public `listener`: the accept loop, and the upkeep of the upstream
+/// pools. What it returns reports the proxy's counts (for `/status`) and ends when the
+/// listener has shut down (on `shutdown`) and its connections have finished.
+pub(crate) fn spawn(
+    store: Arc<ConfigStore>,
+    telemetry: Arc<Telemetry>,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> (Arc<dyn ProxyStats>, JoinHandle<()>) {
+    let policy = Arc::new(Policy::new(store, telemetry));
+    let proxy = Arc::new(Proxy {
+        engine: Engine::new(Arc::clone(&policy)),
+        hyper: Arc::new(HyperPath::new(Arc::clone(&policy))),
+        policy,
+        handovers: AtomicU64::new(0),
+    });
+    tokio::spawn(pool_upkeep(Arc::downgrade(&proxy)));
+    let stats = Arc::clone(&proxy) as Arc<dyn ProxyStats>;
+    (stats, tokio::spawn(accept_loop(proxy, listener, shutdown)))
+}
+
+/// Closes expired and closed idle upstream connections every second, while the proxy lives.
+async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match proxy.upgrade() {
+            Some(proxy) => {
+                proxy.hyper.sweep_pool();
+                proxy.engine.sweep_pool();
+            }
+            None => return,
+        }
+    }
+}
+
+/// Graceful shutdown's view of the open connections: each one's task holds a clone of `tx`
+/// (when the last is gone, the receiver ends), and `count` says how many there are.
+#[derive(Clone)]
+struct OpenConnections {
+    tx: mpsc::Sender<()>,
+    count: Arc<AtomicUsize>,
+}
+
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut all_closed) = mpsc::channel::<()>(1);
+    let open = OpenConnections {
+        tx,
+        count: Arc::new(AtomicUsize::new(0)),
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(&proxy, stream, peer, shutdown.clone(), open.clone());
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    proxy.engine.begin_shutdown();
+    let OpenConnections { tx, count } = open;
+    drop(tx);
+    let grace = proxy.policy.store.load().server.shutdown_timeout;
+    tracing::info!(
+        open_connections = count.load(Ordering::Relaxed),
+        "shutting down: no new connections, letting requests finish"
+    );
+    tokio::select! {
+        _ = all_closed.recv() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_timeout reached with requests still in flight; closing them"),
+    }
+}
+
+/// Serves one client connection, whatever its stream (TCP here; a TLS stream runs the same
+/// code): the HTTP/1 engine first, hyper for whatever the engine hands over. The connection
+/// counts as open (graceful shutdown waits for it) for as long as it lives.
+fn serve_connection<S>(
+    proxy: &Arc<Proxy>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    open: OpenConnections,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = Arc::clone(proxy);
+    let peer_text = HeaderValue::from_str(&crate::auth::address::canonical(peer.ip()).to_string())
+        .expect("an IP address is a valid header value");
+    let gauge = proxy.policy.telemetry.metrics.open_connections();
+    gauge.increment(1.0);
+    open.count.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let (stream, read) = match h1::serve(&proxy.engine, stream, peer, peer_text.clone()).await {
+            h1::Outcome::Done => (None, Bytes::new()),
+            h1::Outcome::HandOver(stream, read) => {
+                proxy.handovers.fetch_add(1, Ordering::Relaxed);
+                (Some(stream), read)
+            }
+        };
+        if let Some(stream) = stream {
+            let hyper = Arc::clone(&proxy.hyper);
+            hyper_path::serve(
+                hyper,
+                Prefixed::new(read, stream),
+                peer,
+                peer_text,
+                shutdown,
+            )
+            .await;
+        }
+        gauge.decrement(1.0);
+        open.count.fetch_sub(1, Ordering::Relaxed);
+        drop(open);
+    });
+}

@@ -1,0 +1,193 @@
+//! Admission: what the gateway decides about a request before anything is forwarded. The pure
+//! `auth::decide` against the snapshot, plus what only a running gateway has: the request id,
+//! the key's last use, the request record that metrics and the log line are made from, and what
+//! forwarding needs (taken out of the snapshot so it is not held while the upstream answers).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HeaderValue;
+use http::uri::{PathAndQuery, Uri};
+
+use super::{Policy, X_REQUEST_ID};
+use crate::auth::{self, Outcome, RequestFacts, credential};
+use crate::config::reload;
+use crate::observe::RequestRecord;
+use crate::proxy::upstream::Limits;
+use crate::refusal::Refusal;
+use crate::snapshot::{AccessLogTarget, Snapshot, UpstreamTarget};
+
+/// Everything needed to forward an allowed request, taken out of the snapshot so that the
+/// snapshot is not held while the upstream answers.
+pub struct Forward {
+    pub target: UpstreamTarget,
+    pub path_and_query: PathAndQuery,
+    pub group: HeaderValue,
+    pub peer_is_trusted: bool,
+    pub upstream_timeout: std::time::Duration,
+    pub limits: Limits,
+    pub key_header: http::HeaderName,
+    pub credential_source: credential::CredentialSource,
+}
+
+impl Policy {
+    /// Runs the decision against the current snapshot and keeps only what forwarding needs,
+    /// and what the request's log line and metrics need. `arrived` is when the request began
+    /// (its total time, in metrics and the log, counts from there).
+    pub fn admit(
+        &self,
+        snapshot: &Snapshot,
+        method: &http::Method,
+        uri: &Uri,
+        request_headers: &http::HeaderMap,
+        peer: SocketAddr,
+        arrived: Instant,
+    ) -> (Result<Forward, Refusal>, RequestRecord) {
+        let client = super::headers::client_address(snapshot, peer, request_headers);
+        let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
+        // Only a trusted proxy's request id is kept, so the header is not even looked up otherwise.
+        let request_id = peer_is_trusted
+            .then(|| request_headers.get(&X_REQUEST_ID))
+            .flatten()
+            .filter(|id| is_reasonable_request_id(id))
+            .cloned()
+            .unwrap_or_else(|| self.telemetry.next_request_id());
+        let mut record = RequestRecord {
+            started: arrived,
+            request_id,
+            client,
+            user: None,
+            key_prefix: None,
+            method: method.clone(),
+            path: String::new(),
+            route: None,
+            upstream: None,
+            decision: Refusal::BadFraming.code(),
+            status: 0,
+            upstream_time: None,
+            log: snapshot.server.access_log != AccessLogTarget::Off,
+            sample: snapshot.server.access_log_sample,
+        };
+        if !framing_is_unambiguous(request_headers) {
+            if record.log {
+                record.path = uri.path().to_string();
+            }
+            return (Err(Refusal::BadFraming), record);
+        }
+        let mut scratch = String::new();
+        let (credential, credential_source) =
+            credential::extract(request_headers, &snapshot.server.key_header, &mut scratch);
+        // Only the request log reads it.
+        let presented_prefix = match credential {
+            credential::Credential::Key(k) if record.log => Some(credential::key_prefix(k)),
+            _ => None,
+        };
+        let facts = RequestFacts {
+            method,
+            path: uri.path(),
+            credential,
+            client,
+            now: reload::now_unix(),
+        };
+        let decision = auth::decide(snapshot, &facts, &self.passwords);
+        record.user = decision.user.map(|u| Arc::clone(&u.id));
+        if record.log {
+            // Only the request log reads it.
+            record.key_prefix = decision
+                .key
+                .and_then(|k| k.prefix.map(|p| Box::from(&*p)))
+                .or_else(|| presented_prefix.map(Into::into));
+        }
+        if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {
+            self.telemetry.key_usage.touch(digest, facts.now);
+        }
+        let grant = match decision.outcome {
+            Outcome::Allowed(grant) => grant,
+            Outcome::Refused(refusal) => {
+                record.decision = refusal.code();
+                if record.log {
+                    record.path = uri.path().to_string();
+                }
+                return (Err(refusal), record);
+            }
+        };
+        record.decision = "allowed";
+        if record.log {
+            // Only the request log reads it.
+            record.path = grant.path.to_string();
+        }
+        record.route = Some(Arc::clone(&grant.route.prefix));
+        record.upstream = Some(Arc::clone(&grant.upstream.name));
+        let forward = (|| {
+            // The user id goes upstream in X-Apiward-User, from `record.user`; the upstream's
+            // name, for its error metrics, is `record.upstream`.
+            if !decision.user.is_some_and(|u| is_header_value(&u.id)) {
+                return Err(Refusal::Forbidden);
+            }
+            Ok::<_, Refusal>(Forward {
+                target: grant.upstream.target.clone(),
+                path_and_query: forwarded_path(&grant.upstream.target, &grant.path, uri)?,
+                group: grant.group.header.clone().ok_or(Refusal::Forbidden)?,
+                peer_is_trusted,
+                upstream_timeout: snapshot.server.upstream_timeout,
+                limits: Limits::of(&snapshot.server),
+                key_header: snapshot.server.key_header.clone(),
+                credential_source,
+            })
+        })();
+        if let Err(refusal) = &forward {
+            record.decision = refusal.code();
+        }
+        (forward, record)
+    }
+}
+
+/// Whether `HeaderValue::from_str` would accept `text` (checked without allocating one).
+fn is_header_value(text: &str) -> bool {
+    text.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+/// A request id from a trusted proxy is kept only if it is short and printable.
+fn is_reasonable_request_id(id: &HeaderValue) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
+/// hyper already refuses conflicting lengths and `Content-Length` with `Transfer-Encoding`
+/// (vendor/hyper); what it still accepts is a coding list ending in chunked, such as
+/// `gzip, chunked`, which a proxy must not pass on.
+fn framing_is_unambiguous(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.as_bytes().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// The upstream's base path, then the normalised path, then the query exactly as received.
+fn forwarded_path(
+    target: &UpstreamTarget,
+    path: &str,
+    original: &Uri,
+) -> Result<PathAndQuery, Refusal> {
+    let base = match target {
+        UpstreamTarget::Http { base_path, .. } => &**base_path,
+        UpstreamTarget::Echo => "",
+    };
+    if base.is_empty() && path == original.path() {
+        if let Some(pq) = original.path_and_query() {
+            return Ok(pq.clone());
+        }
+    }
+    let mut text = String::with_capacity(
+        base.len() + path.len() + original.query().map_or(0, |q| q.len() + 1),
+    );
+    text.push_str(base);
+    text.push_str(path);
+    if let Some(q) = original.query() {
+        text.push('?');
+        text.push_str(q);
+    }
+    PathAndQuery::try_from(text).map_err(|_| Refusal::BadPath)
+}

@@ -1,0 +1,50 @@
+//! What every request gets, whatever carried it: admission (`admission.rs`), the header rules
+//! (`headers.rs`), what an upstream failure becomes and the response-head rules
+//! (`upstream.rs`), and the request's record (metrics and log line). Transports call it with
+//! `http` types and byte slices; it never sees a socket or a transport's types.
+
+mod admission;
+pub mod headers;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::password::PasswordVerifier;
+use crate::config::reload::ConfigStore;
+use crate::observe::{RequestRecord, Telemetry};
+
+pub use admission::Forward;
+pub use upstream::{
+    InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
+    check_response_framing,
+};
+
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// Shared by every connection of every transport: the configuration, the password verifier,
+/// telemetry.
+pub struct Policy {
+    pub store: Arc<ConfigStore>,
+    /// Basic-auth verification: Argon2id behind a success cache and a failure limiter. It lives
+    /// as long as the process, not a snapshot: its cache is keyed by the stored hash, so a
+    /// reload that changes a password misses it while other reloads keep it warm.
+    passwords: PasswordVerifier,
+    pub telemetry: Arc<Telemetry>,
+}
+
+impl Policy {
+    pub fn new(store: Arc<ConfigStore>, telemetry: Arc<Telemetry>) -> Policy {
+        Policy {
+            store,
+            passwords: PasswordVerifier::new(),
+            telemetry,
+        }
+    }
+
+    /// Records a finished request at `now` (when it ended): metrics always, a log line unless
+    /// sampled out.
+    pub fn finish(&self, record: &RequestRecord, now: Instant, bytes_in: u64, bytes_out: u64) {
+        self.telemetry.finish_at(record, now, bytes_in, bytes_out);
+    }
+}
