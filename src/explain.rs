@@ -423,13 +423,19 @@ impl Trace for Narrator<'_> {
                         .unwrap_or_default()
                         .iter()
                         .map(|(block, bits)| match bits {
-                            Some(1) => format!("{block} (1 leading bit shared)"),
-                            Some(bits) => format!("{block} ({bits} leading bits shared)"),
-                            None => format!("{block} (other address family)"),
+                            1 => format!("{block} (1 leading bit shared)"),
+                            bits => format!("{block} ({bits} leading bits shared)"),
                         })
                         .collect();
                     if nearest.is_empty() {
-                        format!("{client} matches no entry of the user's whitelist ✗")
+                        let entries = whitelist_entries(whitelist);
+                        if entries.is_empty() {
+                            format!("{client} matches no entry of the user's whitelist ✗")
+                        } else {
+                            format!(
+                                "{client} matches no entry of the user's whitelist ✗; none is near it (the whitelist: {entries})"
+                            )
+                        }
                     } else {
                         format!(
                             "{client} matches no entry of the user's whitelist ✗; nearest: {}",
@@ -522,24 +528,38 @@ impl Narrator<'_> {
 }
 
 /// The whitelist entries closest to `client`, best first, at most `NEAREST_ENTRIES`: ranked by the
-/// leading bits they share with it (`None` for an entry of the other address family, which shares
-/// nothing and comes last).
-pub fn nearest_entries(
-    whitelist: &SourceWhitelist,
-    client: IpAddr,
-) -> Vec<(AddressBlock, Option<u32>)> {
+/// leading bits they share with it. An entry that shares none (its first bit differs, or it is of
+/// the other address family) is near nothing and is left out.
+pub fn nearest_entries(whitelist: &SourceWhitelist, client: IpAddr) -> Vec<(AddressBlock, u32)> {
     let SourceWhitelist::Blocks(blocks) = whitelist else {
         return Vec::new();
     };
     let client = canonical(client);
-    let mut ranked: Vec<(AddressBlock, Option<u32>)> = blocks
+    let mut ranked: Vec<(AddressBlock, u32)> = blocks
         .iter()
-        .map(|block| (*block, shared_leading_bits(*block, client)))
+        .filter_map(|block| Some((*block, shared_leading_bits(*block, client)?)))
+        .filter(|&(_, bits)| bits > 0)
         .collect();
-    // Stable, so among equals the file's order is kept; `None` sorts below every `Some`.
+    // Stable, so among equals the file's order is kept.
     ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     ranked.truncate(NEAREST_ENTRIES);
     ranked
+}
+
+/// The first `NEAREST_ENTRIES` entries of a whitelist, for a source near none of them.
+fn whitelist_entries(whitelist: &SourceWhitelist) -> String {
+    let SourceWhitelist::Blocks(blocks) = whitelist else {
+        return String::new();
+    };
+    let mut shown: Vec<String> = blocks
+        .iter()
+        .take(NEAREST_ENTRIES)
+        .map(ToString::to_string)
+        .collect();
+    if blocks.len() > NEAREST_ENTRIES {
+        shown.push(format!("and {} more", blocks.len() - NEAREST_ENTRIES));
+    }
+    shown.join(", ")
 }
 
 fn shared_leading_bits(block: AddressBlock, client: IpAddr) -> Option<u32> {

@@ -69,38 +69,57 @@ impl Refusal {
         }
     }
 
-    /// One sentence a person can act on.
+    /// One sentence a person can act on, for a request that presented an API key (or nothing).
     pub fn message(self) -> &'static str {
-        match self {
-            Refusal::MissingCredentials => {
-                "No API key was presented: send it in the X-Api-Key header or as Authorization: Bearer <key>."
+        self.message_for(Presented::Key)
+    }
+
+    /// One sentence a person can act on, in terms of what the request presented: a refused
+    /// password is not told to check its API key.
+    pub fn message_for(self, presented: Presented) -> &'static str {
+        use Presented::{Key, Nothing, Password};
+        match (self, presented) {
+            (Refusal::MissingCredentials, _) => {
+                "No credentials were presented: send an API key in the X-Api-Key header or as Authorization: Bearer <key>, or a user name and password as Authorization: Basic."
             }
-            Refusal::InvalidCredentials => {
-                "The credentials presented are not valid: check the API key, or ask the operator for a new one."
+            (Refusal::InvalidCredentials, Key) => {
+                "The API key presented is not valid: check it, or ask the operator for a new one."
             }
-            Refusal::KeyExpired => {
+            (Refusal::InvalidCredentials, Password) => {
+                "The user name and password presented are not valid: check them, or ask the operator to set a new password."
+            }
+            (Refusal::InvalidCredentials, Nothing) => {
+                "The credentials presented are not valid: send an API key, or a user name and password as Authorization: Basic."
+            }
+            (Refusal::KeyExpired, _) => {
                 "This API key has expired: use the key that replaced it, or ask the operator for a new one."
             }
-            Refusal::UserInactive => {
+            (Refusal::UserInactive, Key | Nothing) => {
                 "The API user for this key is not active: ask the operator to activate it."
             }
-            Refusal::UnregisteredSource => {
+            (Refusal::UserInactive, Password) => {
+                "This API user is not active: ask the operator to activate it."
+            }
+            (Refusal::UnregisteredSource, Key | Nothing) => {
                 "Authentication call is being made from an unregistered source address for this API key"
             }
-            Refusal::NoRoute => "No API is served at this path: check the URL.",
-            Refusal::Forbidden => {
+            (Refusal::UnregisteredSource, Password) => {
+                "Authentication call is being made from an unregistered source address for this API user"
+            }
+            (Refusal::NoRoute, _) => "No API is served at this path: check the URL.",
+            (Refusal::Forbidden, _) => {
                 "This API user's permission group does not allow this method on this path."
             }
-            Refusal::BadPath => {
+            (Refusal::BadPath, _) => {
                 "The request path is ambiguous (an encoded '/' or '\\', a NUL, or '..' above the root): send it in plain form."
             }
-            Refusal::UpstreamUnavailable => {
+            (Refusal::UpstreamUnavailable, _) => {
                 "The API behind the gateway is unavailable: retry later, and tell the operator if it persists."
             }
-            Refusal::UpstreamTimeout => {
+            (Refusal::UpstreamTimeout, _) => {
                 "The API behind the gateway did not answer in time: retry later, and tell the operator if it persists."
             }
-            Refusal::BadFraming => {
+            (Refusal::BadFraming, _) => {
                 "The request's framing is ambiguous: send either Content-Length or Transfer-Encoding: chunked, not both or another coding."
             }
         }
@@ -124,14 +143,26 @@ impl Refusal {
         }
     }
 
-    /// The JSON body: `{"error": code, "message": sentence}`.
+    /// The JSON body for a request that presented a key: `{"error": code, "message": sentence}`.
     pub fn body(self) -> Bytes {
-        let body = serde_json::json!({ "error": self.code(), "message": self.message() });
+        self.body_for(Presented::Key)
+    }
+
+    /// The JSON body, worded for what was presented.
+    pub fn body_for(self, presented: Presented) -> Bytes {
+        let body =
+            serde_json::json!({ "error": self.code(), "message": self.message_for(presented) });
         Bytes::from(body.to_string())
     }
 
     pub fn response<B: From<Bytes>>(self) -> Response<B> {
-        let mut response = Response::new(B::from(self.body()));
+        self.response_for(Presented::Key)
+    }
+
+    /// The whole response, worded for what was presented. A refused password is challenged
+    /// with `WWW-Authenticate: Basic`, so that a browser or client asks again.
+    pub fn response_for<B: From<Bytes>>(self, presented: Presented) -> Response<B> {
+        let mut response = Response::new(B::from(self.body_for(presented)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -143,10 +174,13 @@ impl Refusal {
                 );
             }
             Refusal::InvalidCredentials | Refusal::KeyExpired => {
-                headers.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"apiward\", error=\"invalid_token\""),
-                );
+                let challenge = match presented {
+                    Presented::Password => "Basic realm=\"apiward\", charset=\"UTF-8\"",
+                    Presented::Key | Presented::Nothing => {
+                        "Bearer realm=\"apiward\", error=\"invalid_token\""
+                    }
+                };
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
             Refusal::BadFraming
             | Refusal::BadPath
@@ -161,6 +195,30 @@ impl Refusal {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+}
+
+/// What a request presented to identify itself. Refusal messages and the request log say which,
+/// so that a refused password is never told about API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Presented {
+    /// No credential, or one that could not be read (a malformed Authorization header).
+    #[default]
+    Nothing,
+    /// An API key (the key header, or Authorization: Bearer).
+    Key,
+    /// A user name and password (Authorization: Basic).
+    Password,
+}
+
+impl Presented {
+    /// The request log's `credential` field; `None` when nothing was presented.
+    pub fn as_log(self) -> Option<&'static str> {
+        match self {
+            Presented::Nothing => None,
+            Presented::Key => Some("key"),
+            Presented::Password => Some("password"),
+        }
     }
 }
 
@@ -184,5 +242,25 @@ mod tests {
             Refusal::UnregisteredSource.message(),
             "Authentication call is being made from an unregistered source address for this API key"
         );
+    }
+
+    #[test]
+    fn a_refused_password_is_never_told_about_api_keys() {
+        for r in Refusal::ALL {
+            let m = r.message_for(Presented::Password).to_lowercase();
+            if r != Refusal::MissingCredentials && r != Refusal::KeyExpired {
+                assert!(!m.contains("key"), "{r:?}: {m}");
+            }
+        }
+        let challenge = |p| {
+            Refusal::InvalidCredentials
+                .response_for::<Bytes>(p)
+                .headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(challenge(Presented::Password).starts_with("Basic realm=\"apiward\""));
+        assert!(challenge(Presented::Key).starts_with("Bearer "));
     }
 }

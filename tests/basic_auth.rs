@@ -473,3 +473,143 @@ async fn repeated_failures_for_one_id_are_throttled_without_locking_out_a_logged
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_is_answered_about_its_password_and_a_used_one_shows_its_last_use() {
+    let upstream = echo_upstream().await;
+    let seed = TestKey::new("seed");
+    let toml = common::with_admin(&one_user_config(&upstream.url(), "seed@example.org", &seed));
+    let gw = TestGateway::start(&toml).await;
+    password_user(&gw, "pos@example.org", "127.0.0.1", "Till-roll-42").await;
+
+    // The refusal speaks of the password, never of an API key, and challenges for Basic again.
+    let wrong = get(
+        &gw.url("/supporters/7"),
+        &[("authorization", &basic("pos@example.org", "Till-roll-43"))],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    let message = wrong.json()["message"].as_str().unwrap_or("").to_string();
+    assert!(message.contains("user name and password"), "{message}");
+    assert!(!message.to_lowercase().contains("key"), "{message}");
+    assert!(
+        wrong.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=\"apiward\""),
+        "{:?}",
+        wrong.headers
+    );
+    // Refused from elsewhere: the source message names the API user, not a key.
+    cli_ok(
+        &gw.config_path,
+        &[
+            "users",
+            "set",
+            "pos@example.org",
+            "--remote-addresses",
+            "192.0.2.1",
+        ],
+        "",
+    )
+    .await;
+    assert!(
+        eventually(|| async {
+            with_password(&gw, "pos@example.org", "Till-roll-42").await
+                == refused(403, "unregistered_source")
+        })
+        .await
+    );
+    let far = get(
+        &gw.url("/supporters/7"),
+        &[("authorization", &basic("pos@example.org", "Till-roll-42"))],
+    )
+    .await;
+    assert_eq!(
+        far.json()["message"],
+        "Authentication call is being made from an unregistered source address for this API user"
+    );
+
+    // The password was used (by password_user's request): /keys says when, and so does the CLI.
+    let admin = gw.gateway().admin_addr().unwrap();
+    let keys = common::get(&format!("http://{admin}/keys"), &[])
+        .await
+        .json();
+    let passwords = keys["passwords"].as_array().expect("a passwords list");
+    let pos = passwords
+        .iter()
+        .find(|p| p["user"] == "pos@example.org")
+        .expect("pos@example.org's password");
+    assert!(pos["last_used"].is_string(), "{keys}");
+    let listing = cli_ok(
+        &gw.config_path,
+        &[
+            "users",
+            "list",
+            "--format",
+            "json",
+            "--admin",
+            &admin.to_string(),
+        ],
+        "",
+    )
+    .await;
+    let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let listed = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "pos@example.org")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["password_last_used"], pos["last_used"]);
+}
+
+#[test]
+fn a_wrong_password_s_log_line_names_the_user_and_the_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apiward.toml");
+    let seed = TestKey::new("seed");
+    let toml = one_user_config("builtin:echo", "seed@example.org", &seed);
+    std::fs::write(&path, toml).unwrap();
+    for (args, stdin) in [
+        (
+            &[
+                "users",
+                "add",
+                "pos@example.org",
+                "--group",
+                "manage-supporters",
+                "--remote-addresses",
+                "127.0.0.1",
+                "--no-key",
+            ][..],
+            "",
+        ),
+        (
+            &["users", "set-password", "pos@example.org"][..],
+            "Till-roll-42\n",
+        ),
+    ] {
+        let out = common::run_apiward(&path, args, stdin);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let p = common::process::GatewayProcess::start_at(&path, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(get(
+        &p.url("/echo/1"),
+        &[("authorization", &basic("pos@example.org", "Till-roll-43"))],
+    ));
+    assert_eq!(reply.status, 401);
+    let line = p
+        .stdout_line(|l| l.contains("invalid_credentials"))
+        .expect("a log line for the refusal");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["user"], "pos@example.org", "{line}");
+    assert_eq!(line["credential"], "password", "{line}");
+    assert!(line.get("key_prefix").is_none(), "{line}");
+}

@@ -355,8 +355,7 @@ async fn explain_says_which_step_refused_and_what_would_have_matched() {
     assert!(
         stdout.contains(
             "source     127.0.0.1 matches no entry of the user's whitelist ✗; nearest: \
-             127.0.1.0/24 (23 leading bits shared), 192.0.2.10 (0 leading bits shared), \
-             198.51.100.0/24 (0 leading bits shared)"
+             127.0.1.0/24 (23 leading bits shared)\n"
         ),
         "{stdout}"
     );

@@ -585,6 +585,8 @@ async fn users_list_shows_last_use_from_the_running_gateway() {
     .await
     .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("last use unknown"));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with(
+        "hint: LAST USED is \"?\": the gateway's admin listener at 127.0.0.1:1 is not reachable"
+    ));
     assert!(String::from_utf8_lossy(&out.stdout).contains("LAST USED"));
 }

@@ -237,3 +237,44 @@ fn explain_with_an_empty_key_on_stdin_says_so() {
         stdout(&out)
     );
 }
+
+#[test]
+fn users_list_without_a_gateway_to_ask_says_why_last_use_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("apiward.toml"), SHIPPED).unwrap();
+    let out = apiward(
+        dir.path(),
+        &["users", "list", "--config", "apiward.toml"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("hint: LAST USED is \"?\": it is known only to a running gateway, asked on its admin listener: set [server] admin_listen, or pass --admin HOST:PORT"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).lines().nth(1).unwrap_or("").ends_with('?'));
+}
+
+#[test]
+fn revoking_expired_keys_when_none_has_expired_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("apiward.toml"), SHIPPED).unwrap();
+    let out = apiward(
+        dir.path(),
+        &[
+            "keys",
+            "revoke",
+            "demo@apiward.local",
+            "--expired",
+            "--config",
+            "apiward.toml",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "none of the 1 key(s) of demo@apiward.local has expired; nothing changed\n"
+    );
+}

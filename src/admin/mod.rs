@@ -119,7 +119,8 @@ fn status(state: &AdminState) -> serde_json::Value {
 }
 
 /// Every key of the current snapshot with its user, prefix and last use (null if never used
-/// since the gateway started), so stale keys can be found.
+/// since the gateway started), and every user's password with its last use, so stale
+/// credentials can be found.
 fn keys(state: &AdminState) -> serde_json::Value {
     let snapshot = state.store.load();
     let mut keys: Vec<serde_json::Value> = snapshot
@@ -142,7 +143,18 @@ fn keys(state: &AdminState) -> serde_json::Value {
             .cmp(&b["user"].as_str())
             .then(a["prefix"].as_str().cmp(&b["prefix"].as_str()))
     });
-    serde_json::json!({ "keys": keys })
+    let passwords: Vec<serde_json::Value> = snapshot
+        .users
+        .iter()
+        .filter(|u| u.password_hash.is_some())
+        .map(|u| {
+            serde_json::json!({
+                "user": &*u.id,
+                "last_used": state.telemetry.key_usage.password_last_used(u).map(rfc3339),
+            })
+        })
+        .collect();
+    serde_json::json!({ "keys": keys, "passwords": passwords })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -40,6 +40,9 @@ pub struct Decision<'s, 'r> {
     pub key: Option<&'s ApiKey>,
     /// The digest of a presented key, known or not (for last-use tracking).
     pub key_digest: Option<KeyDigest>,
+    /// The existing user a refused Basic-auth password was presented for: named in the request
+    /// log, never identified (`user` stays `None`, and the answer is the one an unknown id gets).
+    pub named_by_refused_password: Option<&'s ApiUser>,
     pub outcome: Outcome<'s, 'r>,
 }
 
@@ -68,6 +71,7 @@ fn refused<'s, 'r>(
         user,
         key,
         key_digest: None,
+        named_by_refused_password: None,
         outcome: Outcome::Refused(refusal),
     }
 }
@@ -246,7 +250,9 @@ fn identify_then_decide<'s, 'r>(
                 }
                 Some(user) => {
                     trace.step(Step::PasswordChecked { user, ok });
-                    return refused(None, None, Refusal::InvalidCredentials);
+                    let mut decision = refused(None, None, Refusal::InvalidCredentials);
+                    decision.named_by_refused_password = Some(user);
+                    return decision;
                 }
                 None => {
                     trace.step(Step::KeyNotFound);
@@ -322,6 +328,7 @@ pub fn decide_identified_traced<'s, 'r>(
         user: Some(user),
         key,
         key_digest: None,
+        named_by_refused_password: None,
         outcome: Outcome::Allowed(Grant {
             group,
             route,

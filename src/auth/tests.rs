@@ -229,7 +229,7 @@ fn basic_credentials_go_through_the_same_checks() {
     assert_eq!(refusal(&d), None);
     assert_eq!(d.user.unwrap().id.as_ref(), "a@example.org");
     assert!(d.key.is_none());
-    for c in [wrong, nobody, no_hash] {
+    for c in [wrong.clone(), nobody.clone(), no_hash] {
         let d = decide(&s, &facts(&get, "/supporters/1", c, "192.0.2.10"), &pw);
         assert_eq!(refusal(&d), Some(Refusal::InvalidCredentials));
         assert!(
@@ -237,6 +237,14 @@ fn basic_credentials_go_through_the_same_checks() {
             "a failed password must not reveal whether the user exists"
         );
     }
+    // The log names the existing user a wrong password was tried for; an unknown id is not a user.
+    let d = decide(&s, &facts(&get, "/supporters/1", wrong, "192.0.2.10"), &pw);
+    assert_eq!(
+        d.named_by_refused_password.map(|u| u.id.as_ref()),
+        Some("a@example.org")
+    );
+    let d = decide(&s, &facts(&get, "/supporters/1", nobody, "192.0.2.10"), &pw);
+    assert!(d.named_by_refused_password.is_none());
     let d = decide(&s, &facts(&get, "/supporters/1", ok, "203.0.113.1"), &pw);
     assert_eq!(refusal(&d), Some(Refusal::UnregisteredSource));
 }

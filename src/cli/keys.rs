@@ -151,7 +151,14 @@ fn revoke(
         )));
     };
     if doomed.is_empty() {
-        eprintln!("{id} has no key to revoke; nothing changed");
+        if expired && !existing.is_empty() {
+            eprintln!(
+                "none of the {} key(s) of {id} has expired; nothing changed",
+                existing.len()
+            );
+        } else {
+            eprintln!("{id} has no key to revoke; nothing changed");
+        }
         return Ok(());
     }
     edit::remove_keys(file.user_mut(id)?, &doomed)?;

@@ -6,8 +6,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// Last use (Unix seconds) by key digest (hex), as the gateway reports it.
+/// Last use (Unix seconds) by key digest (hex), and by `password:<user id>` for passwords, as
+/// the gateway reports it.
 pub type LastUse = HashMap<String, i64>;
+
+/// The `LastUse` entry of a user's password.
+pub fn password_entry(id: &str) -> String {
+    format!("password:{id}")
+}
 
 /// Where to ask: `--admin` if given, else the file's `[server] admin_listen`.
 pub fn admin_address(explicit: Option<&str>, config: &std::path::Path) -> Option<String> {
@@ -60,14 +66,26 @@ pub fn fetch(admin: &str) -> Result<LastUse, String> {
     let doc: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("{admin}/keys: {e}"))?;
     let mut last_use = LastUse::new();
+    let parse = |at: &str| {
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|t| t.unix_timestamp())
+    };
     for key in doc["keys"].as_array().into_iter().flatten() {
         let (Some(digest), Some(at)) = (key["sha256"].as_str(), key["last_used"].as_str()) else {
             continue;
         };
-        if let Ok(t) =
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-        {
-            last_use.insert(digest.to_string(), t.unix_timestamp());
+        if let Some(t) = parse(at) {
+            last_use.insert(digest.to_string(), t);
+        }
+    }
+    for password in doc["passwords"].as_array().into_iter().flatten() {
+        let (Some(user), Some(at)) = (password["user"].as_str(), password["last_used"].as_str())
+        else {
+            continue;
+        };
+        if let Some(t) = parse(at) {
+            last_use.insert(password_entry(user), t);
         }
     }
     Ok(last_use)

@@ -31,16 +31,22 @@ pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(),
         users.push(listed(&id, file.user(&id)?));
     }
     let now = now_unix();
-    // Last use is known only to a running gateway; without one the listing still works.
+    // Last use is known only to a running gateway; without one the listing still works, and
+    // says why the column is "?".
     let last_use = match last_used::admin_address(admin, config) {
         Some(addr) => match last_used::fetch(&addr) {
             Ok(l) => Some(l),
             Err(why) => {
-                eprintln!("last use unknown: {why}");
+                eprintln!("hint: LAST USED is \"?\": {why}");
                 None
             }
         },
-        None => None,
+        None => {
+            eprintln!(
+                "hint: LAST USED is \"?\": it is known only to a running gateway, asked on its admin listener: set [server] admin_listen, or pass --admin HOST:PORT"
+            );
+            None
+        }
     };
     let last_use = last_use.as_ref();
     match format {
@@ -85,6 +91,14 @@ fn key_last_use(k: &KeyEntry, last_use: Option<&LastUse>) -> Option<Option<i64>>
     last_use.map(|l| l.get(&k.sha256.to_ascii_lowercase()).copied())
 }
 
+/// A password's last use, as `key_last_use`.
+fn password_last_use(u: &Listed, last_use: Option<&LastUse>) -> Option<Option<i64>> {
+    if !u.has_password {
+        return last_use.map(|_| None);
+    }
+    last_use.map(|l| l.get(&last_used::password_entry(&u.id)).copied())
+}
+
 fn as_json(u: &Listed, now: i64, last_use: Option<&LastUse>) -> serde_json::Value {
     let keys: Vec<serde_json::Value> = u
         .keys
@@ -109,6 +123,7 @@ fn as_json(u: &Listed, now: i64, last_use: Option<&LastUse>) -> serde_json::Valu
         "group": u.group,
         "remote_addresses": u.addresses,
         "password": u.has_password,
+        "password_last_used": password_last_use(u, last_use).flatten().map(edit::rfc3339),
         "key_count": u.keys.len(),
         "keys": keys,
     })
@@ -190,6 +205,7 @@ fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>) {
                         .keys
                         .iter()
                         .filter_map(|k| key_last_use(k, last_use).flatten())
+                        .chain(password_last_use(u, last_use).flatten())
                         .max()
                         .map_or_else(|| "never".into(), edit::rfc3339),
                 },

@@ -141,19 +141,27 @@ fn the_builtin_echo_upstream_is_named_as_configured() {
 fn an_unregistered_source_is_shown_the_nearest_entries() {
     let e = ask(Caller::Key(KEY), "192.0.2.77", "GET", "/supporters/1");
     assert_eq!(e.verdict, Verdict::Refused(Refusal::UnregisteredSource));
-    // 192.0.2.77 ^ 192.0.2.10 = 0.0.0.71: 25 leading zero bits; 127 and 192 differ in the first bit.
+    // 192.0.2.77 ^ 192.0.2.10 = 0.0.0.71: 25 leading zero bits; 127 and 192 differ in the first
+    // bit, so 127.0.0.1 is near nothing and is not listed.
     assert_eq!(
         line(&e, "source"),
         "192.0.2.77 matches no entry of the user's whitelist ✗; nearest: \
-         192.0.2.10 (25 leading bits shared), 198.51.100.0/24 (5 leading bits shared), \
-         127.0.0.1 (0 leading bits shared)"
+         192.0.2.10 (25 leading bits shared), 198.51.100.0/24 (5 leading bits shared)"
     );
+    // Entries of the other address family share nothing either.
     let e = ask(Caller::Key(KEY), "2001:db9::1", "GET", "/supporters/1");
     assert_eq!(
         line(&e, "source"),
         "2001:db9::1 matches no entry of the user's whitelist ✗; nearest: \
-         2001:db8::/32 (31 leading bits shared), 192.0.2.10 (other address family), \
-         198.51.100.0/24 (other address family)"
+         2001:db8::/32 (31 leading bits shared)"
+    );
+    // Near none of them: the whitelist is shown as it is, not as "nearest".
+    let e = ask(Caller::Key(KEY), "8000::1", "GET", "/supporters/1");
+    assert!(
+        line(&e, "source").starts_with(
+            "8000::1 matches no entry of the user's whitelist ✗; none is near it (the whitelist: "
+        ),
+        "{e}"
     );
     assert!(!e.lines.iter().any(|l| l.label == "route"), "{e}");
 }
@@ -163,8 +171,12 @@ fn an_ipv4_mapped_source_is_ranked_as_ipv4() {
     let w = SourceWhitelist::parse_tilde("2001:db8::/32~192.0.2.0/24").unwrap();
     let nearest = nearest_entries(&w, "::ffff:192.0.3.1".parse().unwrap());
     assert_eq!(nearest[0].0.to_string(), "192.0.2.0/24");
-    assert_eq!(nearest[0].1, Some(23));
-    assert_eq!(nearest[1].1, None);
+    assert_eq!(nearest[0].1, 23);
+    assert_eq!(
+        nearest.len(),
+        1,
+        "the IPv6 block shares nothing with an IPv4 client"
+    );
     assert!(nearest_entries(&SourceWhitelist::Any, "192.0.2.1".parse().unwrap()).is_empty());
 }
 

@@ -1,13 +1,15 @@
-//! When each key was last used, kept in memory beside the snapshot so stale keys can be found.
+//! When each key and each password was last used, kept in memory beside the snapshot so stale
+//! credentials can be found.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::snapshot::{DigestHasher, KeyDigest, Snapshot};
+use crate::snapshot::{ApiUser, DigestHasher, KeyDigest, Snapshot};
 
-/// Last use (Unix seconds) by key digest. Only keys that were used have an entry; a reload drops
-/// the entries of keys that are gone.
+/// Last use (Unix seconds) by key digest, and by the digest of a password's stored hash (so a
+/// new password starts unused). Only credentials that were used have an entry; a reload drops
+/// the entries of keys and passwords that are gone.
 #[derive(Default)]
 pub struct KeyUsage {
     last_used: DashMap<KeyDigest, AtomicI64, std::hash::BuildHasherDefault<DigestHasher>>,
@@ -29,9 +31,28 @@ impl KeyUsage {
             .map(|e| e.load(Ordering::Relaxed))
     }
 
-    /// Forgets keys that the new snapshot no longer has.
-    pub fn retain_keys_of(&self, snapshot: &Snapshot) {
-        self.last_used
-            .retain(|digest, _| snapshot.keys.contains_key(digest));
+    /// Records a use of `user`'s password (a Basic-auth request whose password was right).
+    pub fn touch_password(&self, user: &ApiUser, now: i64) {
+        if let Some(digest) = password_digest(user) {
+            self.touch(&digest, now);
+        }
     }
+
+    /// When `user`'s current password was last used.
+    pub fn password_last_used(&self, user: &ApiUser) -> Option<i64> {
+        self.last_used(&password_digest(user)?)
+    }
+
+    /// Forgets keys and passwords that the new snapshot no longer has.
+    pub fn retain_keys_of(&self, snapshot: &Snapshot) {
+        let passwords: std::collections::HashSet<KeyDigest> =
+            snapshot.users.iter().filter_map(password_digest).collect();
+        self.last_used
+            .retain(|digest, _| snapshot.keys.contains_key(digest) || passwords.contains(digest));
+    }
+}
+
+/// What a password's last use is kept under: the digest of its stored hash, never of the password.
+fn password_digest(user: &ApiUser) -> Option<KeyDigest> {
+    user.password_hash.as_deref().map(KeyDigest::of)
 }

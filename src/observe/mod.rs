@@ -96,6 +96,7 @@ impl Telemetry {
             request_id = record.request_id.to_str().unwrap_or(""),
             client = %record.client,
             user = record.user.as_deref(),
+            credential = record.presented.as_log(),
             key_prefix = record.key_prefix.as_deref(),
             method = record.method.as_str(),
             path = record.path.as_str(),
@@ -122,6 +123,8 @@ pub struct RequestRecord {
     pub client: crate::auth::address::ClientAddress,
     pub user: Option<Arc<str>>,
     pub key_prefix: Option<Box<str>>,
+    /// What the request presented to identify itself (the log's `credential`).
+    pub presented: crate::refusal::Presented,
     pub method: http::Method,
     pub path: String,
     pub route: Option<Arc<str>>,

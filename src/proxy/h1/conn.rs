@@ -356,7 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         record: &mut RequestRecord,
         close: bool,
     ) -> Step {
-        let response = refusal.response::<Bytes>();
+        let response = refusal.response_for::<Bytes>(record.presented);
         record.status = response.status().as_u16();
         let close = close || refusal.closes_connection() || self.shutting_down();
         let body = response.body();

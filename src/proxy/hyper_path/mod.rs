@@ -31,7 +31,7 @@ use crate::proxy::policy::headers;
 use crate::proxy::policy::{
     Forward, Policy, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
-use crate::refusal::Refusal;
+use crate::refusal::{Presented, Refusal};
 use crate::snapshot::UpstreamTarget;
 use body::{Counted, Finish, Logged};
 use client::Pool;
@@ -90,7 +90,7 @@ impl HyperPath {
                 self.forward(request, peer_text, forward, &mut record, &bytes_in)
                     .await
             }
-            Err(refusal) => refusal_response(refusal),
+            Err(refusal) => refusal_response(refusal, record.presented),
         };
         response
             .headers_mut()
@@ -181,7 +181,8 @@ impl HyperPath {
                     }
                     Err(_) => UpstreamFailure::Timeout,
                 };
-                refusal_response(self.policy.upstream_failed(record, failure))
+                let refusal = self.policy.upstream_failed(record, failure);
+                refusal_response(refusal, record.presented)
             }
         }
     }
@@ -228,6 +229,8 @@ pub async fn serve<S>(
     }
 }
 
-fn refusal_response(refusal: Refusal) -> Response<ResponseBody> {
-    refusal.response::<Full<Bytes>>().map(Either::Right)
+fn refusal_response(refusal: Refusal, presented: Presented) -> Response<ResponseBody> {
+    refusal
+        .response_for::<Full<Bytes>>(presented)
+        .map(Either::Right)
 }

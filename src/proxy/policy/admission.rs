@@ -15,7 +15,7 @@ use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::reload;
 use crate::observe::RequestRecord;
 use crate::proxy::upstream::Limits;
-use crate::refusal::Refusal;
+use crate::refusal::{Presented, Refusal};
 use crate::snapshot::{AccessLogTarget, Snapshot, UpstreamTarget};
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
@@ -59,6 +59,7 @@ impl Policy {
             client,
             user: None,
             key_prefix: None,
+            presented: Presented::Nothing,
             method: method.clone(),
             path: String::new(),
             route: None,
@@ -78,6 +79,13 @@ impl Policy {
         let mut scratch = String::new();
         let (credential, credential_source) =
             credential::extract(request_headers, &snapshot.server.key_header, &mut scratch);
+        record.presented = match credential {
+            credential::Credential::Key(_) => Presented::Key,
+            credential::Credential::Basic { .. } => Presented::Password,
+            credential::Credential::Missing | credential::Credential::Malformed => {
+                Presented::Nothing
+            }
+        };
         // Only the request log reads it.
         let presented_prefix = match credential {
             credential::Credential::Key(k) if record.log => Some(credential::key_prefix(k)),
@@ -91,7 +99,10 @@ impl Policy {
             now: reload::now_unix(),
         };
         let decision = auth::decide(snapshot, &facts, &self.passwords);
-        record.user = decision.user.map(|u| Arc::clone(&u.id));
+        record.user = decision
+            .user
+            .or(decision.named_by_refused_password)
+            .map(|u| Arc::clone(&u.id));
         if record.log {
             // Only the request log reads it.
             record.key_prefix = decision
@@ -101,6 +112,10 @@ impl Policy {
         }
         if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {
             self.telemetry.key_usage.touch(digest, facts.now);
+        }
+        // A password identified its user: it was right (whatever is refused after that).
+        if let (Presented::Password, Some(user)) = (record.presented, decision.user) {
+            self.telemetry.key_usage.touch_password(user, facts.now);
         }
         let grant = match decision.outcome {
             Outcome::Allowed(grant) => grant,
