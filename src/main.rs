@@ -1,18 +1,20 @@
-//! The `apiward` command: run the gateway, or check a configuration file.
+//! The `apiward` command: run the gateway, check a configuration file, manage its users and keys,
+//! explain a decision, and look at a running gateway.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use apiward::cli::config_path::ConfigPath;
 use apiward::cli::report::{self, Exit, Report};
 use apiward::config;
 use apiward::config::reload::ConfigStore;
-use apiward::snapshot::AccessLogTarget;
+use apiward::observe::logging::{self, DiagnosticsFormat, Logging};
 use apiward::{Gateway, Options, StartError};
-use tracing_appender::non_blocking::WorkerGuard;
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +42,16 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     ///
-    /// Example: apiward run --config /etc/apiward/apiward.toml
-    Run,
+    /// SIGHUP reloads the configuration file (so does saving it); SIGUSR1 reopens an access_log
+    /// file (after logrotate renamed it); SIGTERM or Ctrl-C drains and stops.
+    ///
+    /// Example: apiward run --config /etc/apiward/apiward.toml --log-format json
+    Run {
+        /// How diagnostics are written on stderr: text lines, or one JSON object per line for
+        /// log shippers. (The request log is always JSON.)
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
     /// Validate a configuration file without starting anything (like `nginx -t`).
     ///
     /// Exit status 0 and a one-line summary when the file is valid; 2 and every error, in file
@@ -66,78 +76,127 @@ enum Command {
     ///
     /// Example: apiward explain --key - --source 192.0.2.10 --method POST --path /supporters/
     Explain(apiward::explain::ExplainArgs),
+    /// Show what the running gateway is doing: requests/s, refusals by code, busiest users.
+    ///
+    /// Reads the admin listener's /metrics and /status (no Prometheus needed) and refreshes the
+    /// screen every interval, like varnishstat; --once prints one screen, for scripts.
+    ///
+    /// Example: apiward top --admin 127.0.0.1:9901 --interval 2s
+    Top {
+        /// The admin listener (host:port); by default the file's `[server] admin_listen`.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+        /// How long between screens (and, with --once, what the rates are measured over).
+        #[arg(long, default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
+        interval: Duration,
+        /// Print one screen and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Ask the running gateway's admin listener for /healthz: exit 0 when it answers 200, 1
+    /// otherwise (a container HEALTHCHECK, a monitoring probe).
+    ///
+    /// Example: apiward health --admin 127.0.0.1:9901
+    Health {
+        /// The admin listener (host:port); by default the file's `[server] admin_listen`.
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
+    /// Print a shell completion script on stdout.
+    ///
+    /// Examples:
+    ///   apiward completions bash > /etc/bash_completion.d/apiward
+    ///   apiward completions zsh > "${fpath[1]}/_apiward"
+    ///   apiward completions fish > ~/.config/fish/completions/apiward.fish
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) on stdout.
+    ///
+    /// Example: apiward man > /usr/local/share/man/man1/apiward.1
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match config::duration::parse_duration(text)? {
+        d if d < Duration::from_millis(10) => Err("the interval is at least 10ms".into()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that need no configuration file.
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "apiward",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => return man(),
+        Command::Top { admin: Some(a), .. } | Command::Health { admin: Some(a) } => {
+            return admin_command(&cli.command, a);
+        }
+        _ => {}
+    }
     let config = ConfigPath::resolve(cli.config);
     if let Err(report) = config.require_existing() {
         return report.print();
     }
     match cli.command {
-        Command::Run => run(&config),
+        Command::Run { log_format } => run(&config, log_format),
         Command::Check => check(&config.path),
         Command::Users(args) => apiward::cli::run_users(&config.path, args),
         Command::Keys(args) => apiward::cli::run_keys(&config.path, args),
         Command::Explain(args) => apiward::explain::run(&config.path, args),
+        Command::Top { .. } | Command::Health { .. } => {
+            match apiward::cli::admin_client::admin_address(None, &config.path) {
+                Some(admin) => admin_command(&cli.command, &admin),
+                None => Report::new(
+                    Exit::Usage,
+                    format!("{} has no [server] admin_listen to ask", config.path.display()),
+                )
+                .hint("pass --admin HOST:PORT, or set admin_listen (e.g. \"127.0.0.1:9901\") and restart the gateway")
+                .print(),
+            }
+        }
+        Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
     }
 }
 
-/// Diagnostics go to stderr (`APIWARD_LOG` sets the level, `info` by default); the request log,
-/// one JSON line per request, goes to the `[server] access_log` destination through a
-/// non-blocking writer, so a slow disk or pipe never stalls requests (lines are dropped instead).
-fn init_logging(access_log: &AccessLogTarget) -> Result<Option<WorkerGuard>, String> {
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    let access_target = apiward::observe::ACCESS_TARGET;
-    let diagnostics_filter = tracing_subscriber::EnvFilter::try_from_env("APIWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive(
-            format!("{access_target}=off")
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-        );
-    let diagnostics = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_filter(diagnostics_filter);
-    let (writer, guard) = match access_log {
-        AccessLogTarget::Off => (None, None),
-        AccessLogTarget::Stdout => {
-            let (w, g) = tracing_appender::non_blocking(std::io::stdout());
-            (Some(w), Some(g))
-        }
-        AccessLogTarget::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))?;
-            let (w, g) = tracing_appender::non_blocking(file);
-            (Some(w), Some(g))
-        }
+/// `top` and `health`, once the admin listener's address is known.
+fn admin_command(command: &Command, admin: &str) -> ExitCode {
+    let result = match command {
+        Command::Top { interval, once, .. } => apiward::cli::top::run(admin, *interval, *once),
+        _ => apiward::cli::admin_client::get_ok(admin, "/healthz").map(|body| {
+            print!("{body}");
+        }),
     };
-    let access = writer.map(|w| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_target(false)
-            .with_level(false)
-            .with_writer(w)
-            .with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_target(access_target, tracing::Level::INFO),
-            )
-    });
-    tracing_subscriber::registry()
-        .with(diagnostics)
-        .with(access)
-        .init();
-    Ok(guard)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => Report::new(Exit::Failure, e)
+            .hint("is the gateway running, with admin_listen set to this address?")
+            .print(),
+    }
+}
+
+fn man() -> ExitCode {
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+        return Report::new(Exit::Failure, format!("cannot render the manual page: {e}")).print();
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&page).and_then(|()| out.flush());
+    ExitCode::SUCCESS
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -158,7 +217,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(config: &ConfigPath) -> ExitCode {
+fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
     let path = config.path.as_path();
     // The first load, through the same pipeline as every reload. The worker count and the log
     // destination come from it, so it happens before the runtime and the logger exist.
@@ -167,8 +226,12 @@ fn run(config: &ConfigPath) -> ExitCode {
         Err(errors) => return report::config_errors(path, &errors, "the gateway was not started"),
     };
     let server = store.load().server.clone();
-    let _log_flusher = match init_logging(&server.access_log) {
-        Ok(guard) => guard,
+    let format = match log_format {
+        LogFormat::Text => DiagnosticsFormat::Text,
+        LogFormat::Json => DiagnosticsFormat::Json,
+    };
+    let logging = match logging::init(&server.access_log, format) {
+        Ok(logging) => Arc::new(logging),
         Err(e) => return Report::new(Exit::Failure, e).print(),
     };
     tracing::info!(config = %path.display(), from = %config.source, "configuration file");
@@ -195,6 +258,7 @@ fn run(config: &ConfigPath) -> ExitCode {
         // Listen for SIGTERM before the port opens: a supervisor that stops the gateway as soon
         // as it accepts connections must get a clean exit, not the signal's default (death).
         let stop = stop_signal();
+        reopen_on_sigusr1(Arc::clone(&logging));
         let gateway = match Gateway::start_with_store(store, None, Options::default()).await {
             Ok(g) => g,
             Err(e) => return start_failure(path, &e).print(),
@@ -224,6 +288,36 @@ fn start_failure(path: &Path, e: &StartError) -> Report {
             ))
         }
         _ => Report::new(Exit::Failure, e),
+    }
+}
+
+/// Reopens the access_log file on each SIGUSR1 (logrotate's `postrotate`).
+fn reopen_on_sigusr1(logging: Arc<Logging>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGUSR1; the access log is not reopened on it");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                match logging.reopen_access_log() {
+                    Some(Ok(path)) => {
+                        tracing::info!(access_log = %path.display(), "SIGUSR1: access log reopened")
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "SIGUSR1: cannot reopen the access log; lines still go to the file open before")
+                    }
+                    None => {
+                        tracing::info!("SIGUSR1: the access log is not a file; nothing to reopen")
+                    }
+                }
+            }
+        });
     }
 }
 

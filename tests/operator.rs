@@ -278,3 +278,180 @@ fn revoking_expired_keys_when_none_has_expired_says_so() {
         "none of the 1 key(s) of demo@apiward.local has expired; nothing changed\n"
     );
 }
+
+/// The shipped file on ephemeral ports, with an admin listener.
+fn shipped_on_ephemeral_ports(extra_server: &str) -> String {
+    SHIPPED.replace(
+        "listen = \"127.0.0.1:8080\"",
+        &format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{extra_server}"),
+    )
+}
+
+const DEMO_KEY: &str = "aw_DEMOkeyNOTsecretLOCALtestingONLY01234567890";
+
+#[test]
+fn top_once_prints_requests_refusals_by_code_and_the_busiest_users() {
+    let p = common::process::GatewayProcess::start(&shipped_on_ephemeral_ports(""), &[]);
+    let admin = p.admin.expect("an admin listener").to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for _ in 0..3 {
+            let r = common::get(&p.url("/supporters/1"), &[("x-api-key", DEMO_KEY)]).await;
+            assert_eq!(r.status, 200);
+        }
+        for _ in 0..2 {
+            let r = common::get(&p.url("/supporters/1"), &[]).await;
+            assert_eq!(r.status, 401);
+        }
+        let r = common::send("DELETE", &p.url("/pages/1"), &[("x-api-key", DEMO_KEY)], "").await;
+        assert_eq!(r.status, 403);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = apiward(
+        dir.path(),
+        &["top", "--once", "--interval", "50ms", "--admin", &admin],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let screen = stdout(&out);
+    assert!(
+        screen.starts_with(&format!(
+            "apiward {} at {admin}: config generation 1, 2 users, 2 keys",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{screen}"
+    );
+    assert!(screen.contains("(total 6, allowed 3)"), "{screen}");
+    let row = |name: &str| {
+        screen
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name}: {screen}"))
+            .split_whitespace()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(row("missing_credentials"), "2");
+    assert_eq!(row("forbidden"), "1");
+    assert_eq!(row("demo@apiward.local"), "4");
+    // The busiest list is of users: requests without one are not a user.
+    assert!(!screen.contains("\n  none "), "{screen}");
+
+    let health = apiward(dir.path(), &["health", "--admin", &admin], &[]);
+    assert!(health.status.success());
+    assert_eq!(stdout(&health), "ok\n");
+    drop(p);
+    let health = apiward(dir.path(), &["health", "--admin", &admin], &[]);
+    assert_eq!(health.status.code(), Some(1));
+    assert!(stderr(&health).starts_with("error: the gateway's admin listener at "));
+}
+
+#[test]
+fn diagnostics_can_be_json_lines_for_log_shippers() {
+    let p = common::process::GatewayProcess::start(
+        &shipped_on_ephemeral_ports(""),
+        &["--log-format", "json"],
+    );
+    let lines = p.stderr_lines();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let serving = lines
+        .iter()
+        .find(|l| l.contains("apiward is serving"))
+        .expect("the start-up line");
+    let v: serde_json::Value = serde_json::from_str(serving).unwrap();
+    assert_eq!(v["listen"], p.addr.to_string());
+}
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_logrotate_renamed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let toml = shipped_on_ephemeral_ports(&format!("access_log = {:?}", log.display().to_string()));
+    let p = common::process::GatewayProcess::start(&toml, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let request = |path: &str| {
+        let r = rt.block_on(common::get(&p.url(path), &[("x-api-key", DEMO_KEY)]));
+        assert_eq!(r.status, 200);
+    };
+    let lines_in = |file: &std::path::Path, needle: &str| {
+        common::process::wait_until(|| {
+            std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle))
+        })
+    };
+    request("/supporters/before");
+    assert!(lines_in(&log, "/supporters/before"));
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    p.signal("USR1");
+    assert!(
+        p.stderr_line(|l| l.contains("SIGUSR1: access log reopened"))
+            .is_some(),
+        "{}",
+        p.stderr_text()
+    );
+    request("/supporters/after");
+    assert!(
+        lines_in(&log, "/supporters/after"),
+        "the new file gets the new lines"
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/supporters/before") && !old.contains("/supporters/after"));
+}
+
+#[test]
+fn undoing_a_refused_edit_is_logged_as_back_in_line() {
+    let toml = shipped_on_ephemeral_ports("");
+    let p = common::process::GatewayProcess::start(&toml, &[]);
+    std::fs::write(
+        &p.config_path,
+        toml.replace("status = \"active\" ", "status = \"on\" "),
+    )
+    .unwrap();
+    assert!(
+        p.stderr_line(|l| l.contains("configuration refused"))
+            .is_some()
+    );
+    std::fs::write(&p.config_path, &toml).unwrap();
+    let line = p
+        .stderr_line(|l| l.contains("back in line"))
+        .unwrap_or_else(|| panic!("no back-in-line line:\n{}", p.stderr_text()));
+    assert!(line.contains(" INFO "), "{line}");
+    let admin = p.admin.unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(common::status(admin));
+    assert!(status["last_reload_error"].is_null(), "{status}");
+}
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "complete -F _apiward"),
+        ("zsh", "#compdef apiward"),
+        ("fish", "complete -c apiward"),
+    ] {
+        let out = apiward(dir.path(), &["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["users", "keys", "explain", "top", "check"] {
+            assert!(script.contains(command), "{shell} misses {command}");
+        }
+    }
+    let out = apiward(dir.path(), &["man"], &[]);
+    assert!(out.status.success());
+    let page = stdout(&out);
+    assert!(page.contains(".TH apiward 1"), "{page}");
+    assert!(page.contains("APIWARD_CONFIG"), "{page}");
+    // Neither needs a configuration file (there is none in this directory).
+    assert!(stderr(&out).is_empty());
+}

@@ -33,7 +33,7 @@ pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(),
     let now = now_unix();
     // Last use is known only to a running gateway; without one the listing still works, and
     // says why the column is "?".
-    let last_use = match last_used::admin_address(admin, config) {
+    let last_use = match super::admin_client::admin_address(admin, config) {
         Some(addr) => match last_used::fetch(&addr) {
             Ok(l) => Some(l),
             Err(why) => {

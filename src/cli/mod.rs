@@ -5,12 +5,14 @@
 //! stdout, alone on its line; everything meant for the operator goes to stderr, so
 //! `KEY=$(apiward users add ...)` captures exactly the key.
 
+pub mod admin_client;
 pub mod config_path;
 mod keys;
 mod last_used;
 mod list;
 pub mod password_policy;
 pub mod report;
+pub mod top;
 mod users;
 
 use std::path::Path;

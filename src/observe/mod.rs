@@ -1,6 +1,7 @@
 //! What the gateway tells operators: metrics, one log line per request, key last-use, request ids.
 
 pub mod key_usage;
+pub mod logging;
 pub mod metrics;
 pub mod names;
 mod series;

@@ -146,3 +146,17 @@ fn wait_for(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Polls `check` every 10 ms for up to 10 s; whether it became true.
+pub fn wait_until(check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
