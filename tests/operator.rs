@@ -455,3 +455,69 @@ fn completions_and_the_manual_page_come_from_the_command_definitions() {
     // Neither needs a configuration file (there is none in this directory).
     assert!(stderr(&out).is_empty());
 }
+
+#[test]
+fn each_upstream_failure_is_logged_at_warn_with_where_and_why_rate_limited_with_a_count() {
+    // Port 1 on loopback: nothing listens, so every connection is refused.
+    let toml = shipped_on_ephemeral_ports("").replace(
+        "[[routes]]\nprefix = \"/supporters/\"\nupstream = \"echo\"",
+        "[upstreams.down]\nurl = \"http://127.0.0.1:1\"\n\n[[routes]]\nprefix = \"/supporters/\"\nupstream = \"down\"",
+    );
+    let p = common::process::GatewayProcess::start(&toml, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let failing = |n: usize| {
+        rt.block_on(async {
+            for _ in 0..n {
+                let r = common::get(&p.url("/supporters/1"), &[("x-api-key", DEMO_KEY)]).await;
+                assert_eq!(r.status, 502);
+            }
+        })
+    };
+    failing(30);
+    // One more after the interval: whatever was suppressed is counted on its line.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    failing(1);
+    let warned = |l: &str| l.contains(" WARN ") && l.contains("upstream request failed");
+    let last = p
+        .stderr_line(|l| warned(l) && !l.contains("suppressed=0"))
+        .or_else(|| p.stderr_line(warned))
+        .expect("a warning for the failures");
+    assert!(
+        last.contains("upstream=\"down\"") || last.contains("upstream=down"),
+        "{last}"
+    );
+    let lines: Vec<String> = p.stderr_lines().into_iter().filter(|l| warned(l)).collect();
+    let mut total = 0;
+    for line in &lines {
+        assert!(line.contains("target=127.0.0.1:1"), "{line}");
+        assert!(line.contains("connection refused"), "{line}");
+        assert!(line.contains("answered 502 upstream_unavailable"), "{line}");
+        let suppressed: u64 = line
+            .split("suppressed=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no suppressed count: {line}"));
+        total += 1 + suppressed;
+    }
+    // Every failure is on a line or counted on a later one, and the log is not one per request
+    // unless the 31 requests took more than 31 intervals.
+    assert_eq!(total, 31, "{lines:#?}");
+    assert!(lines.len() >= 2, "{lines:#?}");
+}
+
+#[test]
+fn a_no_route_log_line_shows_the_normalised_path() {
+    let p = common::process::GatewayProcess::start(&shipped_on_ephemeral_ports(""), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(common::get(
+        &p.url("/pages/../nowhere/./x"),
+        &[("x-api-key", DEMO_KEY)],
+    ));
+    assert_eq!(r.status, 404);
+    let line = p
+        .stdout_line(|l| l.contains("no_route"))
+        .expect("the request's log line");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["path"], "/nowhere/x", "{line}");
+}

@@ -16,7 +16,9 @@ use tokio::net::TcpStream;
 use super::codec::{ResponseHead, parse_response_head};
 use super::conn::Conn;
 use super::deadline::{Read, Timer, Written, read_until, write_until};
-use crate::proxy::policy::{Forward, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, UpstreamFailure};
+use crate::proxy::policy::{
+    ConnectError, Forward, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, UpstreamFailure,
+};
 use crate::proxy::upstream::{IdlePool, connect_tcp};
 
 /// The engine's idle upstream connections: plain sockets, checked with `is_open`.
@@ -59,11 +61,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 .await
                 {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(_)) => return Err(UpstreamFailure::Connect),
+                    Ok(Err(e)) => return Err(UpstreamFailure::Connect(ConnectError::from_io(&e))),
                     Err(_) if tokio::time::Instant::now() >= deadline => {
                         return Err(UpstreamFailure::Timeout);
                     }
-                    Err(_) => return Err(UpstreamFailure::Connect),
+                    Err(_) => return Err(UpstreamFailure::Connect(ConnectError::TimedOut)),
                 },
             };
             self.up_buf.clear();

@@ -336,7 +336,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         let response = match exchanged {
             Ok(response) => response,
             Err(failure) => {
-                let refusal = self.policy.upstream_failed(&mut record, failure);
+                let refusal = self
+                    .policy
+                    .upstream_failed(&mut record, authority.as_str(), failure);
                 return self.refuse(refusal, &mut record, head.close).await;
             }
         };

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use super::body::Counted;
 use crate::proxy::policy::{
-    InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
+    ConnectError, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
 };
 use crate::proxy::upstream::{IdlePool, Limits, connect_tcp};
 
@@ -78,8 +78,11 @@ impl UpstreamError {
     /// What the policy makes of it.
     pub fn failure(&self) -> UpstreamFailure {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-                UpstreamFailure::Connect
+            UpstreamError::Connect { source, .. } => {
+                UpstreamFailure::Connect(ConnectError::from_io(source))
+            }
+            UpstreamError::ConnectTimeout { .. } => {
+                UpstreamFailure::Connect(ConnectError::TimedOut)
             }
             UpstreamError::Http(e) if e.is_parse_too_large() => {
                 UpstreamFailure::Invalid(InvalidResponse::TooLarge)

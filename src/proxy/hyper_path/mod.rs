@@ -181,7 +181,9 @@ impl HyperPath {
                     }
                     Err(_) => UpstreamFailure::Timeout,
                 };
-                let refusal = self.policy.upstream_failed(record, failure);
+                let refusal = self
+                    .policy
+                    .upstream_failed(record, authority.as_str(), failure);
                 refusal_response(refusal, record.presented)
             }
         }

@@ -122,7 +122,12 @@ impl Policy {
             Outcome::Refused(refusal) => {
                 record.decision = refusal.code();
                 if record.log {
-                    record.path = uri.path().to_string();
+                    // Refused after the path was normalised: the path it was judged on.
+                    record.path = match refusal {
+                        Refusal::NoRoute | Refusal::Forbidden => auth::path::normalise(uri.path())
+                            .map_or_else(|_| uri.path().to_string(), |p| p.into_owned()),
+                        _ => uri.path().to_string(),
+                    };
                 }
                 return (Err(refusal), record);
             }

@@ -16,7 +16,7 @@ use crate::observe::{RequestRecord, Telemetry};
 
 pub use admission::Forward;
 pub use upstream::{
-    InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
+    ConnectError, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
     check_response_framing,
 };
 
@@ -31,6 +31,8 @@ pub struct Policy {
     /// reload that changes a password misses it while other reloads keep it warm.
     passwords: PasswordVerifier,
     pub telemetry: Arc<Telemetry>,
+    /// The rate limit of upstream-failure warnings.
+    upstream_failures: upstream::FailureLog,
 }
 
 impl Policy {
@@ -39,6 +41,7 @@ impl Policy {
             store,
             passwords: PasswordVerifier::new(),
             telemetry,
+            upstream_failures: upstream::FailureLog::default(),
         }
     }
 

@@ -1,6 +1,10 @@
 //! What an upstream's failure becomes (the refusal the client gets, the error counted), once for
 //! every transport, and the rules a response head must pass before any of it is relayed.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 
@@ -8,6 +12,10 @@ use super::Policy;
 use crate::observe::RequestRecord;
 use crate::observe::metrics::UpstreamErrorKind;
 use crate::refusal::Refusal;
+
+/// At most one warning per upstream in this long; the failures in between are counted and the
+/// count is reported with the next warning, so an outage is visible without flooding the log.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The largest response head relayed, status line included; a larger one is an invalid answer.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
@@ -18,14 +26,38 @@ pub const MAX_RESPONSE_HEADERS: usize = 64;
 /// Why the upstream gave no answer the gateway can relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamFailure {
-    #[error("cannot connect to the upstream")]
-    Connect,
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(ConnectError),
     #[error("the upstream did not answer within upstream_timeout")]
     Timeout,
     #[error("the upstream connection failed before a whole response head arrived")]
     Broken,
     #[error("the upstream's response is not one to relay: {0}")]
     Invalid(#[from] InvalidResponse),
+}
+
+/// Why a connection to the upstream could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing listens at the address.
+    #[error("connection refused")]
+    Refused,
+    /// `connect_timeout` passed before the connection was established.
+    #[error("no connection within connect_timeout")]
+    TimedOut,
+    /// Any other socket error (unreachable network, no route, a name that does not resolve).
+    #[error("{0}")]
+    Other(std::io::ErrorKind),
+}
+
+impl ConnectError {
+    pub fn from_io(e: &std::io::Error) -> ConnectError {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+            std::io::ErrorKind::TimedOut => ConnectError::TimedOut,
+            kind => ConnectError::Other(kind),
+        }
+    }
 }
 
 /// Why a response head is refused instead of relayed. The connection it came on is never used
@@ -55,7 +87,7 @@ impl UpstreamFailure {
     pub fn refusal(self) -> Refusal {
         match self {
             UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
-            UpstreamFailure::Connect | UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => {
+            UpstreamFailure::Connect(_) | UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => {
                 Refusal::UpstreamUnavailable
             }
         }
@@ -64,7 +96,7 @@ impl UpstreamFailure {
     /// The `kind` label of `apiward_upstream_errors_total`.
     pub fn metric_kind(self) -> UpstreamErrorKind {
         match self {
-            UpstreamFailure::Connect => UpstreamErrorKind::Connect,
+            UpstreamFailure::Connect(_) => UpstreamErrorKind::Connect,
             UpstreamFailure::Timeout => UpstreamErrorKind::Timeout,
             UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => UpstreamErrorKind::Other,
         }
@@ -72,17 +104,85 @@ impl UpstreamFailure {
 }
 
 impl Policy {
-    /// An upstream failed for this request: counted against its upstream, made the request's
+    /// An upstream failed for this request, at `target` (its address): counted against its
+    /// upstream, logged at warn (rate-limited by `FAILURE_LOG_INTERVAL`), made the request's
     /// decision, and answered with the refusal returned.
-    pub fn upstream_failed(&self, record: &mut RequestRecord, failure: UpstreamFailure) -> Refusal {
+    pub fn upstream_failed(
+        &self,
+        record: &mut RequestRecord,
+        target: &str,
+        failure: UpstreamFailure,
+    ) -> Refusal {
         let refusal = failure.refusal();
+        let upstream = record
+            .upstream
+            .as_deref()
+            .unwrap_or(crate::observe::names::NONE);
         if let Some(upstream) = &record.upstream {
             self.telemetry
                 .metrics
                 .upstream_error(upstream, failure.metric_kind());
         }
+        if let Some(suppressed) = self.upstream_failures.admit(upstream, Instant::now()) {
+            tracing::warn!(
+                upstream,
+                target = %target,
+                cause = %failure,
+                status = refusal.status().as_u16(),
+                suppressed,
+                request_id = record.request_id.to_str().unwrap_or(""),
+                "upstream request failed, answered {} {}{}",
+                refusal.status().as_u16(),
+                refusal.code(),
+                match suppressed {
+                    0 => String::new(),
+                    n => format!(" ({n} more failures of this upstream since the last line)"),
+                }
+            );
+        }
         record.decision = refusal.code();
         refusal
+    }
+}
+
+/// When each upstream's failures were last logged, and how many were not since.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    by_upstream: Mutex<HashMap<Box<str>, Window>>,
+}
+
+#[derive(Debug)]
+struct Window {
+    logged_at: Instant,
+    suppressed: u64,
+}
+
+impl FailureLog {
+    /// Whether a failure of `upstream` at `now` is logged: `Some(failures suppressed since the
+    /// last line)` if so, `None` (and counted) if a line was written less than
+    /// `FAILURE_LOG_INTERVAL` ago.
+    pub fn admit(&self, upstream: &str, now: Instant) -> Option<u64> {
+        let mut by_upstream = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
+        match by_upstream.get_mut(upstream) {
+            Some(w) if now.saturating_duration_since(w.logged_at) < FAILURE_LOG_INTERVAL => {
+                w.suppressed += 1;
+                None
+            }
+            Some(w) => {
+                w.logged_at = now;
+                Some(std::mem::take(&mut w.suppressed))
+            }
+            None => {
+                by_upstream.insert(
+                    upstream.into(),
+                    Window {
+                        logged_at: now,
+                        suppressed: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
     }
 }
 
@@ -94,4 +194,40 @@ pub fn check_response_framing(headers: &HeaderMap) -> Result<(), InvalidResponse
         return Err(InvalidResponse::LengthWithCoding);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_upstream_per_interval_with_the_count_of_the_others() {
+        let log = FailureLog::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.admit("api", at(0)), Some(0));
+        assert_eq!(log.admit("api", at(10)), None);
+        assert_eq!(log.admit("api", at(999)), None);
+        // Another upstream has its own window.
+        assert_eq!(log.admit("billing", at(500)), Some(0));
+        assert_eq!(log.admit("api", at(1000)), Some(2));
+        assert_eq!(log.admit("api", at(1500)), None);
+        assert_eq!(log.admit("api", at(5000)), Some(1));
+        assert_eq!(log.admit("api", at(9000)), Some(0));
+    }
+
+    #[test]
+    fn a_connect_failure_says_why() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let f = UpstreamFailure::Connect(ConnectError::from_io(&refused));
+        assert_eq!(
+            f.to_string(),
+            "cannot connect to the upstream: connection refused"
+        );
+        assert_eq!(f.refusal(), Refusal::UpstreamUnavailable);
+        assert_eq!(
+            UpstreamFailure::Connect(ConnectError::TimedOut).to_string(),
+            "cannot connect to the upstream: no connection within connect_timeout"
+        );
+    }
 }
