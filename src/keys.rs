@@ -12,6 +12,10 @@ use crate::snapshot::KeyDigest;
 /// Every key starts with this, so a leaked key is recognisable (secret scanners, log reviews).
 pub const KEY_MARKER: &str = "aw_";
 
+/// Every admin token starts with this instead: an admin token is never an API user's key, and
+/// a glance (or a secret scanner) tells which of the two leaked.
+pub const ADMIN_TOKEN_MARKER: &str = "awa_";
+
 /// Base62 digits of a key body: 62^43 > 2^256, so 43 digits hold 32 random bytes.
 const KEY_BODY_LEN: usize = 43;
 
@@ -48,6 +52,18 @@ pub fn issue_key() -> Result<IssuedKey, RandomSourceError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(RandomSourceError)?;
     let secret = format!("{KEY_MARKER}{}", base62_fixed(bytes));
+    Ok(IssuedKey {
+        digest: KeyDigest::of(&secret),
+        prefix: stored_prefix(&secret).to_string(),
+        secret,
+    })
+}
+
+/// Makes a new admin token (`awa_` and 43 base62 characters); its prefix is `awa_` and four more.
+pub fn issue_admin_token() -> Result<IssuedKey, RandomSourceError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(RandomSourceError)?;
+    let secret = format!("{ADMIN_TOKEN_MARKER}{}", base62_fixed(bytes));
     Ok(IssuedKey {
         digest: KeyDigest::of(&secret),
         prefix: stored_prefix(&secret).to_string(),
@@ -132,6 +148,15 @@ mod tests {
         assert_eq!(key.digest, KeyDigest::of(secret));
         assert!(!format!("{key:?}").contains(secret));
         assert_ne!(issue_key().unwrap().reveal(), secret);
+    }
+
+    #[test]
+    fn admin_tokens_are_told_apart_from_keys() {
+        let token = issue_admin_token().unwrap();
+        assert!(token.reveal().starts_with("awa_"));
+        assert_eq!(token.reveal().len(), 4 + KEY_BODY_LEN);
+        assert_eq!(token.prefix, &token.reveal()[..8]);
+        assert!(!token.reveal().starts_with(KEY_MARKER));
     }
 
     #[test]

@@ -68,6 +68,11 @@ enum Command {
     ///
     /// A new key is printed once on stdout; the file keeps only its digest and prefix.
     Keys(apiward::cli::KeysArgs),
+    /// Manage the admins of the console and the management API (admin listener only).
+    ///
+    /// Each admin has an Argon2id password (for the console) and `awa_` tokens (for the API).
+    /// See `apiward admins <command> --help`.
+    Admins(apiward::cli::AdminsArgs),
     /// Explain, step by step, why a request would be allowed or refused ("why do I get 403?").
     ///
     /// Runs the gateway's own decision on the file and prints each step: the key's user (by
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
         Command::Check => check(&config.path),
         Command::Users(args) => apiward::cli::run_users(&config.path, args),
         Command::Keys(args) => apiward::cli::run_keys(&config.path, args),
+        Command::Admins(args) => apiward::cli::run_admins(&config.path, args),
         Command::Explain(args) => apiward::explain::run(&config.path, args),
         Command::Top { .. } | Command::Health { .. } => {
             match apiward::cli::admin_client::admin_address(None, &config.path) {

@@ -257,6 +257,41 @@ pub struct Snapshot {
     pub groups: Box<[Group]>,
     pub routes: RouteTable,
     pub upstreams: Box<[Upstream]>,
+    /// `[admins.*]`, sorted by id: who may use the console and the management API.
+    pub admins: Box<[AdminAccount]>,
+    /// Every admin token's digest, to its admin's index in `admins`.
+    pub admin_tokens: DigestMap<u32>,
+    pub console: ConsoleSettings,
+}
+
+/// An operator of the admin listener's console and API; never an API user, never on the public
+/// listener.
+#[derive(Debug, Clone)]
+pub struct AdminAccount {
+    pub id: Arc<str>,
+    pub password_hash: Option<Box<str>>,
+    pub tokens: Box<[AdminToken]>,
+}
+
+/// One admin token: only its digest is known, like a user's key.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub digest: KeyDigest,
+    pub prefix: Option<KeyPrefix>,
+    pub created: Option<i64>,
+}
+
+/// How the admin listener's console behaves, and how much it remembers (from `[server]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleSettings {
+    /// Host names, besides IP literals and `localhost`, the admin listener answers to.
+    pub admin_hosts: Box<[String]>,
+    /// A console session unused this long is over.
+    pub session_idle: Duration,
+    /// Recent requests kept per API user.
+    pub recent_requests_per_user: usize,
+    /// Recent refusals of callers who are no user (unknown keys), kept overall.
+    pub recent_refusals: usize,
 }
 
 impl Snapshot {
@@ -273,6 +308,13 @@ impl Snapshot {
             .binary_search_by(|u| (*u.id).cmp(id))
             .ok()
             .map(|i| i as UserIndex)
+    }
+
+    pub fn admin_by_id(&self, id: &str) -> Option<&AdminAccount> {
+        self.admins
+            .binary_search_by(|a| (*a.id).cmp(id))
+            .ok()
+            .map(|i| &self.admins[i])
     }
 
     pub fn group_of(&self, user: &ApiUser) -> &Group {

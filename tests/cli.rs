@@ -864,3 +864,51 @@ fn a_listing_read_only_in_part_is_not_an_error() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn admins_are_added_given_a_password_and_tokens_and_deleted_in_the_file() {
+    let s = Scratch::shipped();
+    s.run(&["admins", "add", "ops@example.org"], "").success();
+    s.run(&["admins", "add", "ops@example.org"], "").failure();
+    s.run(
+        &["admins", "set-password", "ops@example.org"],
+        "Console-pass-42\n",
+    )
+    .success();
+    let token = s
+        .run(&["admins", "issue-token", "ops@example.org"], "")
+        .success()
+        .secret();
+    assert!(token.starts_with("awa_"), "{token}");
+    let text = s.text();
+    assert!(!text.contains(&token), "the token itself is never written");
+    assert!(text.contains(&KeyDigest::of(&token).to_hex()), "{text}");
+    assert!(text.contains("password_hash = \"$argon2id$"), "{text}");
+    assert!(s.passes_check());
+
+    let listing = s
+        .run(&["admins", "list", "--format", "json"], "")
+        .success()
+        .stdout();
+    let listed: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(listed[0]["id"], "ops@example.org");
+    assert_eq!(listed[0]["password"], true);
+    assert_eq!(listed[0]["tokens"][0]["prefix"], &token[..8]);
+
+    s.run(
+        &[
+            "admins",
+            "revoke-token",
+            "ops@example.org",
+            "--prefix",
+            &token[..8],
+        ],
+        "",
+    )
+    .success();
+    assert!(!s.text().contains(&KeyDigest::of(&token).to_hex()));
+    s.run(&["admins", "delete", "ops@example.org"], "")
+        .success();
+    assert!(!s.text().contains("ops@example.org"));
+    assert!(s.passes_check());
+}

@@ -6,6 +6,7 @@
 //! `KEY=$(apiward users add ...)` captures exactly the key.
 
 pub mod admin_client;
+mod admins;
 pub mod config_path;
 mod keys;
 mod last_used;
@@ -35,6 +36,71 @@ pub struct UsersArgs {
 pub struct KeysArgs {
     #[command(subcommand)]
     pub command: KeysCommand,
+}
+
+/// `apiward admins ...`
+#[derive(Debug, Args)]
+pub struct AdminsArgs {
+    #[command(subcommand)]
+    pub command: AdminsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminsCommand {
+    /// Create an admin of the console and the management API (no password or token yet).
+    #[command(after_help = "\
+Examples:
+  apiward admins add ops@example.org
+  apiward admins set-password ops@example.org
+  TOKEN=$(apiward admins issue-token ops@example.org)")]
+    Add {
+        /// The admin's id, email-shaped.
+        id: String,
+    },
+    /// List admins: whether each has a password, and its tokens by prefix.
+    List {
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Delete an admin, its password and its tokens.
+    Delete {
+        /// The admin's id.
+        id: String,
+    },
+    /// Set an admin's console password from stdin (stored as an Argon2id hash).
+    #[command(after_help = "\
+Examples:
+  apiward admins set-password ops@example.org                 (prompts twice, without echo)
+  printf '%s\\n' \"$PASSWORD\" | apiward admins set-password ops@example.org
+  PASSWORD=$(apiward admins set-password ops@example.org --generate)
+
+The same policy as users' passwords applies.")]
+    SetPassword {
+        /// The admin's id.
+        id: String,
+        /// Make a strong random password and print it once on stdout instead of reading one.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Issue a management-API token (awa_...) for an admin, printed once on stdout.
+    #[command(after_help = "\
+Examples:
+  TOKEN=$(apiward admins issue-token ops@example.org)
+  curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:9901/api/v1/users
+
+Admin tokens work on the admin listener only; the public listener never accepts them.")]
+    IssueToken {
+        /// The admin's id.
+        id: String,
+    },
+    /// Revoke one of an admin's tokens by its prefix (see `apiward admins list`).
+    RevokeToken {
+        /// The admin's id.
+        id: String,
+        /// The token's prefix, like awa_Xy12.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +292,16 @@ pub enum Status {
     Inactive,
 }
 
+impl From<Status> for crate::snapshot::UserStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Active => crate::snapshot::UserStatus::Active,
+            Status::Pending => crate::snapshot::UserStatus::Pending,
+            Status::Inactive => crate::snapshot::UserStatus::Inactive,
+        }
+    }
+}
+
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -261,20 +337,6 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
 pub enum CliError {
     #[error(transparent)]
     Edit(#[from] crate::config::edit::EditError),
-    #[error(
-        "a user {0:?} already exists: choose another id, or change it with `apiward users set`"
-    )]
-    DuplicateUser(String),
-    #[error("{0}")]
-    BadUserId(String),
-    #[error(
-        "group {group:?} is not defined: use one of: {known} (or add [groups.{group}] to the file)"
-    )]
-    UnknownGroup { group: String, known: String },
-    #[error("--remote-addresses: {0}")]
-    BadAddresses(String),
-    #[error("{0}")]
-    KeySelection(String),
     #[error("the password was refused: {0}")]
     Policy(#[from] password_policy::PolicyViolation),
     #[error("cannot read from stdin: {0}")]
@@ -301,6 +363,11 @@ pub fn run_users(config: &Path, args: UsersArgs) -> ExitCode {
     report(users::run(config, args.command))
 }
 
+/// Runs `apiward admins ...` on `config`.
+pub fn run_admins(config: &Path, args: AdminsArgs) -> ExitCode {
+    report(admins::run(config, args.command))
+}
+
 /// Runs `apiward keys ...` on `config`.
 pub fn run_keys(config: &Path, args: KeysArgs) -> ExitCode {
     report(keys::run(config, args.command))
@@ -321,7 +388,8 @@ impl CliError {
                 EditError::Read { .. }
                 | EditError::Write { .. }
                 | EditError::ChangedMeanwhile(_)
-                | EditError::Locked { .. },
+                | EditError::Locked { .. }
+                | EditError::Random(_),
             )
             | CliError::Stdin(_)
             | CliError::SecretNotPrinted { .. }
@@ -331,13 +399,17 @@ impl CliError {
                 EditError::Syntax { .. }
                 | EditError::NoSuchUser { .. }
                 | EditError::Layout(_)
-                | EditError::WouldNotPass(_),
+                | EditError::WouldNotPass(_)
+                | EditError::ReadOnly(_)
+                | EditError::Stale(_)
+                | EditError::DuplicateUser(_)
+                | EditError::BadUserId(_)
+                | EditError::UnknownGroup { .. }
+                | EditError::KeySelection(_)
+                | EditError::NoSuchAdmin { .. }
+                | EditError::DuplicateAdmin(_)
+                | EditError::BadAddresses(_),
             )
-            | CliError::DuplicateUser(_)
-            | CliError::BadUserId(_)
-            | CliError::UnknownGroup { .. }
-            | CliError::BadAddresses(_)
-            | CliError::KeySelection(_)
             | CliError::Policy(_)
             | CliError::PasswordMismatch
             | CliError::NotConfirmed(_) => Exit::Usage,

@@ -163,7 +163,12 @@ impl Compiler<'_> {
             }
         }
 
+        let (admins, admin_tokens) = self.admins(&raw, &keys);
+        let console = self.console(raw.server.as_ref().unwrap_or(&RawServer::default()));
         Snapshot {
+            admins,
+            admin_tokens,
+            console,
             source: file.to_path_buf(),
             server,
             users: users.into_boxed_slice(),
@@ -668,5 +673,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+mod admin;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub groups: BTreeMap<Spanned<String>, RawGroup>,
     #[serde(default)]
     pub users: BTreeMap<Spanned<String>, Spanned<RawUser>>,
+    #[serde(default)]
+    pub admins: BTreeMap<Spanned<String>, Spanned<RawAdmin>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +42,10 @@ pub struct RawServer {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_sample: Option<Spanned<f64>>,
+    pub admin_hosts: Option<Vec<Spanned<String>>>,
+    pub admin_session_idle: Option<Spanned<String>>,
+    pub recent_requests_per_user: Option<Spanned<i64>>,
+    pub recent_refusals: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,4 +108,21 @@ pub struct RawKey {
     pub prefix: Option<Spanned<String>>,
     pub created: Option<Spanned<Datetime>>,
     pub expires: Option<Spanned<Datetime>>,
+}
+
+/// `[admins."id"]`: an operator of the console and the management API (never an API user).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub password_hash: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tokens: Vec<Spanned<RawAdminToken>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub sha256: Spanned<String>,
+    pub prefix: Option<Spanned<String>>,
+    pub created: Option<Spanned<Datetime>>,
 }

@@ -17,6 +17,9 @@ pub use crate::snapshot::rfc3339;
 mod replace;
 use replace::{EditLock, write_atomically};
 
+pub mod admins;
+pub mod users;
+
 /// Why an edit of the file was not made. Each names the file or the user and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -42,6 +45,91 @@ pub enum EditError {
     ChangedMeanwhile(PathBuf),
     #[error("another edit of {} has held its lock for {}s: nothing was written; run the command again once it is done", path.display(), waited.as_secs())]
     Locked { path: PathBuf, waited: Duration },
+    #[error("{} is read-only (a Kubernetes ConfigMap mount, or no write permission): nothing was written; change the ConfigMap (or the file where it is made) instead", .0.display())]
+    ReadOnly(PathBuf),
+    #[error("{} changed since it was read (its ETag is no longer the one given in If-Match): nothing was written; read it again and redo the change", .0.display())]
+    Stale(PathBuf),
+    #[error(
+        "a user {0:?} already exists: choose another id, or change it with `apiward users set`"
+    )]
+    DuplicateUser(String),
+    #[error("{0}")]
+    BadUserId(String),
+    #[error(
+        "group {group:?} is not defined: use one of: {known} (or add [groups.{group}] to the file)"
+    )]
+    UnknownGroup { group: String, known: String },
+    #[error("remote addresses (--remote-addresses, remote_addresses): {0}")]
+    BadAddresses(String),
+    #[error("{0}")]
+    KeySelection(String),
+    #[error("no admin {id:?} in {}: `apiward admins list` shows the ids", path.display())]
+    NoSuchAdmin { id: String, path: PathBuf },
+    #[error("an admin {0:?} already exists: choose another id")]
+    DuplicateAdmin(String),
+    #[error(transparent)]
+    Random(#[from] crate::keys::RandomSourceError),
+}
+
+/// The ETag of a file's text: the start of its SHA-256, quoted as HTTP wants it.
+pub fn etag(text: &str) -> String {
+    let digest = crate::snapshot::KeyDigest::of(text).to_hex();
+    format!("\"{}\"", &digest[..32])
+}
+
+/// What a successful edit gives back.
+pub struct Edited<T> {
+    pub value: T,
+    /// The snapshot the new file compiles to (what the gateway will load).
+    pub snapshot: Snapshot,
+    /// The ETag of the file as written.
+    pub etag: String,
+}
+
+/// Opens the file, applies `change`, and saves it. With `if_match` (an ETag), the edit is made
+/// only on that version of the file ([`EditError::Stale`] otherwise). Without, a file changed by
+/// someone else while this edit was being made is read again and the change applied again (a
+/// few times), so two editors racing (CLI and admin API) never lose either change.
+pub fn edit_file<T>(
+    path: &Path,
+    if_match: Option<&str>,
+    mut change: impl FnMut(&mut ConfigFile) -> Result<T, EditError>,
+) -> Result<Edited<T>, EditError> {
+    let mut attempts = 0;
+    loop {
+        let mut file = ConfigFile::open(path)?;
+        if let Some(expected) = if_match {
+            if expected.trim() != "*" && expected.trim() != file.etag() {
+                return Err(EditError::Stale(path.to_path_buf()));
+            }
+        }
+        let value = change(&mut file)?;
+        match file.save_with_etag() {
+            Ok((snapshot, etag)) => {
+                return Ok(Edited {
+                    value,
+                    snapshot,
+                    etag,
+                });
+            }
+            Err(EditError::ChangedMeanwhile(p)) => {
+                if if_match.is_some() {
+                    return Err(EditError::Stale(p));
+                }
+                attempts += 1;
+                if attempts >= 10 {
+                    return Err(EditError::ChangedMeanwhile(p));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether the file cannot be written: no write permission bit at all (how ConfigMap files and
+/// deliberately locked files look), or a read-only file system.
+pub fn is_read_only(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.permissions().readonly())
 }
 
 /// One configuration file, loaded for editing.
@@ -177,9 +265,23 @@ impl ConfigFile {
             .ok_or(missing)
     }
 
+    /// The ETag of the file as it was read.
+    pub fn etag(&self) -> String {
+        etag(&self.original)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Checks the edited text as `apiward check` does and, only if it passes, replaces the file.
     /// A refused edit leaves the file untouched, byte for byte.
     pub fn save(self) -> Result<Snapshot, EditError> {
+        self.save_with_etag().map(|(snapshot, _)| snapshot)
+    }
+
+    /// `save`, also giving the ETag of the text written.
+    pub fn save_with_etag(self) -> Result<(Snapshot, String), EditError> {
         if self._lock.is_none() {
             return Err(EditError::Layout(
                 "this file was opened to be read, not edited".into(),
@@ -188,8 +290,11 @@ impl ConfigFile {
         let text = self.doc.to_string();
         let snapshot =
             crate::config::compile(&self.path, &text).map_err(EditError::WouldNotPass)?;
-        write_atomically(&self.path, &self.original, &text)?;
-        Ok(snapshot)
+        // An edit that changed nothing is not written (no reload, no file event).
+        if text != self.original {
+            write_atomically(&self.path, &self.original, &text)?;
+        }
+        Ok((snapshot, etag(&text)))
     }
 }
 
@@ -232,11 +337,11 @@ enum Keys<'a> {
     Sections(&'a mut ArrayOfTables),
 }
 
-fn keys_mut(user: &mut dyn TableLike) -> Result<Keys<'_>, EditError> {
-    if !user.contains_key("keys") {
-        user.insert("keys", Item::Value(Value::Array(Array::new())));
+fn keys_mut<'a>(user: &'a mut dyn TableLike, field: &str) -> Result<Keys<'a>, EditError> {
+    if !user.contains_key(field) {
+        user.insert(field, Item::Value(Value::Array(Array::new())));
     }
-    match user.get_mut("keys") {
+    match user.get_mut(field) {
         Some(Item::Value(Value::Array(a))) => Ok(Keys::Inline(a)),
         Some(Item::ArrayOfTables(a)) => Ok(Keys::Sections(a)),
         _ => Err(EditError::Layout(
@@ -263,7 +368,12 @@ fn read_key(t: &dyn TableLike) -> KeyEntry {
 
 /// The user's keys in file order.
 pub fn read_keys(user: &dyn TableLike) -> Vec<KeyEntry> {
-    match user.get("keys") {
+    read_entries(user, "keys")
+}
+
+/// The entries of a key-like array (`keys` of a user, `tokens` of an admin) in file order.
+pub fn read_entries(user: &dyn TableLike, field: &str) -> Vec<KeyEntry> {
+    match user.get(field) {
         Some(Item::Value(Value::Array(a))) => a
             .iter()
             .filter_map(Value::as_inline_table)
@@ -276,6 +386,15 @@ pub fn read_keys(user: &dyn TableLike) -> Vec<KeyEntry> {
 
 /// Appends a key, one per line like the ones already there.
 pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), EditError> {
+    push_entry(user, "keys", key)
+}
+
+/// Appends an entry to a key-like array (`keys`, `tokens`).
+pub fn push_entry(
+    user: &mut dyn TableLike,
+    field: &str,
+    key: &NewKey<'_>,
+) -> Result<(), EditError> {
     let mut entry = InlineTable::new();
     entry.insert("sha256", key.sha256.into());
     entry.insert("prefix", key.prefix.into());
@@ -283,7 +402,7 @@ pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), EditEr
     if let Some(expires) = key.expires {
         entry.insert("expires", Value::from(datetime(expires)?));
     }
-    match keys_mut(user)? {
+    match keys_mut(user, field)? {
         Keys::Inline(array) => {
             let multi_line = array.is_empty()
                 || array.trailing().as_str().is_some_and(|t| t.contains('\n'))
@@ -326,7 +445,16 @@ pub fn push_key(user: &mut dyn TableLike, key: &NewKey<'_>) -> Result<(), EditEr
 
 /// Removes the keys at the given positions (as returned by `read_keys`).
 pub fn remove_keys(user: &mut dyn TableLike, positions: &[usize]) -> Result<(), EditError> {
-    match keys_mut(user)? {
+    remove_entries(user, "keys", positions)
+}
+
+/// Removes entries of a key-like array at the given positions (as `read_entries` numbers them).
+pub fn remove_entries(
+    user: &mut dyn TableLike,
+    field: &str,
+    positions: &[usize],
+) -> Result<(), EditError> {
+    match keys_mut(user, field)? {
         Keys::Inline(array) => {
             let mut i = 0;
             array.retain(|v| {
@@ -361,7 +489,7 @@ pub fn set_key_expiry(
     expires: i64,
 ) -> Result<(), EditError> {
     let value = Value::from(datetime(expires)?);
-    match keys_mut(user)? {
+    match keys_mut(user, "keys")? {
         Keys::Inline(array) => {
             if let Some(t) = array
                 .iter_mut()

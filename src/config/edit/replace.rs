@@ -15,10 +15,18 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// gateway's reload) sees the old file or the new one, never half of one. Refuses if the file
 /// changed since it was read, instead of silently undoing someone else's edit.
 pub(super) fn write_atomically(path: &Path, expected: &str, text: &str) -> Result<(), EditError> {
-    let write_error = |source| EditError::Write {
-        path: path.to_path_buf(),
-        source,
+    let write_error = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            EditError::ReadOnly(path.to_path_buf())
+        }
+        _ => EditError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
     };
+    if super::is_read_only(path) {
+        return Err(EditError::ReadOnly(path.to_path_buf()));
+    }
     // A symlinked config (Kubernetes ..data swaps, /etc/apiward -> ...) is edited where it lives,
     // leaving the link in place.
     let target = fs::canonicalize(path).map_err(write_error)?;
