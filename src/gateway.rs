@@ -108,6 +108,7 @@ impl Gateway {
 
         let telemetry = Arc::new(Telemetry::new());
         telemetry.metrics.set_generation(store.generation());
+        telemetry.recent.follow(&store.load());
         let (reload_triggers, triggers_rx) = mpsc::unbounded_channel();
         let watcher = if options.watch_config {
             Some(reload::watch_file(config_path, reload_triggers.clone())?)

@@ -261,7 +261,7 @@ fn refused_edits_leave_the_file_byte_for_byte_unchanged() {
                 "--remote-addresses",
                 "192.0.2.1~300.1.1.1",
             ],
-            "--remote-addresses",
+            "remote_addresses: \"300.1.1.1\"",
         ),
         (
             &[

@@ -1,8 +1,16 @@
-//! The admin listener (`[server] admin_listen`): /metrics, /healthz, /readyz, /status, /keys.
-//! It is a separate listener, never the public one, and it needs no credentials: bind it to
-//! loopback or a management network.
+//! The admin listener (`[server] admin_listen`): /metrics, /healthz, /readyz, /status and /keys
+//! (open, like a status page), and behind an admin login or token the management API
+//! (`/api/v1`, [`api`]) and the console pages ([`console`]). It is a separate listener, never
+//! the public one: API users' keys are refused here, admin tokens are unknown there.
+
+mod api;
+mod console;
+mod html;
+mod session;
+mod write;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -10,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,6 +29,10 @@ use tokio::sync::watch;
 use crate::config::reload::ConfigStore;
 use crate::observe::Telemetry;
 use crate::snapshot::rfc3339;
+use session::{Logins, Sessions};
+
+/// Request bodies larger than this (a form, a JSON document) are refused.
+const MAX_BODY: usize = 64 * 1024;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
@@ -34,20 +46,48 @@ pub struct AdminState {
     pub proxy: Arc<dyn crate::proxy::ProxyStats>,
 }
 
+/// The admin listener's own state beside what it reports on: sessions and logins.
+pub(crate) struct Ctx {
+    pub state: Arc<AdminState>,
+    pub sessions: Sessions,
+    pub logins: Logins,
+    /// Whether the listener speaks TLS (the session cookie is `Secure` then). It is plain HTTP
+    /// today: bind it to loopback or a management network.
+    pub tls: bool,
+}
+
+/// A request as the handlers see it: head, whole body, and the client's address.
+pub(crate) struct AdminRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+pub type AdminResponse = Response<Full<Bytes>>;
+
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ctx = Arc::new(Ctx {
+        state,
+        sessions: Sessions::default(),
+        logins: Logins::default(),
+        tls: false,
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = Arc::clone(&state);
+                let Ok((stream, peer)) = accepted else { continue };
+                let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(route(&state, &req)) }
+                        let ctx = Arc::clone(&ctx);
+                        async move { Ok::<_, Infallible>(handle(&ctx, req, peer).await) }
                     });
                     let _ = http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -61,11 +101,55 @@ pub async fn serve(
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+async fn handle(ctx: &Ctx, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+    let snapshot = ctx.state.store.load_full();
+    if !session::host_allowed(req.headers(), &snapshot.console.admin_hosts) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this Host is not the admin listener's: use its IP address, localhost, or a name listed in [server] admin_hosts\n",
+        );
     }
-    match req.uri().path() {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/metrics" | "/healthz" | "/readyz" | "/status" | "/keys" => {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+            }
+            return open_endpoint(&ctx.state, &path);
+        }
+        "/assets/console.css" => return html::asset(html::CSS, "text/css; charset=utf-8"),
+        "/assets/console.js" => return html::asset(html::JS, "text/javascript; charset=utf-8"),
+        _ => {}
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than 64 KiB or could not be read",
+            );
+        }
+    };
+    let request = AdminRequest {
+        method: parts.method,
+        query: parts.uri.query().map(str::to_string),
+        path,
+        headers: parts.headers,
+        body,
+        peer,
+    };
+    if request.path == "/api/v1" || request.path.starts_with("/api/v1/") {
+        api::handle(ctx, &request).await
+    } else {
+        console::handle(ctx, &request).await
+    }
+}
+
+/// The endpoints that need no login: what they reveal is listed in docs/console.md.
+fn open_endpoint(state: &AdminState, path: &str) -> AdminResponse {
+    match path {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(state.telemetry.metrics.render())));
             r.headers_mut().insert(
@@ -83,11 +167,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/status" => json(status(state)),
-        "/keys" => json(keys(state)),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /status or /keys\n",
-        ),
+        _ => json(keys(state)),
     }
 }
 
@@ -157,7 +237,7 @@ fn keys(state: &AdminState) -> serde_json::Value {
     serde_json::json!({ "keys": keys, "passwords": passwords })
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: &'static str) -> AdminResponse {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -167,11 +247,26 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-fn json(value: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut body = serde_json::to_string_pretty(&value).unwrap_or_default();
+fn json(value: serde_json::Value) -> AdminResponse {
+    json_with(StatusCode::OK, &value)
+}
+
+pub(crate) fn json_with(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
     body.push('\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
     r
+}
+
+/// A JSON error like the public listener's: `{"error": code, "message": ...}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> AdminResponse {
+    json_with(
+        status,
+        &serde_json::json!({ "error": code, "message": message }),
+    )
 }

@@ -93,7 +93,7 @@ pub fn check_password_hash(phc: &str) -> Result<(), String> {
 }
 
 /// Runs Argon2id. Any malformed hash is a failed check, never a panic.
-fn argon2_matches(phc: &str, password: &str) -> bool {
+pub fn argon2_matches(phc: &str, password: &str) -> bool {
     Argon2::default()
         .verify_password(password.as_bytes(), phc)
         .is_ok()

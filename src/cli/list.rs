@@ -3,33 +3,15 @@
 
 use std::path::Path;
 
-use toml_edit::{Item, TableLike, Value};
-
 use super::last_used::{self, LastUse};
 use super::{CliError, ListFormat};
+use crate::config::edit::users::UserEntry as Listed;
 use crate::config::edit::{self, ConfigFile, KeyEntry};
 use crate::config::reload::now_unix;
 
-/// One user as listed.
-struct Listed {
-    id: String,
-    display_name: Option<String>,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    description: Option<String>,
-    status: String,
-    group: String,
-    addresses: Vec<String>,
-    has_password: bool,
-    keys: Vec<KeyEntry>,
-}
-
 pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(), CliError> {
     let file = ConfigFile::read(config)?;
-    let mut users = Vec::new();
-    for id in file.user_ids() {
-        users.push(listed(&id, file.user(&id)?));
-    }
+    let users = file.user_entries();
     let now = now_unix();
     // Last use is known only to a running gateway; without one the listing still works, and
     // says why the column is "?".
@@ -59,31 +41,6 @@ pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(),
         ListFormat::Table => print_table(&users, now, last_use),
     }
     Ok(())
-}
-
-fn listed(id: &str, user: &dyn TableLike) -> Listed {
-    let text = |k: &str| user.get(k).and_then(Item::as_str).map(str::to_string);
-    let addresses = match user.get("remote_addresses") {
-        Some(Item::Value(Value::String(s))) => s.value().split('~').map(str::to_string).collect(),
-        Some(Item::Value(Value::Array(a))) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    };
-    Listed {
-        id: id.to_string(),
-        display_name: text("display_name"),
-        first_name: text("first_name"),
-        last_name: text("last_name"),
-        description: text("description"),
-        status: text("status").unwrap_or_else(|| "?".into()),
-        group: text("group").unwrap_or_else(|| "?".into()),
-        addresses,
-        has_password: user.contains_key("password_hash"),
-        keys: edit::read_keys(user),
-    }
 }
 
 /// A key's last use: `Some(None)` when the gateway was asked and the key was not used.

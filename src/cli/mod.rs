@@ -407,8 +407,7 @@ impl CliError {
                 | EditError::UnknownGroup { .. }
                 | EditError::KeySelection(_)
                 | EditError::NoSuchAdmin { .. }
-                | EditError::DuplicateAdmin(_)
-                | EditError::BadAddresses(_),
+                | EditError::DuplicateAdmin(_),
             )
             | CliError::Policy(_)
             | CliError::PasswordMismatch

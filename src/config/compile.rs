@@ -674,5 +674,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 mod admin;
+pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};
 #[cfg(test)]
 mod tests;

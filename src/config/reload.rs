@@ -259,6 +259,16 @@ pub fn now_unix() -> i64 {
 pub enum ReloadTrigger {
     FileEvent,
     Signal,
+    /// An edit through the admin API or console, answered only once it is serving.
+    AdminEdit,
+}
+
+/// Reloads at once and logs the outcome, for an edit that must be serving before it is
+/// answered (the admin API). Blocking, like `ConfigStore::reload`.
+pub fn reload_now(store: &ConfigStore) -> ReloadOutcome {
+    let outcome = store.reload();
+    log_outcome(store, ReloadTrigger::AdminEdit, &outcome);
+    outcome
 }
 
 /// Events closer together than this are one save.
@@ -470,6 +480,7 @@ fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutc
     let trigger = match trigger {
         ReloadTrigger::FileEvent => "file change",
         ReloadTrigger::Signal => "SIGHUP",
+        ReloadTrigger::AdminEdit => "admin API edit",
     };
     match outcome {
         ReloadOutcome::Applied {

@@ -11,8 +11,8 @@ use super::names;
 use super::series::Series;
 
 pub use super::names::{
-    ALL, CONFIG_GENERATION, NONE, OPEN_CONNECTIONS, RELOADS, REQUEST_DURATION, REQUESTS,
-    UPSTREAM_DURATION, UPSTREAM_ERRORS,
+    ADMIN_LOGINS, ALL, CONFIG_GENERATION, NONE, OPEN_CONNECTIONS, RELOADS, REQUEST_DURATION,
+    REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
 };
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
@@ -69,12 +69,13 @@ impl Metrics {
             RELOADS,
             CONFIG_GENERATION,
             OPEN_CONNECTIONS,
+            ADMIN_LOGINS,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS => {
+                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS => {
                     self.recorder.describe_counter(name, None, text)
                 }
                 CONFIG_GENERATION | OPEN_CONNECTIONS => {
@@ -85,6 +86,28 @@ impl Metrics {
         }
         // Gauges exist from the start, so a scrape before any traffic already shows them.
         self.gauge(OPEN_CONNECTIONS).set(0.0);
+        // Failed logins are worth an alert from zero on, so the series exist before the first.
+        for outcome in ["success", "failure", "throttled"] {
+            self.counter_of(ADMIN_LOGINS, "outcome", outcome)
+                .increment(0);
+        }
+    }
+
+    fn counter_of(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> metrics::Counter {
+        let labels = vec![Label::from_static_parts(label, value)];
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// Counts a console login attempt: `success`, `failure` or `throttled`.
+    pub fn admin_login(&self, outcome: &'static str) {
+        self.counter_of(ADMIN_LOGINS, "outcome", outcome)
+            .increment(1);
     }
 
     /// The Prometheus text exposition of everything recorded.

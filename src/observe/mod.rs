@@ -4,6 +4,7 @@ pub mod key_usage;
 pub mod logging;
 pub mod metrics;
 pub mod names;
+pub mod recent;
 mod series;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::snapshot::Snapshot;
 
 pub use key_usage::KeyUsage;
 pub use metrics::Metrics;
+pub use recent::RecentRequests;
 
 /// The tracing target of request log lines; the binary sends it to its own JSON writer.
 pub const ACCESS_TARGET: &str = "apiward::access";
@@ -25,6 +27,8 @@ pub const ACCESS_TARGET: &str = "apiward::access";
 pub struct Telemetry {
     pub metrics: Metrics,
     pub key_usage: KeyUsage,
+    /// Recent requests per user and recent refusals of non-users, for the console.
+    pub recent: RecentRequests,
     request_ids: RequestIds,
     sampled: AtomicU64,
 }
@@ -40,6 +44,7 @@ impl Telemetry {
         Telemetry {
             metrics: Metrics::new(),
             key_usage: KeyUsage::default(),
+            recent: RecentRequests::default(),
             request_ids: RequestIds::new(),
             sampled: AtomicU64::new(0),
         }
@@ -56,6 +61,7 @@ impl Telemetry {
                 self.metrics.reload("applied");
                 self.metrics.forget_handles();
                 self.key_usage.retain_keys_of(current);
+                self.recent.follow(current);
             }
             ReloadOutcome::Refused(_) => self.metrics.reload("refused"),
             ReloadOutcome::Missing => self.metrics.reload("missing"),
@@ -89,6 +95,7 @@ impl Telemetry {
             total,
             record.upstream_time,
         );
+        self.recent.record(record, total);
         if !record.log || (record.decision == "allowed" && !self.sample(record.sample)) {
             return;
         }

@@ -8,9 +8,10 @@ pub const UPSTREAM_ERRORS: &str = "apiward_upstream_errors_total";
 pub const RELOADS: &str = "apiward_reloads_total";
 pub const CONFIG_GENERATION: &str = "apiward_config_generation";
 pub const OPEN_CONNECTIONS: &str = "apiward_open_connections";
+pub const ADMIN_LOGINS: &str = "apiward_admin_logins_total";
 
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -18,6 +19,7 @@ pub const ALL: [&str; 7] = [
     RELOADS,
     CONFIG_GENERATION,
     OPEN_CONNECTIONS,
+    ADMIN_LOGINS,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -41,6 +43,7 @@ pub fn help(name: &str) -> &'static str {
             "Generation of the configuration serving now; 1 is the file loaded at start."
         }
         OPEN_CONNECTIONS => "Client connections open now.",
+        ADMIN_LOGINS => "Console logins by outcome (success, failure, throttled).",
         _ => "",
     }
 }

@@ -450,3 +450,44 @@ pub fn user(id: &str, status: &str, group: &str, addresses: &str, keys: &[&TestK
         keys.join(", ")
     )
 }
+
+/// An admin token of the real shape (`awa_` + 43 base62 characters), derived from a label.
+pub fn admin_token(label: &str) -> TestKey {
+    let k = TestKey::new(label);
+    let key = format!("awa_{}", &k.key[3..]);
+    TestKey {
+        sha256: apiward::snapshot::KeyDigest::of(&key).to_hex(),
+        key,
+    }
+}
+
+/// `toml` with an admin listener and `[admins."ops@example.org"]` holding `token`.
+pub fn with_admin_account(toml: &str, token: &TestKey) -> String {
+    format!(
+        "{}\n[admins.\"ops@example.org\"]\ntokens = [{{ sha256 = \"{}\", prefix = \"{}\" }}]\n",
+        with_admin(toml),
+        token.sha256,
+        &token.key[..8]
+    )
+}
+
+/// The admin API at `admin`: `method path` with `Authorization: Bearer token` and a JSON body.
+pub async fn admin_api(
+    admin: SocketAddr,
+    token: &TestKey,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Reply {
+    let auth = format!("Bearer {}", token.key);
+    send(
+        method,
+        &format!("http://{admin}/api/v1{path}"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}

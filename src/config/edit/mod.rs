@@ -59,8 +59,6 @@ pub enum EditError {
         "group {group:?} is not defined: use one of: {known} (or add [groups.{group}] to the file)"
     )]
     UnknownGroup { group: String, known: String },
-    #[error("remote addresses (--remote-addresses, remote_addresses): {0}")]
-    BadAddresses(String),
     #[error("{0}")]
     KeySelection(String),
     #[error("no admin {id:?} in {}: `apiward admins list` shows the ids", path.display())]

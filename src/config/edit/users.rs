@@ -6,10 +6,63 @@ use std::time::Duration;
 use toml_edit::{Item, Table, TableLike, Value};
 
 use super::{ConfigFile, EditError, KeyEntry, NewKey, push_key, read_keys, remove_keys};
-use crate::auth::address::SourceWhitelist;
 use crate::config::compile::check_user_id;
 use crate::keys::IssuedKey;
 use crate::snapshot::UserStatus;
+
+/// One user as the file has it.
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub description: Option<String>,
+    pub status: String,
+    pub group: String,
+    pub addresses: Vec<String>,
+    pub has_password: bool,
+    pub keys: Vec<KeyEntry>,
+}
+
+impl ConfigFile {
+    /// Every user in file order.
+    pub fn user_entries(&self) -> Vec<UserEntry> {
+        self.user_ids()
+            .iter()
+            .filter_map(|id| self.user(id).ok().map(|t| user_entry(id, t)))
+            .collect()
+    }
+
+    pub fn user_entry(&self, id: &str) -> Result<UserEntry, EditError> {
+        self.user(id).map(|t| user_entry(id, t))
+    }
+}
+
+fn user_entry(id: &str, user: &dyn TableLike) -> UserEntry {
+    let text = |k: &str| user.get(k).and_then(Item::as_str).map(str::to_string);
+    let addresses = match user.get("remote_addresses") {
+        Some(Item::Value(Value::String(s))) => s.value().split('~').map(str::to_string).collect(),
+        Some(Item::Value(Value::Array(a))) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    UserEntry {
+        id: id.to_string(),
+        display_name: text("display_name"),
+        first_name: text("first_name"),
+        last_name: text("last_name"),
+        description: text("description"),
+        status: text("status").unwrap_or_else(|| "?".into()),
+        group: text("group").unwrap_or_else(|| "?".into()),
+        addresses,
+        has_password: user.contains_key("password_hash"),
+        keys: read_keys(user),
+    }
+}
 
 /// What a new user is made of.
 #[derive(Debug, Clone)]
@@ -49,7 +102,6 @@ pub fn add_user(
         return Err(EditError::DuplicateUser(user.id.clone()));
     }
     check_group(file, &user.group)?;
-    check_addresses(&user.remote_addresses)?;
     let mut table = Table::new();
     for (field, text) in [
         ("display_name", &user.display_name),
@@ -84,9 +136,6 @@ pub fn change_user(
     file.user(id)?;
     if let Some(group) = &changes.group {
         check_group(file, group)?;
-    }
-    if let Some(addresses) = &changes.remote_addresses {
-        check_addresses(addresses)?;
     }
     let user = file.user_mut(id)?;
     let mut changed = Vec::new();
@@ -324,12 +373,6 @@ pub fn check_group(file: &ConfigFile, group: &str) -> Result<(), EditError> {
             known.join(", ")
         },
     })
-}
-
-fn check_addresses(text: &str) -> Result<(), EditError> {
-    SourceWhitelist::parse_tilde(text)
-        .map(|_| ())
-        .map_err(EditError::BadAddresses)
 }
 
 /// Sets a string field, keeping the comment and spacing that follow the old value.
