@@ -11,7 +11,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::{
-    RawConfig, RawGroup, RawKey, RawPermission, RawRoute, RawServer, RawUpstream, RawUser,
+    RawAdmin, RawAdminToken, RawConfig, RawGroup, RawKey, RawPermission, RawRoute, RawServer,
+    RawUpstream, RawUser,
 };
 
 /// One problem: where (if it is at one place), and what.
@@ -52,6 +53,8 @@ enum Kind {
     Permission,
     User,
     Key,
+    Admin,
+    AdminToken,
 }
 
 /// What a field holds when it holds tables of a known kind.
@@ -73,6 +76,8 @@ impl Kind {
             Kind::Permission => fields_of::<RawPermission>(),
             Kind::User => fields_of::<RawUser>(),
             Kind::Key => fields_of::<RawKey>(),
+            Kind::Admin => fields_of::<RawAdmin>(),
+            Kind::AdminToken => fields_of::<RawAdminToken>(),
         }
     }
 
@@ -85,6 +90,8 @@ impl Kind {
             (Kind::Root, "routes") => Holds::List(Kind::Route, "[[routes]]"),
             (Kind::Group, "allow") => Holds::List(Kind::Permission, "a group's allow entry"),
             (Kind::User, "keys") => Holds::List(Kind::Key, "a user's key"),
+            (Kind::Root, "admins") => Holds::Named(Kind::Admin, "admins"),
+            (Kind::Admin, "tokens") => Holds::List(Kind::AdminToken, "an admin's token"),
             _ => return None,
         })
     }
@@ -211,7 +218,7 @@ mod tests {
     fn the_known_fields_are_those_of_the_raw_types() {
         assert_eq!(
             Kind::Root.fields(),
-            ["server", "upstreams", "routes", "groups", "users"]
+            ["server", "upstreams", "routes", "groups", "users", "admins"]
         );
         assert!(Kind::Server.fields().contains(&"upstream_timeout"));
         assert_eq!(Kind::Route.fields(), ["prefix", "upstream"]);
