@@ -313,6 +313,50 @@ async fn every_write_to_a_read_only_file_is_refused_with_409() {
 }
 
 #[tokio::test]
+async fn a_cli_edit_and_an_api_edit_racing_never_lose_either_change() {
+    let s = setup().await;
+    for round in 0..4 {
+        let cli_id = format!("cli-{round}@example.org");
+        let api_id = format!("api-{round}@example.org");
+        let path = s.gw.config_path.clone();
+        let cli = tokio::task::spawn_blocking(move || {
+            run_apiward(
+                &path,
+                &[
+                    "users",
+                    "add",
+                    &cli_id,
+                    "--group",
+                    "manage-supporters",
+                    "--remote-addresses",
+                    "127.0.0.1",
+                ],
+                "",
+            )
+        });
+        let api = s.api(
+            "POST",
+            "/users",
+            json!({"id": api_id, "group": "manage-supporters", "remote_addresses": "127.0.0.1"}),
+        );
+        let (cli, api) = tokio::join!(cli, api);
+        let cli = cli.unwrap();
+        assert!(
+            cli.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        assert_eq!(api.status, 201, "{}", String::from_utf8_lossy(&api.body));
+    }
+    let text = std::fs::read_to_string(&s.gw.config_path).unwrap();
+    for round in 0..4 {
+        assert!(text.contains(&format!("cli-{round}@example.org")), "{text}");
+        assert!(text.contains(&format!("api-{round}@example.org")), "{text}");
+    }
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn without_an_admin_token_or_with_a_users_key_the_api_answers_401() {
     let s = setup().await;
     let created = s.api("POST", "/users", crm()).await;
