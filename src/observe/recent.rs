@@ -215,6 +215,7 @@ mod tests {
             client: ClientAddress::Ip("192.0.2.7".parse().unwrap()),
             user: user.map(Arc::from),
             key_prefix: Some("aw_AbCdE".into()),
+            presented: crate::refusal::Presented::Key,
             method: http::Method::GET,
             path: path.into(),
             route: None,
