@@ -108,8 +108,8 @@ pub enum UsersCommand {
     /// Create an API user with a fresh key, printed once on stdout.
     #[command(after_help = "\
 Examples:
-  KEY=$(apiward users add crm-sync@example.org --group manage-supporters \\
-        --remote-addresses \"192.0.2.10~198.51.100.0/24\" --display-name \"CRM nightly sync\")
+  KEY=$(apiward users add billing-export@example.org --group manage-supporters \\
+        --remote-addresses \"192.0.2.10~198.51.100.0/24\" --display-name \"Billing export\")
   apiward users add --generate-username --group read-only --remote-addresses \"*\" --expires 90d
   apiward users add pos@example.org --group read-only --remote-addresses 203.0.113.7 --no-key
       (then: apiward users set-password pos@example.org)
@@ -134,16 +134,16 @@ Examples:
     /// Change a user's status, group, addresses or names. Its keys stay valid.
     #[command(after_help = "\
 Examples:
-  apiward users set crm-sync@example.org --status inactive
-  apiward users set crm-sync@example.org --group read-only --remote-addresses \"192.0.2.0/24~2001:db8::/32\"
-  apiward users set crm-sync@example.org --display-name \"CRM sync (legacy)\" --description \"\"
+  apiward users set billing-export@example.org --status inactive
+  apiward users set billing-export@example.org --group read-only --remote-addresses \"192.0.2.0/24~2001:db8::/32\"
+  apiward users set billing-export@example.org --display-name \"Billing export (legacy)\" --description \"\"
 An empty name or description removes it from the file.")]
     Set(SetUser),
     /// Delete a user and all its keys (asks for confirmation unless --yes).
     #[command(after_help = "\
 Examples:
-  apiward users delete crm-sync@example.org
-  apiward users delete crm-sync@example.org --yes")]
+  apiward users delete billing-export@example.org
+  apiward users delete billing-export@example.org --yes")]
     Delete {
         /// The user's id.
         id: String,
@@ -231,8 +231,8 @@ pub enum KeysCommand {
     /// Add another key to a user and print it once on stdout.
     #[command(after_help = "\
 Examples:
-  KEY=$(apiward keys issue crm-sync@example.org)
-  KEY=$(apiward keys issue crm-sync@example.org --expires 90d)")]
+  KEY=$(apiward keys issue billing-export@example.org)
+  KEY=$(apiward keys issue billing-export@example.org --expires 90d)")]
     Issue {
         /// The user's id.
         id: String,
@@ -243,9 +243,9 @@ Examples:
     /// Replace a key with a new one; the old one keeps working for the grace period.
     #[command(after_help = "\
 Examples:
-  NEW=$(apiward keys rotate crm-sync@example.org)                 (old key valid 24h more)
-  NEW=$(apiward keys rotate crm-sync@example.org --grace 1h --prefix aw_7Fq2x)
-  NEW=$(apiward keys rotate crm-sync@example.org --grace 0)       (old key refused at once)
+  NEW=$(apiward keys rotate billing-export@example.org)                 (old key valid 24h more)
+  NEW=$(apiward keys rotate billing-export@example.org --grace 1h --prefix aw_7Fq2x)
+  NEW=$(apiward keys rotate billing-export@example.org --grace 0)       (old key refused at once)
 
 With one valid key the user's key is rotated; with several, say which with --prefix.
 The old key's `expires` is set to now + grace (never later than it already was);
@@ -266,9 +266,9 @@ The old key's `expires` is set to now + grace (never later than it already was);
     /// Remove keys of a user: one by prefix, the expired ones, or all.
     #[command(after_help = "\
 Examples:
-  apiward keys revoke crm-sync@example.org --prefix aw_7Fq2x
-  apiward keys revoke crm-sync@example.org --expired
-  apiward keys revoke crm-sync@example.org --all
+  apiward keys revoke billing-export@example.org --prefix aw_7Fq2x
+  apiward keys revoke billing-export@example.org --expired
+  apiward keys revoke billing-export@example.org --all
 Without an option, a user's only key is revoked; with several, say which.")]
     Revoke {
         /// The user's id.
