@@ -236,6 +236,9 @@ pub struct ServerSettings {
     pub access_log: AccessLogTarget,
     /// The fraction of allowed requests logged; refusals are always logged.
     pub access_log_sample: f64,
+    /// Whether the HTTP/1 engine serves the requests it can (false: hyper serves every
+    /// request; a diagnostic).
+    pub fast_path: bool,
 }
 
 /// Where the one-line-per-request log goes.

@@ -77,159 +77,161 @@ async fn gateway() -> (TestGateway, common::Upstream) {
     (TestGateway::start(&toml).await, upstream)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_key_printed_by_users_add_works_against_the_running_gateway() {
-    let (gw, _up) = gateway().await;
-    let key = cli_ok(
-        &gw.config_path,
-        &[
-            "users",
-            "add",
-            "crm@example.org",
-            "--group",
-            "manage-supporters",
-            "--remote-addresses",
-            "127.0.0.1~::1",
-        ],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async { with_key(&gw, &key).await == ok() }).await,
-        "the new key never worked"
-    );
-    let reply = get(
-        &gw.url("/supporters/42"),
-        &[("authorization", &format!("Bearer {key}"))],
-    )
-    .await;
-    assert_eq!(
-        reply.upstream_header("x-apiward-user"),
-        Some(vec!["crm@example.org".to_string()])
-    );
+both_transports! {
+    async fn the_key_printed_by_users_add_works_against_the_running_gateway() {
+        let (gw, _up) = gateway().await;
+        let key = cli_ok(
+            &gw.config_path,
+            &[
+                "users",
+                "add",
+                "crm@example.org",
+                "--group",
+                "manage-supporters",
+                "--remote-addresses",
+                "127.0.0.1~::1",
+            ],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async { with_key(&gw, &key).await == ok() }).await,
+            "the new key never worked"
+        );
+        let reply = get(
+            &gw.url("/supporters/42"),
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await;
+        assert_eq!(
+            reply.upstream_header("x-apiward-user"),
+            Some(vec!["crm@example.org".to_string()])
+        );
 
-    let second = cli_ok(&gw.config_path, &["keys", "issue", "crm@example.org"], "").await;
-    assert!(eventually(|| async { with_key(&gw, &second).await == ok() }).await);
-    assert_eq!(
-        with_key(&gw, &key).await,
-        ok(),
-        "issuing another key keeps the first"
-    );
+        let second = cli_ok(&gw.config_path, &["keys", "issue", "crm@example.org"], "").await;
+        assert!(eventually(|| async { with_key(&gw, &second).await == ok() }).await);
+        assert_eq!(
+            with_key(&gw, &key).await,
+            ok(),
+            "issuing another key keeps the first"
+        );
 
-    cli_ok(
-        &gw.config_path,
-        &["keys", "revoke", "crm@example.org", "--prefix", &key[..8]],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async { with_key(&gw, &key).await == refused(401, "invalid_credentials") })
+        cli_ok(
+            &gw.config_path,
+            &["keys", "revoke", "crm@example.org", "--prefix", &key[..8]],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async { with_key(&gw, &key).await == refused(401, "invalid_credentials") })
+                .await
+        );
+        assert_eq!(with_key(&gw, &second).await, ok());
+
+        cli_ok(
+            &gw.config_path,
+            &[
+                "users",
+                "set",
+                "crm@example.org",
+                "--display-name",
+                "CRM (renamed)",
+            ],
+            "",
+        )
+        .await;
+        cli_ok(
+            &gw.config_path,
+            &["users", "set", "crm@example.org", "--status", "inactive"],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async { with_key(&gw, &second).await == refused(403, "user_inactive") })
+                .await
+        );
+        cli_ok(
+            &gw.config_path,
+            &["users", "delete", "crm@example.org", "--yes"],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async {
+                with_key(&gw, &second).await == refused(401, "invalid_credentials")
+            })
             .await
-    );
-    assert_eq!(with_key(&gw, &second).await, ok());
-
-    cli_ok(
-        &gw.config_path,
-        &[
-            "users",
-            "set",
-            "crm@example.org",
-            "--display-name",
-            "CRM (renamed)",
-        ],
-        "",
-    )
-    .await;
-    cli_ok(
-        &gw.config_path,
-        &["users", "set", "crm@example.org", "--status", "inactive"],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async { with_key(&gw, &second).await == refused(403, "user_inactive") })
-            .await
-    );
-    cli_ok(
-        &gw.config_path,
-        &["users", "delete", "crm@example.org", "--yes"],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async {
-            with_key(&gw, &second).await == refused(401, "invalid_credentials")
-        })
-        .await
-    );
-    gw.shutdown().await;
+        );
+        gw.shutdown().await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_keeps_the_old_key_for_the_grace_period_then_only_the_new_one() {
-    let (gw, _up) = gateway().await;
-    let old = cli_ok(
-        &gw.config_path,
-        &[
-            "users",
-            "add",
-            "rotating@example.org",
-            "--group",
-            "manage-supporters",
-            "--remote-addresses",
-            "127.0.0.1",
-        ],
-        "",
-    )
-    .await;
-    assert!(eventually(|| async { with_key(&gw, &old).await == ok() }).await);
+both_transports! {
+    async fn rotation_keeps_the_old_key_for_the_grace_period_then_only_the_new_one() {
+        let (gw, _up) = gateway().await;
+        let old = cli_ok(
+            &gw.config_path,
+            &[
+                "users",
+                "add",
+                "rotating@example.org",
+                "--group",
+                "manage-supporters",
+                "--remote-addresses",
+                "127.0.0.1",
+            ],
+            "",
+        )
+        .await;
+        assert!(eventually(|| async { with_key(&gw, &old).await == ok() }).await);
 
-    let grace = Duration::from_secs(4);
-    let rotated_at = Instant::now();
-    let new = cli_ok(
-        &gw.config_path,
-        &["keys", "rotate", "rotating@example.org", "--grace", "4s"],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async { with_key(&gw, &new).await == ok() }).await,
-        "the new key never worked"
-    );
-    // Both keys work during the grace period (checked only while it surely lasts: the file
-    // stores whole seconds, so it may end up to a second early).
-    let old_outcome = with_key(&gw, &old).await;
-    if rotated_at.elapsed() < grace - Duration::from_secs(1) {
-        assert_eq!(
-            old_outcome,
-            ok(),
-            "the old key works during the grace period"
+        let grace = Duration::from_secs(4);
+        let rotated_at = Instant::now();
+        let new = cli_ok(
+            &gw.config_path,
+            &["keys", "rotate", "rotating@example.org", "--grace", "4s"],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async { with_key(&gw, &new).await == ok() }).await,
+            "the new key never worked"
         );
-    }
-    // Then the old key is refused as expired, and the new one keeps working.
-    let deadline = Instant::now() + grace + Duration::from_secs(10);
-    loop {
-        if with_key(&gw, &old).await == refused(401, "key_expired") {
-            break;
+        // Both keys work during the grace period (checked only while it surely lasts: the file
+        // stores whole seconds, so it may end up to a second early).
+        let old_outcome = with_key(&gw, &old).await;
+        if rotated_at.elapsed() < grace - Duration::from_secs(1) {
+            assert_eq!(
+                old_outcome,
+                ok(),
+                "the old key works during the grace period"
+            );
         }
-        assert!(Instant::now() < deadline, "the old key was never refused");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(with_key(&gw, &new).await, ok());
+        // Then the old key is refused as expired, and the new one keeps working.
+        let deadline = Instant::now() + grace + Duration::from_secs(10);
+        loop {
+            if with_key(&gw, &old).await == refused(401, "key_expired") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the old key was never refused");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(with_key(&gw, &new).await, ok());
 
-    // --grace 0 revokes at once.
-    let newest = cli_ok(
-        &gw.config_path,
-        &["keys", "rotate", "rotating@example.org", "--grace", "0"],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async { with_key(&gw, &new).await == refused(401, "invalid_credentials") })
-            .await
-    );
-    assert_eq!(with_key(&gw, &newest).await, ok());
-    gw.shutdown().await;
+        // --grace 0 revokes at once.
+        let newest = cli_ok(
+            &gw.config_path,
+            &["keys", "rotate", "rotating@example.org", "--grace", "0"],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async { with_key(&gw, &new).await == refused(401, "invalid_credentials") })
+                .await
+        );
+        assert_eq!(with_key(&gw, &newest).await, ok());
+        gw.shutdown().await;
+    }
 }
 
 /// Adds a password-only user through the CLI and waits until the gateway has it.
@@ -261,217 +263,220 @@ async fn password_user(gw: &TestGateway, id: &str, addresses: &str, password: &s
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic_auth_gets_the_same_checks_and_codes_as_a_key() {
-    let (gw, _up) = gateway().await;
-    password_user(&gw, "pos@example.org", "127.0.0.1", "Till-roll-42").await;
+both_transports! {
+    async fn basic_auth_gets_the_same_checks_and_codes_as_a_key() {
+        let (gw, _up) = gateway().await;
+        password_user(&gw, "pos@example.org", "127.0.0.1", "Till-roll-42").await;
 
-    let reply = get(
-        &gw.url("/supporters/7"),
-        &[("authorization", &basic("pos@example.org", "Till-roll-42"))],
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.upstream_header("x-apiward-user"),
-        Some(vec!["pos@example.org".to_string()])
-    );
-    assert_eq!(
-        reply.upstream_header("authorization"),
-        None,
-        "the credential is not forwarded"
-    );
-
-    // A wrong password and an unknown id get the same answer.
-    let wrong = get(
-        &gw.url("/supporters/7"),
-        &[("authorization", &basic("pos@example.org", "Till-roll-43"))],
-    )
-    .await;
-    let unknown = get(
-        &gw.url("/supporters/7"),
-        &[(
-            "authorization",
-            &basic("nobody@example.org", "Till-roll-42"),
-        )],
-    )
-    .await;
-    assert_eq!(
-        (wrong.status.as_u16(), wrong.error_code()),
-        refused(401, "invalid_credentials")
-    );
-    assert_eq!(
-        (unknown.status, unknown.body.clone()),
-        (wrong.status, wrong.body.clone())
-    );
-    // A user with keys but no password cannot log in with a password.
-    assert_eq!(
-        with_password(&gw, "seed@example.org", "anything-1").await,
-        refused(401, "invalid_credentials")
-    );
-    // Permissions apply: the group does not allow DELETE.
-    let reply = common::send(
-        "DELETE",
-        &gw.url("/supporters/7"),
-        &[("authorization", &basic("pos@example.org", "Till-roll-42"))],
-        "",
-    )
-    .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.error_code()),
-        refused(403, "forbidden")
-    );
-
-    // An unregistered source address.
-    password_user(&gw, "elsewhere@example.org", "127.0.0.1", "Far-away-99").await;
-    cli_ok(
-        &gw.config_path,
-        &[
-            "users",
-            "set",
-            "elsewhere@example.org",
-            "--remote-addresses",
-            "192.0.2.10",
-        ],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async {
-            with_password(&gw, "elsewhere@example.org", "Far-away-99").await
-                == refused(403, "unregistered_source")
-        })
-        .await
-    );
-
-    // An inactive user, although its password was verified (and cached) before.
-    cli_ok(
-        &gw.config_path,
-        &["users", "set", "pos@example.org", "--status", "inactive"],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async {
-            with_password(&gw, "pos@example.org", "Till-roll-42").await
-                == refused(403, "user_inactive")
-        })
-        .await
-    );
-    gw.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_password_change_takes_effect_on_reload_despite_the_cache() {
-    let (gw, _up) = gateway().await;
-    password_user(&gw, "till@example.org", "127.0.0.1", "First-pass-1").await;
-    // Warm: the first password is now answered from the cache.
-    assert_eq!(
-        with_password(&gw, "till@example.org", "First-pass-1").await,
-        ok()
-    );
-
-    cli_ok(
-        &gw.config_path,
-        &["users", "set-password", "till@example.org"],
-        "Second-pass-2\n",
-    )
-    .await;
-    assert!(
-        eventually(|| async {
-            with_password(&gw, "till@example.org", "Second-pass-2").await == ok()
-        })
-        .await,
-        "the new password never worked"
-    );
-    assert_eq!(
-        with_password(&gw, "till@example.org", "First-pass-1").await,
-        refused(401, "invalid_credentials"),
-        "the cached old password is refused once the new hash is loaded"
-    );
-
-    // An unrelated reload keeps working credentials working.
-    cli_ok(
-        &gw.config_path,
-        &[
-            "users",
-            "add",
-            "other@example.org",
-            "--group",
-            "nothing",
-            "--remote-addresses",
-            "*",
-        ],
-        "",
-    )
-    .await;
-    assert_eq!(
-        with_password(&gw, "till@example.org", "Second-pass-2").await,
-        ok()
-    );
-
-    // Deleting the user ends its cached login too.
-    cli_ok(
-        &gw.config_path,
-        &["users", "delete", "till@example.org", "--yes"],
-        "",
-    )
-    .await;
-    assert!(
-        eventually(|| async {
-            with_password(&gw, "till@example.org", "Second-pass-2").await
-                == refused(401, "invalid_credentials")
-        })
-        .await
-    );
-    gw.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_failures_for_one_id_are_throttled_without_locking_out_a_logged_in_client() {
-    let (gw, _up) = gateway().await;
-    password_user(&gw, "target@example.org", "127.0.0.1", "Real-secret-7").await;
-    password_user(&gw, "bystander@example.org", "127.0.0.1", "Other-secret-8").await;
-
-    // Five guesses use up the per-user burst; more are refused without running Argon2.
-    for i in 0..8 {
-        let guess = format!("guess-{i}-xyz");
+        let reply = get(
+            &gw.url("/supporters/7"),
+            &[("authorization", &basic("pos@example.org", "Till-roll-42"))],
+        )
+        .await;
+        assert_eq!(reply.status, 200);
         assert_eq!(
-            with_password(&gw, "target@example.org", &guess).await,
+            reply.upstream_header("x-apiward-user"),
+            Some(vec!["pos@example.org".to_string()])
+        );
+        assert_eq!(
+            reply.upstream_header("authorization"),
+            None,
+            "the credential is not forwarded"
+        );
+
+        // A wrong password and an unknown id get the same answer.
+        let wrong = get(
+            &gw.url("/supporters/7"),
+            &[("authorization", &basic("pos@example.org", "Till-roll-43"))],
+        )
+        .await;
+        let unknown = get(
+            &gw.url("/supporters/7"),
+            &[(
+                "authorization",
+                &basic("nobody@example.org", "Till-roll-42"),
+            )],
+        )
+        .await;
+        assert_eq!(
+            (wrong.status.as_u16(), wrong.error_code()),
             refused(401, "invalid_credentials")
         );
-    }
-    // The client that already logged in is answered from the cache, before the limiter.
-    assert_eq!(
-        with_password(&gw, "target@example.org", "Real-secret-7").await,
-        ok()
-    );
-    // Another user is not affected.
-    assert_eq!(
-        with_password(&gw, "bystander@example.org", "Other-secret-8").await,
-        ok()
-    );
+        assert_eq!(
+            (unknown.status, unknown.body.clone()),
+            (wrong.status, wrong.body.clone())
+        );
+        // A user with keys but no password cannot log in with a password.
+        assert_eq!(
+            with_password(&gw, "seed@example.org", "anything-1").await,
+            refused(401, "invalid_credentials")
+        );
+        // Permissions apply: the group does not allow DELETE.
+        let reply = common::send(
+            "DELETE",
+            &gw.url("/supporters/7"),
+            &[("authorization", &basic("pos@example.org", "Till-roll-42"))],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.error_code()),
+            refused(403, "forbidden")
+        );
 
-    // A password not yet verified must wait for the bucket to refill (one attempt per 10s):
-    // right after the change, even the correct new password is refused.
-    cli_ok(
-        &gw.config_path,
-        &["users", "set-password", "target@example.org"],
-        "Brand-new-9\n",
-    )
-    .await;
-    assert!(
-        eventually(|| async {
-            with_password(&gw, "target@example.org", "Real-secret-7").await != ok()
-        })
-        .await,
-        "the password change was never loaded"
-    );
-    assert_eq!(
-        with_password(&gw, "target@example.org", "Brand-new-9").await,
-        refused(401, "invalid_credentials")
-    );
-    gw.shutdown().await;
+        // An unregistered source address.
+        password_user(&gw, "elsewhere@example.org", "127.0.0.1", "Far-away-99").await;
+        cli_ok(
+            &gw.config_path,
+            &[
+                "users",
+                "set",
+                "elsewhere@example.org",
+                "--remote-addresses",
+                "192.0.2.10",
+            ],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async {
+                with_password(&gw, "elsewhere@example.org", "Far-away-99").await
+                    == refused(403, "unregistered_source")
+            })
+            .await
+        );
+
+        // An inactive user, although its password was verified (and cached) before.
+        cli_ok(
+            &gw.config_path,
+            &["users", "set", "pos@example.org", "--status", "inactive"],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async {
+                with_password(&gw, "pos@example.org", "Till-roll-42").await
+                    == refused(403, "user_inactive")
+            })
+            .await
+        );
+        gw.shutdown().await;
+    }
+}
+
+both_transports! {
+    async fn a_password_change_takes_effect_on_reload_despite_the_cache() {
+        let (gw, _up) = gateway().await;
+        password_user(&gw, "till@example.org", "127.0.0.1", "First-pass-1").await;
+        // Warm: the first password is now answered from the cache.
+        assert_eq!(
+            with_password(&gw, "till@example.org", "First-pass-1").await,
+            ok()
+        );
+
+        cli_ok(
+            &gw.config_path,
+            &["users", "set-password", "till@example.org"],
+            "Second-pass-2\n",
+        )
+        .await;
+        assert!(
+            eventually(|| async {
+                with_password(&gw, "till@example.org", "Second-pass-2").await == ok()
+            })
+            .await,
+            "the new password never worked"
+        );
+        assert_eq!(
+            with_password(&gw, "till@example.org", "First-pass-1").await,
+            refused(401, "invalid_credentials"),
+            "the cached old password is refused once the new hash is loaded"
+        );
+
+        // An unrelated reload keeps working credentials working.
+        cli_ok(
+            &gw.config_path,
+            &[
+                "users",
+                "add",
+                "other@example.org",
+                "--group",
+                "nothing",
+                "--remote-addresses",
+                "*",
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(
+            with_password(&gw, "till@example.org", "Second-pass-2").await,
+            ok()
+        );
+
+        // Deleting the user ends its cached login too.
+        cli_ok(
+            &gw.config_path,
+            &["users", "delete", "till@example.org", "--yes"],
+            "",
+        )
+        .await;
+        assert!(
+            eventually(|| async {
+                with_password(&gw, "till@example.org", "Second-pass-2").await
+                    == refused(401, "invalid_credentials")
+            })
+            .await
+        );
+        gw.shutdown().await;
+    }
+}
+
+both_transports! {
+    async fn repeated_failures_for_one_id_are_throttled_without_locking_out_a_logged_in_client() {
+        let (gw, _up) = gateway().await;
+        password_user(&gw, "target@example.org", "127.0.0.1", "Real-secret-7").await;
+        password_user(&gw, "bystander@example.org", "127.0.0.1", "Other-secret-8").await;
+
+        // Five guesses use up the per-user burst; more are refused without running Argon2.
+        for i in 0..8 {
+            let guess = format!("guess-{i}-xyz");
+            assert_eq!(
+                with_password(&gw, "target@example.org", &guess).await,
+                refused(401, "invalid_credentials")
+            );
+        }
+        // The client that already logged in is answered from the cache, before the limiter.
+        assert_eq!(
+            with_password(&gw, "target@example.org", "Real-secret-7").await,
+            ok()
+        );
+        // Another user is not affected.
+        assert_eq!(
+            with_password(&gw, "bystander@example.org", "Other-secret-8").await,
+            ok()
+        );
+
+        // A password not yet verified must wait for the bucket to refill (one attempt per 10s):
+        // right after the change, even the correct new password is refused.
+        cli_ok(
+            &gw.config_path,
+            &["users", "set-password", "target@example.org"],
+            "Brand-new-9\n",
+        )
+        .await;
+        assert!(
+            eventually(|| async {
+                with_password(&gw, "target@example.org", "Real-secret-7").await != ok()
+            })
+            .await,
+            "the password change was never loaded"
+        );
+        assert_eq!(
+            with_password(&gw, "target@example.org", "Brand-new-9").await,
+            refused(401, "invalid_credentials")
+        );
+        gw.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,3 +209,29 @@ async fn a_configured_key_header_is_found_and_stripped_whatever_its_spelling() {
     let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
     assert_eq!(r.status, 401, "only the configured header carries the key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_false_sends_every_request_through_hyper() {
+    let up = echo_upstream().await;
+    let k = TestKey::new("nofast");
+    let toml = with_server_setting(
+        &with_admin(&one_user_config(&up.url(), "nofast@example.org", &k)),
+        "fast_path = false",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    for _ in 0..3 {
+        let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.upstream_header("x-apiward-user").unwrap(),
+            ["nofast@example.org"]
+        );
+    }
+    let counts = status(admin).await;
+    assert_eq!(counts["fast_path_requests"], 0, "{counts}");
+    assert_eq!(
+        counts["connections_handed_to_hyper"], 0,
+        "nothing is handed over: hyper had every connection from the start"
+    );
+}

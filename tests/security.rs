@@ -48,49 +48,51 @@ fn status_of(response: &str) -> &str {
     response.get(9..12).unwrap_or(response)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_forwarded_entry_is_never_replaced_by_the_trusted_hop() {
-    let (_upstream, gw, k) = behind_trusted_balancer().await;
-    let addr = gw.gateway().local_addr();
-    // The balancer (127.0.0.1, whitelisted) appended the real client, 203.0.113.9.
-    for forwarded in [
-        &b"203.0.113.9"[..],
-        b"\x80, 203.0.113.9",
-        b"203.0.113.9\xff",
-        b"\xff",
-        b"not-an-address",
-    ] {
-        for request in both_paths(&k, forwarded) {
-            let response = raw(addr, &request).await;
-            assert_eq!(
-                status_of(&response),
-                "403",
-                "X-Forwarded-For {:?} via {}: {response}",
-                String::from_utf8_lossy(forwarded),
-                String::from_utf8_lossy(&request[..4]),
-            );
-            assert!(response.contains("unregistered_source"), "{response}");
+both_transports! {
+    async fn an_unreadable_forwarded_entry_is_never_replaced_by_the_trusted_hop() {
+        let (_upstream, gw, k) = behind_trusted_balancer().await;
+        let addr = gw.gateway().local_addr();
+        // The balancer (127.0.0.1, whitelisted) appended the real client, 203.0.113.9.
+        for forwarded in [
+            &b"203.0.113.9"[..],
+            b"\x80, 203.0.113.9",
+            b"203.0.113.9\xff",
+            b"\xff",
+            b"not-an-address",
+        ] {
+            for request in both_paths(&k, forwarded) {
+                let response = raw(addr, &request).await;
+                assert_eq!(
+                    status_of(&response),
+                    "403",
+                    "X-Forwarded-For {:?} via {}: {response}",
+                    String::from_utf8_lossy(forwarded),
+                    String::from_utf8_lossy(&request[..4]),
+                );
+                assert!(response.contains("unregistered_source"), "{response}");
+            }
         }
-    }
-    // A readable chain that ends in the whitelisted subnet is still admitted, on both paths.
-    for request in both_paths(&k, b"\x80, 127.0.0.9") {
-        let response = raw(addr, &request).await;
-        assert_eq!(status_of(&response), "200", "{response}");
+        // A readable chain that ends in the whitelisted subnet is still admitted, on both paths.
+        for request in both_paths(&k, b"\x80, 127.0.0.9") {
+            let response = raw(addr, &request).await;
+            assert_eq!(status_of(&response), "200", "{response}");
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_forwarded_for_lines_are_one_list_in_order() {
-    let (_upstream, gw, k) = behind_trusted_balancer().await;
-    let addr = gw.gateway().local_addr();
-    // The later line was appended by the nearer proxy: its entry is the client.
-    for request in both_paths(&k, b"127.0.0.9\r\nx-forwarded-for: 203.0.113.9") {
-        let response = raw(addr, &request).await;
-        assert_eq!(status_of(&response), "403", "{response}");
-    }
-    for request in both_paths(&k, b"203.0.113.9\r\nx-forwarded-for: 127.0.0.9") {
-        let response = raw(addr, &request).await;
-        assert_eq!(status_of(&response), "200", "{response}");
+both_transports! {
+    async fn several_forwarded_for_lines_are_one_list_in_order() {
+        let (_upstream, gw, k) = behind_trusted_balancer().await;
+        let addr = gw.gateway().local_addr();
+        // The later line was appended by the nearer proxy: its entry is the client.
+        for request in both_paths(&k, b"127.0.0.9\r\nx-forwarded-for: 203.0.113.9") {
+            let response = raw(addr, &request).await;
+            assert_eq!(status_of(&response), "403", "{response}");
+        }
+        for request in both_paths(&k, b"203.0.113.9\r\nx-forwarded-for: 127.0.0.9") {
+            let response = raw(addr, &request).await;
+            assert_eq!(status_of(&response), "200", "{response}");
+        }
     }
 }
 
@@ -137,146 +139,151 @@ async fn password_gateway(id: &str, addresses: &str, password: &str) -> (Upstrea
     (upstream, gw)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_guesses_from_outside_the_whitelist_never_count_against_the_user() {
-    let (_up, gw) = password_gateway("crm@example.org", "127.0.0.1", "Real-secret-7").await;
-    let addr = gw.gateway().local_addr();
-    // More guesses than any failure budget, from a source the user may not call from: each is
-    // refused for its source, and none is a password check.
-    for i in 0..6 {
+both_transports! {
+    async fn password_guesses_from_outside_the_whitelist_never_count_against_the_user() {
+        let (_up, gw) = password_gateway("crm@example.org", "127.0.0.1", "Real-secret-7").await;
+        let addr = gw.gateway().local_addr();
+        // More guesses than any failure budget, from a source the user may not call from: each is
+        // refused for its source, and none is a password check.
+        for i in 0..6 {
+            for request in get_and_post(&format!(
+                "authorization: {}\r\n",
+                basic("crm@example.org", &format!("guess-{i}"))
+            )) {
+                let response = raw_from("127.0.0.2", addr, &request).await;
+                assert_eq!(status_of(&response), "403", "{response}");
+                assert!(response.contains("unregistered_source"), "{response}");
+            }
+        }
+        // The real integration logs in for the first time (nothing cached) on either path.
         for request in get_and_post(&format!(
             "authorization: {}\r\n",
-            basic("crm@example.org", &format!("guess-{i}"))
+            basic("crm@example.org", "Real-secret-7")
         )) {
-            let response = raw_from("127.0.0.2", addr, &request).await;
-            assert_eq!(status_of(&response), "403", "{response}");
-            assert!(response.contains("unregistered_source"), "{response}");
+            let response = raw_from("127.0.0.1", addr, &request).await;
+            assert_eq!(status_of(&response), "200", "{response}");
         }
-    }
-    // The real integration logs in for the first time (nothing cached) on either path.
-    for request in get_and_post(&format!(
-        "authorization: {}\r\n",
-        basic("crm@example.org", "Real-secret-7")
-    )) {
-        let response = raw_from("127.0.0.1", addr, &request).await;
-        assert_eq!(status_of(&response), "200", "{response}");
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_guesses_from_one_source_do_not_lock_the_user_out_of_another() {
-    let (_up, gw) = password_gateway("crm@example.org", "127.0.0.0/8", "Real-secret-7").await;
-    let addr = gw.gateway().local_addr();
-    // Eight wrong guesses from 127.0.0.2 use up that source's budget (five), on both paths.
-    for i in 0..4 {
-        for request in get_and_post(&format!(
+both_transports! {
+    async fn password_guesses_from_one_source_do_not_lock_the_user_out_of_another() {
+        let (_up, gw) = password_gateway("crm@example.org", "127.0.0.0/8", "Real-secret-7").await;
+        let addr = gw.gateway().local_addr();
+        // Eight wrong guesses from 127.0.0.2 use up that source's budget (five), on both paths.
+        for i in 0..4 {
+            for request in get_and_post(&format!(
+                "authorization: {}\r\n",
+                basic("crm@example.org", &format!("guess-{i}"))
+            )) {
+                let response = raw_from("127.0.0.2", addr, &request).await;
+                assert_eq!(status_of(&response), "401", "{response}");
+            }
+        }
+        let right = get_and_post(&format!(
             "authorization: {}\r\n",
-            basic("crm@example.org", &format!("guess-{i}"))
-        )) {
-            let response = raw_from("127.0.0.2", addr, &request).await;
-            assert_eq!(status_of(&response), "401", "{response}");
-        }
-    }
-    let right = get_and_post(&format!(
-        "authorization: {}\r\n",
-        basic("crm@example.org", "Real-secret-7")
-    ));
-    // The guessing source is throttled: even the right password waits for its bucket.
-    let response = raw_from("127.0.0.2", addr, &right[0]).await;
-    assert_eq!(status_of(&response), "401", "{response}");
-    // The real integration, elsewhere, logs in for the first time on either path.
-    for request in &right {
-        let response = raw_from("127.0.0.1", addr, request).await;
-        assert_eq!(status_of(&response), "200", "{response}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_key_is_refused_as_invalid_credentials() {
-    let (_upstream, gw, k) = behind_trusted_balancer().await;
-    let addr = gw.gateway().local_addr();
-    let long = format!("{}{}", k.key, "x".repeat(300));
-    for request in get_and_post(&format!("x-api-key: {long}\r\n")) {
-        let response = raw(addr, &request).await;
-        assert_eq!(status_of(&response), "401", "{response}");
-        assert!(response.contains("invalid_credentials"), "{response}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ipv4_mapped_whitelist_entry_admits_the_ipv4_client() {
-    let upstream = echo_upstream().await;
-    let k = TestKey::new("mapped");
-    let users = user(
-        "mapped@example.org",
-        "active",
-        "manage-supporters",
-        "::ffff:127.0.0.1",
-        &[&k],
-    );
-    let gw = TestGateway::start(&config(&upstream.url(), &users)).await;
-    for request in get_and_post(&format!("x-api-key: {}\r\n", k.key)) {
-        let response = raw(gw.gateway().local_addr(), &request).await;
-        assert_eq!(status_of(&response), "200", "{response}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_routes_still_go_to_the_longest_prefix_on_both_paths() {
-    let upstream = echo_upstream().await;
-    let other = upstream_with(|_| async {
-        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
-            b"other",
-        )))
-    })
-    .await;
-    let k = TestKey::new("routes");
-    let mut routes = format!("[upstreams.other]\nurl = \"{}\"\n\n", other.url());
-    for i in 0..2_000 {
-        routes.push_str(&format!(
-            "[[routes]]\nprefix = \"/supporters/{i}/\"\nupstream = \"other\"\n\n"
+            basic("crm@example.org", "Real-secret-7")
         ));
+        // The guessing source is throttled: even the right password waits for its bucket.
+        let response = raw_from("127.0.0.2", addr, &right[0]).await;
+        assert_eq!(status_of(&response), "401", "{response}");
+        // The real integration, elsewhere, logs in for the first time on either path.
+        for request in &right {
+            let response = raw_from("127.0.0.1", addr, request).await;
+            assert_eq!(status_of(&response), "200", "{response}");
+        }
     }
-    let toml = config(
-        &upstream.url(),
-        &user(
-            "r@example.org",
+}
+
+both_transports! {
+    async fn an_oversized_key_is_refused_as_invalid_credentials() {
+        let (_upstream, gw, k) = behind_trusted_balancer().await;
+        let addr = gw.gateway().local_addr();
+        let long = format!("{}{}", k.key, "x".repeat(300));
+        for request in get_and_post(&format!("x-api-key: {long}\r\n")) {
+            let response = raw(addr, &request).await;
+            assert_eq!(status_of(&response), "401", "{response}");
+            assert!(response.contains("invalid_credentials"), "{response}");
+        }
+    }
+}
+
+both_transports! {
+    async fn an_ipv4_mapped_whitelist_entry_admits_the_ipv4_client() {
+        let upstream = echo_upstream().await;
+        let k = TestKey::new("mapped");
+        let users = user(
+            "mapped@example.org",
             "active",
             "manage-supporters",
-            "127.0.0.1",
+            "::ffff:127.0.0.1",
             &[&k],
-        ),
-    )
-    .replace(
-        "[groups.manage-supporters]",
-        &format!("{routes}[groups.manage-supporters]"),
-    );
-    let gw = TestGateway::start(&toml).await;
-    let addr = gw.gateway().local_addr();
-    for (path, to_other) in [
-        ("/supporters/1999/x", true),
-        ("/supporters/1999", true),
-        ("/supporters/0/", true),
-        ("/supporters/20000/x", false),
-        ("/supporters/x", false),
-    ] {
-        for method in ["GET", "POST"] {
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\nx-api-key: {}\r\n\r\n",
-                k.key
-            );
-            let request = if method == "GET" {
-                request.replace("content-length: 0\r\n", "")
-            } else {
-                request
-            };
-            let response = raw(addr, request.as_bytes()).await;
-            assert_eq!(status_of(&response), "200", "{method} {path}: {response}");
-            assert_eq!(
-                response.ends_with("\r\n\r\nother"),
-                to_other,
-                "{method} {path}: {response}"
-            );
+        );
+        let gw = TestGateway::start(&config(&upstream.url(), &users)).await;
+        for request in get_and_post(&format!("x-api-key: {}\r\n", k.key)) {
+            let response = raw(gw.gateway().local_addr(), &request).await;
+            assert_eq!(status_of(&response), "200", "{response}");
+        }
+    }
+}
+
+both_transports! {
+    async fn many_routes_still_go_to_the_longest_prefix_on_both_paths() {
+        let upstream = echo_upstream().await;
+        let other = upstream_with(|_| async {
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"other",
+            )))
+        })
+        .await;
+        let k = TestKey::new("routes");
+        let mut routes = format!("[upstreams.other]\nurl = \"{}\"\n\n", other.url());
+        for i in 0..2_000 {
+            routes.push_str(&format!(
+                "[[routes]]\nprefix = \"/supporters/{i}/\"\nupstream = \"other\"\n\n"
+            ));
+        }
+        let toml = config(
+            &upstream.url(),
+            &user(
+                "r@example.org",
+                "active",
+                "manage-supporters",
+                "127.0.0.1",
+                &[&k],
+            ),
+        )
+        .replace(
+            "[groups.manage-supporters]",
+            &format!("{routes}[groups.manage-supporters]"),
+        );
+        let gw = TestGateway::start(&toml).await;
+        let addr = gw.gateway().local_addr();
+        for (path, to_other) in [
+            ("/supporters/1999/x", true),
+            ("/supporters/1999", true),
+            ("/supporters/0/", true),
+            ("/supporters/20000/x", false),
+            ("/supporters/x", false),
+        ] {
+            for method in ["GET", "POST"] {
+                let request = format!(
+                    "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\nx-api-key: {}\r\n\r\n",
+                    k.key
+                );
+                let request = if method == "GET" {
+                    request.replace("content-length: 0\r\n", "")
+                } else {
+                    request
+                };
+                let response = raw(addr, request.as_bytes()).await;
+                assert_eq!(status_of(&response), "200", "{method} {path}: {response}");
+                assert_eq!(
+                    response.ends_with("\r\n\r\nother"),
+                    to_other,
+                    "{method} {path}: {response}"
+                );
+            }
         }
     }
 }
@@ -305,115 +312,117 @@ async fn works(gw: &TestGateway, key: &str) -> bool {
         == 200
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cli_edit_through_a_symlink_into_another_directory_is_reloaded() {
-    use std::os::unix::fs::symlink;
-    let upstream = echo_upstream().await;
-    let seed = TestKey::new("symlinkseed");
-    // The gateway is given /etc-like/apiward.toml, a link to a file in another directory (two
-    // of them: the link is later pointed at the second, as a deployment switch would).
-    let link_dir = tempfile::tempdir().expect("temp dir");
-    let real_a = tempfile::tempdir().expect("temp dir");
-    let real_b = tempfile::tempdir().expect("temp dir");
-    let toml = one_user_config(&upstream.url(), "seed@example.org", &seed);
-    std::fs::write(real_a.path().join("real.toml"), &toml).expect("write");
-    std::fs::write(real_b.path().join("real.toml"), &toml).expect("write");
-    let link = link_dir.path().join("apiward.toml");
-    symlink(real_a.path().join("real.toml"), &link).expect("symlink");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let gw = TestGateway::start_at(link_dir, link.clone(), listener).await;
-    assert!(works(&gw, &seed.key).await);
+both_transports! {
+    async fn a_cli_edit_through_a_symlink_into_another_directory_is_reloaded() {
+        use std::os::unix::fs::symlink;
+        let upstream = echo_upstream().await;
+        let seed = TestKey::new("symlinkseed");
+        // The gateway is given /etc-like/apiward.toml, a link to a file in another directory (two
+        // of them: the link is later pointed at the second, as a deployment switch would).
+        let link_dir = tempfile::tempdir().expect("temp dir");
+        let real_a = tempfile::tempdir().expect("temp dir");
+        let real_b = tempfile::tempdir().expect("temp dir");
+        let toml = one_user_config(&upstream.url(), "seed@example.org", &seed);
+        std::fs::write(real_a.path().join("real.toml"), &toml).expect("write");
+        std::fs::write(real_b.path().join("real.toml"), &toml).expect("write");
+        let link = link_dir.path().join("apiward.toml");
+        symlink(real_a.path().join("real.toml"), &link).expect("symlink");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let gw = TestGateway::start_at(link_dir, link.clone(), listener).await;
+        assert!(works(&gw, &seed.key).await);
 
-    // The CLI writes the link's target, in the other directory; no SIGHUP is sent.
-    let add = |id: &'static str| {
-        let link = link.clone();
-        async move {
-            cli(
-                &link,
-                &[
-                    "users",
-                    "add",
-                    id,
-                    "--group",
-                    "manage-supporters",
-                    "--remote-addresses",
-                    "127.0.0.1",
-                ],
-            )
-            .await
-            .expect("users add")
-        }
-    };
-    let first = add("first@example.org").await;
-    assert!(
-        eventually(|| works(&gw, &first)).await,
-        "an edit of the symlink's target was not reloaded"
-    );
-    assert!(
-        std::fs::symlink_metadata(&link)
-            .expect("link")
-            .file_type()
-            .is_symlink()
-    );
+        // The CLI writes the link's target, in the other directory; no SIGHUP is sent.
+        let add = |id: &'static str| {
+            let link = link.clone();
+            async move {
+                cli(
+                    &link,
+                    &[
+                        "users",
+                        "add",
+                        id,
+                        "--group",
+                        "manage-supporters",
+                        "--remote-addresses",
+                        "127.0.0.1",
+                    ],
+                )
+                .await
+                .expect("users add")
+            }
+        };
+        let first = add("first@example.org").await;
+        assert!(
+            eventually(|| works(&gw, &first)).await,
+            "an edit of the symlink's target was not reloaded"
+        );
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
 
-    // The link now points into the second directory (renamed over, as `ln -sfT` does); the
-    // watch follows it, and the next CLI edit there is reloaded too.
-    let tmp_link = gw.config_path.with_file_name("apiward.toml.new");
-    symlink(real_b.path().join("real.toml"), &tmp_link).expect("symlink");
-    std::fs::rename(&tmp_link, &link).expect("swap the link");
-    assert!(
-        eventually(|| async { !works(&gw, &first).await }).await,
-        "the swapped link was not reloaded"
-    );
-    let second = add("second@example.org").await;
-    assert!(
-        eventually(|| works(&gw, &second)).await,
-        "an edit in the directory the link was switched to was not reloaded"
-    );
+        // The link now points into the second directory (renamed over, as `ln -sfT` does); the
+        // watch follows it, and the next CLI edit there is reloaded too.
+        let tmp_link = gw.config_path.with_file_name("apiward.toml.new");
+        symlink(real_b.path().join("real.toml"), &tmp_link).expect("symlink");
+        std::fs::rename(&tmp_link, &link).expect("swap the link");
+        assert!(
+            eventually(|| async { !works(&gw, &first).await }).await,
+            "the swapped link was not reloaded"
+        );
+        let second = add("second@example.org").await;
+        assert!(
+            eventually(|| works(&gw, &second)).await,
+            "an edit in the directory the link was switched to was not reloaded"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_cli_edits_all_land() {
-    let upstream = echo_upstream().await;
-    let seed = TestKey::new("concurrentseed");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("apiward.toml");
-    std::fs::write(
-        &path,
-        one_user_config(&upstream.url(), "seed@example.org", &seed),
-    )
-    .expect("write");
-    // Six edits at once: without a lock each reads the same file, and all but one are lost or
-    // refused as "changed meanwhile".
-    let ids: Vec<String> = (0..6)
-        .map(|i| format!("concurrent-{i}@example.org"))
-        .collect();
-    let edits = ids.iter().map(|id| {
-        let path = path.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            cli(
-                &path,
-                &[
-                    "users",
-                    "add",
-                    &id,
-                    "--group",
-                    "manage-supporters",
-                    "--remote-addresses",
-                    "127.0.0.1",
-                ],
-            )
-            .await
-        })
-    });
-    let results = futures_join_all(edits).await;
-    for (id, result) in ids.iter().zip(&results) {
-        assert!(result.is_ok(), "{id}: {result:?}");
-    }
-    let listed = cli(&path, &["users", "list"]).await.expect("users list");
-    for id in &ids {
-        assert!(listed.contains(id.as_str()), "{id} was lost:\n{listed}");
+both_transports! {
+    async fn concurrent_cli_edits_all_land() {
+        let upstream = echo_upstream().await;
+        let seed = TestKey::new("concurrentseed");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("apiward.toml");
+        std::fs::write(
+            &path,
+            one_user_config(&upstream.url(), "seed@example.org", &seed),
+        )
+        .expect("write");
+        // Six edits at once: without a lock each reads the same file, and all but one are lost or
+        // refused as "changed meanwhile".
+        let ids: Vec<String> = (0..6)
+            .map(|i| format!("concurrent-{i}@example.org"))
+            .collect();
+        let edits = ids.iter().map(|id| {
+            let path = path.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                cli(
+                    &path,
+                    &[
+                        "users",
+                        "add",
+                        &id,
+                        "--group",
+                        "manage-supporters",
+                        "--remote-addresses",
+                        "127.0.0.1",
+                    ],
+                )
+                .await
+            })
+        });
+        let results = futures_join_all(edits).await;
+        for (id, result) in ids.iter().zip(&results) {
+            assert!(result.is_ok(), "{id}: {result:?}");
+        }
+        let listed = cli(&path, &["users", "list"]).await.expect("users list");
+        for id in &ids {
+            assert!(listed.contains(id.as_str()), "{id} was lost:\n{listed}");
+        }
     }
 }
 

@@ -283,6 +283,7 @@ impl Compiler<'_> {
             idle_timeout: self.duration(raw.idle_timeout.as_ref(), "60s", true),
             shutdown_timeout: self.duration(raw.shutdown_timeout.as_ref(), "10s", false),
             max_header_bytes,
+            fast_path: raw.fast_path.as_ref().is_none_or(|v| *v.get_ref()),
         }
     }
 

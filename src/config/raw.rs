@@ -46,6 +46,7 @@ pub struct RawServer {
     pub admin_session_idle: Option<Spanned<String>>,
     pub recent_requests_per_user: Option<Spanned<i64>>,
     pub recent_refusals: Option<Spanned<i64>>,
+    pub fast_path: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

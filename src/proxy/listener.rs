@@ -156,12 +156,18 @@ fn serve_connection<S>(
     let gauge = proxy.policy.telemetry.metrics.open_connections();
     gauge.increment(1.0);
     open.count.fetch_add(1, Ordering::Relaxed);
+    // Read once per connection: a reload applies to the connections accepted after it.
+    let fast_path = proxy.policy.store.load().server.fast_path;
     tokio::spawn(async move {
-        let (stream, read) = match h1::serve(&proxy.engine, stream, peer, peer_text.clone()).await {
-            h1::Outcome::Done => (None, Bytes::new()),
-            h1::Outcome::HandOver(stream, read) => {
-                proxy.handovers.fetch_add(1, Ordering::Relaxed);
-                (Some(stream), read)
+        let (stream, read) = if !fast_path {
+            (Some(stream), Bytes::new())
+        } else {
+            match h1::serve(&proxy.engine, stream, peer, peer_text.clone()).await {
+                h1::Outcome::Done => (None, Bytes::new()),
+                h1::Outcome::HandOver(stream, read) => {
+                    proxy.handovers.fetch_add(1, Ordering::Relaxed);
+                    (Some(stream), read)
+                }
             }
         };
         if let Some(stream) = stream {

@@ -131,7 +131,80 @@ pub async fn describe(req: Request<Incoming>) -> Response<Full<Bytes>> {
     Response::new(Full::new(Bytes::from(doc.to_string())))
 }
 
-/// The gateway, started from a TOML string written to a temporary directory.
+/// Which of the gateway's two transports serves a test's requests: the HTTP/1 engine first (the
+/// default, `fast_path = true`), or hyper's server for every request (`fast_path = false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    FastPath,
+    HyperOnly,
+}
+
+tokio::task_local! {
+    static TRANSPORT: Transport;
+}
+
+/// The transport of the test running now (`both_transports!` sets it; `FastPath` otherwise).
+pub fn transport() -> Transport {
+    TRANSPORT.try_with(|t| *t).unwrap_or(Transport::FastPath)
+}
+
+/// Runs `body` with `transport` as the one every gateway it starts serves with.
+pub async fn on_transport<F: Future>(transport: Transport, body: F) -> F::Output {
+    TRANSPORT.scope(transport, body).await
+}
+
+/// `toml` as the current transport needs it: unchanged for the fast path, with
+/// `fast_path = false` in `[server]` for hyper only.
+pub fn for_transport(toml: &str) -> String {
+    match transport() {
+        Transport::FastPath => toml.to_string(),
+        Transport::HyperOnly => with_server_setting(toml, "fast_path = false"),
+    }
+}
+
+/// `toml` with `line` added to its `[server]` table (which is added if there is none).
+pub fn with_server_setting(toml: &str, line: &str) -> String {
+    if toml.contains(line) {
+        return toml.to_string();
+    }
+    match toml.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}{line}\n{}", &toml[..end], &toml[end..])
+        }
+        None => format!("[server]\n{line}\n\n{toml}"),
+    }
+}
+
+/// Declares each `async fn name() { body }` as two tests, `name::fast_path` and
+/// `name::hyper_only`: the same body against gateways that serve with the fast path, and with
+/// `fast_path = false` (hyper for every request), so the request contract is stated once and
+/// checked on both transports.
+#[macro_export]
+macro_rules! both_transports {
+    ($($(#[$attr:meta])* async fn $name:ident() $body:block)*) => {$(
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fast_path() {
+                $crate::common::on_transport($crate::common::Transport::FastPath, async $body)
+                    .await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hyper_only() {
+                $crate::common::on_transport($crate::common::Transport::HyperOnly, async $body)
+                    .await
+            }
+        }
+    )*};
+}
+
+/// The gateway, started from a TOML string written to a temporary directory. Under
+/// `both_transports!` it serves with the test's transport (`for_transport`).
 pub struct TestGateway {
     pub gateway: Option<Gateway>,
     pub addr: SocketAddr,
@@ -159,6 +232,10 @@ impl TestGateway {
         config_path: PathBuf,
         listener: std::net::TcpListener,
     ) -> TestGateway {
+        if transport() == Transport::HyperOnly {
+            let toml = std::fs::read_to_string(&config_path).expect("read config");
+            std::fs::write(&config_path, for_transport(&toml)).expect("write config");
+        }
         let gateway = Gateway::start(&config_path, Some(listener), Options::default())
             .await
             .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
@@ -180,7 +257,7 @@ impl TestGateway {
 
     /// Replaces the configuration the way editors do: write a temporary file, rename it over.
     pub fn replace_config(&self, toml: &str) {
-        replace_file(&self.config_path, toml);
+        replace_file(&self.config_path, &for_transport(toml));
     }
 
     pub async fn shutdown(mut self) {

@@ -21,6 +21,11 @@ impl<B> Counted<B> {
     pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
         Counted { inner, bytes }
     }
+
+    /// Where the bytes are counted.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.bytes)
+    }
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {

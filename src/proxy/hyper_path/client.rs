@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Method, Request, Response};
+use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -33,8 +34,9 @@ use crate::proxy::policy::{
 };
 use crate::proxy::upstream::{IdlePool, Limits, connect_tcp};
 
-/// What a request sends upstream: the client's body, counted as it streams.
-pub type RequestBody = Counted<Incoming>;
+/// What a request sends upstream: the client's body, counted as it streams (or none, when a
+/// bodiless request is sent again).
+pub type RequestBody = Counted<Either<Incoming, Empty<Bytes>>>;
 
 type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
 
@@ -109,10 +111,20 @@ impl Pool {
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // A pooled connection that turns out unusable before the request was written gets the
-        // request back; then a new connection is tried, once.
+        // request back; then a new connection is tried, once. One that the upstream closed as the
+        // request was written, before answering, is the race no pool avoids: a bodiless
+        // idempotent request is sent once more, on a new connection (as the HTTP/1 engine does).
         let mut fresh_tried = false;
+        let mut replay = Replay::of(&request);
+        let mut may_reuse = true;
         loop {
-            let mut conn = match self.checkout(authority).await {
+            let pooled = if may_reuse {
+                self.checkout(authority).await
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
                 Some(conn) => conn,
                 None => {
                     fresh_tried = true;
@@ -141,6 +153,15 @@ impl Pool {
                 }
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) if !fresh_tried => request = unsent,
+                    None if reused && failed.error().is_incomplete_message() => {
+                        match replay.take().map(Replay::into_request) {
+                            Some(again) => {
+                                request = again;
+                                may_reuse = false;
+                            }
+                            None => return Err(UpstreamError::Http(failed.into_error())),
+                        }
+                    }
                     _ => return Err(UpstreamError::Http(failed.into_error())),
                 },
             }
@@ -205,6 +226,39 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Upstr
     })
 }
 
+/// A copy of a request that may be sent again: a bodiless GET, HEAD, DELETE or OPTIONS (the
+/// methods the HTTP/1 engine serves, all idempotent).
+struct Replay {
+    parts: http::request::Parts,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Replay {
+    fn of(request: &Request<RequestBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        );
+        if !idempotent || !request.body().is_end_stream() {
+            return None;
+        }
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = request.method().clone();
+        parts.uri = request.uri().clone();
+        parts.version = request.version();
+        parts.headers = request.headers().clone();
+        Some(Replay {
+            parts,
+            counter: request.body().counter(),
+        })
+    }
+
+    fn into_request(self) -> Request<RequestBody> {
+        let body = Counted::new(Either::Right(Empty::new()), self.counter);
+        Request::from_parts(self.parts, body)
+    }
+}
+
 /// A connection on its way back to the pool once its response has been read.
 struct Checkin {
     pool: Weak<Pool>,
@@ -263,7 +317,11 @@ impl Body for UpstreamBody {
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            // Trailers end an HTTP/1.1 body: hyper's server finishes the response with them and
+            // never asks for more, so the connection goes back now or not at all.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.inner.is_end_stream() => {
+                this.release()
+            }
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}

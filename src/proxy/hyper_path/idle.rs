@@ -1,5 +1,6 @@
 //! A client connection for hyper's server that closes itself after `idle_timeout` without a byte
-//! in either direction.
+//! in either direction: a client that stops sending, or one that stops reading its answers (as
+//! the HTTP/1 engine gives each wait `idle_timeout`).
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +27,28 @@ impl<T> IdleTimeout<T> {
         }
     }
 
-    /// Called when a read is pending: true once the connection has been idle for too long.
+    /// A write's outcome: progress is activity; a write that waits for a client that does not
+    /// read fails once the connection has been idle for too long.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.last_activity = Instant::now();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.idle_expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "idle timeout: the client stopped reading",
+            ))),
+            other => other,
+        }
+    }
+
+    /// Called when a read or write is pending: true once the connection has been idle for too
+    /// long.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = self.last_activity + self.idle;
         if Instant::now() >= deadline {
@@ -74,10 +96,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.last_activity = Instant::now();
-        }
-        result
+        self.wrote(cx, result)
     }
 
     fn poll_write_vectored(
@@ -86,10 +105,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.last_activity = Instant::now();
-        }
-        result
+        self.wrote(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -113,7 +113,7 @@ impl HyperPath {
         bytes_in: &Arc<AtomicU64>,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
-        let body = Counted::new(body, Arc::clone(bytes_in));
+        let body = Counted::new(Either::Left(body), Arc::clone(bytes_in));
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -169,6 +169,9 @@ impl HyperPath {
                         match check_response_framing(&parts.headers) {
                             Ok(()) => {
                                 headers::strip_response(&mut parts.headers);
+                                // Whatever the upstream spoke, the client is answered in
+                                // HTTP/1.1 (the engine does the same).
+                                parts.version = http::Version::HTTP_11;
                                 return Response::from_parts(parts, Either::Left(body));
                             }
                             // Dropping the body closes its connection: it is never reused.
