@@ -278,7 +278,15 @@ fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
 /// Why the gateway did not start, with what to do about it.
 fn start_failure(path: &Path, e: &StartError) -> Report {
     match e {
-        StartError::Config(errors) => Report::new(Exit::Usage, errors),
+        StartError::Config(errors) => Report::new(
+            Exit::Usage,
+            errors
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\nerror: "),
+        ),
         StartError::Bind { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => {
             Report::new(Exit::Failure, e).hint(format!(
                 "another process listens on {addr} (`ss -ltnp 'sport = :{}'` shows which): stop it, or change `listen`/`admin_listen` in [server] of {}",

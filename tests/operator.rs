@@ -521,3 +521,33 @@ fn a_no_route_log_line_shows_the_normalised_path() {
     let line: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(line["path"], "/nowhere/x", "{line}");
 }
+
+#[test]
+fn check_reports_every_value_of_the_wrong_type_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = SHIPPED
+        .replace("max_header_bytes = 32768", "max_header_bytes = \"32k\"")
+        .replace("key_header = \"X-Api-Key\"", "key_header = 1")
+        .replacen("status = \"active\" ", "status = true ", 1);
+    std::fs::write(dir.path().join("bad.toml"), &text).unwrap();
+    let out = apiward(dir.path(), &["check", "--config", "bad.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    for (i, needle) in [
+        "key_header = 1",
+        "max_header_bytes = \"32k\"",
+        "status = true",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            lines[i].starts_with(&format!("error: bad.toml:{}:", line_of(&text, needle))),
+            "line {i}: {err}"
+        );
+        assert!(lines[i].contains("invalid type"), "{err}");
+    }
+    assert!(lines[3].starts_with("hint: bad.toml: 3 errors;"), "{err}");
+}

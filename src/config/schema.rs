@@ -18,8 +18,11 @@ use super::raw::{
 /// One problem: where (if it is at one place), and what.
 pub type Problem = (Option<Range<usize>>, String);
 
-/// Parses `text`, reporting every unknown field and then the first error serde finds in the rest;
-/// the config is `Some` when nothing but unknown fields was wrong.
+/// How many values of the wrong type are reported before the rest is left to the next run.
+const MAX_TYPE_ERRORS: usize = 50;
+
+/// Parses `text`, reporting every unknown field and every value of the wrong type (each is set
+/// aside and the rest read again); the config is `Some` when nothing but unknown fields was wrong.
 pub fn parse_reporting_all(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
     let mut root = match DeTable::parse(text) {
         Ok(root) => root,
@@ -27,15 +30,80 @@ pub fn parse_reporting_all(text: &str) -> (Option<RawConfig>, Vec<Problem>) {
     };
     let mut problems = Vec::new();
     prune(root.get_mut(), Kind::Root, "the top level", &mut problems);
-    let raw = match RawConfig::deserialize(toml::de::Deserializer::from(root)) {
-        Ok(raw) => Some(raw),
-        Err(e) => {
-            problems.push(problem(&e));
-            None
+    // What was set aside: the key, and the span of the table it was in.
+    let mut set_aside: Vec<(String, Range<usize>)> = Vec::new();
+    let mut raw = None;
+    for _ in 0..MAX_TYPE_ERRORS {
+        match RawConfig::deserialize(toml::de::Deserializer::from(root.clone())) {
+            Ok(r) => {
+                // Set-aside values were errors: the file is not accepted, but what else is
+                // wrong in it (addresses, references) is still worth checking.
+                raw = Some(r);
+                break;
+            }
+            Err(e) => {
+                // A required field set aside for its type is not missing as well; its table is
+                // then set aside whole, and the rest read on.
+                let missing_set_aside = set_aside.iter().any(|(name, table)| {
+                    e.span().as_ref() == Some(table)
+                        && e.message().starts_with(&format!("missing field `{name}`"))
+                });
+                if !missing_set_aside {
+                    problems.push(problem(&e));
+                }
+                let whole = root.span();
+                match e
+                    .span()
+                    .and_then(|span| remove_value_at(root.get_mut(), whole, span.start))
+                {
+                    Some(name) => set_aside.push(name),
+                    None => break,
+                }
+            }
         }
-    };
+    }
+    if !set_aside.is_empty() {
+        raw = None;
+    }
     problems.sort_by_key(|(span, _)| span.as_ref().map_or(0, |s| s.start));
     (raw, problems)
+}
+
+/// Removes the innermost `key = value` whose value holds byte `at` (the value serde refused),
+/// or the table whose header or inline braces start there (a table serde found incomplete), and
+/// gives its key; `None` when nothing is there. Tables defined by a `[header]` span only their
+/// header, so every table is searched, not only the one whose span holds `at`.
+fn remove_value_at(
+    table: &mut DeTable<'_>,
+    span: Range<usize>,
+    at: usize,
+) -> Option<(String, Range<usize>)> {
+    let mut found = None;
+    for (key, value) in table.iter_mut() {
+        let holds = value.span().contains(&at) || key.span().contains(&at);
+        let value_span = value.span();
+        let inner = match value.get_mut() {
+            DeValue::Table(t) => remove_value_at(t, value_span, at),
+            DeValue::Array(items) => items.iter_mut().find_map(|item| {
+                let item_span = item.span();
+                match item.get_mut() {
+                    DeValue::Table(t) => remove_value_at(t, item_span, at),
+                    _ => None,
+                }
+            }),
+            _ => None,
+        };
+        if inner.is_some() {
+            return inner;
+        }
+        if holds {
+            found = Some(key.clone());
+            break;
+        }
+    }
+    let key = found?;
+    table.remove(&key);
+    Some((key.get_ref().to_string(), span))
 }
 
 fn problem(e: &toml::de::Error) -> Problem {
@@ -213,6 +281,37 @@ impl<'de> serde::Deserializer<'de> for &mut Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_of_the_wrong_type_is_reported_not_only_the_first() {
+        let text = "[server]\nworkers = \"two\"\nlisten = 8080\n\n[groups.g]\nallow = [{ path = \"/**\", verbs = \"view\" }]\n\n[users.\"u@example.org\"]\nstatus = \"active\"\ngroup = 7\nremote_addresses = \"*\"\n";
+        let (raw, problems) = parse_reporting_all(text);
+        assert!(raw.is_none());
+        let lines: Vec<usize> = problems
+            .iter()
+            .map(|(span, _)| text[..span.clone().unwrap().start].matches('\n').count() + 1)
+            .collect();
+        assert_eq!(lines, [2, 3, 6, 10], "{problems:?}");
+        // A required field set aside for its type is not reported missing as well.
+        assert!(
+            !problems.iter().any(|(_, m)| m.contains("missing field")),
+            "{problems:?}"
+        );
+
+        // A table that misses a field is reported, set aside, and the rest still read.
+        let text = "[users.\"a@example.org\"]\ngroup = \"g\"\nremote_addresses = \"*\"\n\n[users.\"b@example.org\"]\nstatus = 1\ngroup = \"g\"\n";
+        let (_, problems) = parse_reporting_all(text);
+        let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].starts_with("missing field `status`"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].starts_with("invalid type: integer `1`"),
+            "{messages:?}"
+        );
+    }
 
     #[test]
     fn the_known_fields_are_those_of_the_raw_types() {
