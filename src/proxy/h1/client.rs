@@ -3,7 +3,6 @@
 //! connection that closed before any byte of the answer; every request the engine serves is
 //! idempotent).
 
-use std::io;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -16,19 +15,11 @@ use tokio::net::TcpStream;
 use super::codec::{ResponseHead, parse_response_head};
 use super::conn::Conn;
 use super::deadline::{Read, Timer, Written, read_until, write_until};
+use super::engine::is_open;
 use crate::proxy::policy::{
     ConnectError, Forward, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, UpstreamFailure,
 };
-use crate::proxy::upstream::{IdlePool, connect_tcp};
-
-/// The engine's idle upstream connections: plain sockets, checked with `is_open`.
-pub type RawPool = IdlePool<TcpStream>;
-
-/// An idle connection is open when reading from it would block: no end of stream, no stray bytes.
-pub(super) fn is_open(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
+use crate::proxy::upstream::connect_tcp;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// Sends the request head upstream and reads the response head, retrying once on a new

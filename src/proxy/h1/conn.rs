@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use super::codec::{MAX_HEADERS, http_date, push_header};
 use super::deadline::{Read, StopWatch, Timer, Written, read_until, write_until};
 use super::engine::Engine;
-use super::forward::Upstream;
 use crate::config::reload::ConfigStore;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::{Known, X_FORWARDED_FOR, classify};
@@ -342,12 +341,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 return self.refuse(refusal, &mut record, head.close).await;
             }
         };
-        let upstream = Upstream {
-            authority,
-            limits: forward.limits,
-        };
-        self.relay(response, head.close, &mut record, &upstream, received)
-            .await
+        self.relay(
+            response,
+            head.close,
+            &mut record,
+            (authority, forward.limits),
+            received,
+        )
+        .await
     }
 
     /// Writes a refusal: its status, headers and body are `Refusal::response`'s, as on hyper's

@@ -1,12 +1,24 @@
 //! What the HTTP/1 engine keeps across connections: the policy it serves, its upstream pool,
 //! graceful shutdown, and the count of requests it answered.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::client::{RawPool, is_open};
+use tokio::net::TcpStream;
+
 use super::deadline::Stop;
 use crate::proxy::policy::Policy;
+use crate::proxy::upstream::IdlePool;
+
+/// The engine's idle upstream connections: plain sockets, checked with `is_open`.
+pub type RawPool = IdlePool<TcpStream>;
+
+/// An idle connection is open when reading from it would block: no end of stream, no stray bytes.
+pub(super) fn is_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
 
 pub struct Engine {
     pub(super) policy: Arc<Policy>,

@@ -19,9 +19,9 @@ use crate::proxy::policy::headers::OnRequest;
 use crate::proxy::upstream::Limits;
 
 /// Where a request's upstream connection goes back to, and on what terms.
-pub(super) struct Upstream<'a> {
-    pub(super) authority: &'a Authority,
-    pub(super) limits: Limits,
+struct Upstream<'a> {
+    authority: &'a Authority,
+    limits: Limits,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
@@ -98,9 +98,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         response: ResponseHead,
         client_close: bool,
         record: &mut RequestRecord,
-        upstream: &Upstream<'_>,
+        (authority, limits): (&Authority, Limits),
         received: Instant,
     ) -> Step {
+        let upstream = &Upstream { authority, limits };
         let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
         record.status = response.status;
         // The head as received minus its hop-by-hop lines: status line and kept headers were
