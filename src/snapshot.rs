@@ -221,6 +221,8 @@ pub struct ServerSettings {
     pub admin_listen: Option<SocketAddr>,
     pub trusted_proxies: Box<[AddressBlock]>,
     pub key_header: HeaderName,
+    /// Other request headers that carry a credential (`credential_headers`): never forwarded.
+    pub credential_headers: Arc<[HeaderName]>,
     pub workers: usize,
     pub organisation: Option<String>,
     pub connect_timeout: Duration,

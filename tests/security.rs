@@ -435,3 +435,56 @@ async fn futures_join_all<T>(tasks: impl Iterator<Item = tokio::task::JoinHandle
     }
     out
 }
+
+/// The headers the upstream saw (from the echo upstream's JSON description in `response`).
+fn upstream_saw(response: &str) -> serde_json::Value {
+    let body = &response[response.find("\r\n\r\n").map_or(0, |i| i + 4)..];
+    let doc: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("not the upstream's JSON ({e}): {response}"));
+    doc["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_the_gateway_recognises_reaches_the_upstream_whichever_was_used() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("strip");
+    let toml = one_user_config(&upstream.url(), "strip@example.org", &k).replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"2s\"\ncredential_headers = [\"X-Legacy-Token\"]",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.gateway().local_addr();
+    // The key in X-Api-Key, and a Bearer key (anyone's) and a legacy token beside it.
+    for request in get_and_post(&format!(
+        "x-api-key: {}\r\nauthorization: Bearer aw_someoneElsesKey0000000000000000000000000000\r\nx-legacy-token: s3cret\r\nx-kept: yes\r\n",
+        k.key
+    )) {
+        let response = raw(addr, &request).await;
+        assert_eq!(status_of(&response), "200", "{response}");
+        let headers = upstream_saw(&response);
+        assert!(headers.get("authorization").is_none(), "{headers}");
+        assert!(headers.get("x-legacy-token").is_none(), "{headers}");
+        assert!(headers.get("x-api-key").is_none(), "{headers}");
+        assert_eq!(headers["x-kept"][0], "yes", "{headers}");
+    }
+    // A Basic credential beside the key is ours too; another scheme is the upstream's.
+    for (authorization, forwarded) in [
+        ("Basic dTpw", false),
+        ("bearer x", false),
+        ("Token upstream-credential", true),
+    ] {
+        for request in get_and_post(&format!(
+            "x-api-key: {}\r\nauthorization: {authorization}\r\n",
+            k.key
+        )) {
+            let response = raw(addr, &request).await;
+            assert_eq!(status_of(&response), "200", "{response}");
+            let headers = upstream_saw(&response);
+            assert_eq!(
+                headers.get("authorization").is_some(),
+                forwarded,
+                "{authorization}: {headers}"
+            );
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub struct RawServer {
     pub admin_listen: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub key_header: Option<Spanned<String>>,
+    pub credential_headers: Option<Vec<Spanned<String>>>,
     pub workers: Option<Spanned<i64>>,
     pub organisation: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,

@@ -307,6 +307,38 @@ fn forty_thousand_routes_compile_and_a_duplicate_is_still_found() {
 }
 
 #[test]
+fn credential_headers_are_other_headers_only() {
+    let with = |list: &str| {
+        base("").replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:8080\"\ncredential_headers = {list}"),
+        )
+    };
+    let s = compile(
+        Path::new("x.toml"),
+        &with("[\"X-Legacy-Token\", \"x-legacy-token\"]"),
+    )
+    .unwrap();
+    assert_eq!(
+        &*s.server.credential_headers,
+        [HeaderName::from_static("x-legacy-token")]
+    );
+    for bad in [
+        "\"x-api-key\"",
+        "\"Authorization\"",
+        "\"host\"",
+        "\"x forwarded\"",
+    ] {
+        let e = errors(&with(&format!("[{bad}]")));
+        assert!(
+            e[0].message.contains("credential_headers"),
+            "{bad}: {}",
+            e[0]
+        );
+    }
+}
+
+#[test]
 fn unix_seconds_matches_known_instants() {
     let dt: Datetime = "1970-01-01T00:00:00Z".parse().unwrap();
     assert_eq!(unix_seconds(&dt), Ok(0));

@@ -245,7 +245,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             let known = if name.eq_ignore_ascii_case(key_header.as_str().as_bytes()) {
                 Known::Key
             } else {
-                classify(name)
+                match classify(name) {
+                    Known::Other
+                        if snapshot
+                            .server
+                            .credential_headers
+                            .iter()
+                            .any(|c| name.eq_ignore_ascii_case(c.as_str().as_bytes())) =>
+                    {
+                        Known::ExtraCredential
+                    }
+                    known => known,
+                }
             };
             match known {
                 Known::TransferEncoding | Known::Expect | Known::Upgrade => return Parsed::Slow,

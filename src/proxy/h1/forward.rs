@@ -12,7 +12,6 @@ use super::chunked::{BadChunk, ChunkTracker, body_part};
 use super::codec::{Framing, Lines, ResponseHead, http_date, push_header};
 use super::conn::{Conn, Head, Step};
 use super::deadline::{Read, Written, read_until, write_until};
-use crate::auth::credential::CredentialSource;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::Forward;
 use crate::proxy::policy::headers::OnRequest;
@@ -42,7 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         out.extend_from_slice(authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
         let trusted = forward.peer_is_trusted;
-        let strip_authorization = forward.credential_source == CredentialSource::Authorization;
+        let strip_authorization = forward.strip_authorization;
         let mut original_host: Option<&[u8]> = None;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);

@@ -123,7 +123,8 @@ impl HyperPath {
         headers::strip_request(
             &mut parts.headers,
             &forward.key_header,
-            forward.credential_source,
+            forward.credential_headers.as_deref().unwrap_or_default(),
+            forward.strip_authorization,
             forward.peer_is_trusted,
         );
         headers::add_forwarding(

@@ -28,7 +28,11 @@ pub struct Forward {
     pub upstream_timeout: std::time::Duration,
     pub limits: Limits,
     pub key_header: http::HeaderName,
-    pub credential_source: credential::CredentialSource,
+    /// `credential_headers`, when any are configured.
+    pub credential_headers: Option<Arc<[http::HeaderName]>>,
+    /// An `Authorization` line uses Bearer or Basic: it is a credential of ours, never forwarded,
+    /// whichever credential was used.
+    pub strip_authorization: bool,
 }
 
 impl Policy {
@@ -77,7 +81,7 @@ impl Policy {
             return (Err(Refusal::BadFraming), record);
         }
         let mut scratch = String::new();
-        let (credential, credential_source) =
+        let (credential, _) =
             credential::extract(request_headers, &snapshot.server.key_header, &mut scratch);
         record.presented = match credential {
             credential::Credential::Key(_) => Presented::Key,
@@ -153,7 +157,9 @@ impl Policy {
                 upstream_timeout: snapshot.server.upstream_timeout,
                 limits: Limits::of(&snapshot.server),
                 key_header: snapshot.server.key_header.clone(),
-                credential_source,
+                credential_headers: (!snapshot.server.credential_headers.is_empty())
+                    .then(|| Arc::clone(&snapshot.server.credential_headers)),
+                strip_authorization: super::headers::authorization_is_ours(request_headers),
             })
         })();
         if let Err(refusal) = &forward {

@@ -6,7 +6,6 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::auth::address::ClientAddress;
-use crate::auth::credential::CredentialSource;
 use crate::snapshot::Snapshot;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -21,6 +20,8 @@ pub static X_APIWARD_GROUP: HeaderName = HeaderName::from_static("x-apiward-grou
 pub enum Known {
     /// The configured key header.
     Key,
+    /// A configured `credential_headers` entry.
+    ExtraCredential,
     Host,
     Date,
     Connection,
@@ -119,14 +120,15 @@ pub enum OnResponse {
 
 impl Known {
     /// The request rule. `peer_is_trusted`: the TCP peer is a trusted proxy;
-    /// `credential_in_authorization`: the credential came in `Authorization`.
+    /// `authorization_is_ours`: an `Authorization` line uses a scheme the gateway consumes
+    /// (`authorization_is_ours`).
     #[inline]
-    pub fn on_request(self, peer_is_trusted: bool, credential_in_authorization: bool) -> OnRequest {
+    pub fn on_request(self, peer_is_trusted: bool, authorization_is_ours: bool) -> OnRequest {
         match self {
-            // A key header is removed even when the credential came from elsewhere: a key is
-            // never forwarded.
-            Known::Key => OnRequest::Drop,
-            Known::Authorization if credential_in_authorization => OnRequest::Drop,
+            // Whatever credential was used, none that the gateway recognises is forwarded: a key
+            // header, a configured credential header, a Bearer or Basic `Authorization`.
+            Known::Key | Known::ExtraCredential => OnRequest::Drop,
+            Known::Authorization if authorization_is_ours => OnRequest::Drop,
             Known::Authorization => OnRequest::Keep,
             Known::Host => OnRequest::Host,
             Known::Connection => OnRequest::DropWithNamed,
@@ -148,6 +150,7 @@ impl Known {
             Known::Hop | Known::Upgrade | Known::XRequestId => OnResponse::Drop,
             Known::TransferEncoding => OnResponse::Framing,
             Known::Key
+            | Known::ExtraCredential
             | Known::Host
             | Known::Date
             | Known::ContentLength
@@ -160,6 +163,22 @@ impl Known {
             | Known::Other => OnResponse::Keep,
         }
     }
+}
+
+/// Whether an `Authorization` value uses a scheme the gateway consumes (Bearer, Basic): such a
+/// line carries what the gateway recognises as a credential, whether or not it was the one used.
+pub fn is_our_scheme(value: &[u8]) -> bool {
+    let value = value.trim_ascii_start();
+    let scheme = value.split(|b| *b == b' ').next().unwrap_or(value);
+    scheme.eq_ignore_ascii_case(b"bearer") || scheme.eq_ignore_ascii_case(b"basic")
+}
+
+/// Whether any `Authorization` line of `headers` uses a scheme the gateway consumes.
+pub fn authorization_is_ours(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| is_our_scheme(v.as_bytes()))
 }
 
 /// The header names a `Connection` value lists besides `close` and `keep-alive` (a `Keep-Alive`
@@ -226,11 +245,15 @@ fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
 pub fn strip_request(
     headers: &mut HeaderMap,
     key_header: &HeaderName,
-    credential: CredentialSource,
+    credential_headers: &[HeaderName],
+    authorization_is_ours: bool,
     peer_is_trusted: bool,
 ) {
     headers.remove(key_header);
-    let in_authorization = credential == CredentialSource::Authorization;
+    for name in credential_headers {
+        headers.remove(name);
+    }
+    let in_authorization = authorization_is_ours;
     // Most requests carry none of them: then nothing is allocated.
     let mut dropped = Vec::new();
     for name in headers.keys() {
@@ -402,7 +425,8 @@ mod tests {
         strip_request(
             &mut h,
             &HeaderName::from_static("x-api-key"),
-            CredentialSource::KeyHeader,
+            &[],
+            false,
             false,
         );
         add_forwarding(
