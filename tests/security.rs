@@ -488,3 +488,56 @@ async fn no_credential_the_gateway_recognises_reaches_the_upstream_whichever_was
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_is_not_a_keys_last_use_but_its_last_refusal() {
+    let upstream = echo_upstream().await;
+    let (good, far) = (TestKey::new("lastusegood"), TestKey::new("lastusefar"));
+    let toml = with_admin(&config(&upstream.url(), &good_and_far_users(&good, &far)));
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.gateway().local_addr();
+    let admin = gw.gateway().admin_addr().expect("admin listener");
+    let key_entry = |keys: &serde_json::Value, k: &TestKey| {
+        keys["keys"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|e| e["sha256"] == k.sha256.as_str())
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("no key {} in {keys}", k.sha256))
+    };
+    // far@ calls from 127.0.0.1, outside its whitelist: refused on both paths.
+    for request in get_and_post(&format!("x-api-key: {}\r\n", far.key)) {
+        let response = raw(addr, &request).await;
+        assert_eq!(status_of(&response), "403", "{response}");
+    }
+    // good@ asks for a path its group does not allow: refused too.
+    let response = raw(
+        addr,
+        format!(
+            "DELETE /supporters/1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: {}\r\n\r\n",
+            good.key
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&response), "403", "{response}");
+    let keys = get(&format!("http://{admin}/keys"), &[]).await.json();
+    for k in [&far, &good] {
+        let entry = key_entry(&keys, k);
+        assert!(
+            entry["last_used"].is_null(),
+            "a refusal is not a use: {entry}"
+        );
+        assert!(entry["last_refused"].is_string(), "{entry}");
+    }
+    // An admitted request is a use.
+    for request in get_and_post(&format!("x-api-key: {}\r\n", good.key)) {
+        let response = raw(addr, &request).await;
+        assert_eq!(status_of(&response), "200", "{response}");
+    }
+    let keys = get(&format!("http://{admin}/keys"), &[]).await.json();
+    assert!(key_entry(&keys, &good)["last_used"].is_string(), "{keys}");
+    assert!(key_entry(&keys, &far)["last_used"].is_null(), "{keys}");
+}

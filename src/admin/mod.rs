@@ -214,6 +214,7 @@ fn keys(state: &AdminState) -> serde_json::Value {
                 "created": key.created.map(rfc3339),
                 "expires": key.expires.map(rfc3339),
                 "last_used": state.telemetry.key_usage.last_used(digest).map(rfc3339),
+                "last_refused": state.telemetry.key_usage.last_refused(digest).map(rfc3339),
             })
         })
         .collect();
@@ -231,6 +232,7 @@ fn keys(state: &AdminState) -> serde_json::Value {
             serde_json::json!({
                 "user": &*u.id,
                 "last_used": state.telemetry.key_usage.password_last_used(u).map(rfc3339),
+                "last_refused": state.telemetry.key_usage.password_last_refused(u).map(rfc3339),
             })
         })
         .collect();

@@ -7,28 +7,59 @@ use dashmap::DashMap;
 
 use crate::snapshot::{ApiUser, DigestHasher, KeyDigest, Snapshot};
 
-/// Last use (Unix seconds) by key digest, and by the digest of a password's stored hash (so a
-/// new password starts unused). Only credentials that were used have an entry; a reload drops
-/// the entries of keys and passwords that are gone.
+/// Last use and last refusal (Unix seconds) by key digest, and by the digest of a password's
+/// stored hash (so a new password starts unused). Only credentials that were presented have an
+/// entry; a reload drops the entries of keys and passwords that are gone.
 #[derive(Default)]
 pub struct KeyUsage {
-    last_used: DashMap<KeyDigest, AtomicI64, std::hash::BuildHasherDefault<DigestHasher>>,
+    last_used: DashMap<KeyDigest, Times, std::hash::BuildHasherDefault<DigestHasher>>,
+}
+
+/// 0 means never.
+#[derive(Default)]
+struct Times {
+    used: AtomicI64,
+    refused: AtomicI64,
 }
 
 impl KeyUsage {
-    /// Records a use. Hot path: a shard read lock and an atomic store once the key has an entry.
+    /// Records a use: a request with this key was admitted. Hot path: a shard read lock and an
+    /// atomic store once the key has an entry.
     pub fn touch(&self, digest: &KeyDigest, now: i64) {
+        self.times(digest, now, |t| &t.used);
+    }
+
+    /// Records a refusal of a request with this (known) key: from a source outside the whitelist,
+    /// an inactive user, a forbidden path. Not a use, so it never makes a stale key look alive.
+    pub fn refused(&self, digest: &KeyDigest, now: i64) {
+        self.times(digest, now, |t| &t.refused);
+    }
+
+    fn times(&self, digest: &KeyDigest, now: i64, which: fn(&Times) -> &AtomicI64) {
         if let Some(entry) = self.last_used.get(digest) {
-            entry.store(now, Ordering::Relaxed);
+            which(&entry).store(now, Ordering::Relaxed);
             return;
         }
-        self.last_used.insert(*digest, AtomicI64::new(now));
+        let times = Times::default();
+        which(&times).store(now, Ordering::Relaxed);
+        self.last_used
+            .entry(*digest)
+            .and_modify(|t| which(t).store(now, Ordering::Relaxed))
+            .or_insert(times);
+    }
+
+    pub fn last_refused(&self, digest: &KeyDigest) -> Option<i64> {
+        self.last_used
+            .get(digest)
+            .map(|e| e.refused.load(Ordering::Relaxed))
+            .filter(|t| *t != 0)
     }
 
     pub fn last_used(&self, digest: &KeyDigest) -> Option<i64> {
         self.last_used
             .get(digest)
-            .map(|e| e.load(Ordering::Relaxed))
+            .map(|e| e.used.load(Ordering::Relaxed))
+            .filter(|t| *t != 0)
     }
 
     /// Records a use of `user`'s password (a Basic-auth request whose password was right).
@@ -36,6 +67,18 @@ impl KeyUsage {
         if let Some(digest) = password_digest(user) {
             self.touch(&digest, now);
         }
+    }
+
+    /// Records a refusal of a request whose password for `user` was right.
+    pub fn refused_password(&self, user: &ApiUser, now: i64) {
+        if let Some(digest) = password_digest(user) {
+            self.refused(&digest, now);
+        }
+    }
+
+    /// When a request with `user`'s current password was last refused after it was verified.
+    pub fn password_last_refused(&self, user: &ApiUser) -> Option<i64> {
+        self.last_refused(&password_digest(user)?)
     }
 
     /// When `user`'s current password was last used.

@@ -114,12 +114,20 @@ impl Policy {
                 .and_then(|k| k.prefix.map(|p| Box::from(&*p)))
                 .or_else(|| presented_prefix.map(Into::into));
         }
+        // A known key's last use counts admitted requests only; a refusal is kept apart.
         if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {
-            self.telemetry.key_usage.touch(digest, facts.now);
+            match decision.outcome {
+                Outcome::Allowed(_) => self.telemetry.key_usage.touch(digest, facts.now),
+                Outcome::Refused(_) => self.telemetry.key_usage.refused(digest, facts.now),
+            }
         }
-        // A password identified its user: it was right (whatever is refused after that).
+        // A password that identified its user was right: a use if the request was admitted,
+        // a refusal if something after it refused the request.
         if let (Presented::Password, Some(user)) = (record.presented, decision.user) {
-            self.telemetry.key_usage.touch_password(user, facts.now);
+            match decision.outcome {
+                Outcome::Allowed(_) => self.telemetry.key_usage.touch_password(user, facts.now),
+                Outcome::Refused(_) => self.telemetry.key_usage.refused_password(user, facts.now),
+            }
         }
         let grant = match decision.outcome {
             Outcome::Allowed(grant) => grant,
