@@ -235,12 +235,35 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_header_bytes: usize,
+    pub limits: ServerLimits,
     pub access_log: AccessLogTarget,
     /// The fraction of allowed requests logged; refusals are always logged.
     pub access_log_sample: f64,
     /// Whether the HTTP/1 engine serves the requests it can (false: hyper serves every
     /// request; a diagnostic).
     pub fast_path: bool,
+}
+
+impl ServerLimits {
+    /// The most `max_response_headers` may allow.
+    pub const MAX_RESPONSE_HEADERS_CAP: usize = 256;
+}
+
+/// Limits on connections and upstream responses (`[server]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    /// Client connections open at most; `None`: derived from the file-descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// Connections one client address may hold; trusted proxies are exempt.
+    pub max_connections_per_source: usize,
+    /// Connections to one upstream in use at once; more requests wait briefly, then get 503.
+    pub max_upstream_connections: usize,
+    /// Header lines an upstream response may have.
+    pub max_response_headers: usize,
+    /// The largest upstream response head, status line included.
+    pub max_response_header_bytes: usize,
+    /// The longest a response may take to relay, head to last byte; `None`: no bound.
+    pub response_timeout: Option<Duration>,
 }
 
 /// Where the one-line-per-request log goes.

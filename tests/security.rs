@@ -541,3 +541,56 @@ async fn a_refused_request_is_not_a_keys_last_use_but_its_last_refusal() {
     assert!(key_entry(&keys, &good)["last_used"].is_string(), "{keys}");
     assert!(key_entry(&keys, &far)["last_used"].is_null(), "{keys}");
 }
+
+/// A response head with `n` extra header lines and the body `ok`.
+fn response_with_headers(n: usize) -> Vec<u8> {
+    let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+    for i in 0..n {
+        head.push_str(&format!("x-extra-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\nok");
+    head.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_response_header_limit_holds_on_both_paths() {
+    let k = TestKey::new("headlimit");
+    for (server_extra, headers, relayed) in [
+        // The default (100 lines): 80 are relayed on both paths (the engine refused more than 64).
+        ("", 80, true),
+        ("", 101, false),
+        ("max_response_headers = 20", 19, true),
+        ("max_response_headers = 20", 21, false),
+        // 30 lines (about 500 bytes) fit in a 1 KiB head; 90 (about 1.5 KiB) do not.
+        ("max_response_header_bytes = 1024", 30, true),
+        ("max_response_header_bytes = 1024", 90, false),
+    ] {
+        let upstream = scripted_upstream(response_with_headers(headers)).await;
+        let toml = one_user_config(&upstream.url(), "limit@example.org", &k).replace(
+            "upstream_timeout = \"2s\"",
+            &format!("upstream_timeout = \"2s\"\n{server_extra}"),
+        );
+        let gw = TestGateway::start(&toml).await;
+        for request in get_and_post(&format!("x-api-key: {}\r\n", k.key)) {
+            let response = raw(gw.gateway().local_addr(), &request).await;
+            let what = format!(
+                "{headers} headers, {server_extra:?}, {}",
+                String::from_utf8_lossy(&request[..4])
+            );
+            if relayed {
+                assert_eq!(status_of(&response), "200", "{what}: {response}");
+                assert!(response.ends_with("\r\n\r\nok"), "{what}: {response}");
+                assert!(
+                    response.contains(&format!("x-extra-{}: ", headers - 1)),
+                    "{what}"
+                );
+            } else {
+                assert_eq!(status_of(&response), "502", "{what}: {response}");
+                assert!(
+                    response.contains("upstream_unavailable"),
+                    "{what}: {response}"
+                );
+            }
+        }
+    }
+}

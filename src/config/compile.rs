@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -24,31 +23,6 @@ use crate::snapshot::{
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-
-/// Request headers the gateway has its own rule for (the policy's header table), which
-/// `credential_headers` cannot take over.
-const HANDLED_HEADERS: &[&str] = &[
-    "authorization",
-    "connection",
-    "content-length",
-    "date",
-    "expect",
-    "host",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "x-apiward-group",
-    "x-apiward-user",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-request-id",
-];
 
 /// Parses and validates one file's text. `file` is only used to name the file in errors.
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
@@ -86,13 +60,13 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     }
 }
 
-struct Compiler<'a> {
+pub(super) struct Compiler<'a> {
     loc: &'a Locator<'a>,
     errors: Vec<ConfigError>,
 }
 
 impl Compiler<'_> {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.errors.push(self.loc.error(span, message));
     }
 
@@ -232,6 +206,7 @@ impl Compiler<'_> {
             },
         };
         let credential_headers = self.credential_headers(raw, &key_header);
+        let limits = self.limits(raw);
         let workers = match &raw.workers {
             None => std::thread::available_parallelism().map_or(1, usize::from),
             Some(w) => match usize::try_from(*w.get_ref()) {
@@ -312,39 +287,8 @@ impl Compiler<'_> {
             shutdown_timeout: self.duration(raw.shutdown_timeout.as_ref(), "10s", false),
             max_header_bytes,
             fast_path: raw.fast_path.as_ref().is_none_or(|v| *v.get_ref()),
+            limits,
         }
-    }
-
-    /// `credential_headers`: names of other headers that carry a credential, never forwarded.
-    fn credential_headers(
-        &mut self,
-        raw: &RawServer,
-        key_header: &HeaderName,
-    ) -> Arc<[HeaderName]> {
-        let mut names = Vec::new();
-        for h in raw.credential_headers.iter().flatten() {
-            let name = match HeaderName::from_bytes(h.get_ref().as_bytes()) {
-                Ok(n) => n,
-                Err(_) => {
-                    self.error(
-                        h.span(),
-                        format!("credential_headers: {:?} is not a header name", h.get_ref()),
-                    );
-                    continue;
-                }
-            };
-            if name == *key_header || HANDLED_HEADERS.contains(&name.as_str()) {
-                self.error(
-                    h.span(),
-                    format!("credential_headers: {name} is a header the gateway handles itself (the key header and Authorization are never forwarded when they carry a credential): list only other headers"),
-                );
-                continue;
-            }
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        names.into()
     }
 
     fn socket_addr(&mut self, value: Option<&Spanned<String>>, field: &str) -> Option<SocketAddr> {
@@ -361,7 +305,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         value: Option<&Spanned<String>>,
         default: &str,
@@ -735,6 +679,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 mod admin;
+mod protection;
 pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};
 #[cfg(test)]
 mod tests;

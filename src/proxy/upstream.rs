@@ -17,6 +17,8 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Idle connections kept per upstream address; more are closed when their response ends.
     pub keepalive_connections: usize,
+    /// The response head limits, the same on both paths.
+    pub response_head: crate::proxy::policy::HeadLimits,
 }
 
 impl Limits {
@@ -25,6 +27,7 @@ impl Limits {
             connect_timeout: server.connect_timeout,
             keepalive_timeout: server.upstream_keepalive_timeout,
             keepalive_connections: server.upstream_keepalive_connections,
+            response_head: crate::proxy::policy::HeadLimits::of(&server.limits),
         }
     }
 }

@@ -102,6 +102,53 @@ where
     Upstream { addr, task }
 }
 
+/// An upstream that answers every request with exactly `answer` (raw bytes, as a misbehaving
+/// server would write them) and then closes the connection.
+pub async fn scripted_upstream(answer: Vec<u8>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    let answer = Arc::new(answer);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                // The request head, then as many body bytes as it says.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(&answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
+
 /// Reads the whole request body and describes the request.
 pub async fn describe(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();

@@ -16,9 +16,7 @@ use super::codec::{ResponseHead, parse_response_head};
 use super::conn::Conn;
 use super::deadline::{Read, Timer, Written, read_until, write_until};
 use super::engine::is_open;
-use crate::proxy::policy::{
-    ConnectError, Forward, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, UpstreamFailure,
-};
+use crate::proxy::policy::{ConnectError, Forward, HeadLimits, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::connect_tcp;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
@@ -72,6 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                             &mut self.upstream_timer,
                             deadline,
                             method,
+                            limits.response_head,
                         )
                         .await
                     }
@@ -118,6 +117,7 @@ async fn read_response_head(
     timer: &mut Timer,
     deadline: tokio::time::Instant,
     method: &Method,
+    limits: HeadLimits,
 ) -> Result<ResponseHead, HeadError> {
     loop {
         match read_until(stream, buf, timer, deadline, None).await {
@@ -127,7 +127,7 @@ async fn read_response_head(
             Read::TimedOut => return Err(HeadError::TimedOut),
         }
         loop {
-            match parse_response_head(buf, method, kept) {
+            match parse_response_head(buf, method, kept, limits) {
                 Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                     // An interim response (103 Early Hints): skip it, the final one follows.
                     buf.advance(head.head_len);
@@ -140,7 +140,7 @@ async fn read_response_head(
                 Err(invalid) => return Err(HeadError::Invalid(invalid)),
             }
         }
-        if buf.len() > MAX_RESPONSE_HEAD_BYTES {
+        if buf.len() > limits.bytes {
             return Err(HeadError::Invalid(InvalidResponse::TooLarge));
         }
     }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::Method;
 
 use crate::proxy::policy::headers::{Known, OnResponse, classify};
-use crate::proxy::policy::{InvalidResponse, MAX_RESPONSE_HEAD_BYTES};
+use crate::proxy::policy::{HeadLimits, InvalidResponse};
+use crate::snapshot::ServerLimits;
 
 /// The most header lines a head may have here (requests and responses alike).
-pub(super) const MAX_HEADERS: usize = crate::proxy::policy::MAX_RESPONSE_HEADERS;
+pub(super) const MAX_HEADERS: usize = 64;
 
 /// Copies header lines out of a received head: a run of lines that are next to each other and
 /// already in the form `name: value\r\n` goes out in one copy; any other line is rewritten in
@@ -107,8 +108,11 @@ pub(super) fn parse_response_head(
     buf: &[u8],
     method: &Method,
     kept: &mut Vec<(Range<usize>, Range<usize>)>,
+    limits: HeadLimits,
 ) -> Result<Option<ResponseHead>, InvalidResponse> {
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    // Room for the most any configuration allows; the configured count is checked after.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() };
+        ServerLimits::MAX_RESPONSE_HEADERS_CAP];
     let mut response = httparse::Response::new(&mut []);
     let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
@@ -120,7 +124,7 @@ pub(super) fn parse_response_head(
         Err(httparse::Error::TooManyHeaders) => return Err(InvalidResponse::TooLarge),
         Err(_) => return Err(InvalidResponse::Malformed),
     };
-    if head_len > MAX_RESPONSE_HEAD_BYTES {
+    if head_len > limits.bytes || response.headers.len() > limits.headers {
         return Err(InvalidResponse::TooLarge);
     }
     let status = response.code.ok_or(InvalidResponse::Malformed)?;
@@ -278,6 +282,11 @@ fn format_http_date(unix: u64) -> [u8; 29] {
 mod tests {
     use super::*;
 
+    const LIMITS: HeadLimits = HeadLimits {
+        headers: 100,
+        bytes: 64 * 1024,
+    };
+
     #[test]
     fn http_dates_are_imf_fixdates() {
         assert_eq!(
@@ -326,7 +335,7 @@ mod tests {
             "HTTP/1.1 404 Not Found\r\nx: 1\r\n\r\n",
             "HTTP/1.1 404 Not Found\nx: 1\r\n\n",
         ] {
-            let head = parse_response_head(text.as_bytes(), &Method::GET, &mut Vec::new())
+            let head = parse_response_head(text.as_bytes(), &Method::GET, &mut Vec::new(), LIMITS)
                 .unwrap()
                 .unwrap();
             assert_eq!(&text[head.status_line], "404 Not Found", "{text:?}");
@@ -361,7 +370,7 @@ mod tests {
     fn response_framing_follows_rfc_9112() {
         let get = Method::GET;
         let parse = |text: &str, m: &Method| {
-            parse_response_head(text.as_bytes(), m, &mut Vec::new())
+            parse_response_head(text.as_bytes(), m, &mut Vec::new(), LIMITS)
                 .unwrap()
                 .unwrap()
                 .framing
@@ -393,7 +402,8 @@ mod tests {
             parse_response_head(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
                 &get,
-                &mut Vec::new()
+                &mut Vec::new(),
+                LIMITS
             )
             .is_err()
         );
@@ -403,7 +413,7 @@ mod tests {
                 "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: {coding}\r\n\r\n"
             );
             assert_eq!(
-                parse_response_head(both.as_bytes(), &get, &mut kept).err(),
+                parse_response_head(both.as_bytes(), &get, &mut kept, LIMITS).err(),
                 Some(InvalidResponse::LengthWithCoding),
                 "a length beside a coding is refused, not resolved"
             );
@@ -412,6 +422,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\ncontent-length: 0\r\n\r\n",
             &get,
             &mut kept,
+            LIMITS,
         )
         .unwrap()
         .unwrap();

@@ -29,9 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::Counted;
-use crate::proxy::policy::{
-    ConnectError, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
-};
+use crate::proxy::policy::{ConnectError, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::{IdlePool, Limits, connect_tcp};
 
 /// What a request sends upstream: the client's body, counted as it streams (or none, when a
@@ -128,7 +126,7 @@ impl Pool {
                 Some(conn) => conn,
                 None => {
                     fresh_tried = true;
-                    connect(authority, limits.connect_timeout).await?
+                    connect(authority, limits).await?
                 }
             };
             let sending = conn.sender.try_send_request(request);
@@ -198,7 +196,8 @@ impl Pool {
     }
 }
 
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, UpstreamError> {
+async fn connect(authority: &Authority, limits: Limits) -> Result<Conn, UpstreamError> {
+    let timeout = limits.connect_timeout;
     let stream = match tokio::time::timeout(timeout, connect_tcp(authority)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => {
@@ -216,8 +215,8 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, Upstr
     };
     // The same head limits as the HTTP/1 engine's: a larger head is an invalid answer there too.
     let (sender, io) = http1::Builder::new()
-        .max_headers(MAX_RESPONSE_HEADERS)
-        .max_header_size(MAX_RESPONSE_HEAD_BYTES)
+        .max_headers(limits.response_head.headers)
+        .max_header_size(limits.response_head.bytes)
         .handshake(TokioIo::new(stream))
         .await?;
     Ok(Conn {

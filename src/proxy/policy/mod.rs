@@ -16,8 +16,7 @@ use crate::observe::{RequestRecord, Telemetry};
 
 pub use admission::Forward;
 pub use upstream::{
-    ConnectError, InvalidResponse, MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADERS, UpstreamFailure,
-    check_response_framing,
+    ConnectError, HeadLimits, InvalidResponse, UpstreamFailure, check_response_framing,
 };
 
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");

@@ -17,11 +17,24 @@ use crate::refusal::Refusal;
 /// count is reported with the next warning, so an outage is visible without flooding the log.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The largest response head relayed, status line included; a larger one is an invalid answer.
-pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// The limits a relayed response head must keep (`max_response_headers`,
+/// `max_response_header_bytes`), the same on both paths; a larger head is an invalid answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Header lines at most.
+    pub headers: usize,
+    /// Bytes at most, status line included.
+    pub bytes: usize,
+}
 
-/// The most header lines a relayed response head may have.
-pub const MAX_RESPONSE_HEADERS: usize = 64;
+impl HeadLimits {
+    pub fn of(limits: &crate::snapshot::ServerLimits) -> HeadLimits {
+        HeadLimits {
+            headers: limits.max_response_headers,
+            bytes: limits.max_response_header_bytes,
+        }
+    }
+}
 
 /// Why the upstream gave no answer the gateway can relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +80,7 @@ pub enum InvalidResponse {
     #[error("the head does not parse")]
     Malformed,
     #[error(
-        "the head is larger than {MAX_RESPONSE_HEAD_BYTES} bytes or has more than {MAX_RESPONSE_HEADERS} headers"
+        "the head is larger than max_response_header_bytes or has more than max_response_headers headers"
     )]
     TooLarge,
     #[error("a Content-Length is not a number")]

@@ -1,0 +1,116 @@
+//! The `[server]` settings that protect the gateway and what is behind it: which request
+//! headers carry credentials, and the limits on connections and upstream responses.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+use toml::Spanned;
+
+use super::Compiler;
+use crate::config::raw::RawServer;
+use crate::snapshot::ServerLimits;
+
+/// Request headers the gateway has its own rule for (the policy's header table), which
+/// `credential_headers` cannot take over.
+const HANDLED_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "date",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-apiward-group",
+    "x-apiward-user",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+const MAX_RESPONSE_HEADERS_CAP: usize = ServerLimits::MAX_RESPONSE_HEADERS_CAP;
+
+impl Compiler<'_> {
+    /// `credential_headers`: names of other headers that carry a credential, never forwarded.
+    pub(super) fn credential_headers(
+        &mut self,
+        raw: &RawServer,
+        key_header: &HeaderName,
+    ) -> Arc<[HeaderName]> {
+        let mut names = Vec::new();
+        for h in raw.credential_headers.iter().flatten() {
+            let name = match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.error(
+                        h.span(),
+                        format!("credential_headers: {:?} is not a header name", h.get_ref()),
+                    );
+                    continue;
+                }
+            };
+            if name == *key_header || HANDLED_HEADERS.contains(&name.as_str()) {
+                self.error(
+                    h.span(),
+                    format!("credential_headers: {name} is a header the gateway handles itself (the key header and Authorization are never forwarded when they carry a credential): list only other headers"),
+                );
+                continue;
+            }
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names.into()
+    }
+
+    /// Connection and upstream-response limits.
+    pub(super) fn limits(&mut self, raw: &RawServer) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.count(raw.max_connections.as_ref(), None, 16..=1_000_000, "max_connections is how many client connections are open at most (leave it out to derive it from the file-descriptor limit)"),
+            max_connections_per_source: self
+                .count(raw.max_connections_per_source.as_ref(), Some(256), 1..=1_000_000, "max_connections_per_source is how many connections one client address may hold (trusted proxies are exempt)")
+                .unwrap_or(256),
+            max_upstream_connections: self
+                .count(raw.max_upstream_connections.as_ref(), Some(1024), 1..=1_000_000, "max_upstream_connections is how many connections to one upstream are in use at once")
+                .unwrap_or(1024),
+            max_response_headers: self
+                .count(raw.max_response_headers.as_ref(), Some(100), 8..=MAX_RESPONSE_HEADERS_CAP, "max_response_headers is how many header lines an upstream response may have: 8 to 256")
+                .unwrap_or(100),
+            max_response_header_bytes: self
+                .count(raw.max_response_header_bytes.as_ref(), Some(64 * 1024), 1024..=1024 * 1024, "max_response_header_bytes is the largest upstream response head: 1024 to 1048576")
+                .unwrap_or(64 * 1024),
+            response_timeout: raw
+                .response_timeout
+                .as_ref()
+                .map(|v| self.duration(Some(v), "0s", false))
+                .filter(|d| !d.is_zero()),
+        }
+    }
+
+    fn count(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        default: Option<usize>,
+        range: std::ops::RangeInclusive<usize>,
+        what: &str,
+    ) -> Option<usize> {
+        let Some(v) = value else { return default };
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if range.contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    v.span(),
+                    format!("{what}: between {} and {}", range.start(), range.end()),
+                );
+                default
+            }
+        }
+    }
+}
