@@ -594,3 +594,25 @@ async fn one_response_header_limit_holds_on_both_paths() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_lf_in_chunked_trailers_never_lets_a_second_response_through() {
+    let k = TestKey::new("barelf");
+    // The trailer line ends in a bare LF: a client ends the trailers there and would read the
+    // bytes after as the answer to its next request.
+    let upstream = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-trailer: y\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\ninjected\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let gw = TestGateway::start(&one_user_config(&upstream.url(), "lf@example.org", &k)).await;
+    for request in get_and_post(&format!("x-api-key: {}\r\n", k.key)) {
+        let response = raw(gw.gateway().local_addr(), &request).await;
+        assert!(!response.contains("injected"), "{response}");
+        if request.starts_with(b"GET") {
+            // The fast path saw the whole answer before sending any of it: 502, then closed.
+            assert_eq!(status_of(&response), "502", "{response}");
+            assert!(response.contains("upstream_unavailable"), "{response}");
+        }
+    }
+}

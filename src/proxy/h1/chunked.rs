@@ -122,6 +122,11 @@ impl ChunkTracker {
                 ChunkState::Trailer => {
                     if b == b'\r' {
                         self.state = ChunkState::TrailerLf;
+                    } else if b == b'\n' {
+                        // A bare LF ends a line for most clients: counted as data here, it would
+                        // let the upstream end the trailers early for the client and hide a
+                        // second response in what the tracker takes for more trailer lines.
+                        return Err(BadChunk);
                     } else {
                         self.line += 1;
                         if self.line > 64 * 1024 {
@@ -167,7 +172,14 @@ mod tests {
         }
         let mut t = ChunkTracker::default();
         assert_eq!(t.feed(b"0\r\n\r\n").unwrap(), Some(5));
-        for bad in [&b"x\r\n"[..], b"4\r\nWikiXX", b"\r\n", b"4\n"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"4\r\nWikiXX",
+            b"\r\n",
+            b"4\n",
+            b"0\r\nTrailer: x\n\r\n",
+            b"0\r\n\n",
+        ] {
             assert!(ChunkTracker::default().feed(bad).is_err(), "{bad:?}");
         }
     }

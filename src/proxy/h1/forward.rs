@@ -13,8 +13,8 @@ use super::codec::{Framing, Lines, ResponseHead, http_date, push_header};
 use super::conn::{Conn, Head, Step};
 use super::deadline::{Read, Written, read_until, write_until};
 use crate::observe::RequestRecord;
-use crate::proxy::policy::Forward;
 use crate::proxy::policy::headers::OnRequest;
+use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 
 /// Where a request's upstream connection goes back to, and on what terms.
@@ -152,8 +152,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         let first = match first {
             Ok(n) => n,
             Err(BadChunk) => {
+                // Nothing of the response has been sent: the client gets a 502, and the
+                // connection is closed (what followed cannot be delimited).
                 self.held = None;
-                return self.abort(record, 0);
+                let failure = UpstreamFailure::Invalid(InvalidResponse::BadChunks);
+                let refusal = self.policy.upstream_failed(record, failure);
+                return self.refuse(refusal, record, true).await;
             }
         };
         rebuilt.extend_from_slice(&self.up_buf[..first]);

@@ -93,6 +93,8 @@ pub enum InvalidResponse {
     LengthWithCoding,
     #[error("101 Switching Protocols to a request that asked for no upgrade")]
     UnaskedUpgrade,
+    #[error("the chunked body does not follow RFC 9112 7.1 (a bare LF in its trailers, say)")]
+    BadChunks,
 }
 
 impl UpstreamFailure {
