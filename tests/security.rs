@@ -616,3 +616,96 @@ async fn a_bare_lf_in_chunked_trailers_never_lets_a_second_response_through() {
         }
     }
 }
+
+/// Opens an idle connection from the loopback address `source`.
+async fn idle_from(source: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("source address"))
+        .expect("bind the client to its loopback source");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Sends a request on `stream` and reads what comes back until the gateway closes it.
+async fn ask(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt as _;
+    // A connection closed at once may refuse the write itself: then nothing came back.
+    if stream.write_all(request).await.is_err() {
+        return String::new();
+    }
+    read_until_close(stream, std::time::Duration::from_secs(20)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limits_are_closed_at_once_and_counted() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("connlimit");
+    let toml = with_admin(&config(
+        &upstream.url(),
+        &user("c@example.org", "active", "manage-supporters", "127.0.0.0/8", &[&k]),
+    ))
+    .replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"2s\"\nmax_connections = 24\nmax_connections_per_source = 5\ntrusted_proxies = [\"127.0.0.9/32\"]",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.gateway().local_addr();
+    let [get, post] = get_and_post(&format!("x-api-key: {}\r\n", k.key));
+    // Five idle connections from 127.0.0.2 are its share.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(idle_from("127.0.0.2", addr).await);
+    }
+    // A sixth from there is closed at once, whichever path its request would take.
+    for request in [&get, &post] {
+        let mut sixth = idle_from("127.0.0.2", addr).await;
+        let response = ask(&mut sixth, request).await;
+        assert_eq!(response, "", "over max_connections_per_source: {response}");
+    }
+    // Another source is served, on both paths; and so is the trusted proxy beyond five.
+    for request in [&get, &post] {
+        let response = raw_from("127.0.0.3", addr, request).await;
+        assert_eq!(status_of(&response), "200", "{response}");
+    }
+    for _ in 0..10 {
+        held.push(idle_from("127.0.0.9", addr).await);
+    }
+    let response = raw_from("127.0.0.9", addr, &get).await;
+    assert_eq!(
+        status_of(&response),
+        "200",
+        "a trusted proxy is exempt: {response}"
+    );
+    // 15 held; nine more sources fill max_connections (24), and the next is closed at once.
+    for i in 0..9 {
+        held.push(idle_from(&format!("127.0.1.{i}"), addr).await);
+    }
+    let mut over = idle_from("127.0.2.1", addr).await;
+    assert_eq!(ask(&mut over, &get).await, "", "over max_connections");
+    // Closing connections gives their places back.
+    held.clear();
+    let admin = gw.gateway().admin_addr().expect("admin listener");
+    assert!(
+        eventually(|| async {
+            let response = raw_from("127.0.0.2", addr, &post).await;
+            status_of(&response) == "200"
+        })
+        .await,
+        "closed connections never gave their places back"
+    );
+    let metrics = common::get(&format!("http://{admin}/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let count = |reason: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "apiward_connections_refused_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("max_connections_per_source") >= 2, "{text}");
+    assert!(count("max_connections") >= 1, "{text}");
+}

@@ -11,8 +11,8 @@ use super::names;
 use super::series::Series;
 
 pub use super::names::{
-    ADMIN_LOGINS, ALL, CONFIG_GENERATION, NONE, OPEN_CONNECTIONS, RELOADS, REQUEST_DURATION,
-    REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
+    ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
+    REQUEST_DURATION, REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
 };
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
@@ -70,12 +70,13 @@ impl Metrics {
             CONFIG_GENERATION,
             OPEN_CONNECTIONS,
             ADMIN_LOGINS,
+            CONNECTIONS_REFUSED,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS => {
+                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED => {
                     self.recorder.describe_counter(name, None, text)
                 }
                 CONFIG_GENERATION | OPEN_CONNECTIONS => {
@@ -86,9 +87,14 @@ impl Metrics {
         }
         // Gauges exist from the start, so a scrape before any traffic already shows them.
         self.gauge(OPEN_CONNECTIONS).set(0.0);
-        // Failed logins are worth an alert from zero on, so the series exist before the first.
+        // Failed logins and refused connections are worth an alert from zero on, so the series
+        // exist before the first.
         for outcome in ["success", "failure", "throttled"] {
             self.counter_of(ADMIN_LOGINS, "outcome", outcome)
+                .increment(0);
+        }
+        for reason in ["max_connections", "max_connections_per_source"] {
+            self.counter_of(CONNECTIONS_REFUSED, "reason", reason)
                 .increment(0);
         }
     }
@@ -162,6 +168,12 @@ impl Metrics {
 
     pub fn set_generation(&self, generation: u64) {
         self.gauge(CONFIG_GENERATION).set(generation as f64);
+    }
+
+    /// A new client connection closed at once, for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.counter_of(CONNECTIONS_REFUSED, "reason", reason)
+            .increment(1);
     }
 
     pub fn open_connections(&self) -> metrics::Gauge {

@@ -9,9 +9,10 @@ pub const RELOADS: &str = "apiward_reloads_total";
 pub const CONFIG_GENERATION: &str = "apiward_config_generation";
 pub const OPEN_CONNECTIONS: &str = "apiward_open_connections";
 pub const ADMIN_LOGINS: &str = "apiward_admin_logins_total";
+pub const CONNECTIONS_REFUSED: &str = "apiward_connections_refused_total";
 
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -20,6 +21,7 @@ pub const ALL: [&str; 8] = [
     CONFIG_GENERATION,
     OPEN_CONNECTIONS,
     ADMIN_LOGINS,
+    CONNECTIONS_REFUSED,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -44,6 +46,9 @@ pub fn help(name: &str) -> &'static str {
         }
         OPEN_CONNECTIONS => "Client connections open now.",
         ADMIN_LOGINS => "Console logins by outcome (success, failure, throttled).",
+        CONNECTIONS_REFUSED => {
+            "New client connections closed at once, by reason (max_connections, max_connections_per_source)."
+        }
         _ => "",
     }
 }

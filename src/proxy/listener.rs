@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::conn_limit::{Admitted, ConnectionLimits};
 use super::h1::{self, Engine};
 use super::hyper_path::{self, HyperPath};
 use super::io::Prefixed;
@@ -37,6 +38,8 @@ struct Proxy {
     hyper: Arc<HyperPath>,
     /// Connections the engine handed to hyper (`/status`).
     handovers: AtomicU64,
+    /// `max_connections` and `max_connections_per_source`.
+    connections: Arc<ConnectionLimits>,
 }
 
 impl ProxyStats for Proxy {
@@ -62,8 +65,17 @@ pub(crate) fn spawn(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<dyn ProxyStats>, JoinHandle<()>) {
+    let fd_limit = super::conn_limit::raise_fd_limit();
+    let default_max = super::conn_limit::default_max_connections(fd_limit);
+    let configured = store.load().server.limits.max_connections;
+    tracing::info!(
+        open_files_limit = fd_limit,
+        max_connections = configured.unwrap_or(default_max),
+        "client connections above max_connections are closed at once"
+    );
     let policy = Arc::new(Policy::new(store, telemetry));
     let proxy = Arc::new(Proxy {
+        connections: ConnectionLimits::new(default_max),
         engine: Engine::new(Arc::clone(&policy)),
         hyper: Arc::new(HyperPath::new(Arc::clone(&policy))),
         policy,
@@ -111,8 +123,21 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    serve_connection(&proxy, stream, peer, shutdown.clone(), open.clone());
+                    let admitted = {
+                        let snapshot = proxy.policy.store.load();
+                        proxy.connections.admit(&snapshot, crate::auth::address::canonical(peer.ip()))
+                    };
+                    match admitted {
+                        Ok(place) => {
+                            let _ = stream.set_nodelay(true);
+                            serve_connection(&proxy, stream, peer, shutdown.clone(), open.clone(), place);
+                        }
+                        Err(refused) => {
+                            // Closed at once, before a byte is read: no task, no buffer.
+                            drop(stream);
+                            proxy.policy.telemetry.metrics.connection_refused(refused.as_str());
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -147,6 +172,7 @@ fn serve_connection<S>(
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
     open: OpenConnections,
+    place: Admitted,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -183,6 +209,7 @@ fn serve_connection<S>(
         }
         gauge.decrement(1.0);
         open.count.fetch_sub(1, Ordering::Relaxed);
+        drop(place);
         drop(open);
     });
 }

@@ -3,6 +3,7 @@
 //! what each request gets. No transport imports the other; the listener joins them with the
 //! stream the engine hands over (`io.rs`).
 
+pub mod conn_limit;
 mod h1;
 mod hyper_path;
 mod io;
