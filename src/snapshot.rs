@@ -256,14 +256,10 @@ pub struct ServerLimits {
     pub max_connections: Option<usize>,
     /// Connections one client address may hold; trusted proxies are exempt.
     pub max_connections_per_source: usize,
-    /// Connections to one upstream in use at once; more requests wait briefly, then get 503.
-    pub max_upstream_connections: usize,
     /// Header lines an upstream response may have.
     pub max_response_headers: usize,
     /// The largest upstream response head, status line included.
     pub max_response_header_bytes: usize,
-    /// The longest a response may take to relay, head to last byte; `None`: no bound.
-    pub response_timeout: Option<Duration>,
 }
 
 /// Where the one-line-per-request log goes.

@@ -77,20 +77,12 @@ impl Compiler<'_> {
             max_connections_per_source: self
                 .count(raw.max_connections_per_source.as_ref(), Some(256), 1..=1_000_000, "max_connections_per_source is how many connections one client address may hold (trusted proxies are exempt)")
                 .unwrap_or(256),
-            max_upstream_connections: self
-                .count(raw.max_upstream_connections.as_ref(), Some(1024), 1..=1_000_000, "max_upstream_connections is how many connections to one upstream are in use at once")
-                .unwrap_or(1024),
             max_response_headers: self
                 .count(raw.max_response_headers.as_ref(), Some(100), 8..=MAX_RESPONSE_HEADERS_CAP, "max_response_headers is how many header lines an upstream response may have: 8 to 256")
                 .unwrap_or(100),
             max_response_header_bytes: self
                 .count(raw.max_response_header_bytes.as_ref(), Some(64 * 1024), 1024..=1024 * 1024, "max_response_header_bytes is the largest upstream response head: 1024 to 1048576")
                 .unwrap_or(64 * 1024),
-            response_timeout: raw
-                .response_timeout
-                .as_ref()
-                .map(|v| self.duration(Some(v), "0s", false))
-                .filter(|d| !d.is_zero()),
         }
     }
 
