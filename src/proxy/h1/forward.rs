@@ -156,7 +156,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 // connection is closed (what followed cannot be delimited).
                 self.held = None;
                 let failure = UpstreamFailure::Invalid(InvalidResponse::BadChunks);
-                let refusal = self.policy.upstream_failed(record, failure);
+                let refusal =
+                    self.policy
+                        .upstream_failed(record, upstream.authority.as_str(), failure);
                 return self.refuse(refusal, record, true).await;
             }
         };
