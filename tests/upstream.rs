@@ -129,8 +129,8 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
             // Valid but unusual: bare LF line ends, padding around a value, an empty value.
             "/supporters/odd-head" => b"HTTP/1.1 200 OK\nx-spaced:   padded value  \r\nx-empty:\r\ncontent-length: 3\n\nodd".to_vec(),
             "/supporters/old" => b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nx-old: yes\r\ncontent-length: 3\r\n\r\nold".to_vec(),
-            // Two framings at once, a head over 64 KiB, more than 64 headers: answers no proxy
-            // may relay.
+            // Two framings at once, a head over 64 KiB, more than 100 headers (the default
+            // max_response_header_bytes and max_response_headers): answers no proxy may relay.
             "/supporters/two-framings" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
             "/supporters/huge-head" => format!(
                 "HTTP/1.1 200 OK\r\nx-huge: {}\r\ncontent-length: 2\r\n\r\nok",
@@ -138,7 +138,7 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
             )
             .into_bytes(),
             "/supporters/many-headers" => {
-                let lines: String = (0..80).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+                let lines: String = (0..120).map(|i| format!("x-h{i}: {i}\r\n")).collect();
                 format!("HTTP/1.1 200 OK\r\n{lines}content-length: 2\r\n\r\nok").into_bytes()
             }
             "/supporters/hints" => b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints".to_vec(),
@@ -552,7 +552,7 @@ impl Responses {
 
 both_transports! {
     /// What one parser could read differently from another is never relayed: a response with
-    /// both Content-Length and Transfer-Encoding, or a head beyond the limits (64 KiB, 64
+    /// both Content-Length and Transfer-Encoding, or a head beyond the limits (64 KiB, 100
     /// headers), is a 502 on either transport, and its upstream connection is closed, not reused.
     async fn responses_no_proxy_may_relay_are_502_and_their_connection_closed() {
         let up = RawUpstream::start(None).await;
