@@ -208,6 +208,22 @@ fn date(t: Option<i64>) -> String {
     )
 }
 
+/// `2026-12-01 18:11` (UTC, to the minute) for a table cell, the whole instant as its tooltip.
+fn short_date(t: Option<i64>) -> String {
+    match t {
+        None => "—".into(),
+        Some(t) => {
+            let full = rfc3339(t);
+            let short = full.get(..16).unwrap_or(&full).replace('T', " ");
+            format!(
+                "<time class=\"nowrap\" datetime=\"{0}\" title=\"{0}\">{1}</time>",
+                esc(&full),
+                esc(&short)
+            )
+        }
+    }
+}
+
 fn name_of(u: &UserEntry) -> String {
     u.display_name.clone().unwrap_or_else(|| {
         [u.first_name.as_deref(), u.last_name.as_deref()]
@@ -349,7 +365,7 @@ impl Page<'_> {
         body.push_str(&head("status", "Status"));
         body.push_str(&head("group", "Group"));
         body.push_str("<th scope=\"col\">Remote addresses</th><th scope=\"col\">Keys</th>");
-        body.push_str(&head("last_used", "Last used"));
+        body.push_str(&head("last_used", "Last used (UTC)"));
         body.push_str(&head("requests", "Last 24 h"));
         body.push_str("</tr></thead><tbody>");
         for (u, last, _) in &users {
@@ -370,7 +386,7 @@ impl Page<'_> {
             let _ = write!(
                 body,
                 "<tr><td class=\"id\" data-label=\"ID\"><a href=\"/users/{}\">{}</a></td><td data-label=\"Name\">{}</td>\
-                 <td data-label=\"Status\">{}</td><td data-label=\"Group\">{}</td><td data-label=\"Addresses\" class=\"mono\">{}</td>\
+                 <td data-label=\"Status\">{}</td><td data-label=\"Group\" class=\"nowrap\">{}</td><td data-label=\"Addresses\" class=\"mono\">{}</td>\
                  <td data-label=\"Keys\">{}</td><td data-label=\"Last used\">{}</td><td data-label=\"Last 24 h\">{}</td></tr>",
                 esc(&seg(&u.id)),
                 esc(&u.id),
@@ -383,7 +399,7 @@ impl Page<'_> {
                 } else {
                     keys.join("<br>")
                 },
-                esc(&date(*last)),
+                short_date(*last),
                 chart(&self.ctx.state.telemetry.recent.hours_of_user(&u.id), false),
             );
         }

@@ -137,7 +137,7 @@ pub fn see_other(location: &str, cookie: Option<&str>) -> AdminResponse {
 /// The last 24 hours of a user, allowed (below) and refused (stacked on top) per hour, as an
 /// inline SVG; `large` for the user's page, small for the list.
 pub fn chart(hours: &[HourCount; 24], large: bool) -> String {
-    let (w, h) = if large { (480.0, 120.0) } else { (120.0, 28.0) };
+    let (w, h) = if large { (480.0, 120.0) } else { (96.0, 26.0) };
     let max = hours
         .iter()
         .map(|c| c.allowed + c.refused)
