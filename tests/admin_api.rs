@@ -444,3 +444,139 @@ async fn a_host_that_is_not_the_admin_listeners_is_refused() {
     );
     s.gw.shutdown().await;
 }
+
+const CONSOLE_PASSWORD: &str = "Console-pass-42";
+
+/// A gateway whose admin `ops@example.org` has a console password; `extra` goes in `[server]`.
+async fn console_gateway(extra: &str) -> (TestGateway, std::net::SocketAddr, Upstream) {
+    let upstream = echo_upstream().await;
+    let hash = apiward::auth::password::hash_password(CONSOLE_PASSWORD).unwrap();
+    let toml = format!(
+        "{}\n[admins.\"ops@example.org\"]\npassword_hash = \"{hash}\"\n",
+        with_admin(&config(&upstream.url(), "")).replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:0\"\n{extra}")
+        )
+    );
+    let gw = TestGateway::start(&toml).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    (gw, admin, upstream)
+}
+
+async fn login(admin: std::net::SocketAddr, password: &str) -> Reply {
+    send(
+        "POST",
+        &format!("http://{admin}/login"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("id=ops%40example.org&password={password}"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_console_session_is_a_strict_http_only_cookie_and_changes_need_its_csrf_token() {
+    let (gw, admin, _upstream) = console_gateway("").await;
+    let signed_in = login(admin, CONSOLE_PASSWORD).await;
+    assert_eq!(signed_in.status, 303);
+    let set_cookie = signed_in.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    let page = get(&format!("http://{admin}/"), &[("cookie", &cookie)]).await;
+    assert_eq!(page.status, 200);
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(String::from_utf8_lossy(&page.body).contains("<h1>API users</h1>"));
+
+    // The session alone is not enough to change anything through the API: the CSRF token is.
+    let body = r#"{"id":"a@example.org","group":"manage-supporters","remote_addresses":"*"}"#;
+    let url = format!("http://{admin}/api/v1/users");
+    let without = send("POST", &url, &[("cookie", &cookie)], body).await;
+    assert_eq!(without.status, 403);
+    assert_eq!(without.error_code(), "csrf");
+    let html = String::from_utf8_lossy(&page.body).into_owned();
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's CSRF token")
+        .to_string();
+    let with = send(
+        "POST",
+        &url,
+        &[("cookie", &cookie), ("x-csrf-token", &token)],
+        body,
+    )
+    .await;
+    assert_eq!(with.status, 201, "{}", String::from_utf8_lossy(&with.body));
+
+    // Signing out ends the session on the server.
+    let out = send(
+        "POST",
+        &format!("http://{admin}/logout"),
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("csrf={token}"),
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    assert_eq!(get(&url, &[("cookie", &cookie)]).await.status, 401);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_logins_are_counted_and_then_throttled() {
+    let (gw, admin, _upstream) = console_gateway("").await;
+    for _ in 0..5 {
+        let failed = login(admin, "not-the-password-1").await;
+        assert_eq!(failed.status, 401);
+        assert!(failed.headers.get("set-cookie").is_none());
+    }
+    let throttled = login(admin, CONSOLE_PASSWORD).await;
+    assert_eq!(
+        throttled.status, 429,
+        "even the right password waits once the bucket is empty"
+    );
+    let metrics = String::from_utf8_lossy(&get(&format!("http://{admin}/metrics"), &[]).await.body)
+        .into_owned();
+    assert!(
+        metrics.contains("apiward_admin_logins_total{outcome=\"failure\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apiward_admin_logins_total{outcome=\"throttled\"} 1"),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_console_session_expires() {
+    let (gw, admin, _upstream) = console_gateway("admin_session_idle = \"1s\"").await;
+    let signed_in = login(admin, CONSOLE_PASSWORD).await;
+    let cookie = signed_in.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let url = format!("http://{admin}/api/v1/users");
+    assert_eq!(get(&url, &[("cookie", &cookie)]).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(get(&url, &[("cookie", &cookie)]).await.status, 401);
+    let page = get(&format!("http://{admin}/"), &[("cookie", &cookie)]).await;
+    assert!(String::from_utf8_lossy(&page.body).contains("Sign in to apiward"));
+    gw.shutdown().await;
+}
