@@ -519,6 +519,20 @@ async fn the_console_session_is_a_strict_http_only_cookie_and_changes_need_its_c
     .await;
     assert_eq!(with.status, 201, "{}", String::from_utf8_lossy(&with.body));
 
+    // A read-only file (a ConfigMap mount): the console shows, and offers no change.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&gw.config_path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let page = get(&format!("http://{admin}/"), &[("cookie", &cookie)]).await;
+        let html = String::from_utf8_lossy(&page.body);
+        assert!(
+            html.contains("The configuration file is read-only"),
+            "{html}"
+        );
+        assert!(!html.contains("Add API user"), "{html}");
+        std::fs::set_permissions(&gw.config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
     // Signing out ends the session on the server.
     let out = send(
         "POST",
