@@ -19,54 +19,56 @@ fn shipped_config() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/apiward.toml")).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_config_serves_the_readme_examples() {
-    let gw = TestGateway::start(&shipped_config()).await;
-    let r = get(&gw.url("/supporters/42"), &[("x-api-key", DEMO_KEY)]).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["headers"]["x-apiward-user"], "demo@apiward.local");
-    let r = get(&gw.url("/supporters/42"), &[]).await;
-    assert_eq!(r.error_code(), "missing_credentials");
-    let r = get(
-        &gw.url("/supporters/42"),
-        &[("x-api-key", DEMO_INACTIVE_KEY)],
-    )
-    .await;
-    assert_eq!(r.error_code(), "user_inactive");
-    let r = send(
-        "DELETE",
-        &gw.url("/supporters/42"),
-        &[("x-api-key", DEMO_KEY)],
-        "",
-    )
-    .await;
-    assert_eq!(r.error_code(), "forbidden");
-    gw.shutdown().await;
+both_transports! {
+    async fn the_shipped_config_serves_the_readme_examples() {
+        let gw = TestGateway::start(&shipped_config()).await;
+        let r = get(&gw.url("/supporters/42"), &[("x-api-key", DEMO_KEY)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-apiward-user"], "demo@apiward.local");
+        let r = get(&gw.url("/supporters/42"), &[]).await;
+        assert_eq!(r.error_code(), "missing_credentials");
+        let r = get(
+            &gw.url("/supporters/42"),
+            &[("x-api-key", DEMO_INACTIVE_KEY)],
+        )
+        .await;
+        assert_eq!(r.error_code(), "user_inactive");
+        let r = send(
+            "DELETE",
+            &gw.url("/supporters/42"),
+            &[("x-api-key", DEMO_KEY)],
+            "",
+        )
+        .await;
+        assert_eq!(r.error_code(), "forbidden");
+        gw.shutdown().await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_file_starts_nothing_and_says_where() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("apiward.toml");
-    std::fs::write(
-        &path,
-        shipped_config().replace("group = \"manage-supporters\"", "group = \"no-such-group\""),
-    )
-    .unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err =
-        match apiward::Gateway::start(&path, Some(listener), apiward::Options::default()).await {
-            Ok(_) => panic!("a gateway started on an invalid file"),
+both_transports! {
+    async fn a_bad_file_starts_nothing_and_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apiward.toml");
+        std::fs::write(
+            &path,
+            shipped_config().replace("group = \"manage-supporters\"", "group = \"no-such-group\""),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err =
+            match apiward::Gateway::start(&path, Some(listener), apiward::Options::default()).await {
+                Ok(_) => panic!("a gateway started on an invalid file"),
+                Err(e) => e.to_string(),
+            };
+        assert!(err.contains(&format!("{}:", path.display())), "{err}");
+        assert!(err.contains("no-such-group"), "{err}");
+        let missing = dir.path().join("absent.toml");
+        let err = match apiward::Gateway::start(&missing, None, apiward::Options::default()).await {
+            Ok(_) => panic!("a gateway started without a file"),
             Err(e) => e.to_string(),
         };
-    assert!(err.contains(&format!("{}:", path.display())), "{err}");
-    assert!(err.contains("no-such-group"), "{err}");
-    let missing = dir.path().join("absent.toml");
-    let err = match apiward::Gateway::start(&missing, None, apiward::Options::default()).await {
-        Ok(_) => panic!("a gateway started without a file"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains("does not exist"), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+    }
 }
 
 #[test]
@@ -119,95 +121,99 @@ fn check_validates_like_nginx_t() {
     assert!(err.contains("2 errors"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_request_head_is_cut_off_but_an_idle_keep_alive_connection_is_not() {
-    let upstream = echo_upstream().await;
-    let k = TestKey::new("timeouts");
-    let toml = one_user_config(&upstream.url(), "t@example.org", &k).replace(
-        "upstream_timeout = \"2s\"",
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"",
-    );
-    let gw = TestGateway::start(&toml).await;
+both_transports! {
+    async fn a_slow_request_head_is_cut_off_but_an_idle_keep_alive_connection_is_not() {
+        let upstream = echo_upstream().await;
+        let k = TestKey::new("timeouts");
+        let toml = one_user_config(&upstream.url(), "t@example.org", &k).replace(
+            "upstream_timeout = \"2s\"",
+            "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"",
+        );
+        let gw = TestGateway::start(&toml).await;
 
-    // Half a request head, then silence: closed after header_read_timeout.
-    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
-    slow.write_all(b"GET /supporters/1 HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    assert!(
-        closed_within(&mut slow, Duration::from_secs(4)).await,
-        "the slow head was not cut off"
-    );
+        // Half a request head, then silence: closed after header_read_timeout.
+        let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+        slow.write_all(b"GET /supporters/1 HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        assert!(
+            closed_within(&mut slow, Duration::from_secs(4)).await,
+            "the slow head was not cut off"
+        );
 
-    // A keep-alive connection idle for longer than header_read_timeout is still usable.
-    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    let request = format!(
-        "GET /supporters/1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: {}\r\n\r\n",
-        k.key
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let first = read_response(&mut conn).await;
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let second = read_response(&mut conn).await;
-    assert!(
-        second.starts_with("HTTP/1.1 200"),
-        "an idle keep-alive connection was closed: {second:?}"
-    );
+        // A keep-alive connection idle for longer than header_read_timeout is still usable.
+        let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!(
+            "GET /supporters/1 HTTP/1.1\r\nHost: x\r\nX-Api-Key: {}\r\n\r\n",
+            k.key
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let first = read_response(&mut conn).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let second = read_response(&mut conn).await;
+        assert!(
+            second.starts_with("HTTP/1.1 200"),
+            "an idle keep-alive connection was closed: {second:?}"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connection_is_closed_after_idle_timeout() {
-    let upstream = echo_upstream().await;
-    let k = TestKey::new("idle");
-    let toml = one_user_config(&upstream.url(), "i@example.org", &k)
-        .replace("upstream_timeout = \"2s\"", "idle_timeout = \"300ms\"");
-    let gw = TestGateway::start(&toml).await;
-    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
-    assert!(
-        closed_within(&mut conn, Duration::from_secs(4)).await,
-        "the idle connection was not closed"
-    );
+both_transports! {
+    async fn an_idle_connection_is_closed_after_idle_timeout() {
+        let upstream = echo_upstream().await;
+        let k = TestKey::new("idle");
+        let toml = one_user_config(&upstream.url(), "i@example.org", &k)
+            .replace("upstream_timeout = \"2s\"", "idle_timeout = \"300ms\"");
+        let gw = TestGateway::start(&toml).await;
+        let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+        assert!(
+            closed_within(&mut conn, Duration::from_secs(4)).await,
+            "the idle connection was not closed"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reloaded_idle_timeout_applies_to_open_connections_from_their_next_request() {
-    let upstream = echo_upstream().await;
-    let k = TestKey::new("idlereload");
-    let long = one_user_config(&upstream.url(), "r@example.org", &k)
-        .replace("upstream_timeout = \"2s\"", "idle_timeout = \"30s\"");
-    let gw = TestGateway::start(&long).await;
-    let (mut conn, request) = answered_connection(&gw, &k).await;
-    gw.replace_config(&long.replace("idle_timeout = \"30s\"", "idle_timeout = \"300ms\""));
-    let store = gw.gateway().store();
-    assert!(eventually(|| async { store.generation() == 2 }).await);
-    // The wait that began before the reload keeps its 30 s; the next request reads the new
-    // setting, so the wait after it ends in 300 ms.
-    conn.write_all(request.as_bytes()).await.unwrap();
-    assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
-    assert!(
-        closed_within(&mut conn, Duration::from_secs(5)).await,
-        "the connection kept the idle_timeout it had before the reload"
-    );
+both_transports! {
+    async fn a_reloaded_idle_timeout_applies_to_open_connections_from_their_next_request() {
+        let upstream = echo_upstream().await;
+        let k = TestKey::new("idlereload");
+        let long = one_user_config(&upstream.url(), "r@example.org", &k)
+            .replace("upstream_timeout = \"2s\"", "idle_timeout = \"30s\"");
+        let gw = TestGateway::start(&long).await;
+        let (mut conn, request) = answered_connection(&gw, &k).await;
+        gw.replace_config(&long.replace("idle_timeout = \"30s\"", "idle_timeout = \"300ms\""));
+        let store = gw.gateway().store();
+        assert!(eventually(|| async { store.generation() == 2 }).await);
+        // The wait that began before the reload keeps its 30 s; the next request reads the new
+        // setting, so the wait after it ends in 300 ms.
+        conn.write_all(request.as_bytes()).await.unwrap();
+        assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            closed_within(&mut conn, Duration::from_secs(5)).await,
+            "the connection kept the idle_timeout it had before the reload"
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_grace_period() {
-    let upstream = echo_upstream().await;
-    let k = TestKey::new("idleshutdown");
-    let toml = one_user_config(&upstream.url(), "d@example.org", &k)
-        .replace("upstream_timeout = \"2s\"", "shutdown_timeout = \"60s\"");
-    let gw = TestGateway::start(&toml).await;
-    let (mut conn, _) = answered_connection(&gw, &k).await;
-    // The connection now waits for its next request; shutdown must end that wait at once, not
-    // after shutdown_timeout.
-    let shutdown = tokio::spawn(gw.shutdown());
-    assert!(
-        closed_within(&mut conn, Duration::from_secs(10)).await,
-        "an idle keep-alive connection stayed open through shutdown"
-    );
-    shutdown.await.unwrap();
+both_transports! {
+    async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_grace_period() {
+        let upstream = echo_upstream().await;
+        let k = TestKey::new("idleshutdown");
+        let toml = one_user_config(&upstream.url(), "d@example.org", &k)
+            .replace("upstream_timeout = \"2s\"", "shutdown_timeout = \"60s\"");
+        let gw = TestGateway::start(&toml).await;
+        let (mut conn, _) = answered_connection(&gw, &k).await;
+        // The connection now waits for its next request; shutdown must end that wait at once, not
+        // after shutdown_timeout.
+        let shutdown = tokio::spawn(gw.shutdown());
+        assert!(
+            closed_within(&mut conn, Duration::from_secs(10)).await,
+            "an idle keep-alive connection stayed open through shutdown"
+        );
+        shutdown.await.unwrap();
+    }
 }
 
 /// A keep-alive connection to `gw` that has had one request answered, and that request.
@@ -228,28 +234,29 @@ async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
         .is_ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
-    let upstream = upstream_with(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Response::new(Full::new(Bytes::from_static(b"finished")))
-    })
-    .await;
-    let k = TestKey::new("shutdown");
-    let gw = TestGateway::start(&one_user_config(&upstream.url(), "s@example.org", &k)).await;
-    let url = gw.url("/supporters/1");
-    let addr = gw.addr;
-    let key = k.key.clone();
-    let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", key.as_str())]).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    gw.shutdown().await;
-    let r = in_flight.await.unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body, "finished");
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "the listener still accepts after shutdown"
-    );
+both_transports! {
+    async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+        let upstream = upstream_with(|_| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Response::new(Full::new(Bytes::from_static(b"finished")))
+        })
+        .await;
+        let k = TestKey::new("shutdown");
+        let gw = TestGateway::start(&one_user_config(&upstream.url(), "s@example.org", &k)).await;
+        let url = gw.url("/supporters/1");
+        let addr = gw.addr;
+        let key = k.key.clone();
+        let in_flight = tokio::spawn(async move { get(&url, &[("x-api-key", key.as_str())]).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gw.shutdown().await;
+        let r = in_flight.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "finished");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener still accepts after shutdown"
+        );
+    }
 }
 
 #[cfg(unix)]

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,13 +14,36 @@ use tokio::time::{Instant, Sleep};
 
 pub struct IdleTimeout<T> {
     inner: T,
-    idle: Duration,
+    idle: IdleSetting,
     last_activity: Instant,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
+/// A connection's `idle_timeout`, which its requests set again from the current snapshot (so a
+/// reload applies to an open connection from its next request, as on the HTTP/1 engine).
+#[derive(Clone)]
+pub struct IdleSetting(Arc<AtomicU64>);
+
+impl IdleSetting {
+    pub fn new(idle: Duration) -> IdleSetting {
+        IdleSetting(Arc::new(AtomicU64::new(nanos(idle))))
+    }
+
+    pub fn set(&self, idle: Duration) {
+        self.0.store(nanos(idle), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl<T> IdleTimeout<T> {
-    pub fn new(inner: T, idle: Duration) -> Self {
+    pub fn new(inner: T, idle: IdleSetting) -> Self {
         IdleTimeout {
             inner,
             idle,
@@ -50,7 +75,7 @@ impl<T> IdleTimeout<T> {
     /// Called when a read or write is pending: true once the connection has been idle for too
     /// long.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.last_activity + self.idle;
+        let deadline = self.last_activity + self.idle.get();
         if Instant::now() >= deadline {
             return true;
         }

@@ -209,8 +209,11 @@ pub async fn serve<S>(
         let s = &path.policy.store.load().server;
         (s.header_read_timeout, s.idle_timeout, s.max_header_bytes)
     };
-    let io = TokioIo::new(idle::IdleTimeout::new(stream, idle_timeout));
+    let idle = idle::IdleSetting::new(idle_timeout);
+    let io = TokioIo::new(idle::IdleTimeout::new(stream, idle.clone()));
     let service = service_fn(move |request| {
+        // The wait after this request follows a reloaded idle_timeout, as the engine's does.
+        idle.set(path.policy.store.load().server.idle_timeout);
         let path = Arc::clone(&path);
         let peer_text = peer_text.clone();
         async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text).await) }
