@@ -552,11 +552,11 @@ both_transports! {
 
 both_transports! {
     async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
-        // A port that was bound and released: connections to it are refused.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // A port bound but not listening: connections to it are refused, and no other test can
+        // take it meanwhile (a port bound and released could be reused by a parallel test).
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = reserved.local_addr().unwrap();
         let k = TestKey::new("upstreamerr");
         let users = user(
             "u@example.org",
