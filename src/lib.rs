@@ -9,6 +9,7 @@ pub mod config;
 pub mod explain;
 pub mod gateway;
 pub mod keys;
+pub mod limits;
 pub mod observe;
 pub mod proxy;
 pub mod refusal;

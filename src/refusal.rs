@@ -1,7 +1,7 @@
 //! The one mapping from every refusal to its HTTP status, error code, message and headers.
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 /// Why the gateway answered instead of the upstream. Matched exhaustively: a new refusal
@@ -20,10 +20,20 @@ pub enum Refusal {
     UpstreamTimeout,
     /// Framing two parsers could read differently (`Transfer-Encoding` other than exactly `chunked`).
     BadFraming,
+    /// The user's `rate_limit` is spent for now.
+    RateLimited,
+    /// The user's `quota` is spent for this period.
+    QuotaExhausted,
+    /// The user has `max_concurrent` requests in flight already.
+    TooManyConcurrent,
+    /// The shared limit store is unreachable and `on_store_error = "deny"`.
+    LimitStoreUnavailable,
+    /// This source address sent too many invalid credentials lately.
+    TooManyFailedAttempts,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -35,6 +45,11 @@ impl Refusal {
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamTimeout,
         Refusal::BadFraming,
+        Refusal::RateLimited,
+        Refusal::QuotaExhausted,
+        Refusal::TooManyConcurrent,
+        Refusal::LimitStoreUnavailable,
+        Refusal::TooManyFailedAttempts,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -49,6 +64,11 @@ impl Refusal {
             Refusal::BadPath | Refusal::BadFraming => StatusCode::BAD_REQUEST,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::RateLimited
+            | Refusal::QuotaExhausted
+            | Refusal::TooManyConcurrent
+            | Refusal::TooManyFailedAttempts => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::LimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +86,11 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::BadFraming => "bad_framing",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::QuotaExhausted => "quota_exhausted",
+            Refusal::TooManyConcurrent => "too_many_concurrent",
+            Refusal::LimitStoreUnavailable => "limit_store_unavailable",
+            Refusal::TooManyFailedAttempts => "too_many_failed_attempts",
         }
     }
 
@@ -122,6 +147,21 @@ impl Refusal {
             (Refusal::BadFraming, _) => {
                 "The request's framing is ambiguous: send either Content-Length or Transfer-Encoding: chunked, not both or another coding."
             }
+            (Refusal::RateLimited, _) => {
+                "This API user is over its rate limit: wait as long as Retry-After says, and pace requests by the RateLimit header."
+            }
+            (Refusal::QuotaExhausted, _) => {
+                "This API user's quota for the current period is used up: wait as long as Retry-After says, or ask the operator for a larger quota."
+            }
+            (Refusal::TooManyConcurrent, _) => {
+                "This API user has as many requests in flight as it may: wait for one to finish before sending another."
+            }
+            (Refusal::LimitStoreUnavailable, _) => {
+                "The gateway cannot check this API user's limits right now: retry after Retry-After seconds, and tell the operator if it persists."
+            }
+            (Refusal::TooManyFailedAttempts, _) => {
+                "Too many invalid credentials came from this address: wait as long as Retry-After says, then send a valid credential."
+            }
         }
     }
 
@@ -153,6 +193,29 @@ impl Refusal {
         let body =
             serde_json::json!({ "error": self.code(), "message": self.message_for(presented) });
         Bytes::from(body.to_string())
+    }
+
+    /// Whether the refusal carries `Retry-After` (its value comes from the limit that refused).
+    pub fn has_retry_after(self) -> bool {
+        matches!(
+            self,
+            Refusal::RateLimited
+                | Refusal::QuotaExhausted
+                | Refusal::TooManyConcurrent
+                | Refusal::LimitStoreUnavailable
+                | Refusal::TooManyFailedAttempts
+        )
+    }
+
+    /// `response`, with `Retry-After: seconds` when the refusal has one (at least 1).
+    pub fn response_retry_after<B: From<Bytes>>(self, seconds: u64) -> Response<B> {
+        let mut response = self.response::<B>();
+        if self.has_retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
     }
 
     pub fn response<B: From<Bytes>>(self) -> Response<B> {
@@ -189,7 +252,12 @@ impl Refusal {
             | Refusal::NoRoute
             | Refusal::Forbidden
             | Refusal::UpstreamUnavailable
-            | Refusal::UpstreamTimeout => {}
+            | Refusal::UpstreamTimeout
+            | Refusal::RateLimited
+            | Refusal::QuotaExhausted
+            | Refusal::TooManyConcurrent
+            | Refusal::LimitStoreUnavailable
+            | Refusal::TooManyFailedAttempts => {}
         }
         if self.closes_connection() {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -237,6 +305,15 @@ mod tests {
             assert_eq!(v["error"], r.code());
             assert_eq!(v["message"], r.message());
             assert!(r.status().is_client_error() || r.status().is_server_error());
+        }
+        for r in [
+            Refusal::RateLimited,
+            Refusal::QuotaExhausted,
+            Refusal::TooManyConcurrent,
+        ] {
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            let response: Response<Bytes> = r.response_retry_after(7);
+            assert_eq!(response.headers()[RETRY_AFTER], "7");
         }
         assert_eq!(
             Refusal::UnregisteredSource.message(),

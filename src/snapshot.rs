@@ -111,6 +111,95 @@ pub struct ApiUser {
     pub group: u32,
     pub sources: SourceWhitelist,
     pub password_hash: Option<Box<str>>,
+    /// Rate, quota and concurrency limits, resolved from the user's own value or its group's.
+    pub limits: UserLimits,
+}
+
+/// `rate_limit = { requests, per, burst }`: a steady rate of `requests` per `per`, and `burst`
+/// more that a client at rest may send at once (GCRA, `crate::limits::gcra`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// `quota = { requests, per }`: at most `requests` in each period of `per`, periods counted
+/// from the Unix epoch (so every replica agrees on where one ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u64,
+    pub per: Duration,
+}
+
+/// Where a user's effective rate limit came from, for `explain`, `/status` and `users list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitOrigin {
+    User,
+    Group,
+}
+
+/// Everything that limits one user; all `None` for a user its group does not limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    pub rate: Option<(RateLimit, LimitOrigin)>,
+    pub quota: Option<Quota>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl UserLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.rate.is_none() && self.quota.is_none() && self.max_concurrent.is_none()
+    }
+}
+
+/// `[rate_limits]`: where limit state is kept and what happens when it cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RateLimitSettings {
+    pub store: LimitStore,
+    pub on_store_error: OnStoreError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LimitStore {
+    /// This process only.
+    #[default]
+    Local,
+    /// Shared by every gateway pointed at the same Redis.
+    Redis {
+        /// The URL as written (it may hold a password: never logged or shown).
+        url: Box<str>,
+        /// `redis://host:port/db`, without credentials: what logs and `/status` show.
+        shown: Box<str>,
+    },
+}
+
+impl LimitStore {
+    /// What logs and `/status` may show: `local`, or the Redis URL without its credentials.
+    pub fn shown(&self) -> &str {
+        match self {
+            LimitStore::Local => "local",
+            LimitStore::Redis { shown, .. } => shown,
+        }
+    }
+}
+
+/// `on_store_error`: when the shared store cannot be reached, admit (each gateway then enforces
+/// the limit on its own) or refuse limited users' requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl OnStoreError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        }
+    }
 }
 
 /// The first characters of a key, as the file keeps them to tell keys apart; stored inline
@@ -286,6 +375,7 @@ pub struct Snapshot {
     /// Every admin token's digest, to its admin's index in `admins`.
     pub admin_tokens: DigestMap<u32>,
     pub console: ConsoleSettings,
+    pub rate_limits: RateLimitSettings,
 }
 
 /// An operator of the admin listener's console and API; never an API user, never on the public

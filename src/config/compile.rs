@@ -72,6 +72,7 @@ impl Compiler<'_> {
 
     fn snapshot(&mut self, file: &Path, raw: RawConfig) -> Snapshot {
         let server = self.server(raw.server.as_ref().unwrap_or(&RawServer::default()));
+        let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref());
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut upstream_index = HashMap::new();
@@ -123,8 +124,10 @@ impl Compiler<'_> {
         }
 
         let mut groups = Vec::with_capacity(raw.groups.len());
+        let mut group_limits = Vec::with_capacity(raw.groups.len());
         let mut group_index = HashMap::new();
         for (name, group) in &raw.groups {
+            group_limits.push(self.group_limits(group));
             let mut permissions = Vec::with_capacity(group.allow.len());
             for perm in &group.allow {
                 let perm = perm.get_ref();
@@ -158,7 +161,15 @@ impl Compiler<'_> {
             DigestMap::with_capacity_and_hasher(key_count, Default::default());
         for (id, user) in &raw.users {
             let index = users.len() as UserIndex;
-            if let Some(api_user) = self.user(id, user, &group_index, &raw, index, &mut keys) {
+            if let Some(api_user) = self.user(
+                id,
+                user,
+                &group_index,
+                &group_limits,
+                &raw,
+                index,
+                &mut keys,
+            ) {
                 users.push(api_user);
             }
         }
@@ -176,6 +187,7 @@ impl Compiler<'_> {
             groups: groups.into_boxed_slice(),
             routes: RouteTable::new(routes),
             upstreams: upstreams.into_boxed_slice(),
+            rate_limits,
         }
     }
 
@@ -388,6 +400,7 @@ impl Compiler<'_> {
         id: &Spanned<String>,
         user: &Spanned<RawUser>,
         group_index: &HashMap<String, u32>,
+        group_limits: &[crate::snapshot::UserLimits],
         raw: &RawConfig,
         index: UserIndex,
         keys: &mut DigestMap<ApiKey>,
@@ -489,19 +502,22 @@ impl Compiler<'_> {
                 },
             );
         }
+        let own_rate = u.rate_limit.as_ref().and_then(|r| self.rate_limit(r));
         if self.errors.len() != errors_before {
             return None;
         }
+        let group = group?;
         Some(ApiUser {
             id: id.get_ref().as_str().into(),
             display_name: u.display_name.as_deref().map(Into::into),
             status: status?,
-            group: group?,
+            group,
             sources: sources?,
             password_hash: u
                 .password_hash
                 .as_ref()
                 .map(|h| h.get_ref().as_str().into()),
+            limits: limits::user_limits(group_limits[group as usize], own_rate),
         })
     }
 
@@ -681,5 +697,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod admin;
 mod protection;
 pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};
+mod limits;
+
 #[cfg(test)]
 mod tests;

@@ -43,6 +43,7 @@ impl ChangeSummary {
                         && before.sources == user.sources
                         && before.display_name == user.display_name
                         && before.password_hash == user.password_hash
+                        && before.limits == user.limits
                         && !keys_changed_for.contains(&*user.id);
                     if !same {
                         summary.users_changed.push(user.id.to_string());

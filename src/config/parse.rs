@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawAddresses, RawConfig, RawKey, RawUser};
+use super::raw::{RawAddresses, RawConfig, RawKey, RawRateLimit, RawUser};
 
 /// Below this size one parse is fast enough and splitting costs more than it saves.
 const PARALLEL_THRESHOLD: usize = 2 * 1024 * 1024;
@@ -63,6 +63,7 @@ fn parse_in_pieces(text: &str, pieces: usize) -> Option<RawConfig> {
             || !piece.routes.is_empty()
             || !piece.groups.is_empty()
             || piece.server.is_some()
+            || piece.rate_limits.is_some()
         {
             return None;
         }
@@ -129,6 +130,18 @@ fn shift_user(user: Spanned<RawUser>, by: usize) -> Spanned<RawUser> {
         remote_addresses: shift_opt::<RawAddresses>(u.remote_addresses, by),
         keys: u.keys.into_iter().map(|k| shift_key(k, by)).collect(),
         password_hash: shift_opt(u.password_hash, by),
+        rate_limit: u.rate_limit.map(|r| shift_rate_limit(r, by)),
+    };
+    Spanned::new(span.start + by..span.end + by, moved)
+}
+
+fn shift_rate_limit(limit: Spanned<RawRateLimit>, by: usize) -> Spanned<RawRateLimit> {
+    let span = limit.span();
+    let l = limit.into_inner();
+    let moved = RawRateLimit {
+        requests: shift(l.requests, by),
+        per: shift(l.per, by),
+        burst: shift_opt(l.burst, by),
     };
     Spanned::new(span.start + by..span.end + by, moved)
 }

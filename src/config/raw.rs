@@ -21,6 +21,33 @@ pub struct RawConfig {
     pub users: BTreeMap<Spanned<String>, Spanned<RawUser>>,
     #[serde(default)]
     pub admins: BTreeMap<Spanned<String>, Spanned<RawAdmin>>,
+    pub rate_limits: Option<RawRateLimits>,
+}
+
+/// `[rate_limits]`: where limit state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub store: Option<Spanned<String>>,
+    pub on_store_error: Option<Spanned<String>>,
+}
+
+/// `rate_limit = { requests = 100, per = "1s", burst = 50 }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests: Spanned<i64>,
+    pub per: Spanned<String>,
+    #[serde(default)]
+    pub burst: Option<Spanned<i64>>,
+}
+
+/// `quota = { requests = 1_000_000, per = "30d" }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub requests: Spanned<i64>,
+    pub per: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +101,9 @@ pub struct RawGroup {
     pub description: Option<String>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawPermission>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub quota: Option<Spanned<RawQuota>>,
+    pub max_concurrent: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +126,7 @@ pub struct RawUser {
     #[serde(default)]
     pub keys: Vec<Spanned<RawKey>>,
     pub password_hash: Option<Spanned<String>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// `remote_addresses` is written either the vendor way (`"a~b~c"`) or as a TOML array.

@@ -25,6 +25,7 @@ fn user(hash: Option<String>) -> ApiUser {
         group: 0,
         sources: SourceWhitelist::Any,
         password_hash: hash.map(Into::into),
+        limits: Default::default(),
     }
 }
 

@@ -1,0 +1,337 @@
+//! Per-user rate limits, quotas and concurrency limits: their state, kept outside the snapshot
+//! and keyed by user id, locally or shared through Redis; and the failed-authentication limiter.
+//!
+//! A reload never rebuilds this state: a user whose limits did not change keeps its counters, a
+//! changed limit applies from the next request (the limit's parameters come from the snapshot
+//! on every call, only the counters live here), and a user that left the file is forgotten
+//! (`configure`). Users without limits are never looked up.
+
+pub mod failed_auth;
+pub mod fields;
+pub mod gcra;
+mod local;
+mod redis_store;
+mod shared;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+
+use crate::snapshot::{ApiUser, LimitStore, OnStoreError, RateLimitSettings, Snapshot};
+pub use fields::{Fields, PolicyState};
+pub use redis_store::{RedisStore, StoreStats};
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    Rate,
+    Quota,
+    Concurrency,
+    /// The shared store could not be reached and `on_store_error = "deny"`.
+    StoreUnavailable,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::Rate,
+        LimitKind::Quota,
+        LimitKind::Concurrency,
+        LimitKind::StoreUnavailable,
+    ];
+
+    /// The metric label and log value; the same words as the refusal codes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Rate => "rate_limited",
+            LimitKind::Quota => "quota_exhausted",
+            LimitKind::Concurrency => "too_many_concurrent",
+            LimitKind::StoreUnavailable => "limit_store_unavailable",
+        }
+    }
+
+    /// The refusal the client gets.
+    pub fn refusal(self) -> crate::refusal::Refusal {
+        use crate::refusal::Refusal;
+        match self {
+            LimitKind::Rate => Refusal::RateLimited,
+            LimitKind::Quota => Refusal::QuotaExhausted,
+            LimitKind::Concurrency => Refusal::TooManyConcurrent,
+            LimitKind::StoreUnavailable => Refusal::LimitStoreUnavailable,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A request the limits let through. Holding it holds the user's place among its requests in
+/// flight: drop it when the response has ended or the client has gone.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    pub fields: Fields,
+    _in_flight: Option<InFlight>,
+}
+
+/// A request the limits refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Limited {
+    pub kind: LimitKind,
+    pub fields: Fields,
+    /// Whole seconds, at least 1: `Retry-After`.
+    pub retry_after: u64,
+}
+
+/// The per-user state. Every counter starts as "at rest".
+#[derive(Debug, Default)]
+struct UserState {
+    /// Local GCRA: the TAT in nanoseconds after `Limiter::epoch`.
+    tat: AtomicU64,
+    /// Local quota: (window number, requests counted in it).
+    quota: Mutex<(u64, u64)>,
+    in_flight: AtomicU32,
+    refused: [AtomicU64; 4],
+    /// Shared store: the leases this gateway holds.
+    leases: shared::Leases,
+    /// The limits of the last request, to notice a reload that changed them.
+    seen: Mutex<Option<crate::snapshot::UserLimits>>,
+}
+
+/// One place among a user's requests in flight, given back on drop.
+#[derive(Debug)]
+struct InFlight(Arc<UserState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// All limit state of one gateway.
+pub struct Limiter {
+    users: DashMap<Arc<str>, Arc<UserState>>,
+    /// Local times are nanoseconds after this.
+    epoch: Instant,
+    store: ArcSwapOption<RedisStore>,
+    pub failed_auth: failed_auth::FailedAuthLimiter,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::new()
+    }
+}
+
+impl Limiter {
+    pub fn new() -> Limiter {
+        Limiter {
+            users: DashMap::new(),
+            epoch: Instant::now(),
+            store: ArcSwapOption::empty(),
+            failed_auth: failed_auth::FailedAuthLimiter::default(),
+        }
+    }
+
+    /// Follows a (re)loaded snapshot: connects to a new store URL (keeping the connection if the
+    /// URL did not change) and forgets the state of users that are gone or no longer limited.
+    /// Call it for the first load and after every applied reload.
+    pub fn configure(&self, snapshot: &Snapshot) {
+        match &snapshot.rate_limits.store {
+            LimitStore::Local => self.store.store(None),
+            LimitStore::Redis { url, shown } => {
+                let keep = self.store.load().as_ref().is_some_and(|s| s.is_for(url));
+                if !keep {
+                    match RedisStore::new(url, shown) {
+                        Ok(store) => self.store.store(Some(Arc::new(store))),
+                        Err(e) => {
+                            // Validated when compiled; if the client still refuses it, every
+                            // call fails and on_store_error decides, as for an outage.
+                            tracing::error!(store = %shown, error = %e, "cannot use the rate-limit store");
+                            self.store.store(None);
+                        }
+                    }
+                }
+            }
+        }
+        self.users.retain(|id, _| {
+            snapshot
+                .user_by_id(id)
+                .is_some_and(|u| !u.limits.is_unlimited())
+        });
+    }
+
+    /// The user's limits for one request that passed authentication, status, source and
+    /// permission checks. Users without limits return at once; local limits never wait; the
+    /// shared store is asked only when this gateway's lease is spent.
+    pub async fn admit(
+        &self,
+        user: &ApiUser,
+        settings: &RateLimitSettings,
+    ) -> Result<Admitted, Limited> {
+        let limits = user.limits;
+        if limits.is_unlimited() {
+            return Ok(Admitted::default());
+        }
+        let state = self.state(&user.id);
+        {
+            let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen != Some(limits) {
+                // Leases taken under the old limits are not spent under the new ones.
+                state.leases.clear();
+                *seen = Some(limits);
+            }
+        }
+        let in_flight = match limits.max_concurrent {
+            None => None,
+            Some(max) => match acquire(&state, max) {
+                Some(place) => Some(place),
+                None => {
+                    return Err(self.refused(&state, LimitKind::Concurrency, Fields::default(), 1));
+                }
+            },
+        };
+        let shared = match settings.store {
+            LimitStore::Local => None,
+            LimitStore::Redis { .. } => self.store.load_full(),
+        };
+        let mut fields = Fields::default();
+        if let Some((rate, _)) = limits.rate {
+            let outcome = match &shared {
+                None => Ok(self.local_rate(&state, &rate)),
+                Some(store) => shared::rate(store, &state.leases, &user.id, &rate).await,
+            };
+            match self.settle(outcome, settings.on_store_error, || {
+                self.local_rate(&state, &rate)
+            }) {
+                Ok(s) => fields.rate = Some(s),
+                Err((kind, retry, s)) => {
+                    fields.rate = s;
+                    return Err(self.refused(&state, kind, fields, retry));
+                }
+            }
+        }
+        if let Some(quota) = limits.quota {
+            let outcome = match &shared {
+                None => Ok(self.local_quota(&state, &quota)),
+                Some(store) => shared::quota(store, &state.leases, &user.id, &quota).await,
+            };
+            match self.settle(outcome, settings.on_store_error, || {
+                self.local_quota(&state, &quota)
+            }) {
+                Ok(s) => fields.quota = Some(s),
+                Err((kind, retry, s)) => {
+                    fields.quota = s;
+                    return Err(self.refused(&state, kind, fields, retry));
+                }
+            }
+        }
+        Ok(Admitted {
+            fields,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// A store outcome, or what `on_store_error` makes of a failed one.
+    #[allow(clippy::type_complexity)]
+    fn settle(
+        &self,
+        outcome: Result<Step, redis_store::StoreError>,
+        on_error: OnStoreError,
+        local: impl FnOnce() -> Step,
+    ) -> Result<PolicyState, (LimitKind, u64, Option<PolicyState>)> {
+        let step = match outcome {
+            Ok(step) => step,
+            Err(_) => match on_error {
+                // Each gateway then enforces the whole limit on its own.
+                OnStoreError::Allow => local(),
+                OnStoreError::Deny => return Err((LimitKind::StoreUnavailable, 1, None)),
+            },
+        };
+        match step {
+            Step::Passed(s) => Ok(s),
+            Step::Refused(kind, retry, s) => Err((kind, retry, Some(s))),
+        }
+    }
+
+    fn refused(&self, state: &UserState, kind: LimitKind, fields: Fields, retry: u64) -> Limited {
+        state.refused[kind.index()].fetch_add(1, Ordering::Relaxed);
+        Limited {
+            kind,
+            fields,
+            retry_after: retry.max(1),
+        }
+    }
+
+    fn state(&self, id: &Arc<str>) -> Arc<UserState> {
+        if let Some(s) = self.users.get(id) {
+            return Arc::clone(s.value());
+        }
+        Arc::clone(
+            self.users
+                .entry(Arc::clone(id))
+                .or_insert_with(Default::default)
+                .value(),
+        )
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The shared store in use, if any.
+    pub fn shared_store(&self) -> Option<Arc<RedisStore>> {
+        self.store.load_full()
+    }
+
+    /// Requests in flight and refusals by kind, of one user with state here.
+    pub fn user_counts(&self, id: &str) -> Option<(u32, [u64; 4])> {
+        self.users.get(id).map(|s| {
+            (
+                s.in_flight.load(Ordering::Relaxed),
+                std::array::from_fn(|i| s.refused[i].load(Ordering::Relaxed)),
+            )
+        })
+    }
+
+    /// Users with state here (limited users that have sent a request since they were loaded).
+    pub fn tracked_users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The limits' Prometheus series (docs/metrics.md), labelled by users of the current
+    /// snapshot only, so a removed user's series disappear with it.
+    pub fn render_metrics(&self, out: &mut String) {
+        render::metrics(self, out);
+    }
+}
+
+pub mod render;
+
+/// What one limit said.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Passed(PolicyState),
+    /// The kind, `Retry-After` in whole seconds, and the state to report.
+    Refused(LimitKind, u64, PolicyState),
+}
+
+fn acquire(state: &Arc<UserState>, max: u32) -> Option<InFlight> {
+    let before = state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let place = InFlight(Arc::clone(state));
+    if before >= max {
+        drop(place);
+        return None;
+    }
+    Some(place)
+}
+
+/// A whole number of seconds to wait, at least one.
+fn retry_seconds(wait: Duration) -> u64 {
+    fields::whole_seconds(wait).max(1)
+}
+
+#[cfg(test)]
+mod tests;
