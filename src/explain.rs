@@ -236,10 +236,24 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
         }
     };
     let verdict = match &decision.outcome {
-        Outcome::Allowed(grant) => Verdict::Allowed {
-            to: forwarded_to(grant.upstream, &grant.path, query),
-        },
-        Outcome::Refused(refusal) => Verdict::Refused(*refusal),
+        Outcome::Allowed(grant) => {
+            if let Some(user) = decision.user {
+                narrator.limits(user);
+            }
+            Verdict::Allowed {
+                to: forwarded_to(grant.upstream, &grant.path, query),
+            }
+        }
+        Outcome::Refused(refusal) => {
+            if decision.user.is_some_and(|u| !u.limits.is_unlimited()) {
+                narrator.push(
+                    "limits",
+                    "not reached: a request refused before them uses none of the user's allowance"
+                        .into(),
+                );
+            }
+            Verdict::Refused(*refusal)
+        }
     };
     narrator.finish(verdict)
 }
@@ -276,6 +290,35 @@ impl Narrator<'_> {
             lines: self.lines,
             verdict,
         }
+    }
+
+    /// The limit step: it runs last, on live counters this offline explanation cannot see.
+    fn limits(&mut self, user: &ApiUser) {
+        let limits = &user.limits;
+        if limits.is_unlimited() {
+            self.push("limits", "none for this user ✓".into());
+            return;
+        }
+        let store = self.snapshot.rate_limits.store.shown().to_string();
+        self.push("limits", crate::limits::describe::summary(limits));
+        let mut over = Vec::new();
+        if limits.rate.is_some() {
+            over.push("429 rate_limited");
+        }
+        if limits.quota.is_some() {
+            over.push("429 quota_exhausted");
+        }
+        if limits.max_concurrent.is_some() {
+            over.push("429 too_many_concurrent");
+        }
+        self.push(
+            "",
+            format!(
+                "checked on live counters (store {store}, on_store_error = {}): within them the request goes on; over them {}",
+                self.snapshot.rate_limits.on_store_error.as_str(),
+                over.join(", ")
+            ),
+        );
     }
 
     fn note_trusted_proxy(&mut self, source: IpAddr) {

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::config::ConfigErrors;
 use crate::config::reload::{self, ConfigStore, ReloadOutcome, ReloadTrigger};
+use crate::limits::Limiter;
 use crate::observe::Telemetry;
 use crate::proxy;
 
@@ -115,13 +116,21 @@ impl Gateway {
         } else {
             None
         };
+        // Limit state outlives every snapshot; it follows each one applied (limits/mod.rs).
+        let limiter = Arc::new(Limiter::new());
+        limiter.configure(&store.load());
         let reload_store = Arc::clone(&store);
         let reload_telemetry = Arc::clone(&telemetry);
+        let reload_limiter = Arc::clone(&limiter);
         tokio::spawn(reload::reload_loop(
             Arc::clone(&store),
             triggers_rx,
             move |outcome: &ReloadOutcome| {
-                reload_telemetry.reloaded(outcome, &reload_store.load(), reload_store.generation());
+                let current = reload_store.load();
+                if matches!(outcome, ReloadOutcome::Applied { .. }) {
+                    reload_limiter.configure(&current);
+                }
+                reload_telemetry.reloaded(outcome, &current, reload_store.generation());
             },
         ));
         if options.reload_on_sighup {
@@ -145,6 +154,7 @@ impl Gateway {
             public_addr: local_addr,
             ready: AtomicBool::new(true),
             proxy,
+            limits: Arc::clone(&limiter),
         });
         if let Some(listener) = admin_listener {
             tokio::spawn(admin::serve(

@@ -44,6 +44,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// Counts kept by the proxy: idle upstream connections, fast-path requests.
     pub proxy: Arc<dyn crate::proxy::ProxyStats>,
+    /// Rate, quota and concurrency state, for /metrics and /status.
+    pub limits: Arc<crate::limits::Limiter>,
 }
 
 /// The admin listener's own state beside what it reports on: sessions and logins.
@@ -151,7 +153,9 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>, peer: SocketAddr) -> AdminRes
 fn open_endpoint(state: &AdminState, path: &str) -> AdminResponse {
     match path {
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(state.telemetry.metrics.render())));
+            let mut text = state.telemetry.metrics.render();
+            state.limits.render_metrics(&mut text);
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -194,6 +198,7 @@ fn status(state: &AdminState) -> serde_json::Value {
         "upstream_idle_connections": state.proxy.idle_upstream_connections(),
         "fast_path_requests": state.proxy.fast_path_requests(),
         "connections_handed_to_hyper": state.proxy.connections_handed_over(),
+        "rate_limits": crate::limits::describe::status(&state.limits, &snapshot),
         "uptime_seconds": state.started.elapsed().as_secs(),
     })
 }

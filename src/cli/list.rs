@@ -12,6 +12,10 @@ use crate::config::reload::now_unix;
 pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(), CliError> {
     let file = ConfigFile::read(config)?;
     let users = file.user_entries();
+    // Limits are resolved (a user's own rate limit over its group's) by compiling the file, as
+    // the gateway does; a file that does not compile lists them as unknown.
+    let compiled = crate::config::load(config).ok();
+    let limits = Limits(compiled.as_ref());
     let now = now_unix();
     // Last use is known only to a running gateway; without one the listing still works, and
     // says why the column is "?".
@@ -34,11 +38,11 @@ pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(),
     match format {
         ListFormat::Json => {
             let doc: Vec<serde_json::Value> =
-                users.iter().map(|u| as_json(u, now, last_use)).collect();
+                users.iter().map(|u| as_json(u, now, last_use, &limits)).collect();
             let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "[]".into());
             super::print_listing(&format!("{text}\n"));
         }
-        ListFormat::Table => print_table(&users, now, last_use),
+        ListFormat::Table => print_table(&users, now, last_use, &limits),
     }
     Ok(())
 }
@@ -56,7 +60,22 @@ fn password_last_use(u: &Listed, last_use: Option<&LastUse>) -> Option<Option<i6
     last_use.map(|l| l.get(&last_used::password_entry(&u.id)).copied())
 }
 
-fn as_json(u: &Listed, now: i64, last_use: Option<&LastUse>) -> serde_json::Value {
+/// Each user's effective limits, from the compiled file.
+struct Limits<'s>(Option<&'s crate::snapshot::Snapshot>);
+
+impl Limits<'_> {
+    /// `None` when the file does not compile (nothing certain can be said).
+    fn of(&self, id: &str) -> Option<crate::snapshot::UserLimits> {
+        self.0.and_then(|s| s.user_by_id(id)).map(|u| u.limits)
+    }
+}
+
+fn as_json(
+    u: &Listed,
+    now: i64,
+    last_use: Option<&LastUse>,
+    limits: &Limits<'_>,
+) -> serde_json::Value {
     let keys: Vec<serde_json::Value> = u
         .keys
         .iter()
@@ -83,10 +102,11 @@ fn as_json(u: &Listed, now: i64, last_use: Option<&LastUse>) -> serde_json::Valu
         "password_last_used": password_last_use(u, last_use).flatten().map(edit::rfc3339),
         "key_count": u.keys.len(),
         "keys": keys,
+        "limits": limits.of(&u.id).as_ref().map(crate::limits::describe::json),
     })
 }
 
-fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>) {
+fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>, limits: &Limits<'_>) {
     let header = [
         "ID",
         "NAME",
@@ -98,6 +118,7 @@ fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>) {
         "PREFIXES",
         "CREATED",
         "EXPIRES",
+        "LIMITS",
         "LAST USED",
     ];
     let date = |t: i64| {
@@ -106,7 +127,7 @@ fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>) {
             .map(str::to_string)
             .unwrap_or_default()
     };
-    let rows: Vec<[String; 11]> = users
+    let rows: Vec<[String; 12]> = users
         .iter()
         .map(|u| {
             let name = u.display_name.clone().unwrap_or_else(|| {
@@ -156,6 +177,10 @@ fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>) {
                 },
                 created.unwrap_or_else(|| "-".into()),
                 expires,
+                limits
+                    .of(&u.id)
+                    .as_ref()
+                    .map_or_else(|| "?".into(), crate::limits::describe::summary),
                 match last_use {
                     None => "?".into(),
                     Some(_) => u

@@ -6,6 +6,7 @@
 //! on every call, only the counters live here), and a user that left the file is forgotten
 //! (`configure`). Users without limits are never looked up.
 
+pub mod describe;
 pub mod failed_auth;
 pub mod fields;
 pub mod gcra;
