@@ -270,12 +270,7 @@ impl Limiter {
         if let Some(s) = self.users.get(id) {
             return Arc::clone(s.value());
         }
-        Arc::clone(
-            self.users
-                .entry(Arc::clone(id))
-                .or_insert_with(Default::default)
-                .value(),
-        )
+        Arc::clone(self.users.entry(Arc::clone(id)).or_default().value())
     }
 
     fn now(&self) -> u64 {

@@ -409,3 +409,104 @@ fn interned_values_do_not_refuse_what_the_plain_ones_accept() {
         other => panic!("{other:?}"),
     }
 }
+
+fn limited(group_limits: &str, user_limit: &str, rate_limits: &str) -> String {
+    format!(
+        r#"[upstreams.api]
+url = "builtin:echo"
+
+[[routes]]
+prefix = "/"
+upstream = "api"
+
+[groups.partners]
+allow = [{{ path = "/**", verbs = ["view"] }}]
+{group_limits}
+
+[users."a@example.org"]
+status = "active"
+group = "partners"
+remote_addresses = "*"
+{user_limit}
+
+{rate_limits}
+"#
+    )
+}
+
+#[test]
+fn limits_compile_with_the_users_own_rate_over_its_groups() {
+    let text = limited(
+        r#"rate_limit = { requests = 100, per = "1s", burst = 50 }
+quota = { requests = 1_000_000, per = "30d" }
+max_concurrent = 20"#,
+        r#"rate_limit = { requests = 5, per = "1s", burst = 10 }"#,
+        "[rate_limits]\nstore = \"redis://:pw@127.0.0.1:6379/0\"\non_store_error = \"deny\"",
+    );
+    let s = compile(Path::new("x.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let limits = s.user_by_id("a@example.org").unwrap().limits;
+    let (rate, origin) = limits.rate.unwrap();
+    assert_eq!(origin, crate::snapshot::LimitOrigin::User);
+    assert_eq!(
+        (rate.requests, rate.per, rate.burst),
+        (5, Duration::from_secs(1), 10)
+    );
+    assert_eq!(limits.quota.unwrap().requests, 1_000_000);
+    assert_eq!(limits.quota.unwrap().per, Duration::from_secs(30 * 86_400));
+    assert_eq!(limits.max_concurrent, Some(20));
+    assert_eq!(s.rate_limits.store.shown(), "redis://127.0.0.1:6379/0");
+    assert_eq!(
+        s.rate_limits.on_store_error,
+        crate::snapshot::OnStoreError::Deny
+    );
+    // Without [rate_limits]: local, and allow.
+    let plain = compile(Path::new("x.toml"), &limited("", "", "")).unwrap();
+    assert_eq!(plain.rate_limits.store, crate::snapshot::LimitStore::Local);
+    assert!(
+        plain
+            .user_by_id("a@example.org")
+            .unwrap()
+            .limits
+            .is_unlimited()
+    );
+}
+
+#[test]
+fn limit_errors_point_at_the_value_to_fix() {
+    let text = limited(
+        r#"rate_limit = { requests = 0, per = "1s" }
+quota = { requests = 10, per = "soon" }
+max_concurrent = -1"#,
+        r#"rate_limit = { requests = 5, per = "1s", burst = -2 }"#,
+        "[rate_limits]\nstore = \"memcached://x\"\non_store_error = \"maybe\"",
+    );
+    let errs = errors(&text);
+    let find = |needle: &str| {
+        errs.iter()
+            .find(|e| e.message.contains(needle))
+            .unwrap_or_else(|| panic!("no error about {needle:?} in {errs:#?}"))
+    };
+    assert_eq!(
+        find("rate_limit requests").line,
+        line_of(&text, "requests = 0")
+    );
+    assert_eq!(find("quota per").line, line_of(&text, "per = \"soon\""));
+    assert_eq!(
+        find("max_concurrent").line,
+        line_of(&text, "max_concurrent = -1")
+    );
+    assert_eq!(find("burst").line, line_of(&text, "burst = -2"));
+    assert_eq!(find("is not a store").line, line_of(&text, "memcached"));
+    assert_eq!(find("on_store_error").line, line_of(&text, "\"maybe\""));
+    // A misspelt field is refused, not ignored.
+    let typo = limited(
+        r#"rate_limit = { requests = 1, per = "1s", brust = 3 }"#,
+        "",
+        "",
+    );
+    assert!(
+        errors(&typo)[0].message.contains("brust"),
+        "{:?}",
+        errors(&typo)
+    );
+}
