@@ -259,6 +259,11 @@ impl SourceWhitelist {
         }
     }
 
+    /// Whether an entry of the list names `ip` (`"*"` names no address: it admits all of them).
+    pub fn registers(&self, ip: IpAddr) -> bool {
+        matches!(self, SourceWhitelist::Blocks(_)) && self.allows(ip)
+    }
+
     /// The entry that admits `ip`, for explanations.
     pub fn matching_entry(&self, ip: IpAddr) -> Option<String> {
         match self {

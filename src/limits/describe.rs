@@ -95,7 +95,7 @@ pub fn status(limiter: &super::Limiter, snapshot: &Snapshot) -> serde_json::Valu
             entry["user"] = serde_json::Value::from(&*u.id);
             entry["in_flight"] = serde_json::Value::from(in_flight);
             entry["refused"] = serde_json::Value::Object(
-                super::LimitKind::ALL
+                super::LimitKind::PER_USER
                     .iter()
                     .zip(refused)
                     .map(|(k, n)| (k.as_str().to_string(), serde_json::Value::from(n)))

@@ -33,10 +33,13 @@ pub enum LimitKind {
     Concurrency,
     /// The shared store could not be reached and `on_store_error = "deny"`.
     StoreUnavailable,
+    /// The source address sent too many invalid credentials (`failed_auth`); no user is known.
+    FailedAttempts,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 4] = [
+    /// The kinds counted per user (a failed-auth refusal has no user).
+    pub const PER_USER: [LimitKind; 4] = [
         LimitKind::Rate,
         LimitKind::Quota,
         LimitKind::Concurrency,
@@ -50,6 +53,7 @@ impl LimitKind {
             LimitKind::Quota => "quota_exhausted",
             LimitKind::Concurrency => "too_many_concurrent",
             LimitKind::StoreUnavailable => "limit_store_unavailable",
+            LimitKind::FailedAttempts => "too_many_failed_attempts",
         }
     }
 
@@ -61,6 +65,7 @@ impl LimitKind {
             LimitKind::Quota => Refusal::QuotaExhausted,
             LimitKind::Concurrency => Refusal::TooManyConcurrent,
             LimitKind::StoreUnavailable => Refusal::LimitStoreUnavailable,
+            LimitKind::FailedAttempts => Refusal::TooManyFailedAttempts,
         }
     }
 
@@ -72,6 +77,7 @@ impl LimitKind {
 /// A request the limits let through. Holding it holds the user's place among its requests in
 /// flight: drop it when the response has ended or the client has gone.
 #[derive(Debug, Default)]
+#[must_use = "dropping it ends the request's place among the user's requests in flight"]
 pub struct Admitted {
     pub fields: Fields,
     _in_flight: Option<InFlight>,
@@ -86,6 +92,49 @@ pub struct Limited {
     pub retry_after: u64,
 }
 
+impl Limited {
+    /// The refusal the client gets for it.
+    pub fn refusal(&self) -> crate::refusal::Refusal {
+        self.kind.refusal()
+    }
+
+    /// The 429 (or 503) with its JSON body, `Retry-After` and the RateLimit fields.
+    pub fn response<B: From<bytes::Bytes>>(&self) -> http::Response<B> {
+        let mut response = self.refusal().response_retry_after(self.retry_after);
+        self.fields.insert_into(response.headers_mut());
+        response
+    }
+
+    /// A failed-auth block of `wait`.
+    pub fn failed_attempts(wait: Duration) -> Limited {
+        Limited {
+            kind: LimitKind::FailedAttempts,
+            fields: Fields::default(),
+            retry_after: retry_seconds(wait),
+        }
+    }
+}
+
+/// What the limit step needs of one request, taken from the snapshot with the decision (so
+/// the snapshot is not held while the shared store answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitPlan {
+    pub limits: crate::snapshot::UserLimits,
+    /// Whether `[rate_limits] store` is Redis.
+    pub shared: bool,
+    pub on_store_error: OnStoreError,
+}
+
+impl LimitPlan {
+    pub fn of(user: &ApiUser, settings: &RateLimitSettings) -> LimitPlan {
+        LimitPlan {
+            limits: user.limits,
+            shared: matches!(settings.store, LimitStore::Redis { .. }),
+            on_store_error: settings.on_store_error,
+        }
+    }
+}
+
 /// The per-user state. Every counter starts as "at rest".
 #[derive(Debug, Default)]
 struct UserState {
@@ -94,7 +143,7 @@ struct UserState {
     /// Local quota: (window number, requests counted in it).
     quota: Mutex<(u64, u64)>,
     in_flight: AtomicU32,
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; 5],
     /// Shared store: the leases this gateway holds.
     leases: shared::Leases,
     /// The limits of the last request, to notice a reload that changed them.
@@ -167,16 +216,12 @@ impl Limiter {
     /// The user's limits for one request that passed authentication, status, source and
     /// permission checks. Users without limits return at once; local limits never wait; the
     /// shared store is asked only when this gateway's lease is spent.
-    pub async fn admit(
-        &self,
-        user: &ApiUser,
-        settings: &RateLimitSettings,
-    ) -> Result<Admitted, Limited> {
-        let limits = user.limits;
+    pub async fn admit(&self, user: &Arc<str>, plan: LimitPlan) -> Result<Admitted, Limited> {
+        let limits = plan.limits;
         if limits.is_unlimited() {
             return Ok(Admitted::default());
         }
-        let state = self.state(&user.id);
+        let state = self.state(user);
         {
             let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
             if *seen != Some(limits) {
@@ -194,17 +239,18 @@ impl Limiter {
                 }
             },
         };
-        let shared = match settings.store {
-            LimitStore::Local => None,
-            LimitStore::Redis { .. } => self.store.load_full(),
+        let shared = if plan.shared {
+            self.store.load_full()
+        } else {
+            None
         };
         let mut fields = Fields::default();
         if let Some((rate, _)) = limits.rate {
             let outcome = match &shared {
                 None => Ok(self.local_rate(&state, &rate)),
-                Some(store) => shared::rate(store, &state.leases, &user.id, &rate).await,
+                Some(store) => shared::rate(store, &state.leases, user, &rate).await,
             };
-            match self.settle(outcome, settings.on_store_error, || {
+            match self.settle(outcome, plan.on_store_error, || {
                 self.local_rate(&state, &rate)
             }) {
                 Ok(s) => fields.rate = Some(s),
@@ -217,9 +263,9 @@ impl Limiter {
         if let Some(quota) = limits.quota {
             let outcome = match &shared {
                 None => Ok(self.local_quota(&state, &quota)),
-                Some(store) => shared::quota(store, &state.leases, &user.id, &quota).await,
+                Some(store) => shared::quota(store, &state.leases, user, &quota).await,
             };
-            match self.settle(outcome, settings.on_store_error, || {
+            match self.settle(outcome, plan.on_store_error, || {
                 self.local_quota(&state, &quota)
             }) {
                 Ok(s) => fields.quota = Some(s),
@@ -283,7 +329,7 @@ impl Limiter {
     }
 
     /// Requests in flight and refusals by kind, of one user with state here.
-    pub fn user_counts(&self, id: &str) -> Option<(u32, [u64; 4])> {
+    pub fn user_counts(&self, id: &str) -> Option<(u32, [u64; 5])> {
         self.users.get(id).map(|s| {
             (
                 s.in_flight.load(Ordering::Relaxed),

@@ -34,7 +34,7 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
         "# HELP {REFUSALS} Requests refused by a limit, by API user and kind (rate_limited, quota_exhausted, too_many_concurrent, limit_store_unavailable).\n# TYPE {REFUSALS} counter"
     );
     for (id, state) in &users {
-        for kind in LimitKind::ALL {
+        for kind in LimitKind::PER_USER {
             let n = state.refused[kind.index()].load(Ordering::Relaxed);
             if n > 0 {
                 let _ = writeln!(

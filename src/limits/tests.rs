@@ -42,7 +42,11 @@ fn limited(s: &Snapshot) -> &ApiUser {
 async fn count_admitted(limiter: &Limiter, s: &Snapshot, n: usize) -> usize {
     let mut admitted = 0;
     for _ in 0..n {
-        if limiter.admit(limited(s), &s.rate_limits).await.is_ok() {
+        if limiter
+            .admit(&limited(s).id, LimitPlan::of(limited(s), &s.rate_limits))
+            .await
+            .is_ok()
+        {
             admitted += 1;
         }
     }
@@ -57,7 +61,10 @@ async fn a_burst_passes_then_the_next_request_is_refused_with_retry_after() {
     );
     let limiter = Limiter::new();
     limiter.configure(&s);
-    let first = limiter.admit(limited(&s), &s.rate_limits).await.unwrap();
+    let first = limiter
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .await
+        .unwrap();
     let (policy, state) = first.fields.header_values().unwrap();
     assert_eq!(policy, "\"user\";q=2;w=60");
     assert_eq!(state, "\"user\";r=3;t=30");
@@ -81,7 +88,10 @@ async fn users_without_limits_are_not_tracked() {
     let limiter = Limiter::new();
     let free = s.user_by_id("free@example.org").unwrap();
     for _ in 0..100 {
-        let admitted = limiter.admit(free, &s.rate_limits).await.unwrap();
+        let admitted = limiter
+            .admit(&free.id, LimitPlan::of(free, &s.rate_limits))
+            .await
+            .unwrap();
         assert!(admitted.fields.is_empty());
     }
     assert_eq!(limiter.tracked_users(), 0);
@@ -101,8 +111,14 @@ async fn a_users_own_rate_limit_overrides_its_groups() {
 async fn concurrency_is_given_back_when_the_admission_is_dropped() {
     let s = snapshot("max_concurrent = 2", "");
     let limiter = Limiter::new();
-    let a = limiter.admit(limited(&s), &s.rate_limits).await.unwrap();
-    let b = limiter.admit(limited(&s), &s.rate_limits).await.unwrap();
+    let a = limiter
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .await
+        .unwrap();
+    let b = limiter
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .await
+        .unwrap();
     let refused = limiter
         .admit(limited(&s), &s.rate_limits)
         .await
@@ -110,7 +126,10 @@ async fn concurrency_is_given_back_when_the_admission_is_dropped() {
     assert_eq!(refused.kind, LimitKind::Concurrency);
     assert_eq!(limiter.user_counts("limited@example.org").unwrap().0, 2);
     drop(a);
-    let c = limiter.admit(limited(&s), &s.rate_limits).await.unwrap();
+    let c = limiter
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .await
+        .unwrap();
     drop((b, c));
     assert_eq!(limiter.user_counts("limited@example.org").unwrap().0, 0);
 }
@@ -171,7 +190,10 @@ max_concurrent = 5"#,
     );
     let limiter = Limiter::new();
     limiter.configure(&s);
-    let _held = limiter.admit(limited(&s), &s.rate_limits).await.unwrap();
+    let _held = limiter
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .await
+        .unwrap();
     let _ = limiter
         .admit(limited(&s), &s.rate_limits)
         .await

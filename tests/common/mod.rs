@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use apiward::{Gateway, Options};
 
 pub mod process;
+pub mod redis_server;
 
 /// A key and its digest, for building configs.
 pub struct TestKey {
