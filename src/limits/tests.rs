@@ -70,7 +70,7 @@ async fn a_burst_passes_then_the_next_request_is_refused_with_retry_after() {
     assert_eq!(state, "\"user\";r=3;t=30");
     assert_eq!(count_admitted(&limiter, &s, 10).await, 3);
     let refused = limiter
-        .admit(limited(&s), &s.rate_limits)
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     assert_eq!(refused.kind, LimitKind::Rate);
@@ -120,7 +120,7 @@ async fn concurrency_is_given_back_when_the_admission_is_dropped() {
         .await
         .unwrap();
     let refused = limiter
-        .admit(limited(&s), &s.rate_limits)
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     assert_eq!(refused.kind, LimitKind::Concurrency);
@@ -140,7 +140,7 @@ async fn a_quota_refuses_once_spent_and_says_when_it_comes_back() {
     let limiter = Limiter::new();
     assert_eq!(count_admitted(&limiter, &s, 5).await, 3);
     let refused = limiter
-        .admit(limited(&s), &s.rate_limits)
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     assert_eq!(refused.kind, LimitKind::Quota);
@@ -195,7 +195,7 @@ max_concurrent = 5"#,
         .await
         .unwrap();
     let _ = limiter
-        .admit(limited(&s), &s.rate_limits)
+        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     let mut text = String::new();
