@@ -141,6 +141,7 @@ impl Gateway {
         let (proxy, serving) = proxy::spawn(
             Arc::clone(&store),
             Arc::clone(&telemetry),
+            Arc::clone(&limiter),
             listener,
             shutdown_rx,
         );

@@ -179,7 +179,12 @@ impl Refusal {
             | Refusal::Forbidden
             | Refusal::BadPath
             | Refusal::UpstreamUnavailable
-            | Refusal::UpstreamTimeout => false,
+            | Refusal::UpstreamTimeout
+            | Refusal::RateLimited
+            | Refusal::QuotaExhausted
+            | Refusal::TooManyConcurrent
+            | Refusal::LimitStoreUnavailable
+            | Refusal::TooManyFailedAttempts => false,
         }
     }
 

@@ -37,8 +37,10 @@ pub fn run(config: &Path, format: ListFormat, admin: Option<&str>) -> Result<(),
     let last_use = last_use.as_ref();
     match format {
         ListFormat::Json => {
-            let doc: Vec<serde_json::Value> =
-                users.iter().map(|u| as_json(u, now, last_use, &limits)).collect();
+            let doc: Vec<serde_json::Value> = users
+                .iter()
+                .map(|u| as_json(u, now, last_use, &limits))
+                .collect();
             let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "[]".into());
             super::print_listing(&format!("{text}\n"));
         }

@@ -111,6 +111,8 @@ impl Telemetry {
             route = record.route.as_deref(),
             upstream = record.upstream.as_deref(),
             decision = record.decision,
+            limit = record.limit,
+            limit_remaining = record.limit_remaining,
             status = record.status,
             bytes_in,
             bytes_out,
@@ -143,6 +145,11 @@ pub struct RequestRecord {
     /// Whether a log line is written at all (`access_log = "off"` turns it off).
     pub log: bool,
     pub sample: f64,
+    /// The limit step: `admitted`, the kind that refused (`rate_limited`, ...), or `None` for
+    /// a user without limits or a request refused before them.
+    pub limit: Option<&'static str>,
+    /// The least of what is left of the user's limits after this request.
+    pub limit_remaining: Option<u64>,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique without coordination.

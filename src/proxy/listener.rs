@@ -62,6 +62,7 @@ impl ProxyStats for Proxy {
 pub(crate) fn spawn(
     store: Arc<ConfigStore>,
     telemetry: Arc<Telemetry>,
+    limits: Arc<crate::limits::Limiter>,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> (Arc<dyn ProxyStats>, JoinHandle<()>) {
@@ -73,7 +74,7 @@ pub(crate) fn spawn(
         max_connections = configured.unwrap_or(default_max),
         "client connections above max_connections are closed at once"
     );
-    let policy = Arc::new(Policy::new(store, telemetry));
+    let policy = Arc::new(Policy::new(store, telemetry, limits));
     let proxy = Arc::new(Proxy {
         connections: ConnectionLimits::new(default_max),
         engine: Engine::new(Arc::clone(&policy)),

@@ -21,8 +21,7 @@ use super::engine::Engine;
 use crate::config::reload::ConfigStore;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::{Known, X_FORWARDED_FOR, classify};
-use crate::proxy::policy::{Policy, X_REQUEST_ID};
-use crate::refusal::Refusal;
+use crate::proxy::policy::{Policy, Refused, X_REQUEST_ID};
 use crate::snapshot::{Snapshot, UpstreamTarget};
 
 type SnapshotGuard = arc_swap::Guard<Arc<Snapshot>>;
@@ -337,6 +336,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 return Step::HandOver;
             }
         };
+        // The limit step, here and not before the hand-over, so that hyper's path counts it once.
+        let admitted = match self.policy.limit(&forward, &mut record).await {
+            Ok(admitted) => admitted,
+            Err(limited) => return self.refuse(limited, &mut record, head.close).await,
+        };
         self.build_upstream_head(&head, &forward, authority, &record);
         // One clock read serves the record, the upstream deadline and the pool's expiry check.
         let sent = Instant::now();
@@ -352,12 +356,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 return self.refuse(refusal, &mut record, head.close).await;
             }
         };
+        // `admitted` lives until the response is relayed or the client has gone.
         self.relay(
             response,
             head.close,
             &mut record,
             (authority, forward.limits),
             received,
+            &admitted.fields,
         )
         .await
     }
@@ -366,11 +372,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// path.
     pub(super) async fn refuse(
         &mut self,
-        refusal: Refusal,
+        refused: impl Into<Refused>,
         record: &mut RequestRecord,
         close: bool,
     ) -> Step {
-        let response = refusal.response_for::<Bytes>(record.presented);
+        let refused = refused.into();
+        let refusal = refused.refusal();
+        let response = refused.response::<Bytes>(record.presented);
         record.status = response.status().as_u16();
         let close = close || refusal.closes_connection() || self.shutting_down();
         let body = response.body();

@@ -12,6 +12,7 @@ use super::chunked::{BadChunk, ChunkTracker, body_part};
 use super::codec::{Framing, Lines, ResponseHead, http_date, push_header};
 use super::conn::{Conn, Head, Step};
 use super::deadline::{Read, Written, read_until, write_until};
+use crate::limits::Fields;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::OnRequest;
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
@@ -99,6 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         record: &mut RequestRecord,
         (authority, limits): (&Authority, Limits),
         received: Instant,
+        limit_fields: &Fields,
     ) -> Step {
         let upstream = &Upstream { authority, limits };
         let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
@@ -125,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         }
         lines.flush();
         push_header(rebuilt, b"x-request-id", record.request_id.as_bytes());
+        limit_fields.write_head(rebuilt);
         if !response.has_date {
             push_header(rebuilt, b"date", &http_date());
         }

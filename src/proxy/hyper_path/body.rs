@@ -66,6 +66,9 @@ pub struct Finish {
     pub policy: Arc<Policy>,
     pub record: RequestRecord,
     pub bytes_in: Arc<AtomicU64>,
+    /// The request's place among its user's requests in flight, given back with this: when the
+    /// body ends, or is dropped because the client went away.
+    pub _admitted: Option<crate::limits::Admitted>,
 }
 
 impl<B> Logged<B> {

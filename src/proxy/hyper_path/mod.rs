@@ -29,9 +29,9 @@ use tokio::sync::watch;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers;
 use crate::proxy::policy::{
-    Forward, Policy, UpstreamFailure, X_REQUEST_ID, check_response_framing,
+    Forward, Policy, Refused, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
-use crate::refusal::{Presented, Refusal};
+use crate::refusal::Presented;
 use crate::snapshot::UpstreamTarget;
 use body::{Counted, Finish, Logged};
 use client::Pool;
@@ -85,12 +85,21 @@ impl HyperPath {
             Instant::now(),
         );
         let bytes_in = Arc::new(AtomicU64::new(0));
+        let mut admitted = None;
         let mut response = match outcome {
-            Ok(forward) => {
-                self.forward(request, peer_text, forward, &mut record, &bytes_in)
-                    .await
-            }
-            Err(refusal) => refusal_response(refusal, record.presented),
+            Ok(forward) => match self.policy.limit(&forward, &mut record).await {
+                Ok(admission) => {
+                    let fields = admission.fields;
+                    admitted = Some(admission);
+                    let mut response = self
+                        .forward(request, peer_text, forward, &mut record, &bytes_in)
+                        .await;
+                    fields.insert_into(response.headers_mut());
+                    response
+                }
+                Err(limited) => refusal_response(limited, record.presented),
+            },
+            Err(refused) => refusal_response(refused, record.presented),
         };
         response
             .headers_mut()
@@ -100,6 +109,7 @@ impl HyperPath {
             policy: Arc::clone(&self.policy),
             record,
             bytes_in,
+            _admitted: admitted,
         };
         response.map(|body| Logged::new(body, finish))
     }
@@ -238,8 +248,9 @@ pub async fn serve<S>(
     }
 }
 
-fn refusal_response(refusal: Refusal, presented: Presented) -> Response<ResponseBody> {
-    refusal
-        .response_for::<Full<Bytes>>(presented)
+fn refusal_response(refused: impl Into<Refused>, presented: Presented) -> Response<ResponseBody> {
+    refused
+        .into()
+        .response::<Full<Bytes>>(presented)
         .map(Either::Right)
 }

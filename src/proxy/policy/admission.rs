@@ -5,14 +5,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
 
-use super::{Policy, X_REQUEST_ID};
+use super::{Policy, Refused, X_REQUEST_ID};
 use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::reload;
+use crate::limits::{LimitPlan, Limited};
 use crate::observe::RequestRecord;
 use crate::proxy::upstream::Limits;
 use crate::refusal::{Presented, Refusal};
@@ -33,6 +35,8 @@ pub struct Forward {
     /// An `Authorization` line uses Bearer or Basic: it is a credential of ours, never forwarded,
     /// whichever credential was used.
     pub strip_authorization: bool,
+    /// The user's limits, for the limit step (`Policy::limit`) after this decision.
+    pub limit_plan: LimitPlan,
 }
 
 impl Policy {
@@ -47,7 +51,7 @@ impl Policy {
         request_headers: &http::HeaderMap,
         peer: SocketAddr,
         arrived: Instant,
-    ) -> (Result<Forward, Refusal>, RequestRecord) {
+    ) -> (Result<Forward, Refused>, RequestRecord) {
         let client = super::headers::client_address(snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
         // Only a trusted proxy's request id is kept, so the header is not even looked up otherwise.
@@ -73,12 +77,14 @@ impl Policy {
             upstream_time: None,
             log: snapshot.server.access_log != AccessLogTarget::Off,
             sample: snapshot.server.access_log_sample,
+            limit: None,
+            limit_remaining: None,
         };
         if !framing_is_unambiguous(request_headers) {
             if record.log {
                 record.path = uri.path().to_string();
             }
-            return (Err(Refusal::BadFraming), record);
+            return (Err(Refusal::BadFraming.into()), record);
         }
         let mut scratch = String::new();
         let (credential, _) =
@@ -102,7 +108,32 @@ impl Policy {
             client,
             now: reload::now_unix(),
         };
+        // An address that sent many invalid credentials lately is refused, unless this
+        // credential is valid for a user that registered the address (limits/failed_auth.rs).
+        let blocked = client
+            .ip()
+            .and_then(|ip| Some((ip, self.limits.failed_auth.blocked_for(ip)?)));
         let decision = auth::decide(snapshot, &facts, &self.passwords);
+        if let Some((ip, wait)) = blocked {
+            if !decision.user.is_some_and(|u| u.sources.registers(ip)) {
+                self.limits
+                    .failed_auth
+                    .refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let limited = Limited::failed_attempts(wait);
+                record.decision = limited.refusal().code();
+                record.limit = Some(limited.kind.as_str());
+                if record.log {
+                    record.path = uri.path().to_string();
+                    record.key_prefix = presented_prefix.map(Into::into);
+                }
+                return (Err(limited.into()), record);
+            }
+        } else if let (Outcome::Refused(Refusal::InvalidCredentials), Some(ip)) =
+            (&decision.outcome, client.ip())
+        {
+            self.limits.failed_auth.failed(ip);
+        }
         record.user = decision
             .user
             .or(decision.named_by_refused_password)
@@ -141,7 +172,7 @@ impl Policy {
                         _ => uri.path().to_string(),
                     };
                 }
-                return (Err(refusal), record);
+                return (Err(refusal.into()), record);
             }
         };
         record.decision = "allowed";
@@ -154,9 +185,9 @@ impl Policy {
         let forward = (|| {
             // The user id goes upstream in X-Apiward-User, from `record.user`; the upstream's
             // name, for its error metrics, is `record.upstream`.
-            if !decision.user.is_some_and(|u| is_header_value(&u.id)) {
+            let Some(user) = decision.user.filter(|u| is_header_value(&u.id)) else {
                 return Err(Refusal::Forbidden);
-            }
+            };
             Ok::<_, Refusal>(Forward {
                 target: grant.upstream.target.clone(),
                 path_and_query: forwarded_path(&grant.upstream.target, &grant.path, uri)?,
@@ -168,12 +199,13 @@ impl Policy {
                 credential_headers: (!snapshot.server.credential_headers.is_empty())
                     .then(|| Arc::clone(&snapshot.server.credential_headers)),
                 strip_authorization: super::headers::authorization_is_ours(request_headers),
+                limit_plan: LimitPlan::of(user, &snapshot.rate_limits),
             })
         })();
         if let Err(refusal) = &forward {
             record.decision = refusal.code();
         }
-        (forward, record)
+        (forward.map_err(Refused::from), record)
     }
 }
 

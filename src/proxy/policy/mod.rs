@@ -5,6 +5,7 @@
 
 mod admission;
 pub mod headers;
+mod limits;
 mod upstream;
 
 use std::sync::Arc;
@@ -12,9 +13,11 @@ use std::time::Instant;
 
 use crate::auth::password::PasswordVerifier;
 use crate::config::reload::ConfigStore;
+use crate::limits::Limiter;
 use crate::observe::{RequestRecord, Telemetry};
 
 pub use admission::Forward;
+pub use limits::Refused;
 pub use upstream::{
     ConnectError, HeadLimits, InvalidResponse, UpstreamFailure, check_response_framing,
 };
@@ -32,15 +35,18 @@ pub struct Policy {
     pub telemetry: Arc<Telemetry>,
     /// The rate limit of upstream-failure warnings.
     upstream_failures: upstream::FailureLog,
+    /// Rate, quota and concurrency state, and the failed-auth limiter; outlives every snapshot.
+    pub limits: Arc<Limiter>,
 }
 
 impl Policy {
-    pub fn new(store: Arc<ConfigStore>, telemetry: Arc<Telemetry>) -> Policy {
+    pub fn new(store: Arc<ConfigStore>, telemetry: Arc<Telemetry>, limits: Arc<Limiter>) -> Policy {
         Policy {
             store,
             passwords: PasswordVerifier::new(),
             telemetry,
             upstream_failures: upstream::FailureLog::default(),
+            limits,
         }
     }
 

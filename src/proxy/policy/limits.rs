@@ -1,0 +1,91 @@
+//! The limit step of admission, once for every transport: after the decision allowed a request
+//! (so a caller that is not authenticated, not active or not from a registered source never
+//! uses an integration's allowance), the user's rate limit, quota and concurrency limit; and
+//! what a refusal then carries (`Retry-After`, the RateLimit fields).
+
+use bytes::Bytes;
+use http::Response;
+
+use super::{Forward, Policy};
+use crate::limits::{Admitted, Fields, Limited};
+use crate::observe::RequestRecord;
+use crate::refusal::{Presented, Refusal};
+
+/// Why the gateway answered instead of the upstream: a refusal of the decision or of the
+/// upstream, or one of a limit (with its `Retry-After` and RateLimit fields).
+#[derive(Debug)]
+pub enum Refused {
+    Plain(Refusal),
+    Limited(Limited),
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused::Plain(refusal)
+    }
+}
+
+impl From<Limited> for Refused {
+    fn from(limited: Limited) -> Refused {
+        Refused::Limited(limited)
+    }
+}
+
+impl Refused {
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Refused::Plain(r) => *r,
+            Refused::Limited(l) => l.refusal(),
+        }
+    }
+
+    /// The whole answer: `Refusal::response_for` what the request presented, plus a limit's
+    /// `Retry-After` and fields.
+    pub fn response<B: From<Bytes>>(&self, presented: Presented) -> Response<B> {
+        match self {
+            Refused::Plain(r) => r.response_for(presented),
+            Refused::Limited(l) => l.response(),
+        }
+    }
+}
+
+impl Policy {
+    /// The user's limits for an admitted request. Hold the `Admitted` until the response has
+    /// ended or the client has gone (it is the request's place among the user's requests in
+    /// flight); write its `fields` on the response head.
+    pub async fn limit(
+        &self,
+        forward: &Forward,
+        record: &mut RequestRecord,
+    ) -> Result<Admitted, Limited> {
+        if forward.limit_plan.limits.is_unlimited() {
+            return Ok(Admitted::default());
+        }
+        let Some(user) = &record.user else {
+            return Ok(Admitted::default());
+        };
+        let outcome = self.limits.admit(user, forward.limit_plan).await;
+        let fields = match &outcome {
+            Ok(admitted) => {
+                record.limit = Some("admitted");
+                admitted.fields
+            }
+            Err(limited) => {
+                record.limit = Some(limited.kind.as_str());
+                record.decision = limited.refusal().code();
+                limited.fields
+            }
+        };
+        record.limit_remaining = least_remaining(&fields);
+        outcome
+    }
+}
+
+fn least_remaining(fields: &Fields) -> Option<u64> {
+    fields
+        .rate
+        .iter()
+        .chain(fields.quota.iter())
+        .map(|s| s.remaining)
+        .min()
+}
