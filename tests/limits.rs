@@ -301,7 +301,10 @@ async fn a_reload_keeps_unchanged_counters_and_applies_a_changed_limit_at_once()
     let gw = TestGateway::start(&admin_config(2, &active("reload@example.org", &key))).await;
     let admin = gw.gateway().admin_addr().unwrap();
     let url = gw.url("/supporters/r");
-    assert_eq!(statuses(&[url.clone()], &key, 5).await, (3, 2, vec![]));
+    assert_eq!(
+        statuses(std::slice::from_ref(&url), &key, 5).await,
+        (3, 2, vec![])
+    );
 
     // Another user added: this user's counter is kept, still spent.
     gw.replace_config(&admin_config(
@@ -408,11 +411,17 @@ async fn redis_killed_and_restarted_with_on_store_error_allow() {
     let gw = TestGateway::start(&toml).await;
     let admin = gw.gateway().admin_addr().unwrap();
     let url = gw.url("/supporters/a");
-    assert_eq!(statuses(&[url.clone()], &key, 2).await, (2, 0, vec![]));
+    assert_eq!(
+        statuses(std::slice::from_ref(&url), &key, 2).await,
+        (2, 0, vec![])
+    );
 
     redis.kill().await;
     // Served on: this gateway enforces the limit on its own (a fresh local budget of 3).
-    assert_eq!(statuses(&[url.clone()], &key, 5).await, (3, 2, vec![]));
+    assert_eq!(
+        statuses(std::slice::from_ref(&url), &key, 5).await,
+        (3, 2, vec![])
+    );
     let status = common::status(admin).await;
     assert_eq!(status["rate_limits"]["store_up"], false);
     assert!(status["rate_limits"]["store_errors"].as_u64().unwrap() >= 1);
