@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::{
-    RawAdmin, RawAdminToken, RawConfig, RawGroup, RawKey, RawPermission, RawRoute, RawServer,
-    RawUpstream, RawUser,
+    RawAdmin, RawAdminToken, RawConfig, RawGroup, RawKey, RawPermission, RawQuota, RawRateLimit,
+    RawRateLimits, RawRoute, RawServer, RawUpstream, RawUser,
 };
 
 /// One problem: where (if it is at one place), and what.
@@ -123,6 +123,9 @@ enum Kind {
     Key,
     Admin,
     AdminToken,
+    RateLimits,
+    RateLimit,
+    Quota,
 }
 
 /// What a field holds when it holds tables of a known kind.
@@ -146,6 +149,9 @@ impl Kind {
             Kind::Key => fields_of::<RawKey>(),
             Kind::Admin => fields_of::<RawAdmin>(),
             Kind::AdminToken => fields_of::<RawAdminToken>(),
+            Kind::RateLimits => fields_of::<RawRateLimits>(),
+            Kind::RateLimit => fields_of::<RawRateLimit>(),
+            Kind::Quota => fields_of::<RawQuota>(),
         }
     }
 
@@ -160,6 +166,10 @@ impl Kind {
             (Kind::User, "keys") => Holds::List(Kind::Key, "a user's key"),
             (Kind::Root, "admins") => Holds::Named(Kind::Admin, "admins"),
             (Kind::Admin, "tokens") => Holds::List(Kind::AdminToken, "an admin's token"),
+            (Kind::Root, "rate_limits") => Holds::One(Kind::RateLimits, "[rate_limits]"),
+            (Kind::Group, "rate_limit") => Holds::One(Kind::RateLimit, "a group's rate_limit"),
+            (Kind::User, "rate_limit") => Holds::One(Kind::RateLimit, "a user's rate_limit"),
+            (Kind::Group, "quota") => Holds::One(Kind::Quota, "a group's quota"),
             _ => return None,
         })
     }
@@ -317,8 +327,19 @@ mod tests {
     fn the_known_fields_are_those_of_the_raw_types() {
         assert_eq!(
             Kind::Root.fields(),
-            ["server", "upstreams", "routes", "groups", "users", "admins"]
+            [
+                "server",
+                "upstreams",
+                "routes",
+                "groups",
+                "users",
+                "admins",
+                "rate_limits"
+            ]
         );
+        assert_eq!(Kind::RateLimit.fields(), ["requests", "per", "burst"]);
+        assert_eq!(Kind::Quota.fields(), ["requests", "per"]);
+        assert_eq!(Kind::RateLimits.fields(), ["store", "on_store_error"]);
         assert!(Kind::Server.fields().contains(&"upstream_timeout"));
         assert_eq!(Kind::Route.fields(), ["prefix", "upstream"]);
         assert_eq!(
