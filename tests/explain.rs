@@ -387,6 +387,7 @@ async fn explain_says_which_step_refused_and_what_would_have_matched() {
          path       /supporters/42\n\
          route      /supporters/ → upstream api ({url})\n\
          permission group manage-supporters: GET needs view; allowed by /supporters/** [view, create, modify] ✓\n\
+         limits     none for this user ✓\n\
          verdict    200 allowed: forwarded to {url}/supporters/42?x=1\n",
         url = w.upstream.url(),
     );

@@ -319,3 +319,67 @@ fn the_whole_key_is_never_printed() {
         }
     }
 }
+
+#[test]
+fn the_limit_step_comes_last_and_says_what_a_request_over_it_gets() {
+    let text = snapshot_text_with_limits();
+    let s = crate::config::compile(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let question = Question {
+        caller: Caller::User("a@example.org"),
+        source: "127.0.0.1".parse().unwrap(),
+        method: Method::GET,
+        path: "/supporters/1",
+        now: NOW,
+    };
+    let e = explain(&s, &question);
+    assert_eq!(
+        line(&e, "limits"),
+        "5/1s burst 10 (user's own), quota 1000/30d, 2 concurrent"
+    );
+    let last = e.lines.last().unwrap();
+    assert!(
+        last.text
+            .contains("429 rate_limited, 429 quota_exhausted, 429 too_many_concurrent"),
+        "{e}"
+    );
+    // Refused before the limits: they are not reached, nothing is used.
+    let refused = explain(
+        &s,
+        &Question {
+            source: "203.0.113.9".parse().unwrap(),
+            ..question
+        },
+    );
+    assert_eq!(
+        refused.verdict,
+        Verdict::Refused(Refusal::UnregisteredSource)
+    );
+    assert!(line(&refused, "limits").starts_with("not reached"));
+}
+
+fn snapshot_text_with_limits() -> String {
+    format!(
+        r#"
+[upstreams.api]
+url = "http://127.0.0.1:9000"
+
+[[routes]]
+prefix = "/supporters/"
+upstream = "api"
+
+[groups.g]
+allow = [{{ path = "/supporters/**", verbs = ["view"] }}]
+rate_limit = {{ requests = 100, per = "1s", burst = 50 }}
+quota = {{ requests = 1000, per = "30d" }}
+max_concurrent = 2
+
+[users."a@example.org"]
+status = "active"
+group = "g"
+remote_addresses = "127.0.0.1"
+rate_limit = {{ requests = 5, per = "1s", burst = 10 }}
+keys = [{{ sha256 = "{}" }}]
+"#,
+        KeyDigest::of(KEY).to_hex()
+    )
+}

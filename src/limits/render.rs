@@ -6,20 +6,10 @@ use std::sync::atomic::Ordering;
 
 use super::{LimitKind, Limiter};
 
-pub const REFUSALS: &str = "apiward_limit_refusals_total";
-pub const IN_FLIGHT: &str = "apiward_limit_in_flight";
-pub const STORE_ROUND_TRIPS: &str = "apiward_limit_store_round_trips_total";
-pub const STORE_ERRORS: &str = "apiward_limit_store_errors_total";
-pub const STORE_UP: &str = "apiward_limit_store_up";
-
-/// Every series name, for documentation and tests.
-pub const ALL: [&str; 5] = [
-    REFUSALS,
-    IN_FLIGHT,
-    STORE_ROUND_TRIPS,
-    STORE_ERRORS,
-    STORE_UP,
-];
+use crate::observe::names::{
+    LIMIT_IN_FLIGHT as IN_FLIGHT, LIMIT_REFUSALS as REFUSALS, LIMIT_STORE_ERRORS as STORE_ERRORS,
+    LIMIT_STORE_ROUND_TRIPS as STORE_ROUND_TRIPS, LIMIT_STORE_UP as STORE_UP, help,
+};
 
 pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
     let mut users: Vec<_> = limiter
@@ -31,7 +21,8 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
 
     let _ = writeln!(
         out,
-        "# HELP {REFUSALS} Requests refused by a limit, by API user and kind (rate_limited, quota_exhausted, too_many_concurrent, limit_store_unavailable).\n# TYPE {REFUSALS} counter"
+        "# HELP {REFUSALS} {}\n# TYPE {REFUSALS} counter",
+        help(REFUSALS)
     );
     for (id, state) in &users {
         for kind in LimitKind::PER_USER {
@@ -48,7 +39,8 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "# HELP {IN_FLIGHT} Requests in flight now, by API user with max_concurrent.\n# TYPE {IN_FLIGHT} gauge"
+        "# HELP {IN_FLIGHT} {}\n# TYPE {IN_FLIGHT} gauge",
+        help(IN_FLIGHT)
     );
     for (id, state) in &users {
         let concurrent = state
@@ -68,17 +60,20 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
     if let Some(store) = limiter.shared_store() {
         let _ = writeln!(
             out,
-            "# HELP {STORE_ROUND_TRIPS} Calls to the shared rate-limit store.\n# TYPE {STORE_ROUND_TRIPS} counter\n{STORE_ROUND_TRIPS} {}",
+            "# HELP {STORE_ROUND_TRIPS} {}\n# TYPE {STORE_ROUND_TRIPS} counter\n{STORE_ROUND_TRIPS} {}",
+            help(STORE_ROUND_TRIPS),
             store.stats.round_trips.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP {STORE_ERRORS} Calls to the shared rate-limit store that failed or timed out.\n# TYPE {STORE_ERRORS} counter\n{STORE_ERRORS} {}",
+            "# HELP {STORE_ERRORS} {}\n# TYPE {STORE_ERRORS} counter\n{STORE_ERRORS} {}",
+            help(STORE_ERRORS),
             store.stats.errors.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# HELP {STORE_UP} 1 while the shared rate-limit store answers, 0 from a failed call to the next answered one.\n# TYPE {STORE_UP} gauge\n{STORE_UP} {}",
+            "# HELP {STORE_UP} {}\n# TYPE {STORE_UP} gauge\n{STORE_UP} {}",
+            help(STORE_UP),
             u8::from(store.is_up())
         );
     }

@@ -10,9 +10,15 @@ pub const CONFIG_GENERATION: &str = "apiward_config_generation";
 pub const OPEN_CONNECTIONS: &str = "apiward_open_connections";
 pub const ADMIN_LOGINS: &str = "apiward_admin_logins_total";
 pub const CONNECTIONS_REFUSED: &str = "apiward_connections_refused_total";
+/// The limits' series, rendered from the live limit state (`limits/render.rs`).
+pub const LIMIT_REFUSALS: &str = "apiward_limit_refusals_total";
+pub const LIMIT_IN_FLIGHT: &str = "apiward_limit_in_flight";
+pub const LIMIT_STORE_ROUND_TRIPS: &str = "apiward_limit_store_round_trips_total";
+pub const LIMIT_STORE_ERRORS: &str = "apiward_limit_store_errors_total";
+pub const LIMIT_STORE_UP: &str = "apiward_limit_store_up";
 
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 14] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -22,6 +28,11 @@ pub const ALL: [&str; 9] = [
     OPEN_CONNECTIONS,
     ADMIN_LOGINS,
     CONNECTIONS_REFUSED,
+    LIMIT_REFUSALS,
+    LIMIT_IN_FLIGHT,
+    LIMIT_STORE_ROUND_TRIPS,
+    LIMIT_STORE_ERRORS,
+    LIMIT_STORE_UP,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -48,6 +59,15 @@ pub fn help(name: &str) -> &'static str {
         ADMIN_LOGINS => "Console logins by outcome (success, failure, throttled).",
         CONNECTIONS_REFUSED => {
             "New client connections closed at once, by reason (max_connections, max_connections_per_source)."
+        }
+        LIMIT_REFUSALS => {
+            "Requests refused by a limit, by API user and kind (rate_limited, quota_exhausted, too_many_concurrent, limit_store_unavailable)."
+        }
+        LIMIT_IN_FLIGHT => "Requests in flight now, by API user with max_concurrent.",
+        LIMIT_STORE_ROUND_TRIPS => "Calls to the shared rate-limit store.",
+        LIMIT_STORE_ERRORS => "Calls to the shared rate-limit store that failed or timed out.",
+        LIMIT_STORE_UP => {
+            "1 while the rate-limit store answers (always, for the local store), 0 from a failed call to the next answered one."
         }
         _ => "",
     }
