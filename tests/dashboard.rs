@@ -171,6 +171,15 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         "127.0.0.1",
         &[&readonly],
     );
+    let limited = TestKey::new("dashboardlimited");
+    users += "[groups.limited]\nallow = [{ path = \"/**\", verbs = [\"view\"] }]\nrate_limit = { requests = 1, per = \"1h\" }\nmax_concurrent = 5\n\n";
+    users += &user(
+        "limited@example.org",
+        "active",
+        "limited",
+        "127.0.0.1",
+        &[&limited],
+    );
     let toml = config(&upstream.url(), &users).replacen(
         "[server]\n",
         "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
@@ -189,6 +198,10 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     )
     .await;
     assert_eq!(r.status, 403);
+    // A limited user: one admitted, one refused (the limit series).
+    let l = [("x-api-key", limited.key.as_str())];
+    assert_eq!(get(&gw.url("/supporters/1"), &l).await.status, 200);
+    assert_eq!(get(&gw.url("/supporters/1"), &l).await.status, 429);
     let r = get(&gw.url("/dead/1"), &k).await;
     assert_eq!(
         (r.status.as_u16(), r.error_code()),

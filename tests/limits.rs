@@ -526,3 +526,41 @@ async fn many_invalid_credentials_block_an_address_but_never_a_user_that_registe
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_gateways_ratelimit_fields_replace_an_upstreams() {
+    let up = upstream_with(|_req| async {
+        let mut response =
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")));
+        response.headers_mut().insert(
+            "ratelimit",
+            http::HeaderValue::from_static("\"upstream\";r=999;t=1"),
+        );
+        response
+    })
+    .await;
+    let key = TestKey::new("replaceduser");
+    let gw = TestGateway::start(&limited_config(
+        &up.url(),
+        r#"rate_limit = { requests = 1, per = "1h", burst = 9 }"#,
+        &active("replaced@example.org", &key),
+        "",
+    ))
+    .await;
+    // The fast path (GET without a body) and hyper's path (a POST with one).
+    let fast = get_as(&gw.url("/supporters/1"), &key).await;
+    let hyper = send(
+        "POST",
+        &gw.url("/supporters/2"),
+        &[("x-api-key", key.key.as_str())],
+        "body",
+    )
+    .await;
+    for reply in [fast, hyper] {
+        assert_eq!(reply.status, 200);
+        let values: Vec<_> = reply.headers.get_all("ratelimit").iter().collect();
+        assert_eq!(values.len(), 1, "{values:?}");
+        assert!(values[0].to_str().unwrap().starts_with("\"user\";r="));
+    }
+    gw.shutdown().await;
+}

@@ -57,26 +57,28 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
             );
         }
     }
-    if let Some(store) = limiter.shared_store() {
-        let _ = writeln!(
-            out,
-            "# HELP {STORE_ROUND_TRIPS} {}\n# TYPE {STORE_ROUND_TRIPS} counter\n{STORE_ROUND_TRIPS} {}",
-            help(STORE_ROUND_TRIPS),
-            store.stats.round_trips.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP {STORE_ERRORS} {}\n# TYPE {STORE_ERRORS} counter\n{STORE_ERRORS} {}",
-            help(STORE_ERRORS),
-            store.stats.errors.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP {STORE_UP} {}\n# TYPE {STORE_UP} gauge\n{STORE_UP} {}",
-            help(STORE_UP),
-            u8::from(store.is_up())
-        );
-    }
+    // Always exported, so a dashboard reads them before any traffic: the local store makes no
+    // round trips, has no errors and is always up.
+    let store = limiter.shared_store();
+    let stats = store.as_ref().map(|s| &s.stats);
+    let _ = writeln!(
+        out,
+        "# HELP {STORE_ROUND_TRIPS} {}\n# TYPE {STORE_ROUND_TRIPS} counter\n{STORE_ROUND_TRIPS} {}",
+        help(STORE_ROUND_TRIPS),
+        stats.map_or(0, |s| s.round_trips.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# HELP {STORE_ERRORS} {}\n# TYPE {STORE_ERRORS} counter\n{STORE_ERRORS} {}",
+        help(STORE_ERRORS),
+        stats.map_or(0, |s| s.errors.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# HELP {STORE_UP} {}\n# TYPE {STORE_UP} gauge\n{STORE_UP} {}",
+        help(STORE_UP),
+        u8::from(store.as_ref().is_none_or(|s| s.is_up()))
+    );
 }
 
 /// A Prometheus label value: backslash, double quote and line feed escaped.

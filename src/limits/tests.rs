@@ -207,5 +207,9 @@ max_concurrent = 5"#,
         "{text}"
     );
     assert!(text.contains("apiward_limit_in_flight{user=\"limited@example.org\"} 1"));
-    assert!(!text.contains("apiward_limit_store_up"), "no shared store");
+    assert!(
+        text.contains("apiward_limit_store_up 1\n")
+            && text.contains("apiward_limit_store_round_trips_total 0\n"),
+        "the local store is always up and makes no round trips: {text}"
+    );
 }

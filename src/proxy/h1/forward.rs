@@ -122,7 +122,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 .extend_from_slice(&self.up_buf[response.status_line.clone()]);
             lines.out.extend_from_slice(b"\r\n");
         }
+        let ours = !limit_fields.is_empty();
         for (name, value) in &self.resp_headers {
+            // The gateway's RateLimit fields replace an upstream's, as `insert` does on hyper's path.
+            if ours && is_ratelimit_field(&self.up_buf[name.clone()]) {
+                continue;
+            }
             lines.header(name.clone(), value.clone());
         }
         lines.flush();
@@ -260,4 +265,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             }
         }
     }
+}
+
+/// `RateLimit` or `RateLimit-Policy`, in any case.
+fn is_ratelimit_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"ratelimit") || name.eq_ignore_ascii_case(b"ratelimit-policy")
 }
