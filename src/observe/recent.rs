@@ -225,6 +225,8 @@ mod tests {
             upstream_time: None,
             log: true,
             sample: 1.0,
+            limit: None,
+            limit_remaining: None,
         }
     }
 
