@@ -82,6 +82,11 @@ async fn run(upstream: &SocketAddr, gateways: usize, store: &str) -> Outcome {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("apiward.toml");
     let digest = apiward::snapshot::KeyDigest::of(KEY).to_hex();
+    // LIMIT_ACCURACY_BURST=N measures another burst than the issue's 0.
+    let burst: u32 = std::env::var("LIMIT_ACCURACY_BURST")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
     std::fs::write(
         &path,
         format!(
@@ -102,7 +107,7 @@ upstream = "api"
 
 [groups.limited]
 allow = [{{ path = "/**", verbs = ["view"] }}]
-rate_limit = {{ requests = {RATE}, per = "1s", burst = 0 }}
+rate_limit = {{ requests = {RATE}, per = "1s", burst = {burst} }}
 
 [users."bench@example.org"]
 status = "active"
