@@ -56,6 +56,8 @@ struct Outcome {
     admitted: u64,
     limited: u64,
     other: u64,
+    /// The other answers by status (0: no response).
+    others: std::collections::BTreeMap<u16, u64>,
     seconds: f64,
 }
 
@@ -63,12 +65,13 @@ fn report(what: &str, o: Outcome, tolerance_percent: f64) {
     let allowed = RATE * SECONDS;
     let off = (o.admitted as f64 - allowed as f64) / allowed as f64 * 100.0;
     println!(
-        "{what}: offered {} in {:.2} s, admitted {} ({off:+.2} % of {allowed}), 429 {}, other {} -> {}",
+        "{what}: offered {} in {:.2} s, admitted {} ({off:+.2} % of {allowed}), 429 {}, other {} {:?} -> {}",
         o.admitted + o.limited + o.other,
         o.seconds,
         o.admitted,
         o.limited,
         o.other,
+        o.others,
         if off.abs() <= tolerance_percent {
             format!("within ±{tolerance_percent} %")
         } else {
@@ -139,13 +142,14 @@ keys = [{{ sha256 = "{digest}" }}]
         .pool_max_idle_per_host(256)
         .build_http::<Empty<Bytes>>();
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let others = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / OFFERED));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let begin = Instant::now();
     let mut tasks = Vec::with_capacity((OFFERED * SECONDS) as usize);
     for i in 0..OFFERED * SECONDS {
         tick.tick().await;
-        let (client, counts) = (client.clone(), Arc::clone(&counts));
+        let (client, counts, others) = (client.clone(), Arc::clone(&counts), Arc::clone(&others));
         let url = urls[i as usize % urls.len()].clone();
         tasks.push(tokio::spawn(async move {
             let request = Request::get(url)
@@ -159,10 +163,24 @@ keys = [{{ sha256 = "{digest}" }}]
                     match status {
                         200 => 0,
                         429 => 1,
-                        _ => 2,
+                        s => {
+                            *others
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(s)
+                                .or_insert(0) += 1;
+                            2
+                        }
                     }
                 }
-                Err(_) => 2,
+                Err(_) => {
+                    *others
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(0)
+                        .or_insert(0) += 1;
+                    2
+                }
             };
             counts[slot].fetch_add(1, Ordering::Relaxed);
         }));
@@ -178,6 +196,7 @@ keys = [{{ sha256 = "{digest}" }}]
         admitted: counts[0].load(Ordering::Relaxed),
         limited: counts[1].load(Ordering::Relaxed),
         other: counts[2].load(Ordering::Relaxed),
+        others: others.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         seconds,
     }
 }
