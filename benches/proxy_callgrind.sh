@@ -9,6 +9,8 @@
 #
 # Usage: benches/proxy_callgrind.sh     (about 1 minute; OUT=FILE also writes the table)
 # Knobs: USERS=10000 DURATION=5s CONNECTIONS=16 BASE_PORT=18380
+#   TARGETS=1 (3: the upstream is three targets on three nginx ports, balanced round robin, to
+#   measure what balancing costs against one target)
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 
@@ -20,8 +22,12 @@ DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-16}
 BASE_PORT=${BASE_PORT:-18380}
 OUT=${OUT:-}
+TARGETS=${TARGETS:-1}
 UPSTREAM_PORT=$BASE_PORT
 APIWARD_PORT=$((BASE_PORT + 1))
+# With TARGETS > 1, the further targets listen on the ports after apiward's.
+TARGET_PORTS=("$UPSTREAM_PORT")
+for ((i = 1; i < TARGETS; i++)); do TARGET_PORTS+=($((APIWARD_PORT + i))); done
 WORK=$(mktemp -d /tmp/apiward-proxy-callgrind.XXXXXX)
 PIDS=()
 
@@ -54,6 +60,11 @@ PATH=$PATH:/usr/sbin
 "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 \
     --access-log off --listen "127.0.0.1:$APIWARD_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
     --keys "$WORK/keys.txt" >/dev/null
+if ((TARGETS > 1)); then
+    entries=$(printf '{ url = "http://127.0.0.1:%s" }, ' "${TARGET_PORTS[@]}")
+    sed -i "s|^url = \"http://127.0.0.1:$UPSTREAM_PORT\"\$|targets = [${entries%, }]|" "$WORK/apiward.toml"
+    grep -q '^targets = ' "$WORK/apiward.toml" || { log "could not write the targets"; exit 1; }
+fi
 keys_lua "$WORK/keys.txt" "$USERS" /api/items/42 >"$WORK/keys.lua"
 cat >"$WORK/upstream.conf" <<EOF
 worker_processes 1;
@@ -71,7 +82,7 @@ http {
     keepalive_requests 10000000;
     default_type text/plain;
     server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
+$(printf '        listen 127.0.0.1:%s;\n' "${TARGET_PORTS[@]}")
         location / { return 200 "01234567890123456789"; }
     }
 }
@@ -113,7 +124,7 @@ sleep 1
 TOTAL=$(awk '/^(summary|totals):/ { print $2; exit }' "$WORK/callgrind.out.1")
 {
     echo "User-space instructions per proxied request (callgrind, valgrind $(valgrind --version | sed 's/valgrind-//');"
-    echo "$USERS users, wrk -t1 -c$CONNECTIONS -d$DURATION after a 2 s warm-up, $REQUESTS requests counted):"
+    echo "$TARGETS upstream target(s), $USERS users, wrk -t1 -c$CONNECTIONS -d$DURATION after a 2 s warm-up, $REQUESTS requests counted):"
     printf '**%.0f** instructions per request, everything the apiward process ran.\n' \
         "$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { print t / n }')"
     echo "valgrind hides the CPU's SHA extensions, so about 3,400 of them are the portable SHA-256 of"

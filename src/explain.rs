@@ -20,7 +20,7 @@ use crate::auth::{self, Credential, NoPasswords, Outcome, RequestFacts, Step, Tr
 use crate::cli::report::{self, Exit, Report};
 use crate::refusal::Refusal;
 use crate::snapshot::{
-    ApiKey, ApiUser, Group, Snapshot, Upstream, UpstreamTarget, UserStatus, rfc3339,
+    ApiKey, ApiUser, Balance, Group, Route, Snapshot, Upstream, UpstreamTarget, UserStatus, rfc3339,
 };
 
 /// How many whitelist entries are suggested when a source matches none.
@@ -241,7 +241,13 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
                 narrator.limits(user);
             }
             Verdict::Allowed {
-                to: forwarded_to(grant.upstream, &grant.path, query),
+                to: forwarded_to(
+                    grant.upstream,
+                    grant.route,
+                    &grant.path,
+                    query,
+                    decision.user.map(|u| &*u.id),
+                ),
             }
         }
         Outcome::Refused(refusal) => {
@@ -258,16 +264,64 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
     narrator.finish(verdict)
 }
 
-/// Where an allowed request goes: the upstream's URL (with its base path), then the path and query.
-fn forwarded_to(upstream: &Upstream, path: &str, query: Option<&str>) -> String {
+/// Where an allowed request goes: each target's URL (with its base path), then the path (after
+/// `strip_prefix`) and query; with several targets, how they are chosen.
+fn forwarded_to(
+    upstream: &Upstream,
+    route: &Route,
+    path: &str,
+    query: Option<&str>,
+    user: Option<&str>,
+) -> String {
     let query = query.map(|q| format!("?{q}")).unwrap_or_default();
-    match &upstream.target {
-        UpstreamTarget::Echo => format!("{} {path}{query}", upstream.url),
-        UpstreamTarget::Http {
-            scheme,
-            authority,
-            base_path,
-        } => format!("{scheme}://{authority}{base_path}{path}{query}"),
+    let path = if route.strip_prefix {
+        let rest = path.get(route.prefix.len()..).unwrap_or("");
+        if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            format!("/{rest}")
+        }
+    } else {
+        path.to_string()
+    };
+    let cluster = match &upstream.target {
+        UpstreamTarget::Echo => return format!("{} {path}{query}", upstream.url),
+        UpstreamTarget::Http(cluster) => cluster,
+    };
+    let url = |i: usize| {
+        let t = &cluster.targets[i];
+        format!("{}://{}{}{path}{query}", t.scheme, t.authority, t.base_path)
+    };
+    if cluster.targets.len() == 1 {
+        return url(0);
+    }
+    let order = crate::upstream::preview(cluster, user);
+    let retries = match cluster.retries {
+        0 => "no retries".to_string(),
+        n => format!(
+            "{n} retr{} of idempotent requests to another target",
+            if n == 1 { "y" } else { "ies" }
+        ),
+    };
+    match (cluster.balance, user) {
+        (Balance::HashUser, Some(user)) => format!(
+            "{} ({user}'s own target under hash_user; while it is out: {}; {retries})",
+            url(order[0]),
+            order[1..]
+                .iter()
+                .map(|&i| url(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (balance, _) => format!(
+            "one of {} ({} over the healthy targets; {retries})",
+            order
+                .iter()
+                .map(|&i| format!("{} (weight {})", url(i), cluster.targets[i].weight))
+                .collect::<Vec<_>>()
+                .join(", "),
+            balance.as_str()
+        ),
     }
 }
 

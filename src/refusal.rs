@@ -18,6 +18,11 @@ pub enum Refusal {
     BadPath,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// No target of the upstream is healthy, and the one tried anyway (the least recently
+    /// failed) failed too.
+    NoHealthyUpstream,
+    /// `Upgrade: websocket` without what the handshake needs (RFC 6455 4.1).
+    BadUpgrade,
     /// Framing two parsers could read differently (`Transfer-Encoding` other than exactly `chunked`).
     BadFraming,
     /// The user's `rate_limit` is spent for now.
@@ -33,7 +38,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -44,6 +49,8 @@ impl Refusal {
         Refusal::BadPath,
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamTimeout,
+        Refusal::NoHealthyUpstream,
+        Refusal::BadUpgrade,
         Refusal::BadFraming,
         Refusal::RateLimited,
         Refusal::QuotaExhausted,
@@ -61,8 +68,9 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::NoRoute => StatusCode::NOT_FOUND,
-            Refusal::BadPath | Refusal::BadFraming => StatusCode::BAD_REQUEST,
+            Refusal::BadPath | Refusal::BadFraming | Refusal::BadUpgrade => StatusCode::BAD_REQUEST,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Refusal::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RateLimited
             | Refusal::QuotaExhausted
@@ -85,6 +93,8 @@ impl Refusal {
             Refusal::BadPath => "bad_path",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::NoHealthyUpstream => "no_healthy_upstream",
+            Refusal::BadUpgrade => "bad_upgrade",
             Refusal::BadFraming => "bad_framing",
             Refusal::RateLimited => "rate_limited",
             Refusal::QuotaExhausted => "quota_exhausted",
@@ -144,6 +154,12 @@ impl Refusal {
             (Refusal::UpstreamTimeout, _) => {
                 "The API behind the gateway did not answer in time: retry later, and tell the operator if it persists."
             }
+            (Refusal::NoHealthyUpstream, _) => {
+                "No server behind this API is healthy now: retry later, and tell the operator if it persists."
+            }
+            (Refusal::BadUpgrade, _) => {
+                "A WebSocket upgrade needs GET over HTTP/1.1 with Connection: Upgrade, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key of 16 base64-encoded bytes."
+            }
             (Refusal::BadFraming, _) => {
                 "The request's framing is ambiguous: send either Content-Length or Transfer-Encoding: chunked, not both or another coding."
             }
@@ -184,7 +200,9 @@ impl Refusal {
             | Refusal::QuotaExhausted
             | Refusal::TooManyConcurrent
             | Refusal::LimitStoreUnavailable
-            | Refusal::TooManyFailedAttempts => false,
+            | Refusal::TooManyFailedAttempts
+            | Refusal::NoHealthyUpstream
+            | Refusal::BadUpgrade => false,
         }
     }
 
@@ -262,7 +280,9 @@ impl Refusal {
             | Refusal::QuotaExhausted
             | Refusal::TooManyConcurrent
             | Refusal::LimitStoreUnavailable
-            | Refusal::TooManyFailedAttempts => {}
+            | Refusal::TooManyFailedAttempts
+            | Refusal::NoHealthyUpstream
+            | Refusal::BadUpgrade => {}
         }
         if self.closes_connection() {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));

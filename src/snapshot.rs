@@ -11,13 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use http::uri::{Authority, Scheme};
 
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::Permission;
 
 mod routes;
+mod upstreams;
 pub use routes::RouteTable;
+pub use upstreams::{
+    Balance, Cluster, Eject, HealthCheck, Target, Upstream, UpstreamTarget, weighted_schedule,
+};
 
 /// The SHA-256 digest of a whole key string: what the file stores and what lookups use.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -272,6 +275,13 @@ pub struct Group {
 pub struct Route {
     pub prefix: Arc<str>,
     pub upstream: u32,
+    /// `strip_prefix`: the prefix is removed from the path forwarded (after the permission
+    /// check, which sees the whole path).
+    pub strip_prefix: bool,
+    /// `upstream_timeout`; `None`: `[server]`'s.
+    pub upstream_timeout: Option<Duration>,
+    /// `websocket`: `Upgrade: websocket` is relayed on this route.
+    pub websocket: bool,
 }
 
 impl Route {
@@ -282,25 +292,6 @@ impl Route {
                 && self.prefix.ends_with('/')
                 && path == &self.prefix[..self.prefix.len() - 1])
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub name: Arc<str>,
-    pub url: Box<str>,
-    pub target: UpstreamTarget,
-}
-
-#[derive(Debug, Clone)]
-pub enum UpstreamTarget {
-    /// `builtin:echo`: answers with a JSON document of what reached it.
-    Echo,
-    Http {
-        scheme: Scheme,
-        authority: Authority,
-        /// Prepended to the forwarded path; empty when the URL has no path.
-        base_path: Box<str>,
-    },
 }
 
 /// `[server]`: settings of the process itself.

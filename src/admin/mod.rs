@@ -196,6 +196,7 @@ fn status(state: &AdminState) -> serde_json::Value {
         "routes": snapshot.routes.len(),
         "upstreams": snapshot.upstreams.len(),
         "upstream_idle_connections": state.proxy.idle_upstream_connections(),
+        "upstream_targets": state.proxy.upstream_targets(),
         "fast_path_requests": state.proxy.fast_path_requests(),
         "connections_handed_to_hyper": state.proxy.connections_handed_over(),
         "rate_limits": crate::limits::describe::status(&state.limits, &snapshot),

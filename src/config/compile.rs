@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::HeaderName;
-use http::uri::{Scheme, Uri};
 use toml::Spanned;
 use toml::value::{Datetime, Offset};
 
@@ -19,7 +18,7 @@ use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
     AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, KeyPrefix, Route, RouteTable,
-    ServerSettings, Snapshot, Upstream, UpstreamTarget, UserIndex, UserStatus,
+    ServerSettings, Snapshot, UserIndex, UserStatus,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -77,13 +76,9 @@ impl Compiler<'_> {
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut upstream_index = HashMap::new();
         for (name, up) in &raw.upstreams {
-            if let Some(target) = self.upstream_target(&up.url) {
+            if let Some(upstream) = self.upstream(name, up) {
                 upstream_index.insert(name.get_ref().clone(), upstreams.len() as u32);
-                upstreams.push(Upstream {
-                    name: name.get_ref().as_str().into(),
-                    url: up.url.get_ref().as_str().into(),
-                    target,
-                });
+                upstreams.push(upstream);
             }
         }
 
@@ -103,10 +98,17 @@ impl Compiler<'_> {
                 continue;
             }
             match upstream_index.get(route.upstream.get_ref()) {
-                Some(&i) => routes.push(Route {
-                    prefix: prefix.as_str().into(),
-                    upstream: i,
-                }),
+                Some(&i) => {
+                    let (strip_prefix, upstream_timeout, websocket) =
+                        self.route_options(route, &upstreams[i as usize]);
+                    routes.push(Route {
+                        prefix: prefix.as_str().into(),
+                        upstream: i,
+                        strip_prefix,
+                        upstream_timeout,
+                        websocket,
+                    })
+                }
                 None if raw.upstreams.keys().any(|k| k.get_ref() == route.upstream.get_ref()) => {
                     // The upstream itself is invalid and already reported.
                 }
@@ -336,62 +338,6 @@ impl Compiler<'_> {
                 fallback
             }
         }
-    }
-
-    fn upstream_target(&mut self, url: &Spanned<String>) -> Option<UpstreamTarget> {
-        let text = url.get_ref();
-        if text == "builtin:echo" {
-            return Some(UpstreamTarget::Echo);
-        }
-        let hint = "write an http URL such as \"http://127.0.0.1:9000\", or \"builtin:echo\"";
-        let uri: Uri = match text.parse() {
-            Ok(u) => u,
-            Err(_) => {
-                self.error(url.span(), format!("{text:?} is not a valid URL: {hint}"));
-                return None;
-            }
-        };
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => {
-                self.error(url.span(), format!("{text:?}: https upstreams are not supported yet: put the upstream on a private network and use http"));
-                return None;
-            }
-            _ => {
-                self.error(url.span(), format!("{text:?} has no http scheme: {hint}"));
-                return None;
-            }
-        }
-        // Interned, so that copying it for each request touches no reference count.
-        let Some(authority) = uri.authority().map(|a| {
-            http::uri::Authority::from_maybe_shared(bytes::Bytes::from_static(
-                interned(a.as_str()).as_bytes(),
-            ))
-            .unwrap_or_else(|_| a.clone())
-        }) else {
-            self.error(url.span(), format!("{text:?} has no host: {hint}"));
-            return None;
-        };
-        if authority.as_str().contains('@') {
-            self.error(
-                url.span(),
-                format!("{text:?}: credentials in upstream URLs are not supported"),
-            );
-            return None;
-        }
-        if uri.query().is_some() {
-            self.error(
-                url.span(),
-                format!("{text:?}: an upstream URL cannot have a query string"),
-            );
-            return None;
-        }
-        let base_path = uri.path().trim_end_matches('/');
-        Some(UpstreamTarget::Http {
-            scheme: Scheme::HTTP,
-            authority,
-            base_path: base_path.into(),
-        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -701,3 +647,4 @@ mod limits;
 
 #[cfg(test)]
 mod tests;
+mod upstreams;

@@ -81,10 +81,45 @@ pub struct RawServer {
     pub fast_path: Option<Spanned<bool>>,
 }
 
+/// `[upstreams.NAME]`: one target (`url`) or several (`targets`), and how they are used.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    pub url: Option<Spanned<String>>,
+    pub targets: Option<Spanned<Vec<Spanned<RawTarget>>>>,
+    pub balance: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub eject: Option<Spanned<RawEject>>,
+    pub host: Option<Spanned<String>>,
+}
+
+/// One entry of `targets = [{ url, weight }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
     pub url: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// `health_check = { path, interval, timeout, unhealthy_after, healthy_after }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Spanned<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub unhealthy_after: Option<Spanned<i64>>,
+    pub healthy_after: Option<Spanned<i64>>,
+}
+
+/// `eject = { consecutive_failures, for }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEject {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    #[serde(rename = "for")]
+    pub duration: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +127,9 @@ pub struct RawUpstream {
 pub struct RawRoute {
     pub prefix: Spanned<String>,
     pub upstream: Spanned<String>,
+    pub strip_prefix: Option<Spanned<bool>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub websocket: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::{
-    RawAdmin, RawAdminToken, RawConfig, RawGroup, RawKey, RawPermission, RawQuota, RawRateLimit,
-    RawRateLimits, RawRoute, RawServer, RawUpstream, RawUser,
+    RawAdmin, RawAdminToken, RawConfig, RawEject, RawGroup, RawHealthCheck, RawKey, RawPermission,
+    RawQuota, RawRateLimit, RawRateLimits, RawRoute, RawServer, RawTarget, RawUpstream, RawUser,
 };
 
 /// One problem: where (if it is at one place), and what.
@@ -126,6 +126,9 @@ enum Kind {
     RateLimits,
     RateLimit,
     Quota,
+    Target,
+    HealthCheck,
+    Eject,
 }
 
 /// What a field holds when it holds tables of a known kind.
@@ -152,6 +155,9 @@ impl Kind {
             Kind::RateLimits => fields_of::<RawRateLimits>(),
             Kind::RateLimit => fields_of::<RawRateLimit>(),
             Kind::Quota => fields_of::<RawQuota>(),
+            Kind::Target => fields_of::<RawTarget>(),
+            Kind::HealthCheck => fields_of::<RawHealthCheck>(),
+            Kind::Eject => fields_of::<RawEject>(),
         }
     }
 
@@ -170,6 +176,9 @@ impl Kind {
             (Kind::Group, "rate_limit") => Holds::One(Kind::RateLimit, "a group's rate_limit"),
             (Kind::User, "rate_limit") => Holds::One(Kind::RateLimit, "a user's rate_limit"),
             (Kind::Group, "quota") => Holds::One(Kind::Quota, "a group's quota"),
+            (Kind::Upstream, "targets") => Holds::List(Kind::Target, "an upstream's target"),
+            (Kind::Upstream, "health_check") => Holds::One(Kind::HealthCheck, "health_check"),
+            (Kind::Upstream, "eject") => Holds::One(Kind::Eject, "eject"),
             _ => return None,
         })
     }
@@ -341,7 +350,17 @@ mod tests {
         assert_eq!(Kind::Quota.fields(), ["requests", "per"]);
         assert_eq!(Kind::RateLimits.fields(), ["store", "on_store_error"]);
         assert!(Kind::Server.fields().contains(&"upstream_timeout"));
-        assert_eq!(Kind::Route.fields(), ["prefix", "upstream"]);
+        assert_eq!(
+            Kind::Route.fields(),
+            [
+                "prefix",
+                "upstream",
+                "strip_prefix",
+                "upstream_timeout",
+                "websocket"
+            ]
+        );
+        assert_eq!(Kind::Eject.fields(), ["consecutive_failures", "for"]);
         assert_eq!(
             Kind::Key.fields(),
             ["sha256", "prefix", "created", "expires"]
@@ -362,7 +381,7 @@ mod tests {
         assert!(
             messages
                 .iter()
-                .any(|m| m.contains("`weight` in [upstreams.a]: it accepts `url`")),
+                .any(|m| m.contains("`weight` in [upstreams.a]: it accepts `url`, `targets`")),
             "{messages:?}"
         );
         assert!(

@@ -12,7 +12,8 @@ use super::series::Series;
 
 pub use super::names::{
     ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
-    REQUEST_DURATION, REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
+    REQUEST_DURATION, REQUESTS, TARGET_TRANSITIONS, TARGET_UP, UPSTREAM_DURATION, UPSTREAM_ERRORS,
+    UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS, WEBSOCKETS_OPEN,
 };
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
@@ -71,22 +72,34 @@ impl Metrics {
             OPEN_CONNECTIONS,
             ADMIN_LOGINS,
             CONNECTIONS_REFUSED,
+            TARGET_UP,
+            TARGET_TRANSITIONS,
+            UPSTREAM_RETRIES,
+            WEBSOCKETS,
+            WEBSOCKETS_OPEN,
+            WEBSOCKET_SECONDS,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED => {
+                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED
+                | TARGET_TRANSITIONS | UPSTREAM_RETRIES | WEBSOCKETS => {
                     self.recorder.describe_counter(name, None, text)
                 }
-                CONFIG_GENERATION | OPEN_CONNECTIONS => {
+                WEBSOCKET_SECONDS => {
+                    self.recorder
+                        .describe_histogram(name, Some(metrics::Unit::Seconds), text)
+                }
+                CONFIG_GENERATION | OPEN_CONNECTIONS | TARGET_UP | WEBSOCKETS_OPEN => {
                     self.recorder.describe_gauge(name, None, text)
                 }
-                _ => unreachable!("no histogram is kept by the recorder"),
+                _ => unreachable!("the other histograms are per-request series"),
             }
         }
         // Gauges exist from the start, so a scrape before any traffic already shows them.
         self.gauge(OPEN_CONNECTIONS).set(0.0);
+        self.gauge(WEBSOCKETS_OPEN).set(0.0);
         // Failed logins and refused connections are worth an alert from zero on, so the series
         // exist before the first.
         for outcome in ["success", "failure", "throttled"] {
@@ -174,6 +187,55 @@ impl Metrics {
     pub fn connection_refused(&self, reason: &'static str) {
         self.counter_of(CONNECTIONS_REFUSED, "reason", reason)
             .increment(1);
+    }
+
+    /// Whether balancing may choose a target now.
+    pub fn target_up(&self, upstream: &Arc<str>, target: &str, up: bool) {
+        let labels = vec![
+            Label::new("upstream", Arc::clone(upstream)),
+            Label::new("target", target.to_string()),
+        ];
+        self.recorder
+            .register_gauge(&Key::from_parts(TARGET_UP, labels), &METADATA)
+            .set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// A target entered state `to`.
+    pub fn target_transition(&self, upstream: &Arc<str>, target: &str, to: &'static str) {
+        let labels = vec![
+            Label::new("upstream", Arc::clone(upstream)),
+            Label::new("target", target.to_string()),
+            Label::from_static_parts("to", to),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(TARGET_TRANSITIONS, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// A request was sent again, to another target of `upstream`.
+    pub fn upstream_retry(&self, upstream: &Arc<str>) {
+        let labels = vec![Label::new("upstream", Arc::clone(upstream))];
+        self.recorder
+            .register_counter(&Key::from_parts(UPSTREAM_RETRIES, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// A WebSocket connection on `route` began relaying.
+    pub fn websocket_opened(&self, route: &Arc<str>) {
+        let labels = vec![Label::new("route", Arc::clone(route))];
+        self.recorder
+            .register_counter(&Key::from_parts(WEBSOCKETS, labels), &METADATA)
+            .increment(1);
+        self.gauge(WEBSOCKETS_OPEN).increment(1.0);
+    }
+
+    /// A WebSocket connection on `route` ended after `lasted`.
+    pub fn websocket_closed(&self, route: &Arc<str>, lasted: Duration) {
+        let labels = vec![Label::new("route", Arc::clone(route))];
+        self.recorder
+            .register_histogram(&Key::from_parts(WEBSOCKET_SECONDS, labels), &METADATA)
+            .record(lasted.as_secs_f64());
+        self.gauge(WEBSOCKETS_OPEN).decrement(1.0);
     }
 
     pub fn open_connections(&self) -> metrics::Gauge {

@@ -17,8 +17,15 @@ pub const LIMIT_STORE_ROUND_TRIPS: &str = "apiward_limit_store_round_trips_total
 pub const LIMIT_STORE_ERRORS: &str = "apiward_limit_store_errors_total";
 pub const LIMIT_STORE_UP: &str = "apiward_limit_store_up";
 
+pub const TARGET_UP: &str = "apiward_upstream_target_up";
+pub const TARGET_TRANSITIONS: &str = "apiward_upstream_target_transitions_total";
+pub const UPSTREAM_RETRIES: &str = "apiward_upstream_retries_total";
+pub const WEBSOCKETS: &str = "apiward_websocket_connections_total";
+pub const WEBSOCKETS_OPEN: &str = "apiward_websocket_connections_open";
+pub const WEBSOCKET_SECONDS: &str = "apiward_websocket_duration_seconds";
+
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 20] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -33,6 +40,12 @@ pub const ALL: [&str; 14] = [
     LIMIT_STORE_ROUND_TRIPS,
     LIMIT_STORE_ERRORS,
     LIMIT_STORE_UP,
+    TARGET_UP,
+    TARGET_TRANSITIONS,
+    UPSTREAM_RETRIES,
+    WEBSOCKETS,
+    WEBSOCKETS_OPEN,
+    WEBSOCKET_SECONDS,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -68,6 +81,20 @@ pub fn help(name: &str) -> &'static str {
         LIMIT_STORE_ERRORS => "Calls to the shared rate-limit store that failed or timed out.",
         LIMIT_STORE_UP => {
             "1 while the rate-limit store answers (always, for the local store), 0 from a failed call to the next answered one."
+        }
+        TARGET_UP => {
+            "1 when balancing may choose the target (health checks pass, not ejected), 0 when it is out, by upstream and target."
+        }
+        TARGET_TRANSITIONS => {
+            "Changes of a target's state, by upstream, target and the state entered (unhealthy, healthy, ejected, returned)."
+        }
+        UPSTREAM_RETRIES => {
+            "Requests sent again to another target after a failure before any byte of the answer, by upstream."
+        }
+        WEBSOCKETS => "WebSocket connections relayed (after a 101 from the upstream), by route.",
+        WEBSOCKETS_OPEN => "WebSocket connections being relayed now.",
+        WEBSOCKET_SECONDS => {
+            "How long the WebSocket connections that ended lasted, by route (a summary: quantiles, sum and count)."
         }
         _ => "",
     }

@@ -29,6 +29,8 @@ pub trait ProxyStats: Send + Sync {
     fn fast_path_requests(&self) -> u64;
     /// Client connections the fast path gave to hyper for a request it does not serve.
     fn connections_handed_over(&self) -> u64;
+    /// Every upstream target with its health, ejection and requests in flight.
+    fn upstream_targets(&self) -> Vec<crate::upstream::TargetStatus>;
 }
 
 /// Shared by every connection: the policy and the two transports behind it.
@@ -53,6 +55,10 @@ impl ProxyStats for Proxy {
 
     fn connections_handed_over(&self) -> u64 {
         self.handovers.load(Ordering::Relaxed)
+    }
+
+    fn upstream_targets(&self) -> Vec<crate::upstream::TargetStatus> {
+        self.policy.upstreams.status()
     }
 }
 
@@ -87,13 +93,16 @@ pub(crate) fn spawn(
     (stats, tokio::spawn(accept_loop(proxy, listener, shutdown)))
 }
 
-/// Closes expired and closed idle upstream connections every second, while the proxy lives.
+/// Every second, while the proxy lives: closes expired and closed idle upstream connections,
+/// and brings the targets' state in line with the configuration (a reload's new targets get
+/// their health checks, ended ejections are logged).
 async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         match proxy.upgrade() {
             Some(proxy) => {
+                proxy.policy.upstreams.refresh_current();
                 proxy.hyper.sweep_pool();
                 proxy.engine.sweep_pool();
             }

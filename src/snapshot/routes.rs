@@ -121,6 +121,9 @@ mod tests {
                 .map(|(i, p)| Route {
                     prefix: (*p).into(),
                     upstream: i as u32,
+                    strip_prefix: false,
+                    upstream_timeout: None,
+                    websocket: false,
                 })
                 .collect(),
         )

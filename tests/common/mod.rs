@@ -23,6 +23,7 @@ use apiward::{Gateway, Options};
 
 pub mod process;
 pub mod redis_server;
+pub mod targets;
 
 /// A key and its digest, for building configs.
 pub struct TestKey {

@@ -62,15 +62,15 @@ fn a_valid_file_becomes_a_snapshot() {
     assert_eq!(key.created, Some(1_795_341_600));
     assert_eq!(key.expires, Some(1_795_345_200));
     match &s.upstreams[0].target {
-        UpstreamTarget::Http {
-            base_path,
-            authority,
-            ..
-        } => {
-            assert_eq!(&**base_path, "/base");
-            assert_eq!(authority.as_str(), "127.0.0.1:9000");
+        crate::snapshot::UpstreamTarget::Http(cluster) => {
+            assert_eq!(&*cluster.targets[0].base_path, "/base");
+            assert_eq!(cluster.targets[0].authority.as_str(), "127.0.0.1:9000");
+            assert!(
+                cluster.eject.is_none(),
+                "one url: no passive ejection unless asked"
+            );
         }
-        UpstreamTarget::Echo => panic!("not echo"),
+        crate::snapshot::UpstreamTarget::Echo => panic!("not echo"),
     }
     assert_eq!(s.server.connect_timeout, Duration::from_secs(2));
     assert_eq!(s.server.upstream_keepalive_timeout, Duration::from_secs(60));
@@ -403,8 +403,8 @@ fn interned_values_do_not_refuse_what_the_plain_ones_accept() {
     let s = compile(Path::new("x.toml"), &text).unwrap();
     let target = &s.upstreams[0].target;
     match target {
-        crate::snapshot::UpstreamTarget::Http { authority, .. } => {
-            assert_eq!(authority.as_str(), "[::1]:9000")
+        crate::snapshot::UpstreamTarget::Http(cluster) => {
+            assert_eq!(cluster.targets[0].authority.as_str(), "[::1]:9000")
         }
         other => panic!("{other:?}"),
     }
@@ -508,5 +508,72 @@ max_concurrent = -1"#,
         errors(&typo)[0].message.contains("brust"),
         "{:?}",
         errors(&typo)
+    );
+}
+
+#[test]
+fn an_upstream_with_several_targets_compiles_with_its_policies() {
+    let text = base("").replace(
+        "url = \"http://127.0.0.1:9000/base/\"",
+        "targets = [\n  { url = \"http://10.0.0.11:9000\", weight = 2 },\n  { url = \"http://10.0.0.12:9000\" },\n]\nbalance = \"least_outstanding\"\nretries = 1\nhealth_check = { path = \"/healthz\", interval = \"2s\", timeout = \"1s\", unhealthy_after = 3, healthy_after = 2 }\neject = { consecutive_failures = 5, for = \"10s\" }\nhost = \"supporters.internal\"",
+    ).replace(
+        "upstream = \"api\"",
+        "upstream = \"api\"\nstrip_prefix = true\nupstream_timeout = \"5s\"\nwebsocket = true",
+    );
+    let s = compile(Path::new("x.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let crate::snapshot::UpstreamTarget::Http(cluster) = &s.upstreams[0].target else {
+        panic!("not http")
+    };
+    assert_eq!(cluster.targets.len(), 2);
+    assert_eq!(cluster.targets[0].weight, 2);
+    assert_eq!(cluster.targets[1].weight, 1);
+    assert_eq!(&*cluster.schedule, &[0, 1, 0]);
+    assert_eq!(cluster.balance, crate::snapshot::Balance::LeastOutstanding);
+    assert_eq!(cluster.retries, 1);
+    let check = cluster.health_check.as_ref().unwrap();
+    assert_eq!(
+        (&*check.path, check.unhealthy_after, check.healthy_after),
+        ("/healthz", 3, 2)
+    );
+    assert_eq!(check.interval, Duration::from_secs(2));
+    let eject = cluster.eject.unwrap();
+    assert_eq!(
+        (eject.consecutive_failures, eject.duration),
+        (5, Duration::from_secs(10))
+    );
+    assert_eq!(cluster.host.as_ref().unwrap(), "supporters.internal");
+    assert_eq!(
+        &*s.upstreams[0].url,
+        "http://10.0.0.11:9000, http://10.0.0.12:9000"
+    );
+    let route = s.routes.iter().next().unwrap();
+    assert!(route.strip_prefix && route.websocket);
+    assert_eq!(route.upstream_timeout, Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn upstream_mistakes_are_reported_where_they_are() {
+    let text = base("").replace(
+        "url = \"http://127.0.0.1:9000/base/\"",
+        "targets = [{ url = \"http://10.0.0.11:9000\", weight = 0 }, { url = \"ftp://x\" }]\nbalance = \"fastest\"\nretries = 99\nhealth_check = { path = \"healthz\", intervl = \"2s\" }",
+    );
+    let messages: Vec<String> = errors(&text).iter().map(|e| e.to_string()).collect();
+    let all = messages.join("\n");
+    assert!(all.contains("weight must be between 1 and 100"), "{all}");
+    assert!(all.contains("\"ftp://x\" has no http scheme"), "{all}");
+    assert!(all.contains("balance \"fastest\" is not one of"), "{all}");
+    assert!(all.contains("retries is how many"), "{all}");
+    assert!(
+        all.contains("`intervl` in health_check: did you mean `interval`?"),
+        "{all}"
+    );
+    let both = base("").replace(
+        "url = \"http://127.0.0.1:9000/base/\"",
+        "url = \"http://127.0.0.1:9000\"\ntargets = [{ url = \"http://127.0.0.1:9001\" }]",
+    );
+    let messages: Vec<String> = errors(&both).iter().map(|e| e.to_string()).collect();
+    assert!(
+        messages[0].contains("has both url and targets"),
+        "{messages:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! The engine's upstream client: pooled plain connections, the request head written and the
-//! response head read within `upstream_timeout`, and the one retry that is safe (a reused
-//! connection that closed before any byte of the answer; every request the engine serves is
-//! idempotent).
+//! response head read within what is left of `upstream_timeout`, and the one resend that is
+//! always safe (a reused connection that closed before any byte of the answer; every request the
+//! engine serves is idempotent). Retries to other targets are the connection driver's.
 
 use std::ops::Range;
 use std::time::Instant;
@@ -17,7 +17,7 @@ use super::conn::Conn;
 use super::deadline::{Read, Timer, Written, read_until, write_until};
 use super::engine::is_open;
 use crate::proxy::policy::{ConnectError, Forward, HeadLimits, InvalidResponse, UpstreamFailure};
-use crate::proxy::upstream::connect_tcp;
+use crate::upstream::connect_tcp;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// Sends the request head upstream and reads the response head, retrying once on a new
@@ -84,9 +84,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                     match e {
                         HeadError::TimedOut => return Err(UpstreamFailure::Timeout),
                         HeadError::ClosedEarly if reused => may_reuse = false,
-                        HeadError::ClosedEarly | HeadError::Broken => {
-                            return Err(UpstreamFailure::Broken);
-                        }
+                        HeadError::ClosedEarly => return Err(UpstreamFailure::Reset),
+                        HeadError::Broken => return Err(UpstreamFailure::Broken),
                         HeadError::Invalid(invalid) => return Err(invalid.into()),
                     }
                 }

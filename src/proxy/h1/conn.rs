@@ -22,7 +22,9 @@ use crate::config::reload::ConfigStore;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::{Known, X_FORWARDED_FOR, classify};
 use crate::proxy::policy::{Policy, Refused, X_REQUEST_ID};
-use crate::snapshot::{Snapshot, UpstreamTarget};
+use crate::refusal::Refusal;
+use crate::snapshot::Snapshot;
+use crate::upstream::{Outcome as Attempted, Tried};
 
 type SnapshotGuard = arc_swap::Guard<Arc<Snapshot>>;
 
@@ -325,47 +327,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             Ok(forward) => forward,
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
         };
-        let authority = match &forward.target {
-            UpstreamTarget::Http { authority, .. } => authority,
-            UpstreamTarget::Echo => {
-                // hyper's path serves the echo upstream; give it this request back unread.
-                let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
-                unread.extend_from_slice(&head.bytes);
-                unread.extend_from_slice(&self.buf);
-                self.buf = unread;
-                return Step::HandOver;
-            }
+        let Some(cluster) = forward.cluster.clone() else {
+            // hyper's path serves the echo upstream; give it this request back unread.
+            let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
+            unread.extend_from_slice(&head.bytes);
+            unread.extend_from_slice(&self.buf);
+            self.buf = unread;
+            return Step::HandOver;
         };
         // The limit step, here and not before the hand-over, so that hyper's path counts it once.
         let admitted = match self.policy.limit(&forward, &mut record).await {
             Ok(admitted) => admitted,
             Err(limited) => return self.refuse(limited, &mut record, head.close).await,
         };
-        self.build_upstream_head(&head, &forward, authority, &record);
         // One clock read serves the record, the upstream deadline and the pool's expiry check.
         let sent = Instant::now();
-        let exchanged = self.exchange(authority, &head.method, &forward, sent).await;
-        let received = Instant::now();
-        record.upstream_time = Some(received.saturating_duration_since(sent));
-        let response = match exchanged {
-            Ok(response) => response,
-            Err(failure) => {
-                let refusal = self
-                    .policy
-                    .upstream_failed(&mut record, authority.as_str(), failure);
+        let deadline = sent + forward.upstream_timeout;
+        let mut tried = Tried::default();
+        let mut attempts = 0u32;
+        loop {
+            let Some(attempt) = cluster.pick(record.user.as_deref(), tried) else {
+                // Only when every target was tried, which the retry condition below rules out.
+                let refusal = Refusal::NoHealthyUpstream;
+                record.decision = refusal.code();
                 return self.refuse(refusal, &mut record, head.close).await;
+            };
+            attempts += 1;
+            tried = tried.with(attempt.index());
+            let target = attempt.target();
+            self.build_upstream_head(&head, &forward, target, attempt.host(), &record);
+            let exchanged = self
+                .exchange(&target.authority, &head.method, &forward, sent)
+                .await;
+            let received = Instant::now();
+            record.upstream_time = Some(received.saturating_duration_since(sent));
+            match exchanged {
+                Ok(response) => {
+                    attempt.report(Attempted::Answered(response.status));
+                    // The attempt stays outstanding on its target, and `admitted` holds its
+                    // limits, until the answer is relayed or the client has gone.
+                    return self
+                        .relay(
+                            response,
+                            head.close,
+                            &mut record,
+                            (&target.authority, forward.limits),
+                            received,
+                            &admitted.fields,
+                        )
+                        .await;
+                }
+                Err(failure) => {
+                    attempt.report(Attempted::Failed(&failure.to_string()));
+                    let again = failure.retryable()
+                        && forward.may_retry(&head.method, attempts)
+                        && (attempts as usize) < cluster.config().targets.len()
+                        && received < deadline;
+                    if again {
+                        self.policy.retrying(&record);
+                        continue;
+                    }
+                    let refusal = self.policy.upstream_failed(
+                        &mut record,
+                        target.authority.as_str(),
+                        failure,
+                        attempt.fallback,
+                    );
+                    return self.refuse(refusal, &mut record, head.close).await;
+                }
             }
-        };
-        // `admitted` lives until the response is relayed or the client has gone.
-        self.relay(
-            response,
-            head.close,
-            &mut record,
-            (authority, forward.limits),
-            received,
-            &admitted.fields,
-        )
-        .await
+        }
     }
 
     /// Writes a refusal: its status, headers and body are `Refusal::response`'s, as on hyper's

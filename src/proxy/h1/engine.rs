@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use super::deadline::Stop;
 use crate::proxy::policy::Policy;
-use crate::proxy::upstream::IdlePool;
+use crate::upstream::IdlePool;
 
 /// The engine's idle upstream connections: plain sockets, checked with `is_open`.
 pub type RawPool = IdlePool<TcpStream>;

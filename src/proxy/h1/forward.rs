@@ -17,6 +17,7 @@ use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::OnRequest;
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
+use crate::snapshot::Target;
 
 /// Where a request's upstream connection goes back to, and on what terms.
 struct Upstream<'a> {
@@ -25,11 +26,14 @@ struct Upstream<'a> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
+    /// The request head for `target`: its base path before the checked path, and `Host` the
+    /// upstream's `host` if set, else the target's host and port.
     pub(super) fn build_upstream_head(
         &mut self,
         head: &Head,
         forward: &Forward,
-        authority: &Authority,
+        target: &Target,
+        host: Option<&http::HeaderValue>,
         record: &RequestRecord,
     ) {
         let user = record.user.as_deref().unwrap_or_default();
@@ -37,9 +41,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         out.clear();
         out.extend_from_slice(head.method.as_str().as_bytes());
         out.push(b' ');
+        out.extend_from_slice(target.base_path.as_bytes());
         out.extend_from_slice(forward.path_and_query.as_str().as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
+        match host {
+            Some(host) => out.extend_from_slice(host.as_bytes()),
+            None => out.extend_from_slice(target.authority.as_str().as_bytes()),
+        }
         out.extend_from_slice(b"\r\n");
         let trusted = forward.peer_is_trusted;
         let strip_authorization = forward.strip_authorization;
@@ -164,9 +172,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 // connection is closed (what followed cannot be delimited).
                 self.held = None;
                 let failure = UpstreamFailure::Invalid(InvalidResponse::BadChunks);
-                let refusal =
-                    self.policy
-                        .upstream_failed(record, upstream.authority.as_str(), failure);
+                // Invalid chunks are not a failure to connect: `fallback` does not turn them
+                // into no_healthy_upstream.
+                let refusal = self.policy.upstream_failed(
+                    record,
+                    upstream.authority.as_str(),
+                    failure,
+                    false,
+                );
                 return self.refuse(refusal, record, true).await;
             }
         };
@@ -261,7 +274,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     fn release_upstream(&mut self, reusable: bool, to: &Upstream<'_>, now: Instant) {
         if let Some(held) = self.held.take() {
             if reusable {
-                self.engine.pool.put(to.authority, held, to.limits, now);
+                self.engine
+                    .pool
+                    .put(to.authority, held, to.limits.keepalive(), now);
             }
         }
     }

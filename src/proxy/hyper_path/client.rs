@@ -30,7 +30,8 @@ use tokio::net::TcpStream;
 
 use super::body::Counted;
 use crate::proxy::policy::{ConnectError, InvalidResponse, UpstreamFailure};
-use crate::proxy::upstream::{IdlePool, Limits, connect_tcp};
+use crate::proxy::upstream::Limits;
+use crate::upstream::{Attempt, IdlePool, connect_tcp};
 
 /// What a request sends upstream: the client's body, counted as it streams (or none, when a
 /// bodiless request is sent again).
@@ -90,10 +91,34 @@ impl UpstreamError {
             UpstreamError::Http(e) if e.is_parse() => {
                 UpstreamFailure::Invalid(InvalidResponse::Malformed)
             }
+            UpstreamError::Http(e) if e.is_incomplete_message() || is_reset(e) => {
+                UpstreamFailure::Reset
+            }
             UpstreamError::Http(_) => UpstreamFailure::Broken,
         }
     }
 }
+
+/// Whether hyper's error is the connection reset or closed under it.
+fn is_reset(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A request that got no response, with the request itself when none of it was sent (it may
+/// then go to another target as it is).
+pub type SendError = (UpstreamError, Option<Request<RequestBody>>);
 
 impl Pool {
     pub fn new() -> Arc<Pool> {
@@ -107,7 +132,7 @@ impl Pool {
         authority: &Authority,
         limits: Limits,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         // A pooled connection that turns out unusable before the request was written gets the
         // request back; then a new connection is tried, once. One that the upstream closed as the
         // request was written, before answering, is the race no pool avoids: a bodiless
@@ -126,7 +151,10 @@ impl Pool {
                 Some(conn) => conn,
                 None => {
                     fresh_tried = true;
-                    connect(authority, limits).await?
+                    match connect(authority, limits).await {
+                        Ok(conn) => conn,
+                        Err(e) => return Err((e, Some(request))),
+                    }
                 }
             };
             let sending = conn.sender.try_send_request(request);
@@ -157,10 +185,10 @@ impl Pool {
                                 request = again;
                                 may_reuse = false;
                             }
-                            None => return Err(UpstreamError::Http(failed.into_error())),
+                            None => return Err((UpstreamError::Http(failed.into_error()), None)),
                         }
                     }
-                    _ => return Err(UpstreamError::Http(failed.into_error())),
+                    unsent => return Err((UpstreamError::Http(failed.into_error()), unsent)),
                 },
             }
         }
@@ -180,7 +208,8 @@ impl Pool {
     }
 
     fn checkin(&self, authority: Authority, limits: Limits, conn: Conn) {
-        self.idle.put(&authority, conn, limits, Instant::now());
+        self.idle
+            .put(&authority, conn, limits.keepalive(), Instant::now());
     }
 
     /// Closes connections idle for longer than their keep-alive timeout, and those the upstream
@@ -272,11 +301,17 @@ struct Checkin {
 pub struct UpstreamBody {
     inner: Incoming,
     conn: Option<Checkin>,
+    /// The request's attempt on its target: outstanding there until the body is done with.
+    attempt: Option<Attempt>,
 }
 
 impl UpstreamBody {
     fn new(inner: Incoming, conn: Option<Checkin>) -> Self {
-        let mut body = UpstreamBody { inner, conn };
+        let mut body = UpstreamBody {
+            inner,
+            conn,
+            attempt: None,
+        };
         if body.inner.is_end_stream() {
             // No body (HEAD, 204, 304, Content-Length: 0): the connection is free already.
             body.release();
@@ -284,7 +319,14 @@ impl UpstreamBody {
         body
     }
 
+    /// Keeps `attempt` outstanding on its target until the body has been read or dropped.
+    pub fn holding(mut self, attempt: Attempt) -> Self {
+        self.attempt = Some(attempt);
+        self
+    }
+
     fn release(&mut self) {
+        self.attempt = None;
         if let Some(Checkin {
             pool,
             authority,
@@ -322,7 +364,10 @@ impl Body for UpstreamBody {
                 this.release()
             }
             Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.conn = None;
+                this.attempt = None;
+            }
             _ => {}
         }
         polled

@@ -7,6 +7,7 @@ mod body;
 mod client;
 mod echo;
 mod idle;
+mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +19,8 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -31,8 +33,8 @@ use crate::proxy::policy::headers;
 use crate::proxy::policy::{
     Forward, Policy, Refused, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
-use crate::refusal::Presented;
-use crate::snapshot::UpstreamTarget;
+use crate::refusal::{Presented, Refusal};
+use crate::upstream::{Outcome as Attempted, Tried};
 use body::{Counted, Finish, Logged};
 use client::Pool;
 
@@ -122,6 +124,8 @@ impl HyperPath {
         record: &mut RequestRecord,
         bytes_in: &Arc<AtomicU64>,
     ) -> Response<ResponseBody> {
+        let mut request = request;
+        let client_upgrade = forward.websocket.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let body = Counted::new(Either::Left(body), Arc::clone(bytes_in));
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
@@ -146,60 +150,110 @@ impl HyperPath {
                 proto: "http",
                 user: HeaderValue::try_from(record.user.as_deref().unwrap_or_default())
                     .expect("checked by is_header_value when decided"),
-                group: forward.group,
+                group: forward.group.clone(),
             },
         );
         parts
             .headers
             .insert(&X_REQUEST_ID, record.request_id.clone());
         let sent = Instant::now();
-        match forward.target {
-            UpstreamTarget::Echo => {
-                parts.uri = Uri::from(forward.path_and_query);
-                let response = echo::respond(Request::from_parts(parts, body)).await;
-                record.upstream_time = Some(sent.elapsed());
-                response.map(|b| Either::Right(Full::new(b)))
+        let Some(cluster) = forward.cluster.clone() else {
+            parts.uri = Uri::from(forward.path_and_query);
+            let response = echo::respond(Request::from_parts(parts, body)).await;
+            record.upstream_time = Some(sent.elapsed());
+            return response.map(|b| Either::Right(Full::new(b)));
+        };
+        if forward.websocket {
+            return websocket::relay(
+                &self.policy,
+                parts,
+                client_upgrade,
+                &forward,
+                &cluster,
+                record,
+            )
+            .await;
+        }
+        // Origin form: the upstream is talked to directly, never as a proxy.
+        parts.version = http::Version::HTTP_11;
+        let deadline = tokio::time::Instant::from_std(sent) + forward.upstream_timeout;
+        // A bodiless request can be sent again whatever happened to the first; one with a body
+        // only if none of it was sent (the pool gives it back).
+        let bodiless = body.is_end_stream();
+        let mut body = Some(body);
+        let mut tried = Tried::default();
+        let mut attempts = 0u32;
+        loop {
+            let Some(attempt) = cluster.pick(record.user.as_deref(), tried) else {
+                let refusal = Refusal::NoHealthyUpstream;
+                record.decision = refusal.code();
+                return refusal_response(refusal, record.presented);
+            };
+            attempts += 1;
+            tried = tried.with(attempt.index());
+            let target = attempt.target();
+            let host = attempt
+                .host()
+                .cloned()
+                .or_else(|| HeaderValue::from_str(target.authority.as_str()).ok());
+            if let Some(host) = host {
+                parts.headers.insert(HOST, host);
             }
-            UpstreamTarget::Http { authority, .. } => {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(HOST, host);
-                }
-                // Origin form: the upstream is talked to directly, never as a proxy.
-                parts.uri = Uri::from(forward.path_and_query);
-                parts.version = http::Version::HTTP_11;
-                let upstream_request = Request::from_parts(parts, body);
-                let result = tokio::time::timeout(
-                    forward.upstream_timeout,
-                    self.pool.send(&authority, forward.limits, upstream_request),
-                )
-                .await;
-                record.upstream_time = Some(sent.elapsed());
-                let failure = match result {
-                    Ok(Ok(response)) => {
-                        let (mut parts, body) = response.into_parts();
-                        match check_response_framing(&parts.headers) {
-                            Ok(()) => {
-                                headers::strip_response(&mut parts.headers);
-                                // Whatever the upstream spoke, the client is answered in
-                                // HTTP/1.1 (the engine does the same).
-                                parts.version = http::Version::HTTP_11;
-                                return Response::from_parts(parts, Either::Left(body));
-                            }
-                            // Dropping the body closes its connection: it is never reused.
-                            Err(invalid) => UpstreamFailure::Invalid(invalid),
+            parts.uri = Uri::from(forward.path_for(&target.base_path));
+            let request_body = body
+                .take()
+                .unwrap_or_else(|| Counted::new(Either::Right(Empty::new()), Arc::clone(bytes_in)));
+            let upstream_request = Request::from_parts(parts.clone(), request_body);
+            let result = tokio::time::timeout_at(
+                deadline,
+                self.pool
+                    .send(&target.authority, forward.limits, upstream_request),
+            )
+            .await;
+            record.upstream_time = Some(sent.elapsed());
+            let (failure, unsent) = match result {
+                Ok(Ok(response)) => {
+                    let (mut parts, upstream_body) = response.into_parts();
+                    match check_response_framing(&parts.headers) {
+                        Ok(()) => {
+                            attempt.report(Attempted::Answered(parts.status.as_u16()));
+                            headers::strip_response(&mut parts.headers);
+                            // Whatever the upstream spoke, the client is answered in HTTP/1.1
+                            // (the engine does the same).
+                            parts.version = http::Version::HTTP_11;
+                            return Response::from_parts(
+                                parts,
+                                Either::Left(upstream_body.holding(attempt)),
+                            );
                         }
+                        // Dropping the body closes its connection: it is never reused.
+                        Err(invalid) => (UpstreamFailure::Invalid(invalid), None),
                     }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, upstream = record.upstream.as_deref().unwrap_or_default(), "upstream request failed");
-                        e.failure()
-                    }
-                    Err(_) => UpstreamFailure::Timeout,
-                };
-                let refusal = self
-                    .policy
-                    .upstream_failed(record, authority.as_str(), failure);
-                refusal_response(refusal, record.presented)
+                }
+                Ok(Err((e, unsent))) => {
+                    tracing::debug!(error = %e, upstream = record.upstream.as_deref().unwrap_or_default(), target = &*target.url, "upstream request failed");
+                    (e.failure(), unsent)
+                }
+                Err(_) => (UpstreamFailure::Timeout, None),
+            };
+            attempt.report(Attempted::Failed(&failure.to_string()));
+            let resendable = unsent.is_some() || bodiless;
+            let again = resendable
+                && failure.retryable()
+                && forward.may_retry(&parts.method, attempts)
+                && (attempts as usize) < cluster.config().targets.len()
+                && tokio::time::Instant::now() < deadline;
+            if !again {
+                let refusal = self.policy.upstream_failed(
+                    record,
+                    target.authority.as_str(),
+                    failure,
+                    attempt.fallback,
+                );
+                return refusal_response(refusal, record.presented);
             }
+            self.policy.retrying(record);
+            body = unsent.map(Request::into_body);
         }
     }
 }
@@ -233,7 +287,9 @@ pub async fn serve<S>(
         .header_read_timeout(header_read_timeout)
         .max_header_size(max_header_bytes)
         .keep_alive(true)
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        // Only a WebSocket handshake the policy allowed is answered with 101 (`websocket.rs`).
+        .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

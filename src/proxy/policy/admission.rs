@@ -18,15 +18,21 @@ use crate::limits::{LimitPlan, Limited};
 use crate::observe::RequestRecord;
 use crate::proxy::upstream::Limits;
 use crate::refusal::{Presented, Refusal};
-use crate::snapshot::{AccessLogTarget, Snapshot, UpstreamTarget};
+use crate::snapshot::{AccessLogTarget, Route, Snapshot};
+use crate::upstream::ClusterState;
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
 /// snapshot is not held while the upstream answers.
 pub struct Forward {
-    pub target: UpstreamTarget,
+    /// The upstream's targets and their state; `None`: the built-in echo upstream.
+    pub cluster: Option<Arc<ClusterState>>,
+    /// The checked path (after `strip_prefix`) and the query as received; each target's base
+    /// path goes in front of it (`Forward::path_for`).
     pub path_and_query: PathAndQuery,
     pub group: HeaderValue,
     pub peer_is_trusted: bool,
+    /// The whole time the upstream side may take, retries included: the route's
+    /// `upstream_timeout`, else `[server]`'s.
     pub upstream_timeout: std::time::Duration,
     pub limits: Limits,
     pub key_header: http::HeaderName,
@@ -37,6 +43,43 @@ pub struct Forward {
     pub strip_authorization: bool,
     /// The user's limits, for the limit step (`Policy::limit`) after this decision.
     pub limit_plan: LimitPlan,
+    /// The request is a WebSocket handshake, on a route that allows it.
+    pub websocket: bool,
+    /// `[server] idle_timeout`: how long a WebSocket may stay silent both ways.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Forward {
+    /// The path and query sent to a target whose URL has `base_path`.
+    pub fn path_for(&self, base_path: &str) -> PathAndQuery {
+        if base_path.is_empty() {
+            return self.path_and_query.clone();
+        }
+        let mut text = String::with_capacity(base_path.len() + self.path_and_query.as_str().len());
+        text.push_str(base_path);
+        text.push_str(self.path_and_query.as_str());
+        // A valid path with a valid base path (checked when compiled) in front is still valid.
+        PathAndQuery::try_from(text).unwrap_or_else(|_| self.path_and_query.clone())
+    }
+
+    /// Whether a failed attempt may be sent again to another target: idempotent methods only
+    /// (RFC 9110 9.2.2), and only as many times as the upstream's `retries` says.
+    pub fn may_retry(&self, method: &http::Method, attempts: u32) -> bool {
+        let idempotent = matches!(
+            *method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+                | http::Method::TRACE
+        );
+        idempotent
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| attempts <= c.config().retries)
+    }
 }
 
 impl Policy {
@@ -188,18 +231,24 @@ impl Policy {
             let Some(user) = decision.user.filter(|u| is_header_value(&u.id)) else {
                 return Err(Refusal::Forbidden);
             };
+            let websocket = super::websocket::check(request_headers, method, grant.route)?;
             Ok::<_, Refusal>(Forward {
-                target: grant.upstream.target.clone(),
-                path_and_query: forwarded_path(&grant.upstream.target, &grant.path, uri)?,
+                cluster: self.upstreams.cluster(snapshot, grant.route.upstream),
+                path_and_query: forwarded_path(grant.route, &grant.path, uri)?,
                 group: grant.group.header.clone().ok_or(Refusal::Forbidden)?,
                 peer_is_trusted,
-                upstream_timeout: snapshot.server.upstream_timeout,
+                upstream_timeout: grant
+                    .route
+                    .upstream_timeout
+                    .unwrap_or(snapshot.server.upstream_timeout),
                 limits: Limits::of(&snapshot.server),
                 key_header: snapshot.server.key_header.clone(),
                 credential_headers: (!snapshot.server.credential_headers.is_empty())
                     .then(|| Arc::clone(&snapshot.server.credential_headers)),
                 strip_authorization: super::headers::authorization_is_ours(request_headers),
                 limit_plan: LimitPlan::of(user, &snapshot.rate_limits),
+                websocket,
+                idle_timeout: snapshot.server.idle_timeout,
             })
         })();
         if let Err(refusal) = &forward {
@@ -231,29 +280,75 @@ fn framing_is_unambiguous(headers: &http::HeaderMap) -> bool {
     }
 }
 
-/// The upstream's base path, then the normalised path, then the query exactly as received.
-fn forwarded_path(
-    target: &UpstreamTarget,
-    path: &str,
-    original: &Uri,
-) -> Result<PathAndQuery, Refusal> {
-    let base = match target {
-        UpstreamTarget::Http { base_path, .. } => &**base_path,
-        UpstreamTarget::Echo => "",
+/// The normalised path (the one the permission was checked on), without the route's prefix
+/// when the route says `strip_prefix`, then the query exactly as received.
+fn forwarded_path(route: &Route, path: &str, original: &Uri) -> Result<PathAndQuery, Refusal> {
+    let path = if route.strip_prefix {
+        // The route matched, so the path starts with its prefix (or is the prefix without its
+        // final '/', which strips to the root).
+        path.get(route.prefix.len()..).unwrap_or("")
+    } else {
+        path
     };
-    if base.is_empty() && path == original.path() {
+    if !route.strip_prefix && path == original.path() {
         if let Some(pq) = original.path_and_query() {
             return Ok(pq.clone());
         }
     }
+    let slash = if path.starts_with('/') { "" } else { "/" };
     let mut text = String::with_capacity(
-        base.len() + path.len() + original.query().map_or(0, |q| q.len() + 1),
+        slash.len() + path.len() + original.query().map_or(0, |q| q.len() + 1),
     );
-    text.push_str(base);
+    text.push_str(slash);
     text.push_str(path);
     if let Some(q) = original.query() {
         text.push('?');
         text.push_str(q);
     }
     PathAndQuery::try_from(text).map_err(|_| Refusal::BadPath)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, strip_prefix: bool) -> Route {
+        Route {
+            prefix: prefix.into(),
+            upstream: 0,
+            strip_prefix,
+            upstream_timeout: None,
+            websocket: false,
+        }
+    }
+
+    #[test]
+    fn strip_prefix_forwards_the_checked_path_without_the_route_prefix() {
+        let uri: Uri = "/supporters/42?x=1".parse().unwrap();
+        let strip = route("/supporters/", true);
+        assert_eq!(
+            forwarded_path(&strip, "/supporters/42", &uri).unwrap(),
+            "/42?x=1"
+        );
+        assert_eq!(
+            forwarded_path(&strip, "/supporters", &"/supporters".parse().unwrap()).unwrap(),
+            "/"
+        );
+        let keep = route("/supporters/", false);
+        assert_eq!(
+            forwarded_path(&keep, "/supporters/42", &uri).unwrap(),
+            "/supporters/42?x=1"
+        );
+        // The normalised path is what goes on, not the one received.
+        let odd: Uri = "/supporters/a/../42".parse().unwrap();
+        assert_eq!(
+            forwarded_path(&strip, "/supporters/42", &odd).unwrap(),
+            "/42"
+        );
+        let no_slash = route("/api", true);
+        assert_eq!(
+            forwarded_path(&no_slash, "/api/v1", &"/api/v1".parse().unwrap()).unwrap(),
+            "/v1"
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod admission;
 pub mod headers;
 mod limits;
 mod upstream;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,12 +16,14 @@ use crate::auth::password::PasswordVerifier;
 use crate::config::reload::ConfigStore;
 use crate::limits::Limiter;
 use crate::observe::{RequestRecord, Telemetry};
+use crate::upstream::Upstreams;
 
 pub use admission::Forward;
 pub use limits::Refused;
 pub use upstream::{
     ConnectError, HeadLimits, InvalidResponse, UpstreamFailure, check_response_framing,
 };
+pub use websocket::is_websocket_upgrade;
 
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -37,11 +40,14 @@ pub struct Policy {
     upstream_failures: upstream::FailureLog,
     /// Rate, quota and concurrency state, and the failed-auth limiter; outlives every snapshot.
     pub limits: Arc<Limiter>,
+    /// The targets' running state: health, requests in flight, ejection.
+    pub upstreams: Arc<Upstreams>,
 }
 
 impl Policy {
     pub fn new(store: Arc<ConfigStore>, telemetry: Arc<Telemetry>, limits: Arc<Limiter>) -> Policy {
         Policy {
+            upstreams: Arc::new(Upstreams::new(Arc::clone(&store), Arc::clone(&telemetry))),
             store,
             passwords: PasswordVerifier::new(),
             telemetry,

@@ -43,6 +43,8 @@ pub enum UpstreamFailure {
     Connect(ConnectError),
     #[error("the upstream did not answer within upstream_timeout")]
     Timeout,
+    #[error("the upstream connection closed or was reset before any byte of a response")]
+    Reset,
     #[error("the upstream connection failed before a whole response head arrived")]
     Broken,
     #[error("the upstream's response is not one to relay: {0}")]
@@ -102,8 +104,20 @@ impl UpstreamFailure {
     pub fn refusal(self) -> Refusal {
         match self {
             UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
-            UpstreamFailure::Connect(_) | UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => {
-                Refusal::UpstreamUnavailable
+            UpstreamFailure::Connect(_)
+            | UpstreamFailure::Reset
+            | UpstreamFailure::Broken
+            | UpstreamFailure::Invalid(_) => Refusal::UpstreamUnavailable,
+        }
+    }
+
+    /// Whether another target may be tried after it (for an idempotent request): nothing of an
+    /// answer arrived, and the time was not used up waiting.
+    pub fn retryable(self) -> bool {
+        match self {
+            UpstreamFailure::Connect(_) | UpstreamFailure::Reset => true,
+            UpstreamFailure::Timeout | UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => {
+                false
             }
         }
     }
@@ -113,22 +127,30 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect(_) => UpstreamErrorKind::Connect,
             UpstreamFailure::Timeout => UpstreamErrorKind::Timeout,
-            UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => UpstreamErrorKind::Other,
+            UpstreamFailure::Reset | UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => {
+                UpstreamErrorKind::Other
+            }
         }
     }
 }
 
 impl Policy {
-    /// An upstream failed for this request, at `target` (its address): counted against its
-    /// upstream, logged at warn (rate-limited by `FAILURE_LOG_INTERVAL`), made the request's
-    /// decision, and answered with the refusal returned.
+    /// An upstream failed for this request (its last attempt), at `target` (its address):
+    /// counted against its upstream, logged at warn (rate-limited by `FAILURE_LOG_INTERVAL`),
+    /// made the request's decision, and answered with the refusal returned. `fallback`: no
+    /// target was healthy, and the one tried anyway failed too (503 `no_healthy_upstream`).
     pub fn upstream_failed(
         &self,
         record: &mut RequestRecord,
         target: &str,
         failure: UpstreamFailure,
+        fallback: bool,
     ) -> Refusal {
-        let refusal = failure.refusal();
+        let refusal = if fallback {
+            Refusal::NoHealthyUpstream
+        } else {
+            failure.refusal()
+        };
         let upstream = record
             .upstream
             .as_deref()
@@ -157,6 +179,13 @@ impl Policy {
         }
         record.decision = refusal.code();
         refusal
+    }
+
+    /// A request is sent again, to another target.
+    pub fn retrying(&self, record: &RequestRecord) {
+        if let Some(upstream) = &record.upstream {
+            self.telemetry.metrics.upstream_retry(upstream);
+        }
     }
 }
 

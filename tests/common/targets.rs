@@ -1,0 +1,251 @@
+//! Upstream targets for the balancing tests: real HTTP servers on loopback ports that say who
+//! they are, count what reached them, and can be made unhealthy, hung, killed and restarted.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+/// What a target does, changeable while it runs.
+#[derive(Default)]
+pub struct Behaviour {
+    /// `/healthz` answers 503.
+    pub unhealthy: AtomicBool,
+    /// Every request is read and never answered.
+    pub hang: AtomicBool,
+}
+
+/// A target: answers `GET /healthz` with 200 (or 503 when unhealthy), `/slow...` after a second,
+/// anything else at once, each with its name as the body and in `x-target`, and the path it saw
+/// and the `Host` in `x-seen-path` and `x-seen-host`.
+pub struct Target {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    /// Requests answered or being answered, health checks not included.
+    pub hits: Arc<AtomicUsize>,
+    /// Health checks received.
+    pub checks: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    pub behaviour: Arc<Behaviour>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Target {
+    pub async fn start(name: &'static str) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+        Target::serve(name, listener)
+    }
+
+    /// Starts again on the address it had, after `kill`, counting on.
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind target");
+        self.behaviour.hang.store(false, Ordering::Relaxed);
+        self.accept(listener);
+    }
+
+    fn serve(name: &'static str, listener: TcpListener) -> Target {
+        let addr = listener.local_addr().expect("target address");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let behaviour = Arc::new(Behaviour::default());
+        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let target = Target {
+            name,
+            addr,
+            hits,
+            checks,
+            connections,
+            behaviour,
+            tasks,
+        };
+        target.accept(listener);
+        target
+    }
+
+    fn accept(&self, listener: TcpListener) {
+        let (name, hits, checks, connections, behaviour, tasks) = (
+            self.name,
+            Arc::clone(&self.hits),
+            Arc::clone(&self.checks),
+            Arc::clone(&self.connections),
+            Arc::clone(&self.behaviour),
+            Arc::clone(&self.tasks),
+        );
+        let registry = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.fetch_add(1, Ordering::Relaxed);
+                let (hits, checks, behaviour) = (
+                    Arc::clone(&hits),
+                    Arc::clone(&checks),
+                    Arc::clone(&behaviour),
+                );
+                let conn = tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (hits, checks, behaviour) = (
+                            Arc::clone(&hits),
+                            Arc::clone(&checks),
+                            Arc::clone(&behaviour),
+                        );
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                answer(name, req, &hits, &checks, &behaviour).await,
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn.abort_handle());
+            }
+        });
+        tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(accept.abort_handle());
+    }
+
+    /// Stops listening and closes every connection, as a crashed server would.
+    pub async fn kill(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        // Let the aborted tasks drop their sockets.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    req: Request<Incoming>,
+    hits: &AtomicUsize,
+    checks: &AtomicUsize,
+    behaviour: &Behaviour,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let host = req
+        .headers()
+        .get("host")
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if path == "/healthz" {
+        checks.fetch_add(1, Ordering::Relaxed);
+        let status = if behaviour.unhealthy.load(Ordering::Relaxed) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *r.status_mut() = status;
+        return r;
+    }
+    hits.fetch_add(1, Ordering::Relaxed);
+    if behaviour.hang.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    let _ = req.into_body().collect().await;
+    if path.contains("/slow") {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Response::builder()
+        .header("x-target", name)
+        .header("x-seen-path", path)
+        .header("x-seen-host", host)
+        .body(Full::new(Bytes::from(name)))
+        .expect("response")
+}
+
+/// Three targets, `a`, `b` and `c`.
+pub async fn three_targets() -> [Target; 3] {
+    [
+        Target::start("a").await,
+        Target::start("b").await,
+        Target::start("c").await,
+    ]
+}
+
+/// A gateway configuration: upstream `api` with `targets` (TOML of the array's entries) and the
+/// other upstream lines in `options`, one route `/api/` to it (with `route` lines), and one
+/// user `u@example.org` with `key` allowed to view, create and modify under `/api/`.
+pub fn cluster_config(targets: &str, options: &str, route: &str, key: &super::TestKey) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+upstream_timeout = "5s"
+connect_timeout = "500ms"
+
+[upstreams.api]
+targets = [{targets}]
+{options}
+
+[[routes]]
+prefix = "/api/"
+upstream = "api"
+{route}
+
+[groups.users]
+allow = [{{ path = "/api/**", verbs = ["view", "create", "modify"] }}]
+
+{}"#,
+        super::user("u@example.org", "active", "users", "127.0.0.1", &[key])
+    )
+}
+
+/// `{ url = "..." }` entries for `targets`, with weights when given.
+pub fn entries(targets: &[&Target], weights: &[u32]) -> String {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match weights.get(i) {
+            Some(w) => format!("{{ url = \"{}\", weight = {w} }}", t.url()),
+            None => format!("{{ url = \"{}\" }}", t.url()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

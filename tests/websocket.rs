@@ -1,0 +1,231 @@
+//! WebSocket through the gateway: on a route with `websocket = true` a handshake is
+//! authenticated and authorised like a GET, then frames pass both ways until either side
+//! closes (or nothing passes for `idle_timeout`), and the connection is counted with its
+//! duration. Anywhere else, or with a bad credential or handshake, the upgrade is refused and
+//! the upstream never hears of it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A WebSocket echo server on a loopback port, counting the connections it accepted.
+async fn ws_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        if ws.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A Close is answered by the library; the loop ends when the stream does.
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+fn ws_config(upstream: SocketAddr, key: &TestKey, idle: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+idle_timeout = "{idle}"
+
+[upstreams.chat]
+url = "http://{upstream}"
+
+[[routes]]
+prefix = "/ws/"
+upstream = "chat"
+websocket = true
+
+[[routes]]
+prefix = "/plain/"
+upstream = "chat"
+
+[groups.chatters]
+allow = [{{ path = "/ws/**", verbs = ["view"] }}, {{ path = "/plain/**", verbs = ["view"] }}]
+
+{}"#,
+        user(
+            "chat@example.org",
+            "active",
+            "chatters",
+            "127.0.0.1",
+            &[key]
+        )
+    )
+}
+
+async fn connect(
+    gw: &TestGateway,
+    path: &str,
+    key: &str,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let mut request = format!("ws://{}{path}", gw.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("the handshake through the gateway");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pass_both_ways_until_a_side_closes() {
+    let (upstream, _) = ws_echo_upstream().await;
+    let key = TestKey::new("websocket");
+    let gw = TestGateway::start(&ws_config(upstream, &key, "60s")).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    let mut ws = connect(&gw, "/ws/chat", &key.key).await;
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("hello".into())
+    );
+    ws.send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Binary(vec![1u8, 2, 3].into())
+    );
+    ws.close(None).await.unwrap();
+    let mut closed = false;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the close completes")
+    {
+        if matches!(message, Ok(Message::Close(_))) {
+            closed = true;
+        }
+    }
+    assert!(closed, "the upstream's Close came back");
+    drop(ws);
+    let metrics = |admin: SocketAddr| async move {
+        String::from_utf8_lossy(&get(&format!("http://{admin}/metrics"), &[]).await.body)
+            .into_owned()
+    };
+    assert!(
+        eventually(|| async {
+            metrics(admin)
+                .await
+                .contains("apiward_websocket_duration_seconds_count{route=\"/ws/\"} 1")
+        })
+        .await,
+        "{}",
+        metrics(admin).await
+    );
+    let text = metrics(admin).await;
+    assert!(
+        text.contains("apiward_websocket_connections_total{route=\"/ws/\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apiward_websocket_connections_open 0"),
+        "{text}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_closed_after_idle_timeout() {
+    let (upstream, _) = ws_echo_upstream().await;
+    let key = TestKey::new("wsidle");
+    let gw = TestGateway::start(&ws_config(upstream, &key, "300ms")).await;
+    let mut ws = connect(&gw, "/ws/quiet", &key.key).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle tunnel was closed");
+    gw.shutdown().await;
+}
+
+/// A handshake for `path`, raw, with `key` and `ws_key` as `Sec-WebSocket-Key`.
+fn handshake(path: &str, key: &str, ws_key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: {ws_key}\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_refused_where_not_allowed_and_with_a_bad_key() {
+    let (upstream, connections) = ws_echo_upstream().await;
+    let key = TestKey::new("wsrefused");
+    let gw = TestGateway::start(&ws_config(upstream, &key, "60s")).await;
+    let good_nonce = "dGhlIHNhbXBsZSBub25jZQ==";
+    let cases = [
+        (
+            handshake("/plain/chat", &key.key, good_nonce),
+            "403",
+            "forbidden",
+        ),
+        (
+            handshake(
+                "/ws/chat",
+                "aw_notAKeyAtAll0000000000000000000000000000000",
+                good_nonce,
+            ),
+            "401",
+            "invalid_credentials",
+        ),
+        (
+            handshake("/ws/chat", &key.key, "c2hvcnQ="),
+            "400",
+            "bad_upgrade",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_response(&mut conn).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request}\n→ {answer}"
+        );
+        assert!(answer.contains(code), "{answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("upgrade: websocket"),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        0,
+        "no refused upgrade reached the upstream"
+    );
+    gw.shutdown().await;
+}
