@@ -383,3 +383,35 @@ keys = [{{ sha256 = "{}" }}]
         KeyDigest::of(KEY).to_hex()
     )
 }
+
+#[test]
+fn several_targets_are_all_named_with_how_one_is_chosen() {
+    let with_targets = |balance: &str| {
+        let text = "[upstreams.api]\ntargets = [{ url = \"http://10.0.0.11:9000\", weight = 2 }, { url = \"http://10.0.0.12:9000/v2\" }]\nretries = 1\nbalance = \"BALANCE\"\n\n[[routes]]\nprefix = \"/supporters/\"\nupstream = \"api\"\nstrip_prefix = true\n\n[groups.g]\nallow = [{ path = \"/supporters/**\", verbs = [\"view\"] }]\n\n[users.\"a@example.org\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = \"*\"\nkeys = []\n"
+            .replace("BALANCE", balance);
+        let snapshot =
+            crate::config::compile(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let question = Question {
+            caller: Caller::User("a@example.org"),
+            source: "192.0.2.1".parse().unwrap(),
+            method: parse_method("GET").unwrap(),
+            path: "/supporters/42",
+            now: NOW,
+        };
+        match explain(&snapshot, &question).verdict {
+            Verdict::Allowed { to } => to,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        with_targets("round_robin"),
+        "one of http://10.0.0.11:9000/42 (weight 2), http://10.0.0.12:9000/v2/42 (weight 1) (round_robin over the healthy targets; 1 retry of idempotent requests to another target)"
+    );
+    let sticky = with_targets("hash_user");
+    assert!(
+        sticky.contains(
+            "a@example.org's own target under hash_user; while it is out: http://10.0.0.1"
+        ),
+        "{sticky}"
+    );
+}
