@@ -158,7 +158,7 @@ impl Refusal {
                 "No server behind this API is healthy now: retry later, and tell the operator if it persists."
             }
             (Refusal::BadUpgrade, _) => {
-                "A WebSocket upgrade needs GET over HTTP/1.1 with Connection: Upgrade, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key of 16 base64-encoded bytes."
+                "A WebSocket upgrade needs GET over HTTP/1.1 with Connection: Upgrade, Sec-WebSocket-Version: 13 and a well-formed handshake nonce (RFC 6455 4.1)."
             }
             (Refusal::BadFraming, _) => {
                 "The request's framing is ambiguous: send either Content-Length or Transfer-Encoding: chunked, not both or another coding."

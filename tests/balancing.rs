@@ -91,7 +91,7 @@ async fn least_outstanding_sends_requests_away_from_busy_targets() {
             &key,
         ))
         .await;
-        // Two slow requests occupy two targets for a second.
+        // Two slow requests occupy two targets for two seconds.
         let slow: Vec<_> = (0..2)
             .map(|_| {
                 let url = gw.url("/api/slow");
@@ -426,7 +426,7 @@ async fn a_reload_that_removes_a_target_lets_its_slow_request_finish() {
     let admin = gw.gateway().admin_addr().unwrap();
     // Round robin starts with the first target: a gets the slow request, b the next.
     let slow = {
-        let url = gw.url("/api/slow");
+        let url = gw.url("/api/slower");
         let key = key.key.clone();
         tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await })
     };
@@ -448,6 +448,10 @@ async fn a_reload_that_removes_a_target_lets_its_slow_request_finish() {
         })
         .await,
         "the reload applied"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the slow request is still in flight on a"
     );
     for _ in 0..5 {
         assert_eq!(

@@ -153,9 +153,14 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     };
     let key = TestKey::new("dashboard");
     let readonly = TestKey::new("dashboardreadonly");
+    let (ws_upstream, _) = common::websocket::ws_echo_upstream().await;
     let mut users = format!(
         "[upstreams.dead]\nurl = \"http://{dead}\"\n\n[[routes]]\nprefix = \"/dead/\"\nupstream = \"dead\"\n\n\
-         [groups.everything]\nallow = [{{ path = \"/**\", verbs = [\"view\"] }}]\n\n"
+         [upstreams.pair]\ntargets = [{{ url = \"{}\" }}, {{ url = \"http://{dead}\" }}]\nretries = 1\n\n\
+         [[routes]]\nprefix = \"/pair/\"\nupstream = \"pair\"\n\n\
+         [upstreams.ws]\nurl = \"http://{ws_upstream}\"\n\n[[routes]]\nprefix = \"/ws/\"\nupstream = \"ws\"\nwebsocket = true\n\n\
+         [groups.everything]\nallow = [{{ path = \"/**\", verbs = [\"view\"] }}]\n\n",
+        upstream.url()
     );
     users += &user(
         "dashboard@example.org",
@@ -207,6 +212,15 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         (r.status.as_u16(), r.error_code()),
         (502, "upstream_unavailable".into())
     );
+    // Two targets, one dead: GETs are retried to the live one until the dead one is ejected.
+    for _ in 0..12 {
+        assert_eq!(get(&gw.url("/pair/1"), &k).await.status, 200);
+    }
+    // A WebSocket opened and closed.
+    let mut ws = common::websocket::ws_connect(gw.addr, "/ws/1", &key.key).await;
+    futures_util::SinkExt::close(&mut ws).await.expect("close");
+    while futures_util::StreamExt::next(&mut ws).await.is_some() {}
+    drop(ws);
     // A reload, so that reload outcomes exist whether or not the first load is counted.
     gw.replace_config(&format!("{toml}\n# touched\n"));
 

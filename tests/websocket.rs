@@ -7,43 +7,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::websocket::{ws_connect, ws_echo_upstream};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A WebSocket echo server on a loopback port, counting the connections it accepted.
-async fn ws_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&connections);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        if ws.send(message).await.is_err() {
-                            return;
-                        }
-                    }
-                    // A Close is answered by the library; the loop ends when the stream does.
-                }
-            });
-        }
-    });
-    (addr, connections)
-}
 
 fn ws_config(upstream: SocketAddr, key: &TestKey, idle: &str) -> String {
     format!(
@@ -79,32 +51,13 @@ allow = [{{ path = "/ws/**", verbs = ["view"] }}, {{ path = "/plain/**", verbs =
     )
 }
 
-async fn connect(
-    gw: &TestGateway,
-    path: &str,
-    key: &str,
-) -> tokio_tungstenite::WebSocketStream<TcpStream> {
-    let mut request = format!("ws://{}{path}", gw.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (ws, response) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .expect("the handshake through the gateway");
-    assert_eq!(response.status(), 101);
-    ws
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_pass_both_ways_until_a_side_closes() {
     let (upstream, _) = ws_echo_upstream().await;
     let key = TestKey::new("websocket");
     let gw = TestGateway::start(&ws_config(upstream, &key, "60s")).await;
     let admin = gw.gateway().admin_addr().unwrap();
-    let mut ws = connect(&gw, "/ws/chat", &key.key).await;
+    let mut ws = ws_connect(gw.addr, "/ws/chat", &key.key).await;
     ws.send(Message::Text("hello".into())).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
@@ -160,7 +113,7 @@ async fn a_silent_websocket_is_closed_after_idle_timeout() {
     let (upstream, _) = ws_echo_upstream().await;
     let key = TestKey::new("wsidle");
     let gw = TestGateway::start(&ws_config(upstream, &key, "300ms")).await;
-    let mut ws = connect(&gw, "/ws/quiet", &key.key).await;
+    let mut ws = ws_connect(gw.addr, "/ws/quiet", &key.key).await;
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match ws.next().await {

@@ -24,6 +24,7 @@ use apiward::{Gateway, Options};
 pub mod process;
 pub mod redis_server;
 pub mod targets;
+pub mod websocket;
 
 /// A key and its digest, for building configs.
 pub struct TestKey {

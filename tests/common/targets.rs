@@ -24,7 +24,8 @@ pub struct Behaviour {
     pub hang: AtomicBool,
 }
 
-/// A target: answers `GET /healthz` with 200 (or 503 when unhealthy), `/slow...` after a second,
+/// A target: answers `GET /healthz` with 200 (or 503 when unhealthy), `/slow...` after 2 s
+/// (`/slower...` after 3 s),
 /// anything else at once, each with its name as the body and in `x-target`, and the path it saw
 /// and the `Host` in `x-seen-path` and `x-seen-host`.
 pub struct Target {
@@ -188,8 +189,10 @@ async fn answer(
         std::future::pending::<()>().await;
     }
     let _ = req.into_body().collect().await;
-    if path.contains("/slow") {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    if path.contains("/slower") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    } else if path.contains("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Response::builder()
         .header("x-target", name)
