@@ -327,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             Ok(forward) => forward,
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
         };
-        let Some(cluster) = forward.cluster.clone() else {
+        let Some(cluster) = forward.cluster.as_ref() else {
             // hyper's path serves the echo upstream; give it this request back unread.
             let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
             unread.extend_from_slice(&head.bytes);

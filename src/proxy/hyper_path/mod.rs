@@ -157,7 +157,7 @@ impl HyperPath {
             .headers
             .insert(&X_REQUEST_ID, record.request_id.clone());
         let sent = Instant::now();
-        let Some(cluster) = forward.cluster.clone() else {
+        let Some(cluster) = forward.cluster.as_ref() else {
             parts.uri = Uri::from(forward.path_and_query);
             let response = echo::respond(Request::from_parts(parts, body)).await;
             record.upstream_time = Some(sent.elapsed());
@@ -169,7 +169,7 @@ impl HyperPath {
                 parts,
                 client_upgrade,
                 &forward,
-                &cluster,
+                cluster,
                 record,
             )
             .await;
