@@ -69,6 +69,7 @@ async fn run(
                 passes += 1;
                 fails = 0;
                 if passes >= check.healthy_after {
+                    state.check_passed();
                     state.set_check_down(
                         false,
                         &format!("{passes} health checks of {} passed in a row", check.path),

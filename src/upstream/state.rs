@@ -153,6 +153,18 @@ impl TargetState {
             .target_up(&self.upstream, &self.url, self.is_available(now));
     }
 
+    /// A health check passed: a passive ejection ends with it (as Envoy's
+    /// `successful_active_health_check_uneject_host`), so a restarted target is back within the
+    /// checks' `healthy_after` rather than the rest of its ejection.
+    pub(super) fn check_passed(&self) {
+        if self.ejected_until.load(Ordering::Relaxed) != 0
+            && self.ejected_until.swap(0, Ordering::Relaxed) != 0
+        {
+            self.failures.store(0, Ordering::Relaxed);
+            self.transition(Transition::Returned, "its health check passed");
+        }
+    }
+
     /// The health checks' verdict changed (or was repeated: then nothing happens).
     pub(super) fn set_check_down(&self, down: bool, why: &str) {
         if self.check_down.swap(down, Ordering::Relaxed) != down {
