@@ -30,10 +30,12 @@ pub enum Refusal {
     LimitStoreUnavailable,
     /// This source address sent too many invalid credentials lately.
     TooManyFailedAttempts,
+    /// A client certificate and a key (or password) that identify different users.
+    AmbiguousCredentials,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -50,6 +52,7 @@ impl Refusal {
         Refusal::TooManyConcurrent,
         Refusal::LimitStoreUnavailable,
         Refusal::TooManyFailedAttempts,
+        Refusal::AmbiguousCredentials,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -61,7 +64,9 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::NoRoute => StatusCode::NOT_FOUND,
-            Refusal::BadPath | Refusal::BadFraming => StatusCode::BAD_REQUEST,
+            Refusal::BadPath | Refusal::BadFraming | Refusal::AmbiguousCredentials => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RateLimited
@@ -91,6 +96,7 @@ impl Refusal {
             Refusal::TooManyConcurrent => "too_many_concurrent",
             Refusal::LimitStoreUnavailable => "limit_store_unavailable",
             Refusal::TooManyFailedAttempts => "too_many_failed_attempts",
+            Refusal::AmbiguousCredentials => "ambiguous_credentials",
         }
     }
 
@@ -162,6 +168,9 @@ impl Refusal {
             (Refusal::TooManyFailedAttempts, _) => {
                 "Too many invalid credentials came from this address: wait as long as Retry-After says, then send a valid credential."
             }
+            (Refusal::AmbiguousCredentials, _) => {
+                "The client certificate and the API key presented belong to different API users: present one of them."
+            }
         }
     }
 
@@ -178,6 +187,7 @@ impl Refusal {
             | Refusal::NoRoute
             | Refusal::Forbidden
             | Refusal::BadPath
+            | Refusal::AmbiguousCredentials
             | Refusal::UpstreamUnavailable
             | Refusal::UpstreamTimeout
             | Refusal::RateLimited
@@ -252,6 +262,7 @@ impl Refusal {
             }
             Refusal::BadFraming
             | Refusal::BadPath
+            | Refusal::AmbiguousCredentials
             | Refusal::UserInactive
             | Refusal::UnregisteredSource
             | Refusal::NoRoute

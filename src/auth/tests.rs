@@ -58,6 +58,7 @@ fn facts<'r>(
         method,
         path,
         credential,
+        certificate: None,
         client: client.parse().unwrap(),
         now: NOW,
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -14,7 +14,7 @@ use toml::value::{Datetime, Offset};
 
 use super::duration::parse_duration;
 use super::error::{ConfigError, ConfigErrors, Locator};
-use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
+use super::raw::{RawAddresses, RawConfig, RawServer, RawUpstream, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
@@ -73,11 +73,17 @@ impl Compiler<'_> {
     fn snapshot(&mut self, file: &Path, raw: RawConfig) -> Snapshot {
         let server = self.server(raw.server.as_ref().unwrap_or(&RawServer::default()));
         let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref());
+        let mut tls_files = Vec::new();
+        let tls = raw
+            .server
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .and_then(|t| self.server_tls(file, t, &mut tls_files));
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut upstream_index = HashMap::new();
         for (name, up) in &raw.upstreams {
-            if let Some(target) = self.upstream_target(&up.url) {
+            if let Some(target) = self.upstream_target(file, up, &mut tls_files) {
                 upstream_index.insert(name.get_ref().clone(), upstreams.len() as u32);
                 upstreams.push(Upstream {
                     name: name.get_ref().as_str().into(),
@@ -155,6 +161,7 @@ impl Compiler<'_> {
             });
         }
 
+        let mut client_certificates = DigestMap::default();
         let mut users = Vec::with_capacity(raw.users.len());
         let key_count = raw.users.values().map(|u| u.get_ref().keys.len()).sum();
         let mut keys: DigestMap<ApiKey> =
@@ -170,6 +177,7 @@ impl Compiler<'_> {
                 index,
                 &mut keys,
             ) {
+                self.client_certificates(user.get_ref(), index, &mut client_certificates);
                 users.push(api_user);
             }
         }
@@ -188,6 +196,9 @@ impl Compiler<'_> {
             routes: RouteTable::new(routes),
             upstreams: upstreams.into_boxed_slice(),
             rate_limits,
+            tls,
+            client_certificates,
+            tls_files: tls_files.into_boxed_slice(),
         }
     }
 
@@ -338,12 +349,19 @@ impl Compiler<'_> {
         }
     }
 
-    fn upstream_target(&mut self, url: &Spanned<String>) -> Option<UpstreamTarget> {
+    fn upstream_target(
+        &mut self,
+        file: &Path,
+        up: &RawUpstream,
+        tls_files: &mut Vec<PathBuf>,
+    ) -> Option<UpstreamTarget> {
+        let url = &up.url;
         let text = url.get_ref();
         if text == "builtin:echo" {
             return Some(UpstreamTarget::Echo);
         }
-        let hint = "write an http URL such as \"http://127.0.0.1:9000\", or \"builtin:echo\"";
+        let hint =
+            "write an http or https URL such as \"http://127.0.0.1:9000\", or \"builtin:echo\"";
         let uri: Uri = match text.parse() {
             Ok(u) => u,
             Err(_) => {
@@ -351,17 +369,14 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => {
-                self.error(url.span(), format!("{text:?}: https upstreams are not supported yet: put the upstream on a private network and use http"));
-                return None;
-            }
+        let https = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => false,
+            Some(s) if *s == Scheme::HTTPS => true,
             _ => {
                 self.error(url.span(), format!("{text:?} has no http scheme: {hint}"));
                 return None;
             }
-        }
+        };
         // Interned, so that copying it for each request touches no reference count.
         let Some(authority) = uri.authority().map(|a| {
             http::uri::Authority::from_maybe_shared(bytes::Bytes::from_static(
@@ -387,10 +402,15 @@ impl Compiler<'_> {
             return None;
         }
         let base_path = uri.path().trim_end_matches('/');
+        let (tls, protocol) = self
+            .upstream_tls(file, up, https, authority.host(), tls_files)
+            .ok()?;
         Some(UpstreamTarget::Http {
-            scheme: Scheme::HTTP,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             authority,
             base_path: base_path.into(),
+            tls,
+            protocol,
         })
     }
 
@@ -698,6 +718,7 @@ mod admin;
 mod protection;
 pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};
 mod limits;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;

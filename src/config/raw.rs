@@ -79,12 +79,37 @@ pub struct RawServer {
     pub recent_requests_per_user: Option<Spanned<i64>>,
     pub recent_refusals: Option<Spanned<i64>>,
     pub fast_path: Option<Spanned<bool>>,
+    pub tls: Option<Spanned<RawServerTls>>,
+}
+
+/// `[server.tls]`: present, the public listener speaks TLS only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub certificates: Spanned<Vec<RawCertificatePair>>,
+    pub min_version: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// One `{ cert, key }` of `[server.tls] certificates`; paths relative to the file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificatePair {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub url: Spanned<String>,
+    /// HTTPS only: trust anchors (PEM) instead of the system's store.
+    pub ca: Option<Spanned<String>>,
+    /// HTTPS only: the name sent as SNI and verified, instead of the URL's host.
+    pub server_name: Option<Spanned<String>>,
+    /// `"http/1.1"` (default) or `"h2"`.
+    pub protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +152,16 @@ pub struct RawUser {
     pub keys: Vec<Spanned<RawKey>>,
     pub password_hash: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    pub client_certificates: Vec<Spanned<RawClientCertificate>>,
+}
+
+/// A client certificate that identifies the user: the SHA-256 of its DER.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertificate {
+    pub sha256: Spanned<String>,
+    pub created: Option<Spanned<Datetime>>,
 }
 
 /// `remote_addresses` is written either the vendor way (`"a~b~c"`) or as a TOML array.

@@ -125,7 +125,7 @@ impl ConfigStore {
             Err(ReadError::Missing) => return ReloadOutcome::Missing,
             Err(ReadError::Invalid(e)) => return self.refused(e),
         };
-        let digest = text_digest(&text);
+        let digest = inputs_digest(&text, &self.current.load().tls_files);
         if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
             let stale = self
                 .last_failure
@@ -150,6 +150,8 @@ impl ConfigStore {
         // The old snapshot is freed here, on the reload thread, not on a request's.
         drop(previous);
         release_freed_memory();
+        // The files the new snapshot read, as they are now (they may differ from the old one's).
+        let digest = inputs_digest(&text, &snapshot.tls_files);
         *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
         if let Ok(mut f) = self.last_failure.lock() {
             *f = None;
@@ -217,7 +219,7 @@ enum ReadError {
 fn read_and_compile(path: &Path) -> Result<([u8; 32], Snapshot), ReadError> {
     let text = read_retrying(path)?;
     let snapshot = super::compile(path, &text).map_err(ReadError::Invalid)?;
-    Ok((text_digest(&text), snapshot))
+    Ok((inputs_digest(&text, &snapshot.tls_files), snapshot))
 }
 
 /// Reads the file; a file that is missing for a moment (delete-and-recreate saves) is retried briefly.
@@ -243,9 +245,23 @@ fn read_retrying(path: &Path) -> Result<String, ReadError> {
     }
 }
 
-fn text_digest(text: &str) -> [u8; 32] {
+/// The digest of everything a snapshot was compiled from: the file's text and the PEM files it
+/// names, so that a renewed certificate reloads although the configuration text is unchanged.
+fn inputs_digest(text: &str, files: &[PathBuf]) -> [u8; 32] {
     use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes()).into()
+    let mut hash = sha2::Sha256::new();
+    hash.update(text.as_bytes());
+    for file in files {
+        hash.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                hash.update((bytes.len() as u64).to_le_bytes());
+                hash.update(&bytes);
+            }
+            Err(_) => hash.update(u64::MAX.to_le_bytes()),
+        }
+    }
+    hash.finalize().into()
 }
 
 pub fn now_unix() -> i64 {
@@ -288,7 +304,16 @@ pub struct ConfigWatch {
 
 enum Note {
     Changed,
+    /// The PEM files of the snapshot serving: their directories are watched, their names followed.
+    Follow(Vec<PathBuf>),
     Stop,
+}
+
+impl ConfigWatch {
+    /// Also reloads when one of `files` (the PEM files of the snapshot serving) changes.
+    pub fn follow(&self, files: &[PathBuf]) {
+        let _ = self.notes.send(Note::Follow(files.to_vec()));
+    }
 }
 
 impl Drop for ConfigWatch {
@@ -340,6 +365,24 @@ impl Watched {
         watched
     }
 
+    /// The directories and names of some files (the PEM files a snapshot read).
+    fn files(files: &[PathBuf]) -> Watched {
+        let mut watched = Watched::default();
+        for file in files {
+            let dir = parent_dir(file);
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            if !watched.dirs.contains(&dir) {
+                watched.dirs.push(dir);
+            }
+            if let Some(name) = file.file_name() {
+                if !watched.names.iter().any(|n| n == name) {
+                    watched.names.push(name.to_os_string());
+                }
+            }
+        }
+        watched
+    }
+
     fn concerns(names: &[std::ffi::OsString], event: &notify::Event) -> bool {
         event.paths.iter().any(|p| {
             p.file_name().is_some_and(|n| {
@@ -367,6 +410,7 @@ pub fn watch_file(
 
     let first = Watched::resolve(path);
     let names = Arc::new(RwLock::new(first.names.clone()));
+    let first_dirs = first.dirs.clone();
     let (notes, notes_rx) = std::sync::mpsc::channel();
     let event_names = Arc::clone(&names);
     let event_notes = notes.clone();
@@ -385,11 +429,11 @@ pub fn watch_file(
         }
     })?;
     // The link's own directory must be watchable; the others are followed as far as they exist.
-    let mut dirs = first.dirs.iter();
+    let mut dirs = first_dirs.iter();
     if let Some(own) = dirs.next() {
         watcher.watch(own, RecursiveMode::NonRecursive)?;
     }
-    let mut watching: Vec<PathBuf> = first.dirs.iter().take(1).cloned().collect();
+    let mut watching: Vec<PathBuf> = first_dirs.iter().take(1).cloned().collect();
     for dir in dirs {
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => watching.push(dir.clone()),
@@ -403,20 +447,43 @@ pub fn watch_file(
         .name("apiward-config-watch".into())
         .spawn(move || {
             // Re-resolves after each relevant event: a swapped link or `..data` moves the file.
-            while let Ok(Note::Changed) = notes_rx.recv() {
+            let mut config = first;
+            let mut pem = Watched::default();
+            while let Ok(note) = notes_rx.recv() {
+                let mut changed = false;
                 let mut stop = false;
-                while let Ok(note) = notes_rx.try_recv() {
-                    stop |= matches!(note, Note::Stop);
+                for note in std::iter::once(note).chain(std::iter::from_fn(|| notes_rx.try_recv().ok())) {
+                    match note {
+                        Note::Changed => changed = true,
+                        Note::Follow(files) => pem = Watched::files(&files),
+                        Note::Stop => stop = true,
+                    }
                 }
                 if stop {
                     break;
                 }
-                let now = Watched::resolve(&path);
+                if changed {
+                    config = Watched::resolve(&path);
+                }
+                let mut now = Watched::default();
+                for w in [&config, &pem] {
+                    for dir in &w.dirs {
+                        if !now.dirs.contains(dir) {
+                            now.dirs.push(dir.clone());
+                        }
+                    }
+                    for name in &w.names {
+                        if !now.names.contains(name) {
+                            now.names.push(name.clone());
+                        }
+                    }
+                }
                 for dir in &now.dirs {
-                    if !watching.contains(dir)
-                        && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok()
-                    {
-                        watching.push(dir.clone());
+                    if !watching.contains(dir) {
+                        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                            Ok(()) => watching.push(dir.clone()),
+                            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch this directory: changes there wait for SIGHUP"),
+                        }
                     }
                 }
                 watching.retain(|dir| {
@@ -475,6 +542,15 @@ pub async fn reload_loop(
     }
 }
 
+/// Logs each certificate of the snapshot serving that has expired or expires within 14 days.
+pub fn warn_of_expiry(store: &ConfigStore) {
+    if let Some(tls) = &store.load().tls {
+        for warning in tls.expiry_warnings(now_unix()) {
+            tracing::warn!("certificate: {warning}");
+        }
+    }
+}
+
 fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutcome) {
     let file = store.path().display().to_string();
     let trigger = match trigger {
@@ -500,6 +576,7 @@ fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutc
             for field in restart_required {
                 tracing::warn!(%file, field, "[server] {field} changed: it takes effect only after a restart");
             }
+            warn_of_expiry(store);
         }
         ReloadOutcome::Unchanged => {
             tracing::debug!(%file, trigger, "configuration file unchanged");

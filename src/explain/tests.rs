@@ -67,6 +67,7 @@ keys = []
 fn ask(caller: Caller<'_>, source: &str, method: &str, path: &str) -> Explanation {
     let question = Question {
         caller,
+        certificate: None,
         source: source.parse().unwrap(),
         method: parse_method(method).unwrap(),
         path,
@@ -326,6 +327,7 @@ fn the_limit_step_comes_last_and_says_what_a_request_over_it_gets() {
     let s = crate::config::compile(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
     let question = Question {
         caller: Caller::User("a@example.org"),
+        certificate: None,
         source: "127.0.0.1".parse().unwrap(),
         method: Method::GET,
         path: "/supporters/1",

@@ -11,8 +11,9 @@ use super::names;
 use super::series::Series;
 
 pub use super::names::{
-    ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
-    REQUEST_DURATION, REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
+    ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS,
+    PROTOCOL_REQUESTS, RELOADS, REQUEST_DURATION, REQUESTS, TLS_CERTIFICATE_EXPIRY,
+    TLS_HANDSHAKE_FAILURES, TLS_HANDSHAKES, UPSTREAM_DURATION, UPSTREAM_ERRORS,
 };
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
@@ -40,6 +41,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// The per-request series, outside the recorder (see `series.rs`).
     series: Series,
+    /// Requests by protocol and transport, registered once: h1/tcp, h1/tls, h2/tcp, h2/tls.
+    protocols: [metrics::Counter; 4],
 }
 
 impl Default for Metrics {
@@ -53,10 +56,20 @@ impl Metrics {
         // It keeps no histogram: the two duration histograms are per-request series.
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
+        let protocols = [("h1", "tcp"), ("h1", "tls"), ("h2", "tcp"), ("h2", "tls")].map(
+            |(protocol, transport)| {
+                let labels = vec![
+                    Label::from_static_parts("protocol", protocol),
+                    Label::from_static_parts("transport", transport),
+                ];
+                recorder.register_counter(&Key::from_parts(PROTOCOL_REQUESTS, labels), &METADATA)
+            },
+        );
         let metrics = Metrics {
             recorder,
             handle,
             series: Series::default(),
+            protocols,
         };
         metrics.describe();
         metrics
@@ -71,14 +84,22 @@ impl Metrics {
             OPEN_CONNECTIONS,
             ADMIN_LOGINS,
             CONNECTIONS_REFUSED,
+            TLS_HANDSHAKES,
+            TLS_HANDSHAKE_FAILURES,
+            PROTOCOL_REQUESTS,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED => {
-                    self.recorder.describe_counter(name, None, text)
-                }
+                REQUESTS
+                | UPSTREAM_ERRORS
+                | RELOADS
+                | ADMIN_LOGINS
+                | CONNECTIONS_REFUSED
+                | TLS_HANDSHAKES
+                | TLS_HANDSHAKE_FAILURES
+                | PROTOCOL_REQUESTS => self.recorder.describe_counter(name, None, text),
                 CONFIG_GENERATION | OPEN_CONNECTIONS => {
                     self.recorder.describe_gauge(name, None, text)
                 }
@@ -166,6 +187,31 @@ impl Metrics {
             .increment(1);
     }
 
+    /// One request answered over `protocol` (`h1` or `h2`), on TLS or plain TCP.
+    pub fn protocol(&self, protocol: &str, tls: bool) {
+        let index = usize::from(protocol == "h2") * 2 + usize::from(tls);
+        self.protocols[index].increment(1);
+    }
+
+    /// A completed TLS handshake.
+    pub fn tls_handshake(&self, version: &'static str, protocol: &'static str) {
+        let labels = vec![
+            Label::from_static_parts("version", version),
+            Label::from_static_parts("protocol", protocol),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(TLS_HANDSHAKES, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// A TLS connection that ended before its handshake completed.
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        let labels = vec![Label::from_static_parts("reason", reason)];
+        self.recorder
+            .register_counter(&Key::from_parts(TLS_HANDSHAKE_FAILURES, labels), &METADATA)
+            .increment(1);
+    }
+
     pub fn set_generation(&self, generation: u64) {
         self.gauge(CONFIG_GENERATION).set(generation as f64);
     }
@@ -189,4 +235,34 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// Each loaded certificate's not-after time, from the snapshot serving (so a certificate that
+/// is replaced or removed leaves no stale series behind).
+pub fn render_certificates(out: &mut String, snapshot: &crate::snapshot::Snapshot) {
+    use std::fmt::Write;
+    let Some(tls) = &snapshot.tls else { return };
+    let _ = writeln!(
+        out,
+        "# HELP {TLS_CERTIFICATE_EXPIRY} {}\n# TYPE {TLS_CERTIFICATE_EXPIRY} gauge",
+        names::help(TLS_CERTIFICATE_EXPIRY)
+    );
+    for c in tls.certificates() {
+        let name = c.names.first().map_or("", String::as_str);
+        let file = c.cert_file.display().to_string();
+        let _ = writeln!(
+            out,
+            "{TLS_CERTIFICATE_EXPIRY}{{name=\"{}\",file=\"{}\"}} {}",
+            escape(name),
+            escape(&file),
+            c.not_after
+        );
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -96,6 +96,7 @@ impl Telemetry {
             record.upstream_time,
         );
         self.recent.record(record, total);
+        self.metrics.protocol(record.protocol, record.tls.is_some());
         if !record.log || (record.decision == "allowed" && !self.sample(record.sample)) {
             return;
         }
@@ -118,6 +119,8 @@ impl Telemetry {
             bytes_out,
             upstream_ms = record.upstream_time.map(millis),
             total_ms = millis(total),
+            protocol = record.protocol,
+            tls = record.tls,
         );
     }
 }
@@ -150,6 +153,10 @@ pub struct RequestRecord {
     pub limit: Option<&'static str>,
     /// The least of what is left of the user's limits after this request.
     pub limit_remaining: Option<u64>,
+    /// `h1` or `h2`.
+    pub protocol: &'static str,
+    /// The TLS version of the client's connection (`TLSv1.3`), `None` for plain TCP.
+    pub tls: Option<&'static str>,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique without coordination.

@@ -17,8 +17,13 @@ pub const LIMIT_STORE_ROUND_TRIPS: &str = "apiward_limit_store_round_trips_total
 pub const LIMIT_STORE_ERRORS: &str = "apiward_limit_store_errors_total";
 pub const LIMIT_STORE_UP: &str = "apiward_limit_store_up";
 
+pub const TLS_CERTIFICATE_EXPIRY: &str = "apiward_tls_certificate_expiry_seconds";
+pub const TLS_HANDSHAKES: &str = "apiward_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "apiward_tls_handshake_failures_total";
+pub const PROTOCOL_REQUESTS: &str = "apiward_requests_by_protocol_total";
+
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 18] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -33,6 +38,10 @@ pub const ALL: [&str; 14] = [
     LIMIT_STORE_ROUND_TRIPS,
     LIMIT_STORE_ERRORS,
     LIMIT_STORE_UP,
+    TLS_CERTIFICATE_EXPIRY,
+    TLS_HANDSHAKES,
+    TLS_HANDSHAKE_FAILURES,
+    PROTOCOL_REQUESTS,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -68,6 +77,18 @@ pub fn help(name: &str) -> &'static str {
         LIMIT_STORE_ERRORS => "Calls to the shared rate-limit store that failed or timed out.",
         LIMIT_STORE_UP => {
             "1 while the rate-limit store answers (always, for the local store), 0 from a failed call to the next answered one."
+        }
+        TLS_CERTIFICATE_EXPIRY => {
+            "When each certificate of [server.tls] expires (Unix seconds), by its first DNS name and file."
+        }
+        TLS_HANDSHAKES => {
+            "TLS handshakes completed on the public listener, by TLS version and negotiated protocol."
+        }
+        TLS_HANDSHAKE_FAILURES => {
+            "TLS connections on the public listener that ended before a completed handshake, by reason."
+        }
+        PROTOCOL_REQUESTS => {
+            "Requests answered, by HTTP protocol (h1, h2) and transport (tcp, tls)."
         }
         _ => "",
     }

@@ -227,6 +227,8 @@ mod tests {
             sample: 1.0,
             limit: None,
             limit_remaining: None,
+            protocol: "h1",
+            tls: None,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::{Known, X_FORWARDED_FOR, classify};
 use crate::proxy::policy::{Policy, Refused, X_REQUEST_ID};
 use crate::snapshot::{Snapshot, UpstreamTarget};
+use crate::tls::{ClientSession, UpstreamProtocol};
 
 type SnapshotGuard = arc_swap::Guard<Arc<Snapshot>>;
 
@@ -42,6 +43,8 @@ pub(super) struct Conn<'p, S> {
     pub(super) client: S,
     pub(super) peer: SocketAddr,
     pub(super) peer_text: HeaderValue,
+    /// What the TLS handshake agreed, on the TLS listener.
+    pub(super) session: Option<ClientSession>,
     /// Ends when graceful shutdown begins.
     pub(super) stop: StopWatch,
     /// Bytes read from the client and not yet used.
@@ -80,6 +83,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     client: S,
     peer: SocketAddr,
     peer_text: HeaderValue,
+    session: Option<ClientSession>,
 ) -> Outcome<S> {
     let accepted = Instant::now();
     let far = tokio::time::Instant::from_std(accepted) + Duration::from_secs(3600);
@@ -89,6 +93,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         client,
         peer,
         peer_text,
+        session,
         stop: StopWatch {
             notified: engine.stop.watch(),
             polled: false,
@@ -319,6 +324,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             &self.decision_headers,
             self.peer,
             arrived,
+            self.session,
         );
         drop(snapshot);
         let forward = match outcome {
@@ -326,9 +332,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
         };
         let authority = match &forward.target {
-            UpstreamTarget::Http { authority, .. } => authority,
-            UpstreamTarget::Echo => {
-                // hyper's path serves the echo upstream; give it this request back unread.
+            UpstreamTarget::Http {
+                authority,
+                tls: None,
+                protocol: UpstreamProtocol::Http1,
+                ..
+            } => authority,
+            // hyper's path serves HTTPS and HTTP/2 upstreams, and the echo upstream.
+            UpstreamTarget::Http { .. } | UpstreamTarget::Echo => {
+                // Give hyper this request back unread.
                 let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
                 unread.extend_from_slice(&head.bytes);
                 unread.extend_from_slice(&self.buf);

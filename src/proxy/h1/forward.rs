@@ -78,7 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         out.extend_from_slice(self.peer_text.as_bytes());
         out.extend_from_slice(b"\r\n");
         if !has_proto {
-            out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+            push_header(out, b"x-forwarded-proto", forward.proto.as_bytes());
         }
         if !has_host {
             if let Some(host) = original_host {

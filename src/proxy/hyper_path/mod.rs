@@ -1,10 +1,11 @@
 //! hyper's path: hyper's HTTP/1.1 server for every connection the HTTP/1 engine hands over (a
-//! request body, `Expect`, HTTP/1.0, the echo upstream, ...), or for all of them with
-//! `fast_path = false`. The policy decides (`proxy/policy`); this module carries the request to
+//! request body, `Expect`, HTTP/1.0, the echo upstream, HTTPS and HTTP/2 upstreams, ...), or for
+//! all of them with `fast_path = false`, and hyper's HTTP/2 server (ALPN `h2`, or h2c). The policy decides (`proxy/policy`); this module carries the request to
 //! the upstream through hyper's client (`client.rs`) and streams the answer back.
 
 mod body;
 mod client;
+mod client_h2;
 mod echo;
 mod idle;
 
@@ -20,9 +21,9 @@ use http::uri::Uri;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -33,8 +34,10 @@ use crate::proxy::policy::{
 };
 use crate::refusal::Presented;
 use crate::snapshot::UpstreamTarget;
+use crate::tls::{ClientSession, UpstreamProtocol};
 use body::{Counted, Finish, Logged};
 use client::Pool;
+use client_h2::H2Pool;
 
 /// A response body before it is wrapped for logging: the upstream's, streamed, or one the
 /// gateway made.
@@ -49,6 +52,8 @@ pub type LoggedBody = Logged<ResponseBody>;
 pub struct HyperPath {
     policy: Arc<Policy>,
     pool: Arc<Pool>,
+    /// HTTP/2 upstreams (`protocol = "h2"`): one multiplexed connection per address.
+    h2_pool: H2Pool,
 }
 
 impl HyperPath {
@@ -56,6 +61,7 @@ impl HyperPath {
         HyperPath {
             policy,
             pool: Pool::new(),
+            h2_pool: H2Pool::default(),
         }
     }
 
@@ -69,12 +75,14 @@ impl HyperPath {
         self.pool.sweep();
     }
 
-    /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection.
+    /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection;
+    /// `session` is what its TLS handshake agreed, on the TLS listener.
     async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         peer_text: HeaderValue,
+        session: Option<ClientSession>,
     ) -> Response<LoggedBody> {
         let (outcome, mut record) = self.policy.admit(
             &self.policy.store.load(),
@@ -83,7 +91,11 @@ impl HyperPath {
             request.headers(),
             peer,
             Instant::now(),
+            session,
         );
+        if request.version() == http::Version::HTTP_2 {
+            record.protocol = "h2";
+        }
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut admitted = None;
         let mut response = match outcome {
@@ -124,6 +136,13 @@ impl HyperPath {
     ) -> Response<ResponseBody> {
         let (mut parts, body) = request.into_parts();
         let body = Counted::new(Either::Left(body), Arc::clone(bytes_in));
+        // `TE: trailers` is the one TE that crosses (gRPC needs it); any other coding is this hop's.
+        let trailers_accepted = parts
+            .headers
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| accepts_trailers(v.as_bytes()));
+        // HTTP/2's `:authority` is the host when there is no Host header.
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -143,7 +162,7 @@ impl HyperPath {
             headers::Forwarded {
                 peer: peer_text,
                 peer_is_trusted: forward.peer_is_trusted,
-                proto: "http",
+                proto: forward.proto,
                 user: HeaderValue::try_from(record.user.as_deref().unwrap_or_default())
                     .expect("checked by is_header_value when decided"),
                 group: forward.group,
@@ -152,6 +171,11 @@ impl HyperPath {
         parts
             .headers
             .insert(&X_REQUEST_ID, record.request_id.clone());
+        if trailers_accepted {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        }
         let sent = Instant::now();
         match forward.target {
             UpstreamTarget::Echo => {
@@ -160,19 +184,50 @@ impl HyperPath {
                 record.upstream_time = Some(sent.elapsed());
                 response.map(|b| Either::Right(Full::new(b)))
             }
-            UpstreamTarget::Http { authority, .. } => {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(HOST, host);
-                }
-                // Origin form: the upstream is talked to directly, never as a proxy.
-                parts.uri = Uri::from(forward.path_and_query);
-                parts.version = http::Version::HTTP_11;
-                let upstream_request = Request::from_parts(parts, body);
-                let result = tokio::time::timeout(
-                    forward.upstream_timeout,
-                    self.pool.send(&authority, forward.limits, upstream_request),
-                )
-                .await;
+            UpstreamTarget::Http {
+                scheme,
+                authority,
+                tls,
+                protocol,
+                ..
+            } => {
+                let result = match protocol {
+                    UpstreamProtocol::Http1 => {
+                        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                            parts.headers.insert(HOST, host);
+                        }
+                        // Origin form: the upstream is talked to directly, never as a proxy.
+                        parts.uri = Uri::from(forward.path_and_query);
+                        parts.version = http::Version::HTTP_11;
+                        let upstream_request = Request::from_parts(parts, body);
+                        let sending = self.pool.send(
+                            &authority,
+                            tls.as_ref(),
+                            forward.limits,
+                            upstream_request,
+                        );
+                        tokio::time::timeout(forward.upstream_timeout, sending).await
+                    }
+                    UpstreamProtocol::Http2 => {
+                        // HTTP/2 carries the host as `:authority`, from the URI.
+                        parts.headers.remove(HOST);
+                        parts.uri = Uri::builder()
+                            .scheme(scheme)
+                            .authority(authority.clone())
+                            .path_and_query(forward.path_and_query)
+                            .build()
+                            .unwrap_or_default();
+                        parts.version = http::Version::HTTP_2;
+                        let upstream_request = Request::from_parts(parts, body);
+                        let sending = self.h2_pool.send(
+                            &authority,
+                            tls.as_ref(),
+                            forward.limits,
+                            upstream_request,
+                        );
+                        tokio::time::timeout(forward.upstream_timeout, sending).await
+                    }
+                };
                 record.upstream_time = Some(sent.elapsed());
                 let failure = match result {
                     Ok(Ok(response)) => {
@@ -211,6 +266,7 @@ pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     peer_text: HeaderValue,
+    session: Option<ClientSession>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -226,7 +282,7 @@ pub async fn serve<S>(
         idle.set(path.policy.store.load().server.idle_timeout);
         let path = Arc::clone(&path);
         let peer_text = peer_text.clone();
-        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text).await) }
+        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -246,6 +302,57 @@ pub async fn serve<S>(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// hyper's HTTP/2 server on a connection: over TLS after ALPN `h2`, or h2c with prior knowledge.
+/// Each stream is a request admitted and forwarded like any other; after `shutdown`, GOAWAY:
+/// the streams in flight finish, no new ones start.
+pub async fn serve_h2<S>(
+    path: Arc<HyperPath>,
+    stream: S,
+    peer: SocketAddr,
+    peer_text: HeaderValue,
+    session: Option<ClientSession>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (idle_timeout, max_header_bytes) = {
+        let s = &path.policy.store.load().server;
+        (s.idle_timeout, s.max_header_bytes)
+    };
+    let io = TokioIo::new(idle::IdleTimeout::new(
+        stream,
+        idle::IdleSetting::new(idle_timeout),
+    ));
+    let service = service_fn(move |request| {
+        let path = Arc::clone(&path);
+        let peer_text = peer_text.clone();
+        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await) }
+    });
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Whether a `TE` value lists `trailers` (`TE: trailers`, `TE: trailers, deflate;q=0.5`).
+fn accepts_trailers(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.split(|&b| b == b';').next().map(<[u8]>::trim_ascii) == Some(b"trailers"))
 }
 
 fn refusal_response(refused: impl Into<Refused>, presented: Presented) -> Response<ResponseBody> {

@@ -19,6 +19,7 @@ use crate::observe::RequestRecord;
 use crate::proxy::upstream::Limits;
 use crate::refusal::{Presented, Refusal};
 use crate::snapshot::{AccessLogTarget, Snapshot, UpstreamTarget};
+use crate::tls::ClientSession;
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
 /// snapshot is not held while the upstream answers.
@@ -37,12 +38,16 @@ pub struct Forward {
     pub strip_authorization: bool,
     /// The user's limits, for the limit step (`Policy::limit`) after this decision.
     pub limit_plan: LimitPlan,
+    /// `X-Forwarded-Proto`: `https` when the client's connection is TLS.
+    pub proto: &'static str,
 }
 
 impl Policy {
     /// Runs the decision against the current snapshot and keeps only what forwarding needs,
     /// and what the request's log line and metrics need. `arrived` is when the request began
-    /// (its total time, in metrics and the log, counts from there).
+    /// (its total time, in metrics and the log, counts from there). `session` is what the TLS
+    /// handshake of the client's connection agreed (its client certificate is a credential).
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &self,
         snapshot: &Snapshot,
@@ -51,6 +56,7 @@ impl Policy {
         request_headers: &http::HeaderMap,
         peer: SocketAddr,
         arrived: Instant,
+        session: Option<ClientSession>,
     ) -> (Result<Forward, Refused>, RequestRecord) {
         let client = super::headers::client_address(snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
@@ -79,6 +85,8 @@ impl Policy {
             sample: snapshot.server.access_log_sample,
             limit: None,
             limit_remaining: None,
+            protocol: "h1",
+            tls: session.map(|s| s.version),
         };
         if !framing_is_unambiguous(request_headers) {
             if record.log {
@@ -105,6 +113,7 @@ impl Policy {
             method,
             path: uri.path(),
             credential,
+            certificate: session.and_then(|s| s.certificate),
             client,
             now: reload::now_unix(),
         };
@@ -200,6 +209,7 @@ impl Policy {
                     .then(|| Arc::clone(&snapshot.server.credential_headers)),
                 strip_authorization: super::headers::authorization_is_ours(request_headers),
                 limit_plan: LimitPlan::of(user, &snapshot.rate_limits),
+                proto: if session.is_some() { "https" } else { "http" },
             })
         })();
         if let Err(refusal) = &forward {
