@@ -227,3 +227,179 @@ pub async fn connect_looking_only(
         .await
         .expect("handshake")
 }
+
+/// An HTTP/1.1 or HTTP/2 client connection, over TLS or plain TCP, sending whole requests.
+pub struct HttpConnection {
+    sender: Sender,
+    /// `https://name` or `http://addr`: HTTP/2 requests carry it as `:scheme` and `:authority`.
+    origin: String,
+    host: String,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>),
+}
+
+impl HttpConnection {
+    /// Over TLS to `addr` with SNI `name`, speaking what ALPN agreed (`alpn` offered).
+    pub async fn tls(
+        addr: std::net::SocketAddr,
+        name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> HttpConnection {
+        let stream = connect(addr, name, config).await.expect("TLS handshake");
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        HttpConnection::over(stream, h2, format!("https://{name}"), name.to_string()).await
+    }
+
+    /// HTTP/2 with prior knowledge (h2c) over plain TCP.
+    pub async fn h2c(addr: std::net::SocketAddr) -> HttpConnection {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        HttpConnection::over(tcp, true, format!("http://{addr}"), addr.to_string()).await
+    }
+
+    async fn over<S>(stream: S, h2: bool, origin: String, host: String) -> HttpConnection
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let sender = if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .expect("HTTP/2 handshake");
+            tokio::spawn(conn);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("HTTP/1 handshake");
+            tokio::spawn(conn);
+            Sender::H1(sender)
+        };
+        HttpConnection {
+            sender,
+            origin,
+            host,
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self.sender, Sender::H2(_))
+    }
+
+    /// Sends one request and reads the whole response.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> super::Reply {
+        use http_body_util::BodyExt;
+        let mut builder = http::Request::builder().method(method);
+        builder = match self.sender {
+            Sender::H1(_) => builder.uri(path).header("host", &self.host),
+            Sender::H2(_) => builder
+                .uri(format!("{}{path}", self.origin))
+                .version(http::Version::HTTP_2),
+        };
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .expect("request");
+        let sent = async {
+            match &mut self.sender {
+                Sender::H1(s) => {
+                    s.ready().await?;
+                    s.send_request(request).await
+                }
+                Sender::H2(s) => {
+                    s.ready().await?;
+                    s.send_request(request).await
+                }
+            }
+        };
+        let response = tokio::time::timeout(std::time::Duration::from_secs(20), sent)
+            .await
+            .expect("no response within 20s")
+            .expect("request failed");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        super::Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// Certificates for a gateway test: a CA, a pair for `api.example.org` and one for
+/// `*.eu.example.org`, a client CA, all written to a directory of their own.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub api: TestCert,
+    pub eu: TestCert,
+    pub clients: TestCa,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = TestCa::new("apiward test CA");
+        let api = ca.server_cert(&["api.example.org"]);
+        let eu = ca.server_cert(&["*.eu.example.org"]);
+        api.write(dir.path(), "api");
+        eu.write(dir.path(), "eu");
+        let clients = TestCa::new("apiward test client CA");
+        clients.write(dir.path(), "clients-ca");
+        Pki {
+            dir,
+            ca,
+            api,
+            eu,
+            clients,
+        }
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// `[server.tls]` with both pairs (api first, the default) and `extra` lines.
+    pub fn server_tls(&self, extra: &str) -> String {
+        format!(
+            "[server.tls]\ncertificates = [\n  {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\" }},\n]\n{extra}\n",
+            self.path("api.pem"),
+            self.path("api.key"),
+            self.path("eu.pem"),
+            self.path("eu.key"),
+        )
+    }
+
+    /// `toml` (made by `common::config`) with `[server.tls]` added.
+    pub fn with_tls(&self, toml: &str, extra: &str) -> String {
+        toml.replacen(
+            "\n[upstreams.api]",
+            &format!("\n{}\n[upstreams.api]", self.server_tls(extra)),
+            1,
+        )
+    }
+
+    /// A client trusting the test CA, offering `alpn`.
+    pub fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        client_config(&self.ca, alpn, None)
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
