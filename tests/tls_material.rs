@@ -435,3 +435,96 @@ fn check_lists_the_certificates_and_warns_of_one_about_to_expire() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("expired at"), "{stderr}");
 }
+
+#[test]
+fn users_add_certificate_records_the_fingerprint_and_explain_uses_it() {
+    let site = site();
+    let config = site.dir.path().join("apiward.toml");
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    text += "\n[groups.g]\nallow = [{ path = \"/**\", verbs = [\"view\"] }]\n\n\
+             [users.\"edge-device@example.org\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = \"*\"\n";
+    std::fs::write(&config, text).expect("write");
+    let clients = TestCa::new("client CA");
+    let device = clients.client_cert("edge-device");
+    let cert_file = site.dir.path().join("device.pem");
+    std::fs::write(&cert_file, &device.cert_pem).expect("write cert");
+    let cert_arg = cert_file.display().to_string();
+
+    let out = common::run_apiward(
+        &config,
+        &[
+            "users",
+            "add-certificate",
+            "edge-device@example.org",
+            "--cert",
+            &cert_arg,
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot = apiward::config::load(&config).expect("still valid");
+    let user = snapshot
+        .user_of_certificate(&device.der)
+        .map(|i| &*snapshot.user(i).id);
+    assert_eq!(user, Some("edge-device@example.org"));
+    assert!(
+        std::fs::read_to_string(&config)
+            .expect("read")
+            .contains(&device.sha256())
+    );
+
+    // Recording it again changes nothing.
+    let before = std::fs::read_to_string(&config).expect("read");
+    let out = common::run_apiward(
+        &config,
+        &[
+            "users",
+            "add-certificate",
+            "edge-device@example.org",
+            "--cert",
+            &cert_arg,
+        ],
+        "",
+    );
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), before);
+
+    let out = common::run_apiward(
+        &config,
+        &["explain", "--cert", &cert_arg, "--path", "/x"],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("client certificate → user edge-device@example.org"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("200 allowed"), "{stdout}");
+
+    let stranger = clients.client_cert("stranger");
+    std::fs::write(&cert_file, &stranger.cert_pem).expect("write cert");
+    let out = common::run_apiward(
+        &config,
+        &["explain", "--cert", &cert_arg, "--path", "/x"],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("401 invalid_credentials"), "{stdout}");
+
+    let out = common::run_apiward(
+        &config,
+        &[
+            "users",
+            "add-certificate",
+            "nobody@example.org",
+            "--cert",
+            &cert_arg,
+        ],
+        "",
+    );
+    assert!(!out.status.success(), "an unknown user is an error");
+}

@@ -229,7 +229,12 @@ pub(super) async fn connect_stream(
     tls: Option<&Arc<UpstreamTls>>,
     timeout: Duration,
 ) -> Result<UpstreamStream, UpstreamError> {
-    let address = address_of(key);
+    let mut address = address_of(key);
+    if tls.is_some() && address.port().is_none() {
+        // `https://host` means port 443.
+        address =
+            Authority::try_from(format!("{}:443", address.as_str()).as_str()).unwrap_or(address);
+    }
     let opened = async {
         let tcp = connect_tcp(&address).await?;
         match tls {
