@@ -168,8 +168,11 @@ impl Refusal {
             (Refusal::TooManyFailedAttempts, _) => {
                 "Too many invalid credentials came from this address: wait as long as Retry-After says, then send a valid credential."
             }
-            (Refusal::AmbiguousCredentials, _) => {
+            (Refusal::AmbiguousCredentials, Key | Nothing) => {
                 "The client certificate and the API key presented belong to different API users: present one of them."
+            }
+            (Refusal::AmbiguousCredentials, Password) => {
+                "The client certificate and the user name presented belong to different API users: present one of them."
             }
         }
     }

@@ -14,7 +14,7 @@ use super::conn::{Conn, Head, Step};
 use super::deadline::{Read, Written, read_until, write_until};
 use crate::limits::Fields;
 use crate::observe::RequestRecord;
-use crate::proxy::policy::headers::OnRequest;
+use crate::proxy::policy::headers::{OnRequest, accepts_trailers};
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 
@@ -46,11 +46,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         let mut original_host: Option<&[u8]> = None;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);
+        let mut trailers_accepted = false;
         let mut lines = Lines::new(&head.bytes, out);
         for (name, value_range, known) in &self.req_headers {
             let value = &head.bytes[value_range.clone()];
             match known.on_request(trusted, strip_authorization) {
                 OnRequest::Keep => {}
+                OnRequest::Drop
+                    if head.bytes[name.clone()].eq_ignore_ascii_case(b"te")
+                        && accepts_trailers(value) =>
+                {
+                    trailers_accepted = true;
+                    continue;
+                }
                 // A `Connection` here says only `keep-alive` or `close` (one naming headers
                 // went to hyper), so nothing else needs removing with it.
                 OnRequest::Drop | OnRequest::DropWithNamed => continue,
@@ -84,6 +92,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             if let Some(host) = original_host {
                 push_header(out, b"x-forwarded-host", host);
             }
+        }
+        if trailers_accepted {
+            out.extend_from_slice(b"te: trailers\r\n");
         }
         push_header(out, b"x-apiward-user", user.as_bytes());
         push_header(out, b"x-apiward-group", forward.group.as_bytes());

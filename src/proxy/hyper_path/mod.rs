@@ -141,7 +141,7 @@ impl HyperPath {
             .headers
             .get_all(http::header::TE)
             .iter()
-            .any(|v| accepts_trailers(v.as_bytes()));
+            .any(|v| headers::accepts_trailers(v.as_bytes()));
         // HTTP/2's `:authority` is the host when there is no Host header.
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -346,13 +346,6 @@ pub async fn serve_h2<S>(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
     }
-}
-
-/// Whether a `TE` value lists `trailers` (`TE: trailers`, `TE: trailers, deflate;q=0.5`).
-fn accepts_trailers(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.split(|&b| b == b';').next().map(<[u8]>::trim_ascii) == Some(b"trailers"))
 }
 
 fn refusal_response(refused: impl Into<Refused>, presented: Presented) -> Response<ResponseBody> {
