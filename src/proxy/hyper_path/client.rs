@@ -303,6 +303,17 @@ pub struct UpstreamBody {
     conn: Option<Checkin>,
     /// The request's attempt on its target: outstanding there until the body is done with.
     attempt: Option<Attempt>,
+    /// `response_timeout`: when the relay of this body must have ended.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Why a response body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("the upstream connection failed: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("the response was not relayed within response_timeout")]
+    ResponseTimeout,
 }
 
 impl UpstreamBody {
@@ -311,12 +322,19 @@ impl UpstreamBody {
             inner,
             conn,
             attempt: None,
+            deadline: None,
         };
         if body.inner.is_end_stream() {
             // No body (HEAD, 204, 304, Content-Length: 0): the connection is free already.
             body.release();
         }
         body
+    }
+
+    /// Bounds the whole relay of this body (`response_timeout`), from now.
+    pub fn within(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+        self
     }
 
     /// Keeps `attempt` outstanding on its target until the body has been read or dropped.
@@ -343,13 +361,23 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RelayError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = &mut *self;
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() && !this.inner.is_end_stream() {
+                // An error, not an early end: hyper's server then closes the client connection
+                // instead of framing a truncated body as complete. The upstream connection,
+                // mid-response, is closed too.
+                this.conn = None;
+                this.deadline = None;
+                return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
+            }
+        }
         if let Some(checkin) = this.conn.as_mut() {
             if !checkin.conn.poll_io(cx) {
                 // Finished: whatever it read is in the body's channel; it cannot be reused.
@@ -370,7 +398,7 @@ impl Body for UpstreamBody {
             }
             _ => {}
         }
-        polled
+        polled.map(|p| p.map(|r| r.map_err(RelayError::from)))
     }
 
     fn is_end_stream(&self) -> bool {

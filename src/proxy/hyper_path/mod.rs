@@ -223,7 +223,11 @@ impl HyperPath {
                             parts.version = http::Version::HTTP_11;
                             return Response::from_parts(
                                 parts,
-                                Either::Left(upstream_body.holding(attempt)),
+                                Either::Left(
+                                    upstream_body
+                                        .holding(attempt)
+                                        .within(forward.limits.response_timeout),
+                                ),
                             );
                         }
                         // Dropping the body closes its connection: it is never reused.
