@@ -349,6 +349,9 @@ pub struct ServerLimits {
     pub max_response_headers: usize,
     /// The largest upstream response head, status line included.
     pub max_response_header_bytes: usize,
+    /// The longest a response may take to relay, from its head to its last byte; `None`: no
+    /// bound but `idle_timeout` between bytes.
+    pub response_timeout: Option<Duration>,
 }
 
 /// Where the one-line-per-request log goes.

@@ -709,3 +709,56 @@ async fn connections_beyond_the_limits_are_closed_at_once_and_counted() {
     assert!(count("max_connections_per_source") >= 2, "{text}");
     assert!(count("max_connections") >= 1, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timeout_ends_the_relay_to_a_client_that_reads_slowly_but_steadily() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const BODY: usize = 32 * 1024 * 1024;
+    let upstream = upstream_with(|_| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            BODY
+        ])))
+    })
+    .await;
+    let k = TestKey::new("slowreader");
+    // idle_timeout alone would never end it: the client reads 16 KiB every 5 ms (about 3 MB/s,
+    // ten seconds for the whole body).
+    let toml = one_user_config(&upstream.url(), "slow@example.org", &k).replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"5s\"\nresponse_timeout = \"1s\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    for request in get_and_post(&format!("x-api-key: {}\r\n", k.key)) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let mut stream = socket
+            .connect(gw.gateway().local_addr())
+            .await
+            .expect("connect");
+        stream.write_all(&request).await.expect("write");
+        let mut received = 0usize;
+        let mut chunk = [0u8; 16 * 1024];
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received += n,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "the relay was never ended ({received} bytes read)"
+        );
+        assert!(
+            received < BODY,
+            "{}: the whole body was relayed to a client reading slowly for longer than response_timeout",
+            String::from_utf8_lossy(&request[..4])
+        );
+    }
+}

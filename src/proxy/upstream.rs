@@ -19,6 +19,8 @@ pub struct Limits {
     pub keepalive_connections: usize,
     /// The response head limits, the same on both paths.
     pub response_head: crate::proxy::policy::HeadLimits,
+    /// `response_timeout`: the longest a response may take to relay, from its head on.
+    pub response_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -28,6 +30,7 @@ impl Limits {
             keepalive_timeout: server.upstream_keepalive_timeout,
             keepalive_connections: server.upstream_keepalive_connections,
             response_head: crate::proxy::policy::HeadLimits::of(&server.limits),
+            response_timeout: server.limits.response_timeout,
         }
     }
 }

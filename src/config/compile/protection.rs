@@ -72,7 +72,13 @@ impl Compiler<'_> {
 
     /// Connection and upstream-response limits.
     pub(super) fn limits(&mut self, raw: &RawServer) -> ServerLimits {
+        let response_timeout = raw
+            .response_timeout
+            .as_ref()
+            .map(|v| self.duration(Some(v), "0s", false))
+            .filter(|d| !d.is_zero());
         ServerLimits {
+            response_timeout,
             max_connections: self.count(raw.max_connections.as_ref(), None, 16..=1_000_000, "max_connections is how many client connections are open at most (leave it out to derive it from the file-descriptor limit)"),
             max_connections_per_source: self
                 .count(raw.max_connections_per_source.as_ref(), Some(256), 1..=1_000_000, "max_connections_per_source is how many connections one client address may hold (trusted proxies are exempt)")

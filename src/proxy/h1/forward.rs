@@ -192,6 +192,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             };
         }
         let idle = self.timeouts.idle_timeout;
+        // `response_timeout` bounds the whole relay, however steadily a slow reader takes it.
+        let relay_deadline = limits
+            .response_timeout
+            .map(|t| tokio::time::Instant::from_std(received) + t);
+        let within = |d: tokio::time::Instant| relay_deadline.map_or(d, |r| r.min(d));
         let mut done = done;
         while !done {
             let Some(held) = self.held.as_mut() else {
@@ -202,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 held,
                 &mut self.up_buf,
                 &mut self.upstream_timer,
-                tokio::time::Instant::now() + idle,
+                within(tokio::time::Instant::now() + idle),
                 None,
             )
             .await;
@@ -232,7 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 self.release_upstream(reusable, upstream, Instant::now());
             }
             // A client that stops reading is given idle_timeout, as one that stops sending is.
-            let deadline = tokio::time::Instant::now() + idle;
+            let deadline = within(tokio::time::Instant::now() + idle);
             let body = &self.up_buf[..n];
             let wrote = write_until(&mut self.client, body, &mut self.idle_timer, deadline).await;
             if wrote != Written::All {

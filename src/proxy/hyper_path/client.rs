@@ -272,16 +272,37 @@ struct Checkin {
 pub struct UpstreamBody {
     inner: Incoming,
     conn: Option<Checkin>,
+    /// `response_timeout`: when the relay of this body must have ended.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Why a response body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("the upstream connection failed: {0}")]
+    Upstream(#[from] hyper::Error),
+    #[error("the response was not relayed within response_timeout")]
+    ResponseTimeout,
 }
 
 impl UpstreamBody {
     fn new(inner: Incoming, conn: Option<Checkin>) -> Self {
-        let mut body = UpstreamBody { inner, conn };
+        let mut body = UpstreamBody {
+            inner,
+            conn,
+            deadline: None,
+        };
         if body.inner.is_end_stream() {
             // No body (HEAD, 204, 304, Content-Length: 0): the connection is free already.
             body.release();
         }
         body
+    }
+
+    /// Bounds the whole relay of this body (`response_timeout`), from now.
+    pub fn within(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+        self
     }
 
     fn release(&mut self) {
@@ -301,13 +322,23 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RelayError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = &mut *self;
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() && !this.inner.is_end_stream() {
+                // An error, not an early end: hyper's server then closes the client connection
+                // instead of framing a truncated body as complete. The upstream connection,
+                // mid-response, is closed too.
+                this.conn = None;
+                this.deadline = None;
+                return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
+            }
+        }
         if let Some(checkin) = this.conn.as_mut() {
             if !checkin.conn.poll_io(cx) {
                 // Finished: whatever it read is in the body's channel; it cannot be reused.
@@ -325,7 +356,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(_))) => this.conn = None,
             _ => {}
         }
-        polled
+        polled.map(|p| p.map(|r| r.map_err(RelayError::from)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -183,6 +183,7 @@ impl HyperPath {
                                 // Whatever the upstream spoke, the client is answered in
                                 // HTTP/1.1 (the engine does the same).
                                 parts.version = http::Version::HTTP_11;
+                                let body = body.within(forward.limits.response_timeout);
                                 return Response::from_parts(parts, Either::Left(body));
                             }
                             // Dropping the body closes its connection: it is never reused.
