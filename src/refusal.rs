@@ -18,6 +18,8 @@ pub enum Refusal {
     BadPath,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// `max_upstream_connections` of the upstream were in use for the whole wait.
+    UpstreamBusy,
     /// Framing two parsers could read differently (`Transfer-Encoding` other than exactly `chunked`).
     BadFraming,
     /// The user's `rate_limit` is spent for now.
@@ -33,7 +35,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -44,6 +46,7 @@ impl Refusal {
         Refusal::BadPath,
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamTimeout,
+        Refusal::UpstreamBusy,
         Refusal::BadFraming,
         Refusal::RateLimited,
         Refusal::QuotaExhausted,
@@ -68,7 +71,9 @@ impl Refusal {
             | Refusal::QuotaExhausted
             | Refusal::TooManyConcurrent
             | Refusal::TooManyFailedAttempts => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::LimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::LimitStoreUnavailable | Refusal::UpstreamBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -85,6 +90,7 @@ impl Refusal {
             Refusal::BadPath => "bad_path",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::UpstreamBusy => "upstream_busy",
             Refusal::BadFraming => "bad_framing",
             Refusal::RateLimited => "rate_limited",
             Refusal::QuotaExhausted => "quota_exhausted",
@@ -144,6 +150,9 @@ impl Refusal {
             (Refusal::UpstreamTimeout, _) => {
                 "The API behind the gateway did not answer in time: retry later, and tell the operator if it persists."
             }
+            (Refusal::UpstreamBusy, _) => {
+                "The API behind the gateway is handling as many requests as it may at once: retry shortly."
+            }
             (Refusal::BadFraming, _) => {
                 "The request's framing is ambiguous: send either Content-Length or Transfer-Encoding: chunked, not both or another coding."
             }
@@ -184,7 +193,8 @@ impl Refusal {
             | Refusal::QuotaExhausted
             | Refusal::TooManyConcurrent
             | Refusal::LimitStoreUnavailable
-            | Refusal::TooManyFailedAttempts => false,
+            | Refusal::TooManyFailedAttempts
+            | Refusal::UpstreamBusy => false,
         }
     }
 
@@ -262,7 +272,8 @@ impl Refusal {
             | Refusal::QuotaExhausted
             | Refusal::TooManyConcurrent
             | Refusal::LimitStoreUnavailable
-            | Refusal::TooManyFailedAttempts => {}
+            | Refusal::TooManyFailedAttempts
+            | Refusal::UpstreamBusy => {}
         }
         if self.closes_connection() {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));

@@ -345,6 +345,9 @@ pub struct ServerLimits {
     pub max_connections: Option<usize>,
     /// Connections one client address may hold; trusted proxies are exempt.
     pub max_connections_per_source: usize,
+    /// Requests one upstream has in hand at once (both paths); more wait up to
+    /// `connect_timeout`, then get 503.
+    pub max_upstream_connections: usize,
     /// Header lines an upstream response may have.
     pub max_response_headers: usize,
     /// The largest upstream response head, status line included.

@@ -762,3 +762,67 @@ async fn response_timeout_ends_the_relay_to_a_client_that_reads_slowly_but_stead
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_upstream_connections_wait_briefly_then_get_503() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let arrived = Arc::new(AtomicUsize::new(0));
+    // Each answer waits for a permit: the test hands them out.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = {
+        let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+        upstream_with(move |_| {
+            let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+            async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"done",
+                )))
+            }
+        })
+        .await
+    };
+    let k = TestKey::new("upstreamslots");
+    let toml = one_user_config(&upstream.url(), "slots@example.org", &k).replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"30s\"\nmax_upstream_connections = 2\nconnect_timeout = \"300ms\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.gateway().local_addr();
+    let [get, post] = get_and_post(&format!("x-api-key: {}\r\n", k.key));
+    // Two requests in hand at the upstream, one on each path: the upstream's two places.
+    let held: Vec<_> = [get.clone(), post.clone()]
+        .into_iter()
+        .map(|request| tokio::spawn(async move { raw_from("127.0.0.1", addr, &request).await }))
+        .collect();
+    assert!(
+        eventually(|| async { arrived.load(Ordering::SeqCst) == 2 }).await,
+        "the upstream never had both requests"
+    );
+    // A third, on either path, waits connect_timeout for a place, then is refused.
+    for request in [&get, &post] {
+        let response = raw(addr, request).await;
+        assert_eq!(status_of(&response), "503", "{response}");
+        assert!(response.contains("upstream_busy"), "{response}");
+    }
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        2,
+        "the refused ones never reached it"
+    );
+    // Once the upstream answers, the places are free again.
+    release.add_permits(2);
+    for h in held {
+        let response = h.await.expect("task");
+        assert_eq!(status_of(&response), "200", "{response}");
+    }
+    let later = tokio::spawn(async move { raw_from("127.0.0.1", addr, &get).await });
+    assert!(eventually(|| async { arrived.load(Ordering::SeqCst) == 3 }).await);
+    release.add_permits(1);
+    let response = later.await.expect("task");
+    assert_eq!(status_of(&response), "200", "{response}");
+}

@@ -72,6 +72,7 @@ pub struct RawServer {
     pub max_connections_per_source: Option<Spanned<i64>>,
     pub max_response_headers: Option<Spanned<i64>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub max_upstream_connections: Option<Spanned<i64>>,
     pub max_response_header_bytes: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_sample: Option<Spanned<f64>>,

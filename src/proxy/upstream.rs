@@ -21,6 +21,8 @@ pub struct Limits {
     pub response_head: crate::proxy::policy::HeadLimits,
     /// `response_timeout`: the longest a response may take to relay, from its head on.
     pub response_timeout: Option<Duration>,
+    /// `max_upstream_connections`.
+    pub max_upstream_connections: usize,
 }
 
 impl Limits {
@@ -31,6 +33,7 @@ impl Limits {
             keepalive_connections: server.upstream_keepalive_connections,
             response_head: crate::proxy::policy::HeadLimits::of(&server.limits),
             response_timeout: server.limits.response_timeout,
+            max_upstream_connections: server.limits.max_upstream_connections,
         }
     }
 }

@@ -79,6 +79,9 @@ impl Compiler<'_> {
             .filter(|d| !d.is_zero());
         ServerLimits {
             response_timeout,
+            max_upstream_connections: self
+                .count(raw.max_upstream_connections.as_ref(), Some(1024), 1..=1_000_000, "max_upstream_connections is how many requests one upstream has in hand at once")
+                .unwrap_or(1024),
             max_connections: self.count(raw.max_connections.as_ref(), None, 16..=1_000_000, "max_connections is how many client connections are open at most (leave it out to derive it from the file-descriptor limit)"),
             max_connections_per_source: self
                 .count(raw.max_connections_per_source.as_ref(), Some(256), 1..=1_000_000, "max_connections_per_source is how many connections one client address may hold (trusted proxies are exempt)")

@@ -22,6 +22,7 @@ use crate::config::reload::ConfigStore;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::{Known, X_FORWARDED_FOR, classify};
 use crate::proxy::policy::{Policy, Refused, X_REQUEST_ID};
+use crate::refusal::Refusal;
 use crate::snapshot::{Snapshot, UpstreamTarget};
 
 type SnapshotGuard = arc_swap::Guard<Arc<Snapshot>>;
@@ -342,6 +343,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             Err(limited) => return self.refuse(limited, &mut record, head.close).await,
         };
         self.build_upstream_head(&head, &forward, authority, &record);
+        let slot = match upstream_slot(self.policy, &forward, &mut record).await {
+            Ok(slot) => slot,
+            Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
+        };
         // One clock read serves the record, the upstream deadline and the pool's expiry check.
         let sent = Instant::now();
         let exchanged = self.exchange(authority, &head.method, &forward, sent).await;
@@ -361,7 +366,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             response,
             head.close,
             &mut record,
-            (authority, forward.limits),
+            (authority, forward.limits, slot),
             received,
             &admitted.fields,
         )
@@ -470,4 +475,31 @@ impl Timeouts {
             max_header_bytes: server.max_header_bytes,
         }
     }
+}
+
+/// A place at the request's upstream (`max_upstream_connections`), waiting up to
+/// `connect_timeout` for one.
+async fn upstream_slot(
+    policy: &crate::proxy::policy::Policy,
+    forward: &crate::proxy::policy::Forward,
+    record: &mut RequestRecord,
+) -> Result<crate::proxy::policy::Slot, Refusal> {
+    let limits = &forward.limits;
+    let taken = match record.upstream.as_ref() {
+        Some(name) => {
+            policy
+                .upstream_slots
+                .take(
+                    name,
+                    limits.max_upstream_connections,
+                    limits.connect_timeout,
+                )
+                .await
+        }
+        None => Err(Refusal::UpstreamUnavailable),
+    };
+    if let Err(refusal) = &taken {
+        record.decision = refusal.code();
+    }
+    taken
 }

@@ -15,7 +15,7 @@ use super::deadline::{Read, Written, read_until, write_until};
 use crate::limits::Fields;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::OnRequest;
-use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
+use crate::proxy::policy::{Forward, InvalidResponse, Slot, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 
 /// Where a request's upstream connection goes back to, and on what terms.
@@ -98,10 +98,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         response: ResponseHead,
         client_close: bool,
         record: &mut RequestRecord,
-        (authority, limits): (&Authority, Limits),
+        (authority, limits, slot): (&Authority, Limits, Slot),
         received: Instant,
         limit_fields: &Fields,
     ) -> Step {
+        // The request's place at its upstream, given back once the upstream connection is.
+        let mut slot = Some(slot);
         let upstream = &Upstream { authority, limits };
         let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
         record.status = response.status;
@@ -180,6 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             // next request finds the connection, and its next scrape finds the count).
             let reusable = self.up_buf.is_empty() && !response.upstream_closes;
             self.release_upstream(reusable, upstream, received);
+            drop(slot.take());
             self.answered(record, bytes_out, received);
             recorded = true;
         }
@@ -235,6 +238,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             if d {
                 let reusable = self.up_buf.len() == n && !response.upstream_closes;
                 self.release_upstream(reusable, upstream, Instant::now());
+                drop(slot.take());
             }
             // A client that stops reading is given idle_timeout, as one that stops sending is.
             let deadline = within(tokio::time::Instant::now() + idle);

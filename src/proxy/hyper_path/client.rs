@@ -274,6 +274,9 @@ pub struct UpstreamBody {
     conn: Option<Checkin>,
     /// `response_timeout`: when the relay of this body must have ended.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The request's place at its upstream (`max_upstream_connections`), given back with the
+    /// connection.
+    slot: Option<crate::proxy::policy::Slot>,
 }
 
 /// Why a response body stopped before its end.
@@ -291,12 +294,21 @@ impl UpstreamBody {
             inner,
             conn,
             deadline: None,
+            slot: None,
         };
         if body.inner.is_end_stream() {
             // No body (HEAD, 204, 304, Content-Length: 0): the connection is free already.
             body.release();
         }
         body
+    }
+
+    /// Holds `slot` until the response has been read or abandoned.
+    pub fn holding(mut self, slot: crate::proxy::policy::Slot) -> Self {
+        if self.conn.is_some() || !self.inner.is_end_stream() {
+            self.slot = Some(slot);
+        }
+        self
     }
 
     /// Bounds the whole relay of this body (`response_timeout`), from now.
@@ -306,6 +318,7 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
+        self.slot = None;
         if let Some(Checkin {
             pool,
             authority,

@@ -31,7 +31,7 @@ use crate::proxy::policy::headers;
 use crate::proxy::policy::{
     Forward, Policy, Refused, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
-use crate::refusal::Presented;
+use crate::refusal::{Presented, Refusal};
 use crate::snapshot::UpstreamTarget;
 use body::{Counted, Finish, Logged};
 use client::Pool;
@@ -168,6 +168,27 @@ impl HyperPath {
                 parts.uri = Uri::from(forward.path_and_query);
                 parts.version = http::Version::HTTP_11;
                 let upstream_request = Request::from_parts(parts, body);
+                let limits = &forward.limits;
+                let taken = match record.upstream.as_ref() {
+                    Some(name) => {
+                        self.policy
+                            .upstream_slots
+                            .take(
+                                name,
+                                limits.max_upstream_connections,
+                                limits.connect_timeout,
+                            )
+                            .await
+                    }
+                    None => Err(Refusal::UpstreamUnavailable),
+                };
+                let slot = match taken {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        record.decision = refusal.code();
+                        return refusal_response(refusal, record.presented);
+                    }
+                };
                 let result = tokio::time::timeout(
                     forward.upstream_timeout,
                     self.pool.send(&authority, forward.limits, upstream_request),
@@ -183,7 +204,8 @@ impl HyperPath {
                                 // Whatever the upstream spoke, the client is answered in
                                 // HTTP/1.1 (the engine does the same).
                                 parts.version = http::Version::HTTP_11;
-                                let body = body.within(forward.limits.response_timeout);
+                                let body =
+                                    body.within(forward.limits.response_timeout).holding(slot);
                                 return Response::from_parts(parts, Either::Left(body));
                             }
                             // Dropping the body closes its connection: it is never reused.

@@ -6,6 +6,7 @@
 mod admission;
 pub mod headers;
 mod limits;
+mod slots;
 mod upstream;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::observe::{RequestRecord, Telemetry};
 
 pub use admission::Forward;
 pub use limits::Refused;
+pub use slots::Slot;
 pub use upstream::{
     ConnectError, HeadLimits, InvalidResponse, UpstreamFailure, check_response_framing,
 };
@@ -37,6 +39,8 @@ pub struct Policy {
     upstream_failures: upstream::FailureLog,
     /// Rate, quota and concurrency state, and the failed-auth limiter; outlives every snapshot.
     pub limits: Arc<Limiter>,
+    /// `max_upstream_connections`, for both transports together.
+    pub upstream_slots: slots::UpstreamSlots,
 }
 
 impl Policy {
@@ -47,6 +51,7 @@ impl Policy {
             telemetry,
             upstream_failures: upstream::FailureLog::default(),
             limits,
+            upstream_slots: slots::UpstreamSlots::default(),
         }
     }
 
