@@ -18,6 +18,9 @@ pub mod suggest;
 pub mod upstream;
 
 pub use gateway::{Gateway, Options, StartError};
+/// For the fuzz targets and property tests only: not a stable interface.
+#[doc(hidden)]
+pub use proxy::fuzzing;
 
 /// mimalloc, for the gateway and everything built on this crate (tests, benchmarks), so that what
 /// is measured is what runs: about 10 % more requests per second than glibc's allocator and a

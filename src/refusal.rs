@@ -35,10 +35,18 @@ pub enum Refusal {
     LimitStoreUnavailable,
     /// This source address sent too many invalid credentials lately.
     TooManyFailedAttempts,
+    /// `Host` missing from an HTTP/1.1 request, repeated, not a host, or disagreeing with an
+    /// absolute-form target (RFC 9112 3.2).
+    BadHost,
+    /// A header name with `_`, under `underscore_headers = "refuse"`.
+    UnderscoreHeader,
+    /// The upstream answered with a head no proxy may relay (malformed, too large, two framings,
+    /// conflicting lengths): 502, and its connection is not reused.
+    UpstreamInvalidResponse,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -57,6 +65,9 @@ impl Refusal {
         Refusal::TooManyConcurrent,
         Refusal::LimitStoreUnavailable,
         Refusal::TooManyFailedAttempts,
+        Refusal::BadHost,
+        Refusal::UnderscoreHeader,
+        Refusal::UpstreamInvalidResponse,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -68,8 +79,14 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::NoRoute => StatusCode::NOT_FOUND,
-            Refusal::BadPath | Refusal::BadFraming | Refusal::BadUpgrade => StatusCode::BAD_REQUEST,
-            Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Refusal::BadPath
+            | Refusal::BadFraming
+            | Refusal::BadUpgrade
+            | Refusal::BadHost
+            | Refusal::UnderscoreHeader => StatusCode::BAD_REQUEST,
+            Refusal::UpstreamUnavailable | Refusal::UpstreamInvalidResponse => {
+                StatusCode::BAD_GATEWAY
+            }
             Refusal::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RateLimited
@@ -101,6 +118,9 @@ impl Refusal {
             Refusal::TooManyConcurrent => "too_many_concurrent",
             Refusal::LimitStoreUnavailable => "limit_store_unavailable",
             Refusal::TooManyFailedAttempts => "too_many_failed_attempts",
+            Refusal::BadHost => "bad_host",
+            Refusal::UnderscoreHeader => "underscore_header",
+            Refusal::UpstreamInvalidResponse => "upstream_invalid_response",
         }
     }
 
@@ -178,6 +198,15 @@ impl Refusal {
             (Refusal::TooManyFailedAttempts, _) => {
                 "Too many invalid credentials came from this address: wait as long as Retry-After says, then send a valid credential."
             }
+            (Refusal::BadHost, _) => {
+                "An HTTP/1.1 request needs exactly one Host header holding a host name or address (and the same authority as an absolute-form target): send one."
+            }
+            (Refusal::UpstreamInvalidResponse, _) => {
+                "The API behind the gateway answered with a response the gateway does not relay (malformed, too large, or framed two ways): tell the operator."
+            }
+            (Refusal::UnderscoreHeader, _) => {
+                "A header name contains '_', which this gateway refuses (backends read it as '-'): send the name with '-'."
+            }
         }
     }
 
@@ -186,7 +215,10 @@ impl Refusal {
     pub fn closes_connection(self) -> bool {
         match self {
             Refusal::BadFraming => true,
-            Refusal::MissingCredentials
+            Refusal::BadHost
+            | Refusal::UnderscoreHeader
+            | Refusal::UpstreamInvalidResponse
+            | Refusal::MissingCredentials
             | Refusal::InvalidCredentials
             | Refusal::KeyExpired
             | Refusal::UserInactive
@@ -269,6 +301,9 @@ impl Refusal {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
             Refusal::BadFraming
+            | Refusal::BadHost
+            | Refusal::UnderscoreHeader
+            | Refusal::UpstreamInvalidResponse
             | Refusal::BadPath
             | Refusal::UserInactive
             | Refusal::UnregisteredSource

@@ -322,6 +322,21 @@ pub struct ServerSettings {
     /// Whether the HTTP/1 engine serves the requests it can (false: hyper serves every
     /// request; a diagnostic).
     pub fast_path: bool,
+    /// What happens to a client header whose name holds `_` (`underscore_headers`).
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// `[server] underscore_headers`: CGI, WSGI, PHP and Rack backends read `X_Apiward_User` as
+/// `X-Apiward-User`, so a name with `_` can pose as a header the gateway controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnderscoreHeaders {
+    /// Not forwarded (nginx's default).
+    #[default]
+    Drop,
+    /// The request is answered 400 `underscore_header`.
+    Refuse,
+    /// Forwarded, except a name that reads as one the gateway acts on once `_` is read as `-`.
+    Allow,
 }
 
 impl ServerLimits {

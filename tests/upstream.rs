@@ -132,6 +132,9 @@ async fn serve_raw(mut stream: TcpStream, close_idle_after: Option<Duration>) {
             // Two framings at once, a head over 64 KiB, more than 100 headers (the default
             // max_response_header_bytes and max_response_headers): answers no proxy may relay.
             "/supporters/two-framings" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            "/supporters/two-lengths" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".to_vec(),
+            "/supporters/bad-length" => b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello".to_vec(),
+            "/supporters/malformed" => b"HTTP/1.1 200 OK\r\nbad header line\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             "/supporters/huge-head" => format!(
                 "HTTP/1.1 200 OK\r\nx-huge: {}\r\ncontent-length: 2\r\n\r\nok",
                 "h".repeat(100 * 1024)
@@ -552,19 +555,27 @@ impl Responses {
 
 both_transports! {
     /// What one parser could read differently from another is never relayed: a response with
-    /// both Content-Length and Transfer-Encoding, or a head beyond the limits (64 KiB, 100
-    /// headers), is a 502 on either transport, and its upstream connection is closed, not reused.
+    /// both Content-Length and Transfer-Encoding, two lengths that disagree, a length that is not
+    /// a number, a line that is not a header, or a head beyond the limits (64 KiB, 100
+    /// headers), is a 502 `upstream_invalid_response` on either transport, and its upstream connection is closed, not reused.
     async fn responses_no_proxy_may_relay_are_502_and_their_connection_closed() {
         let up = RawUpstream::start(None).await;
         let k = TestKey::new("badanswers");
         let gw = TestGateway::start(&pool_config(&up, &k, "")).await;
         let key = [("x-api-key", k.key.as_str())];
-        let paths = ["two-framings", "huge-head", "many-headers"];
+        let paths = [
+            "two-framings",
+            "two-lengths",
+            "bad-length",
+            "malformed",
+            "huge-head",
+            "many-headers",
+        ];
         for (i, path) in paths.iter().enumerate() {
             for method in ["GET", "POST"] {
                 let r = send(method, &gw.url(&format!("/supporters/{path}")), &key, "").await;
                 assert_eq!(r.status, 502, "{method} {path}: {:?}", r.headers);
-                assert_eq!(r.error_code(), "upstream_unavailable", "{method} {path}");
+                assert_eq!(r.error_code(), "upstream_invalid_response", "{method} {path}");
             }
             let closed = 2 * (i + 1);
             assert!(

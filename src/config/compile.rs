@@ -18,7 +18,7 @@ use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
     AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, KeyPrefix, Route, RouteTable,
-    ServerSettings, Snapshot, UserIndex, UserStatus,
+    ServerSettings, Snapshot, UnderscoreHeaders, UserIndex, UserStatus,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -278,6 +278,21 @@ impl Compiler<'_> {
                 1024
             }
         };
+        let underscore_headers = match raw.underscore_headers.as_ref() {
+            None => UnderscoreHeaders::Drop,
+            Some(v) => match v.get_ref().as_str() {
+                "drop" => UnderscoreHeaders::Drop,
+                "refuse" => UnderscoreHeaders::Refuse,
+                "allow" => UnderscoreHeaders::Allow,
+                other => {
+                    self.error(
+                        v.span(),
+                        format!("underscore_headers = {other:?}: use \"drop\" (the default: such headers are not forwarded), \"refuse\" (answer 400) or \"allow\""),
+                    );
+                    UnderscoreHeaders::Drop
+                }
+            },
+        };
         ServerSettings {
             listen,
             access_log,
@@ -302,6 +317,7 @@ impl Compiler<'_> {
             max_header_bytes,
             fast_path: raw.fast_path.as_ref().is_none_or(|v| *v.get_ref()),
             limits,
+            underscore_headers,
         }
     }
 

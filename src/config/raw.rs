@@ -72,6 +72,8 @@ pub struct RawServer {
     pub max_connections_per_source: Option<Spanned<i64>>,
     pub max_response_headers: Option<Spanned<i64>>,
     pub response_timeout: Option<Spanned<String>>,
+    /// Issue #18 names it `max_upstream_header_bytes`: both names are read.
+    #[serde(alias = "max_upstream_header_bytes")]
     pub max_response_header_bytes: Option<Spanned<i64>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_sample: Option<Spanned<f64>>,
@@ -80,6 +82,7 @@ pub struct RawServer {
     pub recent_requests_per_user: Option<Spanned<i64>>,
     pub recent_refusals: Option<Spanned<i64>>,
     pub fast_path: Option<Spanned<bool>>,
+    pub underscore_headers: Option<Spanned<String>>,
 }
 
 /// `[upstreams.NAME]`: one target (`url`) or several (`targets`), and how they are used.

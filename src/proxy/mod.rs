@@ -11,5 +11,7 @@ mod listener;
 pub mod policy;
 pub mod upstream;
 
+#[doc(hidden)]
+pub use h1::fuzzing;
 pub use listener::ProxyStats;
 pub(crate) use listener::spawn;

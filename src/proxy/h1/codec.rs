@@ -1,14 +1,18 @@
-//! The HTTP/1 codec the engine reads and writes heads with: response heads parsed with
-//! `httparse` into ranges of the buffer and a framing, header lines copied in canonical form,
-//! and the `Date` value.
+//! The HTTP/1 codec the engine reads and writes heads with: request heads read and judged
+//! servable here or not, response heads parsed with `httparse` into ranges of the buffer and a
+//! framing, header lines copied in canonical form, and the `Date` value.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::time::Duration;
 
 use http::Method;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::proxy::policy::headers::{Known, OnResponse, classify};
+use crate::proxy::policy::X_REQUEST_ID;
+use crate::proxy::policy::headers::{
+    Known, OnResponse, X_FORWARDED_FOR, classify, has_underscore, is_host_value,
+};
 use crate::proxy::policy::{HeadLimits, InvalidResponse};
 use crate::snapshot::ServerLimits;
 
@@ -67,6 +71,132 @@ pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// What `read_request_head` made of the bytes read so far.
+pub(super) enum RequestHead {
+    /// A head the engine serves: the method, where its target is, whether the client asked to
+    /// close, and the head's length.
+    Fast {
+        method: Method,
+        path: Range<usize>,
+        close: bool,
+        len: usize,
+    },
+    Partial,
+    /// Hyper's path serves it (see `h1/mod.rs` for what that is).
+    Slow,
+}
+
+/// Reads a request head from `buf` and decides whether the engine serves it: only a bodiless
+/// origin-form HTTP/1.1 `GET`, `HEAD`, `DELETE` or `OPTIONS` with exactly one plain `Host`, no
+/// `Transfer-Encoding`, no `Content-Length` but `0`, no `Expect` or `Upgrade`, no `Connection`
+/// naming headers and no header name with `_` (but a configured credential header's). Its headers go to `req_headers` as ranges of
+/// `buf`, and those the decision reads to `decision_headers` (both cleared first).
+pub(super) fn read_request_head(
+    buf: &[u8],
+    max_header_bytes: usize,
+    key_header: &HeaderName,
+    credential_headers: &[HeaderName],
+    decision_headers: &mut HeaderMap,
+    req_headers: &mut Vec<(Range<usize>, Range<usize>, Known)>,
+) -> RequestHead {
+    // Left uninitialised: httparse writes only the entries it fills (2 KiB of stores saved).
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return RequestHead::Partial,
+        Err(_) => return RequestHead::Slow,
+    };
+    if len > max_header_bytes || request.version != Some(1) {
+        return RequestHead::Slow;
+    }
+    let method = match request.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        Some("DELETE") => Method::DELETE,
+        Some("OPTIONS") => Method::OPTIONS,
+        _ => return RequestHead::Slow,
+    };
+    let Some(path) = request.path.filter(|p| p.starts_with('/')) else {
+        return RequestHead::Slow;
+    };
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    // Cleared, not made anew: its tables stay allocated from one request to the next.
+    decision_headers.clear();
+    req_headers.clear();
+    let mut close = false;
+    let mut hosts = 0u32;
+    for h in request.headers.iter() {
+        let name = h.name.as_bytes();
+        // Not `same_token`: a configured name may hold `_` and other bytes bit 5 would change.
+        let known = if name.eq_ignore_ascii_case(key_header.as_str().as_bytes()) {
+            Known::Key
+        } else {
+            match classify(name) {
+                Known::Other
+                    if credential_headers
+                        .iter()
+                        .any(|c| name.eq_ignore_ascii_case(c.as_str().as_bytes())) =>
+                {
+                    Known::ExtraCredential
+                }
+                known => known,
+            }
+        };
+        match known {
+            Known::TransferEncoding | Known::Expect | Known::Upgrade => return RequestHead::Slow,
+            // Names with `_`, and a `Host` that is not plainly one: admission decides those on
+            // hyper's path (`HeadChecked::ByEngine`).
+            Known::Other if has_underscore(name) => return RequestHead::Slow,
+            Known::Host => {
+                hosts += 1;
+                if h.value.is_empty() || !is_host_value(h.value) {
+                    return RequestHead::Slow;
+                }
+            }
+            Known::ContentLength if h.value != b"0" => return RequestHead::Slow,
+            Known::Connection => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                        return RequestHead::Slow; // names headers to remove: hyper's path does that
+                    }
+                }
+            }
+            Known::Key | Known::Authorization | Known::XForwardedFor | Known::XRequestId => {
+                // The name is known already: no need to parse it again.
+                let name = match known {
+                    Known::Key => key_header.clone(),
+                    Known::Authorization => header::AUTHORIZATION,
+                    Known::XForwardedFor => X_FORWARDED_FOR.clone(),
+                    _ => X_REQUEST_ID.clone(),
+                };
+                let Ok(value) = HeaderValue::from_bytes(h.value) else {
+                    return RequestHead::Slow;
+                };
+                decision_headers.append(name, value);
+            }
+            _ => {}
+        }
+        req_headers.push((range(name), range(h.value), known));
+    }
+    if hosts != 1 {
+        return RequestHead::Slow;
+    }
+    RequestHead::Fast {
+        method,
+        path: range(path.as_bytes()),
+        close,
+        len,
+    }
 }
 
 /// How a response body ends.
@@ -167,7 +297,13 @@ pub(super) fn parse_response_head(
                         if response.version == Some(0) {
                             upstream_closes = false;
                         }
-                    } else if !token.is_empty() {
+                    } else if !token.is_empty()
+                        && !matches!(
+                            classify(token),
+                            Known::TransferEncoding | Known::ContentLength
+                        )
+                    {
+                        // The framing is never removed by name (`headers::connection_named`).
                         named.push(token);
                     }
                 }

@@ -2,7 +2,6 @@
 //! hands what the engine does not serve to hyper, has the policy admit the rest, and refuses or
 //! forwards each (`forward.rs`), one request after another on the connection.
 
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -10,18 +9,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::codec::{MAX_HEADERS, http_date, push_header};
+use super::codec::{RequestHead, http_date, push_header, read_request_head};
 use super::deadline::{Read, StopWatch, Timer, Written, read_until, write_until};
 use super::engine::Engine;
 use crate::config::reload::ConfigStore;
 use crate::observe::RequestRecord;
-use crate::proxy::policy::headers::{Known, X_FORWARDED_FOR, classify};
-use crate::proxy::policy::{Policy, Refused, X_REQUEST_ID};
+use crate::proxy::policy::headers::Known;
+use crate::proxy::policy::{HeadChecked, Policy, Refused};
 use crate::refusal::Refusal;
 use crate::snapshot::Snapshot;
 use crate::upstream::{Outcome as Attempted, Tried};
@@ -206,89 +205,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// Parses the buffered request head and decides whether the fast path can serve it. The
     /// snapshot it reads the key header from is the one the request is then decided against.
     fn parse(&mut self, max_header_bytes: usize) -> Parsed {
-        // Left uninitialised: httparse writes only the entries it fills (2 KiB of stores saved).
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut []);
-        let len = match request.parse_with_uninit_headers(&self.buf, &mut headers) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Slow,
-        };
-        if len > max_header_bytes || request.version != Some(1) {
-            return Parsed::Slow;
-        }
-        let method = match request.method {
-            Some("GET") => Method::GET,
-            Some("HEAD") => Method::HEAD,
-            Some("DELETE") => Method::DELETE,
-            Some("OPTIONS") => Method::OPTIONS,
-            _ => return Parsed::Slow,
-        };
-        let Some(path) = request.path.filter(|p| p.starts_with('/')) else {
-            return Parsed::Slow;
-        };
-        let base = self.buf.as_ptr() as usize;
-        let range = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
-        let path_range = range(path.as_bytes());
         let snapshot = self.policy.store.load();
-        let key_header = &snapshot.server.key_header;
-        // Cleared, not made anew: its tables stay allocated from one request to the next.
-        let decision_headers = &mut self.decision_headers;
-        decision_headers.clear();
-        self.req_headers.clear();
-        let mut close = false;
-        for h in request.headers.iter() {
-            let name = h.name.as_bytes();
-            // Not `same_token`: a configured name may hold `_` and other bytes bit 5 would change.
-            let known = if name.eq_ignore_ascii_case(key_header.as_str().as_bytes()) {
-                Known::Key
-            } else {
-                match classify(name) {
-                    Known::Other
-                        if snapshot
-                            .server
-                            .credential_headers
-                            .iter()
-                            .any(|c| name.eq_ignore_ascii_case(c.as_str().as_bytes())) =>
-                    {
-                        Known::ExtraCredential
-                    }
-                    known => known,
-                }
-            };
-            match known {
-                Known::TransferEncoding | Known::Expect | Known::Upgrade => return Parsed::Slow,
-                Known::ContentLength if h.value != b"0" => return Parsed::Slow,
-                Known::Connection => {
-                    for token in h.value.split(|b| *b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
-                            return Parsed::Slow; // names headers to remove: hyper's path does that
-                        }
-                    }
-                }
-                Known::Key | Known::Authorization | Known::XForwardedFor | Known::XRequestId => {
-                    // The name is known already: no need to parse it again.
-                    let name = match known {
-                        Known::Key => key_header.clone(),
-                        Known::Authorization => header::AUTHORIZATION,
-                        Known::XForwardedFor => X_FORWARDED_FOR.clone(),
-                        _ => X_REQUEST_ID.clone(),
-                    };
-                    let Ok(value) = HeaderValue::from_bytes(h.value) else {
-                        return Parsed::Slow;
-                    };
-                    decision_headers.append(name, value);
-                }
-                _ => {}
-            }
-            self.req_headers.push((range(name), range(h.value), known));
-        }
+        let read = read_request_head(
+            &self.buf,
+            max_header_bytes,
+            &snapshot.server.key_header,
+            &snapshot.server.credential_headers,
+            &mut self.decision_headers,
+            &mut self.req_headers,
+        );
+        let (method, path_range, close, len) = match read {
+            RequestHead::Fast {
+                method,
+                path,
+                close,
+                len,
+            } => (method, path, close, len),
+            RequestHead::Partial => return Parsed::Partial,
+            RequestHead::Slow => return Parsed::Slow,
+        };
         // The head's bytes leave the read buffer without a copy; the target is parsed in place.
         let bytes = self.buf.split_to(len).freeze();
         let Ok(uri) = Uri::from_maybe_shared(bytes.slice(path_range)) else {
@@ -319,6 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             &head.method,
             &head.uri,
             &self.decision_headers,
+            HeadChecked::ByEngine,
             self.peer,
             arrived,
         );

@@ -62,6 +62,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 // A `Connection` here says only `keep-alive` or `close` (one naming headers
                 // went to hyper), so nothing else needs removing with it.
                 OnRequest::Drop | OnRequest::DropWithNamed => continue,
+                // Never here: a request with `Transfer-Encoding` goes to hyper's path.
+                OnRequest::Framing => continue,
                 OnRequest::Host => {
                     original_host.get_or_insert(value);
                     continue;

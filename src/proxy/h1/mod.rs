@@ -2,9 +2,10 @@
 //! over HTTP/1.1 to an HTTP upstream) is read, admitted, forwarded and answered here directly on
 //! the streams, with `httparse` and no per-request tasks, channels or header maps beyond what the
 //! decision reads. Everything else (a request body, `Expect`, `Upgrade`, HTTP/1.0, a `Connection`
-//! header naming other headers, an absolute-form target, a head too large or malformed, the
-//! built-in echo upstream) is handed over: `serve` returns the stream with the bytes already read,
-//! and the caller gives it to hyper's server for the rest of its life.
+//! header naming other headers, an absolute-form target, a `Host` missing, repeated or not plainly
+//! a host, a header name with `_`, a head too large or malformed, the built-in echo upstream) is
+//! handed over: `serve` returns the stream with the bytes already read, and the caller gives it
+//! to hyper's server for the rest of its life; admission checks there what the engine did not.
 //!
 //! What a request gets is the policy's (`proxy/policy`): admission, the header rules, what an
 //! upstream failure becomes, the response-head rules, the request record. The engine only moves
@@ -26,6 +27,8 @@ mod conn;
 mod deadline;
 mod engine;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use conn::{Outcome, serve};
 pub use engine::Engine;

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers;
 use crate::proxy::policy::{
-    Forward, Policy, Refused, UpstreamFailure, X_REQUEST_ID, check_response_framing,
+    Forward, HeadChecked, Policy, Refused, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
 use crate::refusal::{Presented, Refusal};
 use crate::upstream::{Outcome as Attempted, Tried};
@@ -83,6 +83,7 @@ impl HyperPath {
             request.method(),
             request.uri(),
             request.headers(),
+            HeadChecked::Nothing(request.version()),
             peer,
             Instant::now(),
         );
@@ -120,7 +121,7 @@ impl HyperPath {
         &self,
         request: Request<Incoming>,
         peer_text: HeaderValue,
-        forward: Forward,
+        mut forward: Forward,
         record: &mut RequestRecord,
         bytes_in: &Arc<AtomicU64>,
     ) -> Response<ResponseBody> {
@@ -128,18 +129,15 @@ impl HyperPath {
         let client_upgrade = forward.websocket.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let body = Counted::new(Either::Left(body), Arc::clone(bytes_in));
-        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // Admission read it: an absolute-form target's authority, else the one `Host`.
+        let original_host = forward.host.take();
         headers::strip_request(
             &mut parts.headers,
             &forward.key_header,
             forward.credential_headers.as_deref().unwrap_or_default(),
             forward.strip_authorization,
             forward.peer_is_trusted,
+            forward.underscore_headers,
         );
         headers::add_forwarding(
             &mut parts.headers,

@@ -11,14 +11,14 @@ use std::time::Instant;
 use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
 
-use super::{Policy, Refused, X_REQUEST_ID};
+use super::{Policy, Refused, X_REQUEST_ID, headers};
 use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::reload;
 use crate::limits::{LimitPlan, Limited};
 use crate::observe::RequestRecord;
 use crate::proxy::upstream::Limits;
 use crate::refusal::{Presented, Refusal};
-use crate::snapshot::{AccessLogTarget, Route, Snapshot};
+use crate::snapshot::{AccessLogTarget, Route, Snapshot, UnderscoreHeaders};
 use crate::upstream::ClusterState;
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
@@ -47,6 +47,11 @@ pub struct Forward {
     pub websocket: bool,
     /// `[server] idle_timeout`: how long a WebSocket may stay silent both ways.
     pub idle_timeout: std::time::Duration,
+    /// `[server] underscore_headers`, for `headers::strip_request`.
+    pub underscore_headers: UnderscoreHeaders,
+    /// The host the request is for (`headers::request_host`), when admission read it: hyper's
+    /// path sends it as `X-Forwarded-Host`. The engine reads its own `Host`.
+    pub host: Option<HeaderValue>,
 }
 
 impl Forward {
@@ -82,20 +87,35 @@ impl Forward {
     }
 }
 
+/// What the transport has already checked of a request head, so that admission checks the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadChecked {
+    /// The HTTP/1 engine serves only origin-form HTTP/1.1 with exactly one `Host`, a valid one,
+    /// and no `_` in a header name; it hands every other head to hyper's path, where admission
+    /// checks it. Its `decision_headers` hold only what the decision reads.
+    ByEngine,
+    /// Nothing: admission checks `Host` and the header names (hyper's path).
+    Nothing(http::Version),
+}
+
 impl Policy {
     /// Runs the decision against the current snapshot and keeps only what forwarding needs,
     /// and what the request's log line and metrics need. `arrived` is when the request began
     /// (its total time, in metrics and the log, counts from there).
+    // Two callers, one per transport, each passing what it has in hand: a struct would only be
+    // built on the engine's hot path to be taken apart again here.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &self,
         snapshot: &Snapshot,
         method: &http::Method,
         uri: &Uri,
         request_headers: &http::HeaderMap,
+        checked: HeadChecked,
         peer: SocketAddr,
         arrived: Instant,
     ) -> (Result<Forward, Refused>, RequestRecord) {
-        let client = super::headers::client_address(snapshot, peer, request_headers);
+        let client = headers::client_address(snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
         // Only a trusted proxy's request id is kept, so the header is not even looked up otherwise.
         let request_id = peer_is_trusted
@@ -128,6 +148,23 @@ impl Policy {
                 record.path = uri.path().to_string();
             }
             return (Err(Refusal::BadFraming.into()), record);
+        }
+        let mut host = None;
+        if let HeadChecked::Nothing(version) = checked {
+            let refusal = match headers::request_host(version, uri, request_headers) {
+                Ok(h) => {
+                    host = h;
+                    underscore_refusal(snapshot, request_headers)
+                }
+                Err(headers::BadHost) => Some(Refusal::BadHost),
+            };
+            if let Some(refusal) = refusal {
+                record.decision = refusal.code();
+                if record.log {
+                    record.path = uri.path().to_string();
+                }
+                return (Err(refusal.into()), record);
+            }
         }
         let mut scratch = String::new();
         let (credential, _) =
@@ -249,6 +286,8 @@ impl Policy {
                 limit_plan: LimitPlan::of(user, &snapshot.rate_limits),
                 websocket,
                 idle_timeout: snapshot.server.idle_timeout,
+                underscore_headers: snapshot.server.underscore_headers,
+                host,
             })
         })();
         if let Err(refusal) = &forward {
@@ -256,6 +295,19 @@ impl Policy {
         }
         (forward.map_err(Refused::from), record)
     }
+}
+
+/// Under `underscore_headers = "refuse"`, a header name with `_` (besides a configured key or
+/// credential header that has one) refuses the request.
+fn underscore_refusal(snapshot: &Snapshot, request_headers: &http::HeaderMap) -> Option<Refusal> {
+    let server = &snapshot.server;
+    let refused = server.underscore_headers == UnderscoreHeaders::Refuse
+        && request_headers.keys().any(|name| {
+            headers::has_underscore(name.as_str().as_bytes())
+                && *name != server.key_header
+                && !server.credential_headers.contains(name)
+        });
+    refused.then_some(Refusal::UnderscoreHeader)
 }
 
 /// Whether `HeaderValue::from_str` would accept `text` (checked without allocating one).

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::auth::address::ClientAddress;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, UnderscoreHeaders};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -84,6 +84,124 @@ pub fn same_token(name: &[u8], lower: &[u8]) -> bool {
     name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
 }
 
+/// Whether a client header named `name` (one with `_`) may be forwarded under `mode`. Never when
+/// the name, with `_` read as `-` (what CGI, WSGI, PHP and Rack backends do), is one the gateway
+/// acts on (`classify`: its identity and forwarding headers, the credential, the framing, `Host`,
+/// hop-by-hop) or a configured key or credential header: `X_Apiward_User` must not arrive as the identity the
+/// gateway vouches for, whatever `mode` says.
+pub fn forwards_underscore_name(
+    name: &[u8],
+    key_header: &HeaderName,
+    credential_headers: &[HeaderName],
+    mode: UnderscoreHeaders,
+) -> bool {
+    if mode != UnderscoreHeaders::Allow {
+        return false;
+    }
+    let mut read_as = [0u8; 64];
+    let Some(read_as) = read_as.get_mut(..name.len()) else {
+        // Longer than any name the gateway acts on, so it cannot pose as one.
+        return true;
+    };
+    for (to, &from) in read_as.iter_mut().zip(name) {
+        *to = if from == b'_' { b'-' } else { from };
+    }
+    let read_as = &*read_as;
+    classify(read_as) == Known::Other
+        && std::iter::once(key_header)
+            .chain(credential_headers)
+            .all(|own| !read_as.eq_ignore_ascii_case(own.as_str().as_bytes()))
+}
+
+/// Whether a header name holds `_`.
+#[inline]
+pub fn has_underscore(name: &[u8]) -> bool {
+    name.contains(&b'_')
+}
+
+/// A request's `Host` breaks RFC 9112 3.2 (see `request_host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no Host, more than one, one that is not a host, or one other than the target's authority")]
+pub struct BadHost;
+
+/// The request's `Host` by RFC 9112 3.2: an HTTP/1.1 request has exactly one `Host` line, holding
+/// a host (name, IPv4 or bracketed IPv6) and optional port, or empty; an absolute-form target's
+/// authority is the request's host (3.2.2), and a `Host` that disagrees with it is refused, as
+/// HAProxy does. Returns the host the request is for, as sent upstream in `X-Forwarded-Host`.
+pub fn request_host(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, BadHost> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() || host.is_some_and(|h| !is_host_value(h.as_bytes())) {
+        return Err(BadHost);
+    }
+    if let Some(authority) = uri.authority() {
+        if host.is_some_and(|h| {
+            !h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        }) {
+            return Err(BadHost);
+        }
+        return HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| BadHost);
+    }
+    if host.is_none() && version == http::Version::HTTP_11 {
+        return Err(BadHost);
+    }
+    Ok(host.filter(|h| !h.is_empty()).cloned())
+}
+
+/// Whether `value` is a `Host` value: `uri-host [ ":" port ]` (RFC 9112 3.2, RFC 3986 3.2.2), or
+/// empty. Checked byte by byte, without allocating: the fast path checks every request's.
+pub fn is_host_value(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|b| *b == b':') {
+        // `[::1]` has colons inside the brackets: a port follows only the closing one.
+        Some(i) if !value[i..].contains(&b']') => (&value[..i], &value[i + 1..]),
+        _ => (value, &b""[..]),
+    };
+    if !port.iter().all(u8::is_ascii_digit) || port.len() > 5 {
+        return false;
+    }
+    if let Some(inside) = host.strip_prefix(b"[") {
+        let Some(inside) = inside.strip_suffix(b"]") else {
+            return false;
+        };
+        return !inside.is_empty()
+            && inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+    }
+    if host.is_empty() && !port.is_empty() {
+        return false;
+    }
+    // reg-name and IPv4: unreserved, pct-encoded, sub-delims.
+    host.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    })
+}
+
 /// What happens to a request header on its way upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnRequest {
@@ -94,6 +212,11 @@ pub enum OnRequest {
     Drop,
     /// `Connection`: dropped, and so is every header it names.
     DropWithNamed,
+    /// `Transfer-Encoding` (exactly `chunked`: admission refuses any other): kept, so that the
+    /// body goes upstream with its framing whatever the method. hyper's client would otherwise
+    /// send a `GET`'s body of unknown length as no body at all, and the request on without it.
+    /// The engine never forwards a body: it hands such requests to hyper's path.
+    Framing,
     /// `Host`: replaced by the upstream's authority; the client's becomes `X-Forwarded-Host`
     /// unless a trusted proxy sent one.
     Host,
@@ -132,7 +255,8 @@ impl Known {
             Known::Authorization => OnRequest::Keep,
             Known::Host => OnRequest::Host,
             Known::Connection => OnRequest::DropWithNamed,
-            Known::Hop | Known::TransferEncoding | Known::Upgrade => OnRequest::Drop,
+            Known::TransferEncoding => OnRequest::Framing,
+            Known::Hop | Known::Upgrade => OnRequest::Drop,
             Known::Identity | Known::XRequestId => OnRequest::Drop,
             Known::XForwardedFor => OnRequest::ForwardedFor,
             Known::XForwardedProto if peer_is_trusted => OnRequest::TrustedProto,
@@ -190,6 +314,14 @@ fn connection_named(values: http::header::GetAll<'_, HeaderValue>, out: &mut Vec
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        // A message's framing stays with its body: `Connection: transfer-encoding` must not
+        // make a body go on without the header that delimits it.
+        .filter(|t| {
+            !matches!(
+                classify(t.as_bytes()),
+                Known::TransferEncoding | Known::ContentLength
+            )
+        })
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
     out.extend(named);
 }
@@ -239,8 +371,9 @@ fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
 }
 
 /// Removes the headers that must not reach the upstream, by the rules of `Known::on_request`: the
-/// credential, every hop-by-hop header and every header `Connection` names, identity headers a
-/// client may have forged, an untrusted peer's `X-Forwarded-*`. Only after that does the gateway
+/// credential, every hop-by-hop header but the body's framing and every header `Connection`
+/// names, identity headers a client may have forged, an untrusted peer's `X-Forwarded-*`, and
+/// the names with `_` that `underscore_headers` does not let through. Only after that does the gateway
 /// add its own (`add_forwarding`), so a client cannot make it drop them.
 pub fn strip_request(
     headers: &mut HeaderMap,
@@ -248,6 +381,7 @@ pub fn strip_request(
     credential_headers: &[HeaderName],
     authorization_is_ours: bool,
     peer_is_trusted: bool,
+    underscore: UnderscoreHeaders,
 ) {
     headers.remove(key_header);
     for name in credential_headers {
@@ -257,13 +391,21 @@ pub fn strip_request(
     // Most requests carry none of them: then nothing is allocated.
     let mut dropped = Vec::new();
     for name in headers.keys() {
-        match classify(name.as_str().as_bytes()).on_request(peer_is_trusted, in_authorization) {
+        let bytes = name.as_str().as_bytes();
+        if has_underscore(bytes)
+            && !forwards_underscore_name(bytes, key_header, credential_headers, underscore)
+        {
+            dropped.push(name.clone());
+            continue;
+        }
+        match classify(bytes).on_request(peer_is_trusted, in_authorization) {
             OnRequest::Drop => dropped.push(name.clone()),
             OnRequest::DropWithNamed => {
                 dropped.push(name.clone());
                 connection_named(headers.get_all(name), &mut dropped);
             }
             OnRequest::Keep
+            | OnRequest::Framing
             | OnRequest::Host
             | OnRequest::ForwardedFor
             | OnRequest::TrustedProto
@@ -381,7 +523,8 @@ mod tests {
 
     #[test]
     fn every_hop_by_hop_header_is_dropped_both_ways() {
-        // RFC 9110 7.6.1, plus the usual extras.
+        // RFC 9110 7.6.1, plus the usual extras. `Transfer-Encoding` is hop-by-hop too, but a
+        // request's is the framing of the body that goes on (`OnRequest::Framing`).
         for name in [
             "connection",
             "keep-alive",
@@ -398,7 +541,7 @@ mod tests {
                 assert!(
                     matches!(
                         known.on_request(trusted, false),
-                        OnRequest::Drop | OnRequest::DropWithNamed
+                        OnRequest::Drop | OnRequest::DropWithNamed | OnRequest::Framing
                     ),
                     "{name}"
                 );
@@ -428,6 +571,7 @@ mod tests {
             &[],
             false,
             false,
+            UnderscoreHeaders::Drop,
         );
         add_forwarding(
             &mut h,

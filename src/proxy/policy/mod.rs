@@ -18,7 +18,7 @@ use crate::limits::Limiter;
 use crate::observe::{RequestRecord, Telemetry};
 use crate::upstream::Upstreams;
 
-pub use admission::Forward;
+pub use admission::{Forward, HeadChecked};
 pub use limits::Refused;
 pub use upstream::{
     ConnectError, HeadLimits, InvalidResponse, UpstreamFailure, check_response_framing,

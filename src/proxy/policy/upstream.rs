@@ -104,10 +104,10 @@ impl UpstreamFailure {
     pub fn refusal(self) -> Refusal {
         match self {
             UpstreamFailure::Timeout => Refusal::UpstreamTimeout,
-            UpstreamFailure::Connect(_)
-            | UpstreamFailure::Reset
-            | UpstreamFailure::Broken
-            | UpstreamFailure::Invalid(_) => Refusal::UpstreamUnavailable,
+            UpstreamFailure::Connect(_) | UpstreamFailure::Reset | UpstreamFailure::Broken => {
+                Refusal::UpstreamUnavailable
+            }
+            UpstreamFailure::Invalid(_) => Refusal::UpstreamInvalidResponse,
         }
     }
 
