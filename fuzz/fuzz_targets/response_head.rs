@@ -9,7 +9,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(Some(summary)) = apiward::fuzzing::response_head(buf, flag & 1 == 1) {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
+        // As many slots as the engine's parser has (it checks the configured count after).
+        let mut headers = [httparse::EMPTY_HEADER; 256];
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(buf) {
             Ok(httparse::Status::Complete(n)) => assert_eq!(n, summary.head_len),

@@ -90,14 +90,16 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Decodes `%XX` of unreserved characters; other escapes stay encoded, in upper-case hex.
+/// Decodes `%XX` of unreserved characters; other escapes stay encoded, in upper-case hex. Built
+/// as bytes: a byte of a multi-byte character is copied as it is (pushed as a `char`, it would be
+/// read as Latin-1 and the path changed each time it is normalised, as fuzzing found).
 fn decode_unreserved(bytes: &[u8]) -> Result<String, BadPath> {
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(char::from(b));
+            out.push(b);
             i += 1;
             continue;
         }
@@ -111,16 +113,17 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, BadPath> {
         match decoded {
             b'/' | b'\\' => return Err(BadPath::EncodedSeparator),
             0..=0x1f | 0x7f => return Err(BadPath::ControlCharacter),
-            d if is_unreserved(d) => out.push(char::from(d)),
+            d if is_unreserved(d) => out.push(d),
             d => {
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(d >> 4)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(d & 0xf)]));
+                out.push(b'%');
+                out.push(b"0123456789ABCDEF"[usize::from(d >> 4)]);
+                out.push(b"0123456789ABCDEF"[usize::from(d & 0xf)]);
             }
         }
         i += 3;
     }
-    Ok(out)
+    // Valid UTF-8: the input's bytes, with only ASCII escapes and characters changed.
+    String::from_utf8(out).map_err(|_| BadPath::MalformedEscape)
 }
 
 /// Merges empty segments and resolves `.` and `..`; keeps a trailing slash.
@@ -154,6 +157,15 @@ fn resolve_segments(path: &str) -> Result<String, BadPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_with_multi_byte_characters_is_normalised_once_and_for_all() {
+        // Found by fuzz/path_normalise: `њ` came out as the Latin-1 reading of its bytes.
+        let normal = normalise("/\u{45a}/./b/%40").unwrap().into_owned();
+        assert_eq!(normal, "/\u{45a}/b/%40");
+        assert_eq!(normalise(&normal).unwrap(), normal);
+        assert_eq!(normalise("/caf\u{e9}/%7e/..").unwrap(), "/caf\u{e9}/");
+    }
 
     fn ok(p: &str) -> String {
         normalise(p)
