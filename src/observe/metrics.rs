@@ -12,8 +12,9 @@ use super::series::Series;
 
 pub use super::names::{
     ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
-    REQUEST_DURATION, REQUESTS, TARGET_TRANSITIONS, TARGET_UP, UPSTREAM_DURATION, UPSTREAM_ERRORS,
-    UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS, WEBSOCKETS_OPEN,
+    REQUEST_DURATION, REQUEST_LOG_DROPPED, REQUESTS, TARGET_TRANSITIONS, TARGET_UP,
+    UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS,
+    WEBSOCKETS_OPEN,
 };
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
@@ -78,13 +79,14 @@ impl Metrics {
             WEBSOCKETS,
             WEBSOCKETS_OPEN,
             WEBSOCKET_SECONDS,
+            REQUEST_LOG_DROPPED,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
                 REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED
-                | TARGET_TRANSITIONS | UPSTREAM_RETRIES | WEBSOCKETS => {
+                | TARGET_TRANSITIONS | UPSTREAM_RETRIES | WEBSOCKETS | REQUEST_LOG_DROPPED => {
                     self.recorder.describe_counter(name, None, text)
                 }
                 WEBSOCKET_SECONDS => {
@@ -100,6 +102,7 @@ impl Metrics {
         // Gauges exist from the start, so a scrape before any traffic already shows them.
         self.gauge(OPEN_CONNECTIONS).set(0.0);
         self.gauge(WEBSOCKETS_OPEN).set(0.0);
+        self.request_log_dropped().absolute(0);
         // Failed logins and refused connections are worth an alert from zero on, so the series
         // exist before the first.
         for outcome in ["success", "failure", "throttled"] {
@@ -236,6 +239,12 @@ impl Metrics {
             .register_histogram(&Key::from_parts(WEBSOCKET_SECONDS, labels), &METADATA)
             .record(lasted.as_secs_f64());
         self.gauge(WEBSOCKETS_OPEN).decrement(1.0);
+    }
+
+    /// The count of request log lines dropped; a handle the log's threads keep.
+    pub fn request_log_dropped(&self) -> metrics::Counter {
+        self.recorder
+            .register_counter(&Key::from_static_name(REQUEST_LOG_DROPPED), &METADATA)
     }
 
     pub fn open_connections(&self) -> metrics::Gauge {
