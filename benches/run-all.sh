@@ -67,7 +67,7 @@ echo "run-all: callgrind" >&2
 OUT="$WORK/callgrind.md" benches/callgrind.sh >&2
 
 echo "run-all: instructions per proxied request" >&2
-OUT="$WORK/proxy-callgrind.md" benches/proxy_callgrind.sh >&2
+ACCESS_LOG="off file" OUT="$WORK/proxy-callgrind.md" benches/proxy_callgrind.sh >&2
 
 echo "run-all: end to end" >&2
 OUT="$WORK/e2e.md" benches/e2e.sh >&2

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -29,6 +29,11 @@ pub enum StartError {
     },
     #[error("cannot watch the configuration file: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot open access_log {target:?}: {source}")]
+    RequestLog {
+        target: crate::snapshot::AccessLogTarget,
+        source: std::io::Error,
+    },
 }
 
 /// How `start` runs the gateway.
@@ -38,6 +43,9 @@ pub struct Options {
     pub watch_config: bool,
     /// Reload on SIGHUP.
     pub reload_on_sighup: bool,
+    /// Write the request log to `[server] access_log`, as `apiward run` does. Off by default, so
+    /// that gateways embedded in tests and benchmarks write no lines to their stdout unasked.
+    pub request_log: bool,
 }
 
 impl Default for Options {
@@ -45,6 +53,7 @@ impl Default for Options {
         Options {
             watch_config: true,
             reload_on_sighup: true,
+            request_log: false,
         }
     }
 }
@@ -107,7 +116,20 @@ impl Gateway {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let telemetry = Arc::new(Telemetry::new());
+        let request_log_error = |source| StartError::RequestLog {
+            target: settings.access_log.clone(),
+            source,
+        };
+        let destination = if options.request_log {
+            crate::observe::logging::open_request_log(&settings.access_log)
+                .map_err(request_log_error)?
+        } else {
+            None
+        };
+        let telemetry = Arc::new(match destination {
+            Some(d) => Telemetry::with_request_log(d).map_err(request_log_error)?,
+            None => Telemetry::new(),
+        });
         telemetry.metrics.set_generation(store.generation());
         telemetry.recent.follow(&store.load());
         let (reload_triggers, triggers_rx) = mpsc::unbounded_channel();
@@ -207,11 +229,21 @@ impl Gateway {
         let _ = self.reload_triggers.send(ReloadTrigger::Signal);
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to `shutdown_timeout`), and returns.
+    /// Stops accepting, lets in-flight requests finish (up to `shutdown_timeout`), writes out
+    /// the request log, and returns.
     pub async fn shutdown(self) {
         self.admin.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         let _ = self.serving.await;
+        // Every request has ended: its line is buffered; write them all out.
+        let telemetry = Arc::clone(&self.admin.telemetry);
+        let limit = self
+            .store
+            .load()
+            .server
+            .shutdown_timeout
+            .max(Duration::from_secs(1));
+        let _ = tokio::task::spawn_blocking(move || telemetry.close_request_log(limit)).await;
         let _ = self.admin_shutdown.send(true);
     }
 }

@@ -13,7 +13,8 @@ use apiward::cli::config_path::ConfigPath;
 use apiward::cli::report::{self, Exit, Report};
 use apiward::config;
 use apiward::config::reload::ConfigStore;
-use apiward::observe::logging::{self, DiagnosticsFormat, Logging};
+use apiward::observe::Telemetry;
+use apiward::observe::logging::{self, DiagnosticsFormat};
 use apiward::{Gateway, Options, StartError};
 
 #[derive(Parser)]
@@ -236,10 +237,9 @@ fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
         LogFormat::Text => DiagnosticsFormat::Text,
         LogFormat::Json => DiagnosticsFormat::Json,
     };
-    let logging = match logging::init(&server.access_log, format) {
-        Ok(logging) => Arc::new(logging),
-        Err(e) => return Report::new(Exit::Failure, e).print(),
-    };
+    if let Err(e) = logging::init(format) {
+        return Report::new(Exit::Failure, e).print();
+    }
     tracing::info!(config = %path.display(), from = %config.source, "configuration file");
     // One worker runs on a current-thread runtime: the multi-thread scheduler's parking and
     // waking costs about 3 µs of kernel time per request even with a single worker
@@ -264,11 +264,16 @@ fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
         // Listen for SIGTERM before the port opens: a supervisor that stops the gateway as soon
         // as it accepts connections must get a clean exit, not the signal's default (death).
         let stop = stop_signal();
-        reopen_on_sigusr1(Arc::clone(&logging));
-        let gateway = match Gateway::start_with_store(store, None, Options::default()).await {
+        let usr1 = usr1_signal();
+        let options = Options {
+            request_log: true,
+            ..Options::default()
+        };
+        let gateway = match Gateway::start_with_store(store, None, options).await {
             Ok(g) => g,
             Err(e) => return start_failure(path, &e).print(),
         };
+        reopen_on_sigusr1(usr1, Arc::clone(gateway.telemetry()));
         stop.await;
         gateway.shutdown().await;
         ExitCode::SUCCESS
@@ -305,35 +310,48 @@ fn start_failure(path: &Path, e: &StartError) -> Report {
     }
 }
 
-/// Reopens the access_log file on each SIGUSR1 (logrotate's `postrotate`).
-fn reopen_on_sigusr1(logging: Arc<Logging>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut usr1 = match signal(SignalKind::user_defined1()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGUSR1; the access log is not reopened on it");
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            while usr1.recv().await.is_some() {
-                match logging.reopen_access_log() {
-                    Some(Ok(path)) => {
-                        tracing::info!(access_log = %path.display(), "SIGUSR1: access log reopened")
-                    }
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "SIGUSR1: cannot reopen the access log; lines still go to the file open before")
-                    }
-                    None => {
-                        tracing::info!("SIGUSR1: the access log is not a file; nothing to reopen")
-                    }
-                }
-            }
-        });
+/// Listens for SIGUSR1 from now on (before the gateway opens the log, so that a rotation's signal
+/// never finds the default action, which ends the process).
+#[cfg(unix)]
+fn usr1_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::user_defined1()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1; the access log is not reopened on it");
+            None
+        }
     }
 }
+
+#[cfg(not(unix))]
+fn usr1_signal() -> Option<()> {
+    None
+}
+
+/// Reopens the access_log file on each SIGUSR1 (logrotate's `postrotate`).
+#[cfg(unix)]
+fn reopen_on_sigusr1(usr1: Option<tokio::signal::unix::Signal>, telemetry: Arc<Telemetry>) {
+    let Some(mut usr1) = usr1 else { return };
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match telemetry.reopen_request_log() {
+                Some(Ok(path)) => {
+                    tracing::info!(access_log = %path.display(), "SIGUSR1: access log reopened")
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "SIGUSR1: cannot reopen the access log; lines still go to the file open before")
+                }
+                None => {
+                    tracing::info!("SIGUSR1: the access log is not a file; nothing to reopen")
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reopen_on_sigusr1(_: Option<()>, _: Arc<Telemetry>) {}
 
 /// Registers for SIGTERM now (the handler exists from this call on) and returns a future that
 /// ends on SIGTERM or Ctrl-C.

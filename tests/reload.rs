@@ -204,6 +204,7 @@ async fn sighup_reloads() {
     let options = apiward::Options {
         watch_config: false,
         reload_on_sighup: true,
+        ..apiward::Options::default()
     };
     let gateway = apiward::Gateway::start(&path, None, options).await.unwrap();
     let url = format!("http://{}/supporters/1", gateway.local_addr());

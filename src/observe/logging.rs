@@ -1,13 +1,11 @@
 //! Where the gateway's two kinds of lines go: diagnostics (start-up, reloads, warnings) on stderr
 //! as text or JSON, and the request log, one JSON line per request, to `[server] access_log`
-//! through a non-blocking writer; a file there is reopened on request (SIGUSR1, for logrotate).
+//! (written by `request_log`); a file there is reopened on request (SIGUSR1, for logrotate).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use tracing_appender::non_blocking::WorkerGuard;
 
 use crate::snapshot::AccessLogTarget;
 
@@ -21,35 +19,15 @@ pub enum DiagnosticsFormat {
     Json,
 }
 
-/// Keeps the request-log writer flushing; dropping it flushes what is buffered.
-pub struct Logging {
-    _flusher: Option<WorkerGuard>,
-    access_file: Option<AccessFile>,
-}
-
-impl Logging {
-    /// Reopens the request-log file at its path (after logrotate renamed it). `None` when the
-    /// request log is not a file; an error leaves the current file in use.
-    pub fn reopen_access_log(&self) -> Option<Result<PathBuf, std::io::Error>> {
-        let file = self.access_file.as_ref()?;
-        Some(file.reopen().map(|()| file.path.clone()))
-    }
-}
-
-/// Installs the global subscriber. Diagnostics honour `APIWARD_LOG` (`info` by default).
-pub fn init(access_log: &AccessLogTarget, format: DiagnosticsFormat) -> Result<Logging, String> {
+/// Installs the global subscriber for diagnostics, which honour `APIWARD_LOG` (`info` by
+/// default). The request log is not among them: the gateway writes it itself.
+pub fn init(format: DiagnosticsFormat) -> Result<(), String> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let access_target = super::ACCESS_TARGET;
     let diagnostics_filter = tracing_subscriber::EnvFilter::try_from_env("APIWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive(
-            format!("{access_target}=off")
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-        );
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let diagnostics = match format {
         DiagnosticsFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -65,48 +43,42 @@ pub fn init(access_log: &AccessLogTarget, format: DiagnosticsFormat) -> Result<L
             .with_filter(diagnostics_filter)
             .boxed(),
     };
-    let mut access_file = None;
-    let (writer, flusher) = match access_log {
-        AccessLogTarget::Off => (None, None),
-        AccessLogTarget::Stdout => {
-            let (w, g) = tracing_appender::non_blocking(std::io::stdout());
-            (Some(w), Some(g))
-        }
-        AccessLogTarget::File(path) => {
-            let file = AccessFile::open(path)
-                .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))?;
-            let (w, g) = tracing_appender::non_blocking(file.clone());
-            access_file = Some(file);
-            (Some(w), Some(g))
-        }
-    };
-    let access = writer.map(|w| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_target(false)
-            .with_level(false)
-            .with_writer(w)
-            .with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_target(access_target, tracing::Level::INFO),
-            )
-    });
     tracing_subscriber::registry()
         .with(diagnostics)
-        .with(access)
-        .init();
-    Ok(Logging {
-        _flusher: flusher,
-        access_file,
+        .try_init()
+        .map_err(|e| format!("cannot install the diagnostics logger: {e}"))
+}
+
+/// Where the request log's lines are written, and the file to reopen, when it is one.
+pub struct RequestLogDestination {
+    pub writer: Box<dyn Write + Send>,
+    pub file: Option<AccessFile>,
+}
+
+/// Opens the `[server] access_log` destination: `None` for `"off"`. A file is opened for
+/// appending, created if missing.
+pub fn open_request_log(
+    target: &AccessLogTarget,
+) -> std::io::Result<Option<RequestLogDestination>> {
+    Ok(match target {
+        AccessLogTarget::Off => None,
+        AccessLogTarget::Stdout => Some(RequestLogDestination {
+            writer: Box::new(std::io::stdout()),
+            file: None,
+        }),
+        AccessLogTarget::File(path) => {
+            let file = AccessFile::open(path)?;
+            Some(RequestLogDestination {
+                writer: Box::new(file.clone()),
+                file: Some(file),
+            })
+        }
     })
 }
 
 /// The request-log file, shared by the writer thread and whoever reopens it.
 #[derive(Clone)]
-struct AccessFile {
+pub struct AccessFile {
     path: PathBuf,
     file: Arc<Mutex<File>>,
 }
@@ -119,9 +91,13 @@ impl AccessFile {
         })
     }
 
-    /// Opens the path again and writes there from the next line on; the old file is closed once
-    /// what was written to it is flushed.
-    fn reopen(&self) -> std::io::Result<()> {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the path again and writes there from the next batch of lines on; the old file is
+    /// closed once what was written to it is flushed.
+    pub fn reopen(&self) -> std::io::Result<()> {
         let fresh = open_append(&self.path)?;
         let mut current = self.file.lock().unwrap_or_else(|p| p.into_inner());
         current.flush()?;

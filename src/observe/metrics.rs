@@ -12,7 +12,7 @@ use super::series::Series;
 
 pub use super::names::{
     ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
-    REQUEST_DURATION, REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
+    REQUEST_DURATION, REQUEST_LOG_DROPPED, REQUESTS, UPSTREAM_DURATION, UPSTREAM_ERRORS,
 };
 
 static METADATA: Metadata<'static> = Metadata::new("apiward", metrics::Level::INFO, None);
@@ -71,14 +71,14 @@ impl Metrics {
             OPEN_CONNECTIONS,
             ADMIN_LOGINS,
             CONNECTIONS_REFUSED,
+            REQUEST_LOG_DROPPED,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED => {
-                    self.recorder.describe_counter(name, None, text)
-                }
+                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED
+                | REQUEST_LOG_DROPPED => self.recorder.describe_counter(name, None, text),
                 CONFIG_GENERATION | OPEN_CONNECTIONS => {
                     self.recorder.describe_gauge(name, None, text)
                 }
@@ -87,6 +87,7 @@ impl Metrics {
         }
         // Gauges exist from the start, so a scrape before any traffic already shows them.
         self.gauge(OPEN_CONNECTIONS).set(0.0);
+        self.request_log_dropped().absolute(0);
         // Failed logins and refused connections are worth an alert from zero on, so the series
         // exist before the first.
         for outcome in ["success", "failure", "throttled"] {
@@ -174,6 +175,12 @@ impl Metrics {
     pub fn connection_refused(&self, reason: &'static str) {
         self.counter_of(CONNECTIONS_REFUSED, "reason", reason)
             .increment(1);
+    }
+
+    /// The count of request log lines dropped; a handle the log's threads keep.
+    pub fn request_log_dropped(&self) -> metrics::Counter {
+        self.recorder
+            .register_counter(&Key::from_static_name(REQUEST_LOG_DROPPED), &METADATA)
     }
 
     pub fn open_connections(&self) -> metrics::Gauge {

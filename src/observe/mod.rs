@@ -5,11 +5,14 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod recent;
+pub mod request_line;
+pub mod request_log;
 mod series;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 
@@ -19,9 +22,7 @@ use crate::snapshot::Snapshot;
 pub use key_usage::KeyUsage;
 pub use metrics::Metrics;
 pub use recent::RecentRequests;
-
-/// The tracing target of request log lines; the binary sends it to its own JSON writer.
-pub const ACCESS_TARGET: &str = "apiward::access";
+pub use request_log::RequestLog;
 
 /// Shared by every request of one gateway.
 pub struct Telemetry {
@@ -31,6 +32,10 @@ pub struct Telemetry {
     pub recent: RecentRequests,
     request_ids: RequestIds,
     sampled: AtomicU64,
+    /// Where request log lines go; `None` writes none.
+    request_log: Option<RequestLog>,
+    /// The request log's file, to reopen after logrotate moved it.
+    request_log_file: Option<logging::AccessFile>,
 }
 
 impl Default for Telemetry {
@@ -47,6 +52,49 @@ impl Telemetry {
             recent: RecentRequests::default(),
             request_ids: RequestIds::new(),
             sampled: AtomicU64::new(0),
+            request_log: None,
+            request_log_file: None,
+        }
+    }
+
+    /// Telemetry whose request log lines go to `destination` (see `logging::open_request_log`);
+    /// lines that cannot be kept count in `apiward_request_log_dropped_total`.
+    pub fn with_request_log(
+        destination: logging::RequestLogDestination,
+    ) -> std::io::Result<Telemetry> {
+        let mut telemetry = Telemetry::new();
+        let dropped = telemetry.metrics.request_log_dropped();
+        telemetry.request_log = Some(RequestLog::start(
+            destination.writer,
+            Box::new(move |n| dropped.increment(n)),
+        )?);
+        telemetry.request_log_file = destination.file;
+        Ok(telemetry)
+    }
+
+    /// The request log, if this gateway writes one.
+    pub fn request_log(&self) -> Option<&RequestLog> {
+        self.request_log.as_ref()
+    }
+
+    /// Reopens the request log's file at its path (after logrotate renamed it): lines written
+    /// from then on go to the new file. `None` when the request log is not a file; an error
+    /// leaves the current file in use.
+    pub fn reopen_request_log(&self) -> Option<std::io::Result<PathBuf>> {
+        let file = self.request_log_file.as_ref()?;
+        Some(file.reopen().map(|()| file.path().to_path_buf()))
+    }
+
+    /// Writes out every buffered request log line and stops the log's writer, waiting at most
+    /// `limit` for a destination that does not take them; later lines are counted as dropped.
+    pub fn close_request_log(&self, limit: Duration) {
+        if let Some(log) = &self.request_log {
+            if !log.close(limit) {
+                tracing::warn!(
+                    ?limit,
+                    "the request log's destination took no bytes at shutdown: its last lines are lost"
+                );
+            }
         }
     }
 
@@ -96,34 +144,22 @@ impl Telemetry {
             record.upstream_time,
         );
         self.recent.record(record, total);
+        let Some(log) = &self.request_log else {
+            return;
+        };
         if !record.log || (record.decision == "allowed" && !self.sample(record.sample)) {
             return;
         }
-        tracing::info!(
-            target: ACCESS_TARGET,
-            request_id = record.request_id.to_str().unwrap_or(""),
-            client = %record.client,
-            user = record.user.as_deref(),
-            credential = record.presented.as_log(),
-            key_prefix = record.key_prefix.as_deref(),
-            method = record.method.as_str(),
-            path = record.path.as_str(),
-            route = record.route.as_deref(),
-            upstream = record.upstream.as_deref(),
-            decision = record.decision,
-            limit = record.limit,
-            limit_remaining = record.limit_remaining,
-            status = record.status,
+        let facts = request_line::LineFacts {
             bytes_in,
             bytes_out,
-            upstream_ms = record.upstream_time.map(millis),
-            total_ms = millis(total),
-        );
+            total,
+        };
+        let now = SystemTime::now();
+        log.append(|pending| {
+            request_line::write_line(&mut pending.bytes, &mut pending.clock, now, record, &facts)
+        });
     }
-}
-
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// Everything known about one request by the time its response starts.

@@ -10,6 +10,7 @@ pub const CONFIG_GENERATION: &str = "apiward_config_generation";
 pub const OPEN_CONNECTIONS: &str = "apiward_open_connections";
 pub const ADMIN_LOGINS: &str = "apiward_admin_logins_total";
 pub const CONNECTIONS_REFUSED: &str = "apiward_connections_refused_total";
+pub const REQUEST_LOG_DROPPED: &str = "apiward_request_log_dropped_total";
 /// The limits' series, rendered from the live limit state (`limits/render.rs`).
 pub const LIMIT_REFUSALS: &str = "apiward_limit_refusals_total";
 pub const LIMIT_IN_FLIGHT: &str = "apiward_limit_in_flight";
@@ -18,7 +19,7 @@ pub const LIMIT_STORE_ERRORS: &str = "apiward_limit_store_errors_total";
 pub const LIMIT_STORE_UP: &str = "apiward_limit_store_up";
 
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -33,6 +34,7 @@ pub const ALL: [&str; 14] = [
     LIMIT_STORE_ROUND_TRIPS,
     LIMIT_STORE_ERRORS,
     LIMIT_STORE_UP,
+    REQUEST_LOG_DROPPED,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -56,6 +58,9 @@ pub fn help(name: &str) -> &'static str {
             "Generation of the configuration serving now; 1 is the file loaded at start."
         }
         OPEN_CONNECTIONS => "Client connections open now.",
+        REQUEST_LOG_DROPPED => {
+            "Request log lines dropped because the log's destination did not keep up (or failed)."
+        }
         ADMIN_LOGINS => "Console logins by outcome (success, failure, throttled).",
         CONNECTIONS_REFUSED => {
             "New client connections closed at once, by reason (max_connections, max_connections_per_source)."

@@ -1,0 +1,295 @@
+//! One request log line: a `RequestRecord` written as one JSON object straight into a byte
+//! buffer, with no intermediate allocation, every string field escaped as JSON requires.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::RequestRecord;
+use crate::auth::address::ClientAddress;
+
+/// What a line says beyond the record: measured when the request ended.
+pub struct LineFacts {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub total: Duration,
+}
+
+/// The `timestamp` field's date and time to the second, made once per second and thread.
+#[derive(Default)]
+pub struct ClockText {
+    second: u64,
+    /// `YYYY-MM-DDTHH:MM:SS`; empty until the first line.
+    text: Vec<u8>,
+}
+
+impl ClockText {
+    /// Appends `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` for `now` (UTC, microseconds), the form the
+    /// tracing JSON writer used before this one.
+    fn write(&mut self, now: SystemTime, out: &mut Vec<u8>) {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if self.text.is_empty() || second != self.second {
+            self.second = second;
+            self.text.clear();
+            civil_text(second, &mut self.text);
+        }
+        out.push(b'"');
+        out.extend_from_slice(&self.text);
+        out.push(b'.');
+        write_padded(out, u64::from(since.subsec_micros()), 6);
+        out.extend_from_slice(b"Z\"");
+    }
+}
+
+/// Writes the line for `record`, ending in `\n`. The fields, their names and their order are
+/// those of the tracing JSON line this writer replaced; a field with no value is left out.
+pub fn write_line(
+    out: &mut Vec<u8>,
+    clock: &mut ClockText,
+    now: SystemTime,
+    record: &RequestRecord,
+    facts: &LineFacts,
+) {
+    out.extend_from_slice(b"{\"timestamp\":");
+    clock.write(now, out);
+    out.extend_from_slice(b",\"request_id\":\"");
+    // As `HeaderValue::to_str` would have it: visible ASCII and tabs, or nothing.
+    let id = record.request_id.as_bytes();
+    if id.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        escape_into(out, id);
+    }
+    out.extend_from_slice(b"\",\"client\":\"");
+    write_client(out, record.client);
+    out.push(b'"');
+    if let Some(user) = &record.user {
+        string_field(out, b",\"user\":\"", user);
+    }
+    if let Some(credential) = record.presented.as_log() {
+        string_field(out, b",\"credential\":\"", credential);
+    }
+    if let Some(prefix) = &record.key_prefix {
+        string_field(out, b",\"key_prefix\":\"", prefix);
+    }
+    string_field(out, b",\"method\":\"", record.method.as_str());
+    string_field(out, b",\"path\":\"", &record.path);
+    if let Some(route) = &record.route {
+        string_field(out, b",\"route\":\"", route);
+    }
+    if let Some(upstream) = &record.upstream {
+        string_field(out, b",\"upstream\":\"", upstream);
+    }
+    string_field(out, b",\"decision\":\"", record.decision);
+    out.extend_from_slice(b",\"status\":");
+    write_u64(out, u64::from(record.status));
+    out.extend_from_slice(b",\"bytes_in\":");
+    write_u64(out, facts.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    write_u64(out, facts.bytes_out);
+    if let Some(upstream) = record.upstream_time {
+        out.extend_from_slice(b",\"upstream_ms\":");
+        write_millis(out, upstream);
+    }
+    out.extend_from_slice(b",\"total_ms\":");
+    write_millis(out, facts.total);
+    out.extend_from_slice(b"}\n");
+}
+
+fn string_field(out: &mut Vec<u8>, opening: &[u8], value: &str) {
+    out.extend_from_slice(opening);
+    escape_into(out, value.as_bytes());
+    out.push(b'"');
+}
+
+/// Which bytes JSON does not allow raw inside a string: the control characters, `"` and `\`.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Appends `text` as the inside of a JSON string. `text` is UTF-8 or visible ASCII, so every
+/// other byte, multi-byte characters included, may stand as it is; runs without an escape are
+/// copied whole.
+pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut run = 0;
+    for (i, &b) in text.iter().enumerate() {
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&text[run..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&text[run..]);
+}
+
+fn write_client(out: &mut Vec<u8>, client: ClientAddress) {
+    match client {
+        ClientAddress::Ip(IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                write_u64(out, u64::from(octet));
+            }
+        }
+        // Rare enough for the formatting machinery; an address needs no escaping.
+        ClientAddress::Ip(IpAddr::V6(v6)) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+        ClientAddress::Unreadable => out.extend_from_slice(b"unreadable"),
+    }
+}
+
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` in decimal with at least `width` digits.
+fn write_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    while at > digits.len() - width || rest > 0 {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Milliseconds with three decimals (microsecond resolution), as a JSON number.
+fn write_millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
+    write_u64(out, micros / 1000);
+    out.push(b'.');
+    write_padded(out, micros % 1000, 3);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of Unix seconds (Howard Hinnant's civil-from-days).
+fn civil_text(unix: u64, out: &mut Vec<u8>) {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    write_padded(out, year.max(0) as u64, 4);
+    out.push(b'-');
+    write_padded(out, month as u64, 2);
+    out.push(b'-');
+    write_padded(out, day as u64, 2);
+    out.push(b'T');
+    write_padded(out, secs / 3600, 2);
+    out.push(b':');
+    write_padded(out, secs / 60 % 60, 2);
+    out.push(b':');
+    write_padded(out, secs % 60, 2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(text: &str) -> String {
+        let mut out = Vec::new();
+        escape_into(&mut out, text.as_bytes());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_string_reads_back_as_itself() {
+        let mut all_bytes = String::new();
+        for c in (0u8..0x80).map(char::from) {
+            all_bytes.push(c);
+        }
+        for text in [
+            "",
+            "/plain/path",
+            "a\"quote",
+            "back\\slash",
+            "line\nbreak\r\t",
+            "\u{0}\u{1f}\u{7f}",
+            "é日本\u{2028}",
+            all_bytes.as_str(),
+        ] {
+            let json = format!("\"{}\"", escaped(text));
+            let back: String =
+                serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(back, text);
+        }
+    }
+
+    #[test]
+    fn numbers_and_times_are_written_as_format_would() {
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+        let mut out = Vec::new();
+        write_millis(&mut out, Duration::from_micros(12_003_045));
+        assert_eq!(out, b"12003.045");
+        let mut out = Vec::new();
+        write_millis(&mut out, Duration::from_nanos(999));
+        assert_eq!(out, b"0.000");
+        for (unix, text) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_764_608_196, "2025-12-01T16:56:36"),
+            (4_102_444_799, "2099-12-31T23:59:59"),
+        ] {
+            let mut out = Vec::new();
+            civil_text(unix, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn the_timestamp_has_microseconds_and_a_zone() {
+        let mut clock = ClockText::default();
+        let mut out = Vec::new();
+        clock.write(UNIX_EPOCH + Duration::from_micros(1_000_000_042), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"1970-01-01T00:16:40.000042Z\""
+        );
+    }
+}
