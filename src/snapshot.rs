@@ -17,7 +17,11 @@ use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::Permission;
 
 mod routes;
+mod tables;
+
 pub use routes::RouteTable;
+pub(crate) use tables::KeyTableBuilder;
+pub use tables::{KeyTable, UserTable};
 
 /// The SHA-256 digest of a whole key string: what the file stores and what lookups use.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,7 +76,8 @@ impl Hasher for DigestHasher {
 
 pub type DigestMap<V> = HashMap<KeyDigest, V, BuildHasherDefault<DigestHasher>>;
 
-/// Index of a user in `Snapshot::users`; stable only within one snapshot.
+/// A user's slot in `Snapshot::users`. It stays the same across reloads for as long as the
+/// user's id is in the file (a removed user's slot may later be given to a new user).
 pub type UserIndex = u32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,9 +369,10 @@ pub enum AccessLogTarget {
 pub struct Snapshot {
     pub source: PathBuf,
     pub server: ServerSettings,
-    /// Sorted by id (looked up by binary search: Basic auth and `explain` only).
-    pub users: Box<[ApiUser]>,
-    pub keys: DigestMap<ApiKey>,
+    /// By slot; iterated and looked up by id in id order (binary search: Basic auth and
+    /// `explain` only).
+    pub users: UserTable,
+    pub keys: KeyTable,
     pub groups: Box<[Group]>,
     pub routes: RouteTable,
     pub upstreams: Box<[Upstream]>,
@@ -376,6 +382,9 @@ pub struct Snapshot {
     pub admin_tokens: DigestMap<u32>,
     pub console: ConsoleSettings,
     pub rate_limits: RateLimitSettings,
+    /// Where each `[users."…"]` table stood in the file's text, for the next reload to compile
+    /// only the tables that changed; `None` when the file was compiled as one whole.
+    pub(crate) source_index: Option<SourceIndex>,
 }
 
 /// An operator of the admin listener's console and API; never an API user, never on the public
@@ -408,20 +417,30 @@ pub struct ConsoleSettings {
     pub recent_refusals: usize,
 }
 
+/// The text of the file this snapshot was compiled from, as far as a reload needs it: a digest
+/// of everything before the first `[users."…"]` table, and a digest and slot for each table, in
+/// the file's order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SourceIndex {
+    pub head: u128,
+    pub tables: Box<[u128]>,
+    pub slots: Box<[UserIndex]>,
+}
+
 impl Snapshot {
+    /// The user in `index`, which every `ApiKey` of this snapshot names.
     pub fn user(&self, index: UserIndex) -> &ApiUser {
-        &self.users[index as usize]
+        self.users
+            .get(index)
+            .expect("a snapshot's keys name only its live user slots")
     }
 
     pub fn user_by_id(&self, id: &str) -> Option<&ApiUser> {
-        self.user_index_of(id).map(|i| self.user(i))
+        self.users.index_of(id).and_then(|i| self.users.get(i))
     }
 
     pub fn user_index_of(&self, id: &str) -> Option<UserIndex> {
-        self.users
-            .binary_search_by(|u| (*u.id).cmp(id))
-            .ok()
-            .map(|i| i as UserIndex)
+        self.users.index_of(id)
     }
 
     pub fn admin_by_id(&self, id: &str) -> Option<&AdminAccount> {

@@ -18,19 +18,24 @@ use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
-    AccessLogTarget, ApiKey, ApiUser, DigestMap, Group, KeyDigest, KeyPrefix, Route, RouteTable,
-    ServerSettings, Snapshot, Upstream, UpstreamTarget, UserIndex, UserStatus,
+    AccessLogTarget, AdminAccount, ApiKey, ApiUser, ConsoleSettings, DigestMap, Group, KeyDigest,
+    KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, Snapshot, Upstream, UpstreamTarget,
+    UserStatus,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// Parses and validates one file's text. `file` is only used to name the file in errors.
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
+    super::incremental::compile_full(file, text)
+}
+
+/// The whole text parsed in one go, then compiled: what every other way of compiling must
+/// give exactly, result and errors alike, and what they fall back to when a file is not
+/// made of separate `[users."…"]` tables.
+pub(crate) fn compile_whole(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let loc = Locator::new(file, text);
-    let mut c = Compiler {
-        loc: &loc,
-        errors: Vec::new(),
-    };
+    let mut errors = Vec::new();
     let raw: RawConfig = match super::parse::parse(text) {
         Ok(raw) => raw,
         // The slow path, only for a file with mistakes: every unknown field is reported and
@@ -42,22 +47,110 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
                     Some(span) => loc.error(span, message),
                     None => loc.whole_file(message),
                 };
-                c.errors.push(err);
+                errors.push(err);
             }
             match raw {
                 Some(raw) => raw,
-                None => return Err(ConfigErrors(c.errors)),
+                None => return Err(ConfigErrors(errors)),
             }
         }
     };
-    let snapshot = c.snapshot(file, raw);
-    if c.errors.is_empty() {
-        Ok(snapshot)
-    } else {
-        // In the order of the file, as an operator reads it (a stable sort: whole-file first).
-        c.errors.sort_by_key(|e| (e.line, e.column));
-        Err(ConfigErrors(c.errors))
+    let (head, head_errors) = compile_head(&loc, &raw);
+    errors.extend(head_errors);
+    let pieces = raw
+        .users
+        .iter()
+        .map(|(id, user)| compile_user(&loc, &head, id, user))
+        .collect();
+    match super::incremental::assemble(&loc, head, pieces, &mut errors, &raw) {
+        Some((snapshot, _)) if errors.is_empty() => Ok(snapshot),
+        Some(_) => Err(in_file_order(errors)),
+        // Not reached: the parsed map has each id once.
+        None => Err(ConfigErrors(vec![
+            loc.whole_file("two users have the same id"),
+        ])),
     }
+}
+
+/// The errors in the order of the file, as an operator reads it (a stable sort: whole-file
+/// errors first).
+pub(crate) fn in_file_order(mut errors: Vec<ConfigError>) -> ConfigErrors {
+    errors.sort_by_key(|e| (e.line, e.column));
+    ConfigErrors(errors)
+}
+
+/// Everything but the users, compiled; and what compiling a user needs of it.
+pub(crate) struct Head {
+    pub server: ServerSettings,
+    pub upstreams: Box<[Upstream]>,
+    pub routes: RouteTable,
+    pub groups: Box<[Group]>,
+    pub console: ConsoleSettings,
+    pub rate_limits: crate::snapshot::RateLimitSettings,
+    group_index: HashMap<String, u32>,
+    /// Each group's limits, by group index: what its users get unless they set their own.
+    group_limits: Vec<crate::snapshot::UserLimits>,
+    /// The defined group names, for the hints of an error that names another.
+    group_names: Vec<String>,
+}
+
+/// Compiles everything but `raw.users`; the errors in the order a reader meets them.
+pub(crate) fn compile_head(loc: &Locator<'_>, raw: &RawConfig) -> (Head, Vec<ConfigError>) {
+    let mut c = Compiler {
+        loc,
+        errors: Vec::new(),
+    };
+    let head = c.head(raw);
+    (head, c.errors)
+}
+
+/// `[admins.*]`, compiled once the users' keys are known (a token's digest must be no key's).
+pub(crate) fn compile_admins(
+    loc: &Locator<'_>,
+    raw: &RawConfig,
+    user_keys: &KeyTable,
+) -> (Box<[AdminAccount]>, DigestMap<u32>, Vec<ConfigError>) {
+    let mut c = Compiler {
+        loc,
+        errors: Vec::new(),
+    };
+    let (admins, tokens) = c.admins(raw, user_keys);
+    (admins, tokens, c.errors)
+}
+
+/// One user compiled on its own: everything but whether its keys' digests are used by another
+/// user, which `incremental::assemble` decides with all users at hand.
+pub(crate) struct UserPiece {
+    pub id: String,
+    /// `None` when the user has errors of its own.
+    pub user: Option<ApiUser>,
+    /// Its keys with a valid digest, in the file's order.
+    pub keys: Vec<PieceKey>,
+    /// Its own errors, in order; each key's duplicate check comes after `errors_before` of them.
+    pub errors: Vec<ConfigError>,
+}
+
+pub(crate) struct PieceKey {
+    pub digest: KeyDigest,
+    /// `user` is set when the user gets its slot.
+    pub key: ApiKey,
+    /// The `sha256` value, where a duplicate is reported.
+    pub span: Range<usize>,
+    pub errors_before: usize,
+}
+
+/// Compiles one `[users."id"]` table; spans are positions in the whole file.
+pub(crate) fn compile_user(
+    loc: &Locator<'_>,
+    head: &Head,
+    id: &Spanned<String>,
+    user: &Spanned<RawUser>,
+) -> UserPiece {
+    let mut c = Compiler {
+        loc,
+        errors: Vec::new(),
+    };
+    c.user(id, user, head)
 }
 
 pub(super) struct Compiler<'a> {
@@ -70,10 +163,9 @@ impl Compiler<'_> {
         self.errors.push(self.loc.error(span, message));
     }
 
-    fn snapshot(&mut self, file: &Path, raw: RawConfig) -> Snapshot {
+    fn head(&mut self, raw: &RawConfig) -> Head {
         let server = self.server(raw.server.as_ref().unwrap_or(&RawServer::default()));
         let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref());
-
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut upstream_index = HashMap::new();
         for (name, up) in &raw.upstreams {
@@ -155,39 +247,17 @@ impl Compiler<'_> {
             });
         }
 
-        let mut users = Vec::with_capacity(raw.users.len());
-        let key_count = raw.users.values().map(|u| u.get_ref().keys.len()).sum();
-        let mut keys: DigestMap<ApiKey> =
-            DigestMap::with_capacity_and_hasher(key_count, Default::default());
-        for (id, user) in &raw.users {
-            let index = users.len() as UserIndex;
-            if let Some(api_user) = self.user(
-                id,
-                user,
-                &group_index,
-                &group_limits,
-                &raw,
-                index,
-                &mut keys,
-            ) {
-                users.push(api_user);
-            }
-        }
-
-        let (admins, admin_tokens) = self.admins(&raw, &keys);
         let console = self.console(raw.server.as_ref().unwrap_or(&RawServer::default()));
-        Snapshot {
-            admins,
-            admin_tokens,
+        Head {
             console,
-            source: file.to_path_buf(),
-            server,
-            users: users.into_boxed_slice(),
-            keys,
-            groups: groups.into_boxed_slice(),
-            routes: RouteTable::new(routes),
-            upstreams: upstreams.into_boxed_slice(),
             rate_limits,
+            group_limits,
+            server,
+            upstreams: upstreams.into_boxed_slice(),
+            routes: RouteTable::new(routes),
+            groups: groups.into_boxed_slice(),
+            group_index,
+            group_names: raw.groups.keys().map(|k| k.get_ref().clone()).collect(),
         }
     }
 
@@ -394,18 +464,7 @@ impl Compiler<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn user(
-        &mut self,
-        id: &Spanned<String>,
-        user: &Spanned<RawUser>,
-        group_index: &HashMap<String, u32>,
-        group_limits: &[crate::snapshot::UserLimits],
-        raw: &RawConfig,
-        index: UserIndex,
-        keys: &mut DigestMap<ApiKey>,
-    ) -> Option<ApiUser> {
-        let errors_before = self.errors.len();
+    fn user(&mut self, id: &Spanned<String>, user: &Spanned<RawUser>, head: &Head) -> UserPiece {
         if let Err(msg) = check_user_id(id.get_ref()) {
             self.error(id.span(), msg);
         }
@@ -424,16 +483,23 @@ impl Compiler<'_> {
                 ),
             );
         }
-        let group = group_index.get(u.group.get_ref()).copied();
+        let group = head.group_index.get(u.group.get_ref()).copied();
         if group.is_none() {
             self.error(
                 u.group.span(),
                 format!(
                     "group {:?} is not defined{}: add [groups.{}] or use one of: {}",
                     u.group.get_ref(),
-                    did_you_mean(u.group.get_ref(), raw.groups.keys()),
+                    crate::suggest::did_you_mean(
+                        u.group.get_ref(),
+                        head.group_names.iter().map(String::as_str)
+                    ),
                     u.group.get_ref(),
-                    names(raw.groups.keys())
+                    if head.group_names.is_empty() {
+                        "(none defined)".to_string()
+                    } else {
+                        head.group_names.join(", ")
+                    }
                 ),
             );
         }
@@ -469,6 +535,7 @@ impl Compiler<'_> {
                 self.error(hash.span(), msg);
             }
         }
+        let mut keys = Vec::with_capacity(u.keys.len());
         for key in &u.keys {
             let k = key.get_ref();
             let digest = match parse_digest(k.sha256.get_ref()) {
@@ -485,40 +552,45 @@ impl Compiler<'_> {
                     self.error(prefix.span(), "a key prefix is at most 16 characters: it identifies the key, it must not reveal it");
                 }
             }
-            if keys.contains_key(&digest) {
-                self.error(
-                    k.sha256.span(),
-                    "this key digest is already used by another key: every key must be unique, issue a new one",
-                );
-                continue;
-            }
-            keys.insert(
+            keys.push(PieceKey {
                 digest,
-                ApiKey {
-                    user: index,
+                key: ApiKey {
+                    user: 0,
                     prefix: k.prefix.as_ref().and_then(|p| KeyPrefix::new(p.get_ref())),
                     created,
                     expires,
                 },
-            );
+                span: k.sha256.span(),
+                errors_before: self.errors.len(),
+            });
         }
         let own_rate = u.rate_limit.as_ref().and_then(|r| self.rate_limit(r));
-        if self.errors.len() != errors_before {
-            return None;
+        let valid = |status, group: Option<u32>, sources| -> Option<ApiUser> {
+            let group = group?;
+            Some(ApiUser {
+                id: id.get_ref().as_str().into(),
+                display_name: u.display_name.as_deref().map(Into::into),
+                status: status?,
+                group,
+                sources: sources?,
+                password_hash: u
+                    .password_hash
+                    .as_ref()
+                    .map(|h| h.get_ref().as_str().into()),
+                limits: limits::user_limits(head.group_limits[group as usize], own_rate),
+            })
+        };
+        let user = if self.errors.is_empty() {
+            valid(status, group, sources)
+        } else {
+            None
+        };
+        UserPiece {
+            id: id.get_ref().clone(),
+            user,
+            keys,
+            errors: std::mem::take(&mut self.errors),
         }
-        let group = group?;
-        Some(ApiUser {
-            id: id.get_ref().as_str().into(),
-            display_name: u.display_name.as_deref().map(Into::into),
-            status: status?,
-            group,
-            sources: sources?,
-            password_hash: u
-                .password_hash
-                .as_ref()
-                .map(|h| h.get_ref().as_str().into()),
-            limits: limits::user_limits(group_limits[group as usize], own_rate),
-        })
     }
 
     fn datetime(&mut self, value: &Spanned<Datetime>) -> Option<i64> {
@@ -695,9 +767,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 mod admin;
+mod limits;
 mod protection;
 pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};
-mod limits;
-
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,6 @@ pub struct ChangeSummary {
 
 impl ChangeSummary {
     pub fn between(old: &Snapshot, new: &Snapshot) -> ChangeSummary {
-        let mut summary = ChangeSummary::default();
         let old_keys: HashSet<(&KeyDigest, &str)> = old
             .keys
             .iter()
@@ -27,33 +26,62 @@ impl ChangeSummary {
             .iter()
             .map(|(d, k)| (d, &*new.user(k.user).id))
             .collect();
-        summary.keys_added = new_keys.difference(&old_keys).count();
-        summary.keys_revoked = old_keys.difference(&new_keys).count();
+        let ids: Vec<&str> = new
+            .users
+            .iter()
+            .chain(old.users.iter())
+            .map(|u| &*u.id)
+            .collect();
+        ChangeSummary::of(old, new, ids, &old_keys, &new_keys)
+    }
+
+    /// `between` when only the users `ids` can differ, and `old_keys` and `new_keys` are the
+    /// (digest, user id) pairs of their keys before and after: what an incremental reload knows.
+    pub(crate) fn of_users(
+        old: &Snapshot,
+        new: &Snapshot,
+        ids: Vec<&str>,
+        old_keys: &HashSet<(&KeyDigest, &str)>,
+        new_keys: &HashSet<(&KeyDigest, &str)>,
+    ) -> ChangeSummary {
+        ChangeSummary::of(old, new, ids, old_keys, new_keys)
+    }
+
+    fn of(
+        old: &Snapshot,
+        new: &Snapshot,
+        mut ids: Vec<&str>,
+        old_keys: &HashSet<(&KeyDigest, &str)>,
+        new_keys: &HashSet<(&KeyDigest, &str)>,
+    ) -> ChangeSummary {
+        let mut summary = ChangeSummary {
+            keys_added: new_keys.difference(old_keys).count(),
+            keys_revoked: old_keys.difference(new_keys).count(),
+            ..ChangeSummary::default()
+        };
         let keys_changed_for: HashSet<&str> = new_keys
-            .symmetric_difference(&old_keys)
+            .symmetric_difference(old_keys)
             .map(|(_, id)| *id)
             .collect();
-
-        for user in new.users.iter() {
-            match old.user_by_id(&user.id) {
-                None => summary.users_added.push(user.id.to_string()),
-                Some(before) => {
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            match (old.user_by_id(id), new.user_by_id(id)) {
+                (None, Some(_)) => summary.users_added.push(id.to_string()),
+                (Some(_), None) => summary.users_removed.push(id.to_string()),
+                (Some(before), Some(user)) => {
                     let same = before.status == user.status
                         && old.group_of(before).name == new.group_of(user).name
                         && before.sources == user.sources
                         && before.display_name == user.display_name
                         && before.password_hash == user.password_hash
                         && before.limits == user.limits
-                        && !keys_changed_for.contains(&*user.id);
+                        && !keys_changed_for.contains(id);
                     if !same {
-                        summary.users_changed.push(user.id.to_string());
+                        summary.users_changed.push(id.to_string());
                     }
                 }
-            }
-        }
-        for user in old.users.iter() {
-            if new.user_by_id(&user.id).is_none() {
-                summary.users_removed.push(user.id.to_string());
+                (None, None) => {}
             }
         }
         summary

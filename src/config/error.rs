@@ -47,29 +47,37 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Turns byte offsets into `line:column` for one file's text.
+/// Turns byte offsets into `line:column` for one file's text. The line index is made at the
+/// first error: a valid file of a million users never pays for it.
 pub struct Locator<'a> {
     file: &'a Path,
     text: &'a str,
-    line_starts: Vec<usize>,
+    line_starts: std::sync::OnceLock<Vec<usize>>,
 }
 
 impl<'a> Locator<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Locator {
             file,
             text,
-            line_starts,
+            line_starts: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn file(&self) -> &'a Path {
+        self.file
     }
 
     /// An error at the start of `span`.
     pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let line_starts = self.line_starts.get_or_init(|| {
+            let mut starts = vec![0];
+            starts.extend(self.text.match_indices('\n').map(|(i, _)| i + 1));
+            starts
+        });
         let offset = span.start.min(self.text.len());
-        let line = self.line_starts.partition_point(|&s| s <= offset);
-        let line_start = self.line_starts[line - 1];
+        let line = line_starts.partition_point(|&s| s <= offset);
+        let line_start = line_starts[line - 1];
         let column = self.text[line_start..offset].chars().count() + 1;
         ConfigError {
             file: self.file.to_path_buf(),

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod duration;
 pub mod edit;
 pub mod error;
+pub mod incremental;
 mod parse;
 pub mod raw;
 pub mod reload;

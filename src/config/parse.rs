@@ -108,7 +108,7 @@ fn find_user_header(text: &str, from: usize) -> Option<usize> {
     None
 }
 
-fn shift<T>(s: Spanned<T>, by: usize) -> Spanned<T> {
+pub(super) fn shift<T>(s: Spanned<T>, by: usize) -> Spanned<T> {
     let span = s.span();
     Spanned::new(span.start + by..span.end + by, s.into_inner())
 }
@@ -117,7 +117,7 @@ fn shift_opt<T>(s: Option<Spanned<T>>, by: usize) -> Option<Spanned<T>> {
     s.map(|s| shift(s, by))
 }
 
-fn shift_user(user: Spanned<RawUser>, by: usize) -> Spanned<RawUser> {
+pub(super) fn shift_user(user: Spanned<RawUser>, by: usize) -> Spanned<RawUser> {
     let span = user.span();
     let u = user.into_inner();
     let moved = RawUser {

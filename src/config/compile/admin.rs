@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::{Compiler, check_user_id, parse_digest};
 use crate::config::raw::{RawConfig, RawServer};
-use crate::snapshot::{AdminAccount, AdminToken, ApiKey, ConsoleSettings, DigestMap, KeyPrefix};
+use crate::snapshot::{AdminAccount, AdminToken, ConsoleSettings, DigestMap, KeyPrefix, KeyTable};
 
 /// Recent requests kept per API user unless `recent_requests_per_user` says otherwise.
 pub const DEFAULT_RECENT_PER_USER: usize = 50;
@@ -18,7 +18,7 @@ impl Compiler<'_> {
     pub(super) fn admins(
         &mut self,
         raw: &RawConfig,
-        user_keys: &DigestMap<ApiKey>,
+        user_keys: &KeyTable,
     ) -> (Box<[AdminAccount]>, DigestMap<u32>) {
         let mut admins = Vec::with_capacity(raw.admins.len());
         let mut tokens: DigestMap<u32> = DigestMap::default();

@@ -57,7 +57,7 @@ fn a_valid_file_becomes_a_snapshot() {
         "[users.\"a@example.org\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = [\"192.0.2.1\", \"2001:db8::/32\"]\nkeys = [{{ sha256 = \"{DIGEST_A}\", created = 2026-11-22T10:00:00Z, expires = 2026-11-22T12:00:00+01:00 }}]\n"
     ));
     let s = compile(Path::new("x.toml"), &text).unwrap();
-    let key = &s.keys[&KeyDigest(hex_digest(DIGEST_A))];
+    let key = s.keys.get(&KeyDigest(hex_digest(DIGEST_A))).unwrap();
     assert_eq!(s.user(key.user).id.as_ref(), "a@example.org");
     assert_eq!(key.created, Some(1_795_341_600));
     assert_eq!(key.expires, Some(1_795_345_200));

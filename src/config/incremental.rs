@@ -1,0 +1,449 @@
+//! Compiling a file table by table, and a reload that compiles only the tables that changed.
+//!
+//! A file is cut before each line that starts with `[users.`: the head (everything before the
+//! first cut) and one piece per user table. Each piece is parsed on its own (on every core), its
+//! user compiled at once and its parse tree dropped, so a million users never exist as one
+//! TOML tree. A reload compares each piece's digest with the previous snapshot's `SourceIndex`:
+//! when the head is the same, only the pieces whose text changed are parsed and compiled, and
+//! every other user, its slot, its keys and the pages and shards holding them are taken from
+//! the previous snapshot.
+//!
+//! Whenever the pieces could mean anything other than the whole file (a piece that is not
+//! exactly one user table, a user id twice, users in the head, an error anywhere), the whole
+//! text is compiled by `compile::compile_whole` instead, so results and errors are always
+//! exactly those of one parse of the whole file.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::compile::{Head, UserPiece, compile_admins, compile_head, compile_user, compile_whole};
+use super::diff::ChangeSummary;
+use super::error::{ConfigError, ConfigErrors, Locator};
+use super::raw::{RawConfig, RawUser};
+use crate::snapshot::{
+    ApiUser, KeyDigest, KeyTableBuilder, Snapshot, SourceIndex, UserIndex, UserTable,
+};
+
+/// A compiled file, and what changed if the compile was an incremental one.
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    /// `None` when the file was compiled in full: then `ChangeSummary::between` says.
+    pub changes: Option<ChangeSummary>,
+}
+
+/// Compiles the whole file (table by table when it can).
+pub fn compile_full(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
+    match by_tables(file, text) {
+        Some(result) => result,
+        None => compile_whole(file, text),
+    }
+}
+
+/// Compiles `text`, taking from `previous` every user whose table did not change.
+pub fn compile_after(
+    file: &Path,
+    text: &str,
+    previous: &Snapshot,
+) -> Result<Compiled, ConfigErrors> {
+    if let Some(compiled) = only_changed_tables(file, text, previous) {
+        return Ok(compiled);
+    }
+    compile_full(file, text).map(|snapshot| Compiled {
+        snapshot,
+        changes: None,
+    })
+}
+
+fn digest(text: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+}
+
+/// Where the head ends, and each user table's range.
+fn cut(text: &str) -> (usize, Vec<Range<usize>>) {
+    let mut starts: Vec<usize> = Vec::new();
+    if text.starts_with("[users.") {
+        starts.push(0);
+    }
+    starts.extend(memchr::memmem::find_iter(text.as_bytes(), b"\n[users.").map(|i| i + 1));
+    let head = starts.first().copied().unwrap_or(text.len());
+    let mut ranges = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        ranges.push(start..end);
+    }
+    (head, ranges)
+}
+
+/// `f(0..n)` on every core (in order), for work worth spreading.
+fn spread<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    if n < 1024 || threads < 2 {
+        return (0..n).map(f).collect();
+    }
+    let each = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t * each..((t + 1) * each).min(n))
+                        .map(f)
+                        .collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        for part in parts {
+            match part.join() {
+                Ok(items) => all.extend(items),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    })
+}
+
+/// The head parsed and compiled, and its raw form (for the admins, compiled once the keys are
+/// known); `None` if it fails to parse or holds users (whole-file cases).
+fn head_of(loc: &Locator<'_>, head: &str) -> Option<(Head, Vec<ConfigError>, RawConfig)> {
+    let raw: RawConfig = toml::from_str(head).ok()?;
+    if !raw.users.is_empty() {
+        return None;
+    }
+    let (compiled, errors) = compile_head(loc, &raw);
+    Some((compiled, errors, raw))
+}
+
+/// One user table parsed on its own, its spans moved to where it stands in the whole text;
+/// `None` unless it is exactly one user table.
+fn parse_table(text: &str, range: &Range<usize>) -> Option<(Spanned<String>, Spanned<RawUser>)> {
+    let raw: RawConfig = toml::from_str(&text[range.clone()]).ok()?;
+    let RawConfig {
+        server: None,
+        upstreams,
+        routes,
+        groups,
+        users,
+        admins,
+        rate_limits: None,
+    } = raw
+    else {
+        return None;
+    };
+    if !upstreams.is_empty()
+        || !routes.is_empty()
+        || !groups.is_empty()
+        || !admins.is_empty()
+        || users.len() != 1
+    {
+        return None;
+    }
+    let (id, user) = users.into_iter().next()?;
+    Some((
+        super::parse::shift(id, range.start),
+        super::parse::shift_user(user, range.start),
+    ))
+}
+
+fn table_piece(
+    loc: &Locator<'_>,
+    head: &Head,
+    text: &str,
+    range: &Range<usize>,
+) -> Option<UserPiece> {
+    let (id, user) = parse_table(text, range)?;
+    Some(compile_user(loc, head, &id, &user))
+}
+
+/// The full compile, table by table; `None` where only the whole-file compile is exact.
+fn by_tables(file: &Path, text: &str) -> Option<Result<Snapshot, ConfigErrors>> {
+    let loc = Locator::new(file, text);
+    let (head_end, ranges) = cut(text);
+    let (head, mut errors, raw_head) = head_of(&loc, &text[..head_end])?;
+    let parsed = spread(ranges.len(), |i| {
+        let piece = table_piece(&loc, &head, text, &ranges[i])?;
+        Some((piece, digest(&text[ranges[i].clone()])))
+    });
+    let mut pieces = Vec::with_capacity(parsed.len());
+    let mut tables = Vec::with_capacity(parsed.len());
+    for item in parsed {
+        let (piece, digest) = item?;
+        pieces.push(piece);
+        tables.push(digest);
+    }
+    let (mut snapshot, slots) = assemble(&loc, head, pieces, &mut errors, &raw_head)?;
+    if !errors.is_empty() {
+        return Some(Err(super::compile::in_file_order(errors)));
+    }
+    snapshot.source_index = Some(SourceIndex {
+        head: digest(&text[..head_end]),
+        tables: tables.into_boxed_slice(),
+        slots: slots.into_boxed_slice(),
+    });
+    Some(Ok(snapshot))
+}
+
+const DUPLICATE_DIGEST: &str =
+    "this key digest is already used by another key: every key must be unique, issue a new one";
+
+/// Builds the snapshot from users compiled in any order, and each one's slot (`UserIndex::MAX`
+/// for a user with errors), adding each duplicate key digest to `errors` where one parse of the
+/// whole file finds it: at the later user in id order. `None` when two have the same id.
+pub(crate) fn assemble(
+    loc: &Locator<'_>,
+    head: Head,
+    mut pieces: Vec<UserPiece>,
+    errors: &mut Vec<ConfigError>,
+    raw: &RawConfig,
+) -> Option<(Snapshot, Vec<UserIndex>)> {
+    let mut order: Vec<usize> = (0..pieces.len()).collect();
+    order.sort_unstable_by(|&a, &b| pieces[a].id.cmp(&pieces[b].id));
+    if order.windows(2).any(|w| pieces[w[0]].id == pieces[w[1]].id) {
+        return None;
+    }
+    let key_count = pieces.iter().map(|p| p.keys.len()).sum();
+    let mut keys = KeyTableBuilder::for_keys(key_count);
+    let mut users: Vec<ApiUser> = Vec::with_capacity(pieces.len());
+    let mut slots = vec![UserIndex::MAX; pieces.len()];
+    for i in order {
+        let piece = &mut pieces[i];
+        // As one sequential compile numbers them: the count of valid users before this one.
+        let slot = users.len() as UserIndex;
+        let mut own = std::mem::take(&mut piece.errors).into_iter();
+        let mut emitted = 0;
+        let mut valid = piece.user.is_some();
+        for k in std::mem::take(&mut piece.keys) {
+            while emitted < k.errors_before {
+                errors.extend(own.next());
+                emitted += 1;
+            }
+            if keys.contains_key(&k.digest) {
+                errors.push(loc.error(k.span, DUPLICATE_DIGEST));
+                valid = false;
+                continue;
+            }
+            let mut key = k.key;
+            key.user = slot;
+            keys.insert(k.digest, key);
+        }
+        errors.extend(own);
+        if valid {
+            if let Some(user) = piece.user.take() {
+                users.push(user);
+                slots[i] = slot;
+            }
+        }
+    }
+    let keys = keys.finish();
+    let (admins, admin_tokens, admin_errors) = compile_admins(loc, raw, &keys);
+    errors.extend(admin_errors);
+    let snapshot = Snapshot {
+        source: loc.file().to_path_buf(),
+        server: head.server,
+        users: UserTable::from_sorted(users),
+        keys,
+        groups: head.groups,
+        routes: head.routes,
+        upstreams: head.upstreams,
+        admins,
+        admin_tokens,
+        console: head.console,
+        rate_limits: head.rate_limits,
+        source_index: None,
+    };
+    Some((snapshot, slots))
+}
+
+/// How far ahead in the previous file's tables a changed, added or removed table is looked
+/// past before the digests of all of them are put in a map.
+const LOOK_AHEAD: usize = 8;
+
+/// For each new table digest, the index of the same table in `old` (each used once), found in
+/// one pass when the two files are mostly the same tables in the same order.
+fn match_tables(old: &[u128], new: &[u128]) -> Vec<Option<usize>> {
+    let mut used = vec![false; old.len()];
+    let mut by_digest: Option<HashMap<u128, Vec<usize>>> = None;
+    let mut next = 0;
+    let mut matched = Vec::with_capacity(new.len());
+    for &d in new {
+        let near = (next..(next + LOOK_AHEAD).min(old.len())).find(|&j| !used[j] && old[j] == d);
+        let found = near.or_else(|| {
+            let map = by_digest.get_or_insert_with(|| {
+                let mut map: HashMap<u128, Vec<usize>> = HashMap::with_capacity(old.len());
+                for (j, &o) in old.iter().enumerate() {
+                    map.entry(o).or_default().push(j);
+                }
+                map
+            });
+            map.get(&d)?.iter().copied().find(|&j| !used[j])
+        });
+        if let Some(j) = found {
+            used[j] = true;
+            if near.is_some() {
+                next = j + 1;
+            }
+        }
+        matched.push(found);
+    }
+    matched
+}
+
+/// The incremental compile; `None` where only a full compile is exact (then it runs instead).
+fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<Compiled> {
+    let index = previous.source_index.as_ref()?;
+    let (head_end, ranges) = cut(text);
+    if digest(&text[..head_end]) != index.head {
+        return None;
+    }
+    let loc = Locator::new(file, text);
+    let (head, head_errors, raw_head) = head_of(&loc, &text[..head_end])?;
+    if !head_errors.is_empty() {
+        return None;
+    }
+    let tables = spread(ranges.len(), |i| digest(&text[ranges[i].clone()]));
+    let matched = match_tables(&index.tables, &tables);
+    let changed: Vec<usize> = (0..tables.len())
+        .filter(|&i| matched[i].is_none())
+        .collect();
+    let pieces = spread(changed.len(), |c| {
+        table_piece(&loc, &head, text, &ranges[changed[c]])
+    });
+    let mut fresh = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let piece = piece?;
+        if !piece.errors.is_empty() || piece.user.is_none() {
+            return None;
+        }
+        fresh.push(piece);
+    }
+
+    // The previous file's tables that are not in this one: their users were removed or changed.
+    let mut gone: HashSet<UserIndex> = (0..index.tables.len()).map(|j| index.slots[j]).collect();
+    for j in matched.iter().flatten() {
+        gone.remove(&index.slots[*j]);
+    }
+    let mut claimed: HashSet<UserIndex> = HashSet::new();
+    let mut fresh_ids: HashSet<String> = HashSet::new();
+    let mut places = Vec::with_capacity(fresh.len());
+    for piece in &fresh {
+        if !fresh_ids.insert(piece.id.clone()) {
+            return None;
+        }
+        match previous.users.index_of(&piece.id) {
+            // Its table changed: it keeps its slot.
+            Some(slot) if gone.contains(&slot) => {
+                claimed.insert(slot);
+                places.push(Some(slot));
+            }
+            // The id is also in a table that did not change: a duplicate, which only the
+            // whole-file parse reports exactly.
+            Some(_) => return None,
+            None => places.push(None),
+        }
+    }
+
+    let old_keys: Vec<(KeyDigest, UserIndex)> = if gone.is_empty() {
+        Vec::new()
+    } else {
+        previous
+            .keys
+            .iter()
+            .filter(|(_, k)| gone.contains(&k.user))
+            .map(|(d, k)| (*d, k.user))
+            .collect()
+    };
+    let mut keys = previous.keys.edit();
+    for (d, _) in &old_keys {
+        keys.remove(d);
+    }
+    let mut users = previous.users.edit();
+    for &slot in &gone {
+        if !claimed.contains(&slot) {
+            users.remove(slot);
+        }
+    }
+    let mut piece_slots = Vec::with_capacity(fresh.len());
+    let mut new_pairs: Vec<(KeyDigest, usize)> = Vec::new();
+    for (n, (piece, place)) in fresh.iter_mut().zip(&places).enumerate() {
+        let user = piece.user.take()?;
+        let slot = match place {
+            Some(slot) => {
+                users.replace(*slot, user);
+                *slot
+            }
+            None => users.add(user),
+        };
+        for k in &piece.keys {
+            if keys.contains_key(&k.digest) {
+                return None;
+            }
+            let mut key = k.key.clone();
+            key.user = slot;
+            keys.insert(k.digest, key);
+            new_pairs.push((k.digest, n));
+        }
+        piece_slots.push(slot);
+    }
+    let mut slots = Vec::with_capacity(tables.len());
+    let mut next_fresh = 0;
+    for m in &matched {
+        match m {
+            Some(j) => slots.push(index.slots[*j]),
+            None => {
+                slots.push(piece_slots[next_fresh]);
+                next_fresh += 1;
+            }
+        }
+    }
+    let keys = keys.finish();
+    // The admins' tokens must still be no user's key.
+    let (admins, admin_tokens, admin_errors) = compile_admins(&loc, &raw_head, &keys);
+    if !admin_errors.is_empty() {
+        return None;
+    }
+    let snapshot = Snapshot {
+        source: file.to_path_buf(),
+        server: head.server,
+        users: users.finish(),
+        keys,
+        groups: head.groups,
+        routes: head.routes,
+        upstreams: head.upstreams,
+        admins,
+        admin_tokens,
+        console: head.console,
+        rate_limits: head.rate_limits,
+        source_index: Some(SourceIndex {
+            head: index.head,
+            tables: tables.into_boxed_slice(),
+            slots: slots.into_boxed_slice(),
+        }),
+    };
+
+    let old_pairs: HashSet<(&KeyDigest, &str)> = old_keys
+        .iter()
+        .map(|(d, slot)| (d, &*previous.user(*slot).id))
+        .collect();
+    let new_pairs: HashSet<(&KeyDigest, &str)> = new_pairs
+        .iter()
+        .map(|(d, n)| (d, fresh[*n].id.as_str()))
+        .collect();
+    let ids: Vec<&str> = gone
+        .iter()
+        .map(|&slot| &*previous.user(slot).id)
+        .chain(fresh.iter().map(|p| p.id.as_str()))
+        .collect();
+    let changes = ChangeSummary::of_users(previous, &snapshot, ids, &old_pairs, &new_pairs);
+    Some(Compiled {
+        snapshot,
+        changes: Some(changes),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+use std::fmt::Write as _;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::{compile_after, compile_full};
+use crate::config::compile::compile_whole;
+use crate::config::diff::ChangeSummary;
+use crate::snapshot::{KeyDigest, Snapshot};
+
+/// One user table as the tests write it.
+#[derive(Clone, Debug)]
+struct User {
+    id: usize,
+    /// 0..3 valid statuses, 3 a wrong one.
+    status: u8,
+    /// 0..3 defined groups (2 only when the head defines it), 3 an undefined one.
+    group: u8,
+    addresses: u8,
+    /// Indices in a pool of digests shared by all users (so two users can share one); 255 is
+    /// not a digest at all.
+    keys: Vec<u8>,
+    display_name: Option<u8>,
+    /// 0: keys inline; 1: keys as `[[users."…".keys]]` tables; 2: a comment inside.
+    style: u8,
+}
+
+fn digest_of(pool: u8) -> String {
+    if pool == 255 {
+        "not-a-digest".into()
+    } else {
+        KeyDigest::of(&format!("pool-key-{pool}")).to_hex()
+    }
+}
+
+fn render_user(out: &mut String, u: &User) {
+    let id = format!("u{}@example.org", u.id);
+    let status = ["active", "pending", "inactive", "retired"][usize::from(u.status)];
+    let group = ["g0", "g1", "g2", "nope"][usize::from(u.group)];
+    let addresses = ["*", "127.0.0.1~192.0.2.0/24", "2001:db8::/32"][usize::from(u.addresses)];
+    let _ = writeln!(out, "[users.\"{id}\"]");
+    if u.style == 2 {
+        out.push_str("# a comment that changes nothing\n");
+    }
+    if let Some(n) = u.display_name {
+        let _ = writeln!(out, "display_name = \"User \\\"{n}\\\"\"");
+    }
+    let _ = writeln!(
+        out,
+        "status = \"{status}\"\ngroup = \"{group}\"\nremote_addresses = \"{addresses}\""
+    );
+    if u.style == 1 {
+        for k in &u.keys {
+            let _ = writeln!(
+                out,
+                "[[users.\"{id}\".keys]]\nsha256 = \"{}\"\nprefix = \"aw_{k}\"",
+                digest_of(*k)
+            );
+        }
+    } else {
+        let keys: Vec<String> = u
+            .keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{{ sha256 = \"{}\", prefix = \"aw_{k}\", created = 2026-01-0{}T00:00:00Z }}",
+                    digest_of(*k),
+                    k % 9 + 1
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "keys = [{}]", keys.join(", "));
+    }
+    out.push('\n');
+}
+
+#[derive(Clone, Debug)]
+struct File {
+    users: Vec<User>,
+    /// Whether the head defines `g2`.
+    third_group: bool,
+    /// A `[groups.late]` table after the users (valid TOML that only the whole parse handles).
+    late_group: bool,
+}
+
+impl File {
+    fn text(&self) -> String {
+        let mut out = String::from(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.api]\nurl = \"builtin:echo\"\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[groups.g0]\nallow = [{ path = \"/**\", verbs = [\"view\"] }]\n\n[groups.g1]\nallow = []\n\n",
+        );
+        if self.third_group {
+            out.push_str("[groups.g2]\nallow = [{ path = \"/a/*\", verbs = [\"create\"] }]\n\n");
+        }
+        for u in &self.users {
+            render_user(&mut out, u);
+        }
+        if self.late_group {
+            out.push_str("[groups.late]\nallow = []\n");
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Edit {
+    Add(User),
+    Remove(usize),
+    /// The user at this position takes the other's content, keeping its id.
+    Change(usize, User),
+    Swap(usize, usize),
+    /// The user's table a second time, at the end.
+    Duplicate(usize),
+    ThirdGroup(bool),
+    LateGroup(bool),
+}
+
+fn user_strategy(valid: bool) -> impl Strategy<Value = User> {
+    let status = if valid { 0u8..3 } else { 0u8..4 };
+    let group = if valid { 0u8..2 } else { 0u8..4 };
+    let keys = if valid {
+        proptest::collection::vec(0u8..60, 0..3).boxed()
+    } else {
+        proptest::collection::vec(prop_oneof![20 => 0u8..60, 1 => Just(255u8)], 0..3).boxed()
+    };
+    (
+        0usize..40,
+        status,
+        group,
+        0u8..3,
+        keys,
+        proptest::option::of(0u8..5),
+        0u8..3,
+    )
+        .prop_map(
+            |(id, status, group, addresses, keys, display_name, style)| User {
+                id,
+                status,
+                group,
+                addresses,
+                keys,
+                display_name,
+                style,
+            },
+        )
+}
+
+fn edit_strategy() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => user_strategy(false).prop_map(Edit::Add),
+        3 => (0usize..64).prop_map(Edit::Remove),
+        6 => (0usize..64, user_strategy(false)).prop_map(|(i, u)| Edit::Change(i, u)),
+        1 => (0usize..64, 0usize..64).prop_map(|(a, b)| Edit::Swap(a, b)),
+        1 => (0usize..64).prop_map(Edit::Duplicate),
+        1 => any::<bool>().prop_map(Edit::ThirdGroup),
+        1 => any::<bool>().prop_map(Edit::LateGroup),
+    ]
+}
+
+/// A valid file to start from: distinct ids, distinct keys.
+fn base_strategy() -> impl Strategy<Value = File> {
+    proptest::collection::vec(user_strategy(true), 0..25).prop_map(|users| {
+        let mut seen = std::collections::HashSet::new();
+        let mut next_key = 100u8;
+        let users = users
+            .into_iter()
+            .filter(|u| seen.insert(u.id))
+            .map(|mut u| {
+                for k in &mut u.keys {
+                    *k = next_key;
+                    next_key = next_key.wrapping_add(1).min(250);
+                }
+                u.keys.dedup();
+                u
+            })
+            .collect();
+        File {
+            users,
+            third_group: false,
+            late_group: false,
+        }
+    })
+}
+
+fn apply(file: &mut File, edit: &Edit) {
+    let n = file.users.len();
+    match edit {
+        Edit::Add(u) => file.users.insert(u.id % (n + 1), u.clone()),
+        Edit::Remove(i) if n > 0 => {
+            file.users.remove(i % n);
+        }
+        Edit::Change(i, u) if n > 0 => {
+            let id = file.users[i % n].id;
+            file.users[i % n] = User { id, ..u.clone() };
+        }
+        Edit::Swap(a, b) if n > 0 => file.users.swap(a % n, b % n),
+        Edit::Duplicate(i) if n > 0 => {
+            let u = file.users[i % n].clone();
+            file.users.push(u);
+        }
+        Edit::ThirdGroup(on) => file.third_group = *on,
+        Edit::LateGroup(on) => file.late_group = *on,
+        _ => {}
+    }
+}
+
+/// Everything a snapshot says, slots aside (an incremental reload keeps each user's slot; a
+/// full compile numbers users afresh), written out in one canonical order.
+fn canonical(s: &Snapshot) -> String {
+    let mut out = format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n",
+        s.server, s.groups, s.routes, s.upstreams, s.admins, s.console
+    );
+    let mut tokens: Vec<String> = s
+        .admin_tokens
+        .iter()
+        .map(|(d, i)| format!("{} {i}", d.to_hex()))
+        .collect();
+    tokens.sort();
+    out.push_str(&tokens.join("\n"));
+    for u in s.users.iter() {
+        let _ = writeln!(out, "{u:?}");
+    }
+    let mut keys: Vec<String> = s
+        .keys
+        .iter()
+        .map(|(d, k)| {
+            format!(
+                "{} {} {:?} {:?} {:?}",
+                d.to_hex(),
+                s.user(k.user).id,
+                k.prefix,
+                k.created,
+                k.expires
+            )
+        })
+        .collect();
+    keys.sort();
+    out.push_str(&keys.join("\n"));
+    out
+}
+
+fn sorted(mut summary: ChangeSummary) -> ChangeSummary {
+    summary.users_added.sort();
+    summary.users_removed.sort();
+    summary.users_changed.sort();
+    summary
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Over random edits (users added, removed and changed, keys moved between users, tables
+    /// reordered or repeated, the head changed), a reload that reuses the previous snapshot
+    /// gives exactly what a full compile of the whole text gives, the same errors when the
+    /// edit breaks the file, and the same summary of what changed.
+    #[test]
+    fn an_incremental_reload_is_exactly_a_full_compile(
+        base in base_strategy(),
+        edits in proptest::collection::vec(edit_strategy(), 1..6),
+    ) {
+        let path = Path::new("apiward.toml");
+        let mut file = base;
+        let mut previous = compile_full(path, &file.text()).expect("the base file is valid");
+        prop_assert_eq!(canonical(&previous), canonical(&compile_whole(path, &file.text()).unwrap()));
+        for edit in &edits {
+            apply(&mut file, edit);
+            let text = file.text();
+            let whole = compile_whole(path, &text);
+            let tables = compile_full(path, &text);
+            let after = compile_after(path, &text, &previous);
+            match whole {
+                Err(errors) => {
+                    prop_assert_eq!(&tables.err(), &Some(errors.clone()), "{}", text);
+                    prop_assert_eq!(after.err(), Some(errors), "{}", text);
+                }
+                Ok(whole) => {
+                    let after = after.expect("valid");
+                    let tables = tables.expect("valid");
+                    prop_assert_eq!(canonical(&tables), canonical(&whole), "{}", text);
+                    prop_assert_eq!(canonical(&after.snapshot), canonical(&whole), "{}", text);
+                    let expected = sorted(ChangeSummary::between(&previous, &whole));
+                    let changes = after
+                        .changes
+                        .clone()
+                        .unwrap_or_else(|| ChangeSummary::between(&previous, &after.snapshot));
+                    prop_assert_eq!(sorted(changes), expected);
+                    if after.changes.is_some() {
+                        // Every user still in the file kept its slot.
+                        for (slot, u) in previous.users.slots() {
+                            if let Some(now) = after.snapshot.user_index_of(&u.id) {
+                                prop_assert_eq!(now, slot, "{} moved", u.id);
+                            }
+                        }
+                    }
+                    previous = after.snapshot;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reload_that_changes_one_user_reuses_every_other_table() {
+    let path = Path::new("apiward.toml");
+    let mut file = File {
+        users: (0..40)
+            .map(|id| User {
+                id,
+                status: 0,
+                group: 0,
+                addresses: 1,
+                keys: vec![id as u8],
+                display_name: None,
+                style: 0,
+            })
+            .collect(),
+        third_group: false,
+        late_group: false,
+    };
+    let before = compile_full(path, &file.text()).unwrap();
+    assert!(
+        before.source_index.is_some(),
+        "a plain file is compiled table by table"
+    );
+    file.users[7].keys = vec![200];
+    let after = compile_after(path, &file.text(), &before).unwrap();
+    let changes = after.changes.expect("compiled incrementally");
+    assert_eq!(changes.users_changed, vec!["u7@example.org".to_string()]);
+    assert_eq!((changes.keys_added, changes.keys_revoked), (1, 1));
+    assert!(
+        after
+            .snapshot
+            .keys
+            .get(&KeyDigest::of("pool-key-7"))
+            .is_none()
+    );
+    assert_eq!(
+        after.snapshot.user_index_of("u7@example.org"),
+        before.user_index_of("u7@example.org")
+    );
+
+    // A table after the users: only the whole parse handles it, and it says so exactly.
+    file.late_group = true;
+    let after = compile_after(path, &file.text(), &before).unwrap();
+    assert!(after.changes.is_none() && after.snapshot.source_index.is_none());
+    assert_eq!(after.snapshot.groups.len(), 3);
+}
