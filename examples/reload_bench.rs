@@ -1,7 +1,12 @@
 //! Measures reloading: how long a revocation takes to be enforced, how long a large file takes to
-//! compile, and whether memory grows across many reloads. Figures go in docs/reload.md.
+//! compile, and whether memory grows across many reloads. Figures go in docs/benchmarks.md.
 //!
 //! cargo run --release --example reload_bench
+//!     compile time at 100,000 users, revocation at 10,000 users, memory across 1,000 reloads
+//! cargo run --release --example reload_bench -- --revocation USERS [--rounds N] [--load C]
+//!     revocation only, at USERS users, with C connections (default 2) of requests running all
+//!     along (each in a thread of its own, with a key of a user that stays); prints the median
+//!     time from the rename to the first 401, and the process's peak and final resident memory
 //!
 //! Everything runs on 127.0.0.1 and stops by itself.
 
@@ -14,6 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use apiward::config::reload::{ConfigStore, ReloadOutcome};
+use apiward::snapshot::KeyDigest;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -21,8 +27,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse::<usize>()
+                    .unwrap_or_else(|_| panic!("{name} takes a number"))
+            })
+    };
+    if let Some(users) = arg("--revocation") {
+        let rounds = arg("--rounds").unwrap_or(11);
+        let load = arg("--load").unwrap_or(2);
+        runtime.block_on(revocation_latency(users, rounds, load));
+        return;
+    }
     compile_time(100_000);
-    runtime.block_on(revocation_latency(10_000, 21));
+    runtime.block_on(revocation_latency(10_000, 21, 2));
     memory_across_reloads(10_000, 1_000);
 }
 
@@ -69,31 +91,72 @@ fn compile_time(users: usize) {
     );
 }
 
-/// Writes a file without user `revoked`'s key, renames it into place, and measures until a
-/// request with that key is refused on an open keep-alive connection.
-async fn revocation_latency(users: usize, rounds: usize) {
+/// Writes a file without one user's key, renames it into place, and measures until a request
+/// with that key is refused on an open keep-alive connection, while `load` other connections
+/// keep sending requests.
+async fn revocation_latency(users: usize, rounds: usize, load: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("apiward.toml");
-    let spec = support::Spec::in_memory(users);
+    let mut spec = support::Spec::in_memory(users);
+    spec.access_log = Some("off");
     let full = support::config_text(&spec);
-    std::fs::write(&path, &full).expect("write");
+    replace(&path, &full);
+    let started = Instant::now();
     let gateway = apiward::Gateway::start(&path, None, apiward::Options::default())
         .await
         .expect("start");
+    println!(
+        "start with {users} users ({:.1} MiB of TOML): loaded in {:?}; peak resident {} MiB, resident {} MiB",
+        full.len() as f64 / (1024.0 * 1024.0),
+        started.elapsed(),
+        proc_status_kib("VmHWM") / 1024,
+        proc_status_kib("VmRSS") / 1024
+    );
     let addr = gateway.local_addr();
+
+    // The load: keys of users that are never revoked (the first few), on keep-alive connections.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let loaders: Vec<_> = (0..load)
+        .map(|c| {
+            let stop = std::sync::Arc::clone(&stop);
+            let served = std::sync::Arc::clone(&served);
+            std::thread::spawn(move || {
+                let mut conn = TcpStream::connect(addr).expect("connect");
+                conn.set_nodelay(true).ok();
+                let request = format!(
+                    "GET {} HTTP/1.1\r\nHost: bench\r\n{}: {}\r\n\r\n",
+                    support::REQUEST_PATH,
+                    support::KEY_HEADER,
+                    support::key(c % users.max(1))
+                );
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(
+                        status(&mut conn, &request),
+                        200,
+                        "the load's key stays valid"
+                    );
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let load_started = Instant::now();
 
     let mut latencies = Vec::new();
     for round in 0..rounds {
-        let victim = 1 + round * (users / (rounds + 1));
+        let victim = load + 1 + round * ((users - load - 1) / (rounds + 1));
         let key = support::key(victim);
         let digest = apiward::snapshot::KeyDigest::of(&key).to_hex();
-        let revoked = full.replace(
+        let revoked = full.replacen(
             &format!("sha256 = \"{digest}\""),
             &format!(
                 "sha256 = \"{}\"",
                 apiward::snapshot::KeyDigest::of(&format!("replacement-{round}")).to_hex()
             ),
+            1,
         );
+        assert_ne!(revoked.len(), 0);
         let round_path = path.clone();
         let latency = tokio::task::spawn_blocking(move || {
             let mut conn = TcpStream::connect(addr).expect("connect");
@@ -116,28 +179,58 @@ async fn revocation_latency(users: usize, rounds: usize) {
                 if status(&mut conn, &request) == 401 {
                     return renamed.elapsed();
                 }
-                assert!(renamed.elapsed() < Duration::from_secs(10), "never refused");
+                assert!(renamed.elapsed() < Duration::from_secs(60), "never refused");
             }
         })
         .await
         .expect("round");
         latencies.push(latency);
-        // Put the full file back for the next round, and let it load.
-        let store = gateway.store().clone();
-        let generation = store.generation();
-        std::fs::write(&path, &full).expect("restore");
-        while store.generation() == generation {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        restore(
+            gateway.store(),
+            &path,
+            &full,
+            KeyDigest::of(&support::key(victim)),
+        )
+        .await;
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        l.join().expect("load thread");
+    }
+    let served = served.load(std::sync::atomic::Ordering::Relaxed);
     latencies.sort();
     println!(
-        "revocation with {users} users (rename to first 401 on an open connection), {rounds} rounds: median {:?}, p90 {:?}, max {:?}",
+        "revocation with {users} users (rename to first 401 on an open connection), {rounds} rounds, {load} connections of load ({:.0} req/s through it all): median {:?}, p90 {:?}, max {:?}",
+        served as f64 / load_started.elapsed().as_secs_f64(),
         latencies[latencies.len() / 2],
         latencies[latencies.len() * 9 / 10],
         latencies[latencies.len() - 1]
     );
+    println!(
+        "memory: peak resident {} MiB (the generated text, its copies and the first compile included), resident now {} MiB",
+        proc_status_kib("VmHWM") / 1024,
+        proc_status_kib("VmRSS") / 1024
+    );
     gateway.shutdown().await;
+}
+
+/// Writes `text` beside `path` and renames it over, as editors and the CLI do.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Puts the full file back (atomically too) and waits until it serves again: the revoked key
+/// is back, and the reload that brought it has finished (its generation counted).
+async fn restore(store: &ConfigStore, path: &Path, full: &str, victim: KeyDigest) {
+    let generation = store.generation();
+    replace(path, full);
+    while !store.load().keys.contains_key(&victim) || store.generation() == generation {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The next round starts with no reload in flight.
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Sends one request on a keep-alive connection and returns the status.
@@ -167,10 +260,15 @@ fn status(conn: &mut TcpStream, request: &str) -> u16 {
 }
 
 fn rss_kib() -> u64 {
+    proc_status_kib("VmRSS")
+}
+
+/// A `kB` figure of /proc/self/status (`VmRSS`, `VmHWM`).
+fn proc_status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
