@@ -165,17 +165,11 @@ fn by_tables(file: &Path, text: &str) -> Option<Result<Snapshot, ConfigErrors>> 
     let loc = Locator::new(file, text);
     let (head_end, ranges) = cut(text);
     let (head, mut errors, raw_head) = head_of(&loc, &text[..head_end])?;
-    let parsed = spread(ranges.len(), |i| {
-        let piece = table_piece(&loc, &head, text, &ranges[i])?;
-        Some((piece, digest(&text[ranges[i].clone()])))
-    });
-    let mut pieces = Vec::with_capacity(parsed.len());
-    let mut tables = Vec::with_capacity(parsed.len());
-    for item in parsed {
-        let (piece, digest) = item?;
-        pieces.push(piece);
-        tables.push(digest);
-    }
+    // Pieces and digests apart: the pieces' vector is collected in place (no second copy of a
+    // million of them).
+    let pieces = spread(ranges.len(), |i| table_piece(&loc, &head, text, &ranges[i]));
+    let pieces: Vec<UserPiece> = pieces.into_iter().collect::<Option<_>>()?;
+    let tables = spread(ranges.len(), |i| digest(&text[ranges[i].clone()]));
     let (mut snapshot, slots) = assemble(&loc, head, pieces, &mut errors, &raw_head)?;
     if !errors.is_empty() {
         return Some(Err(super::compile::in_file_order(errors)));

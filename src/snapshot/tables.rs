@@ -201,8 +201,7 @@ impl UserTableEdit<'_> {
 /// Every key, by digest, in shards that consecutive snapshots share.
 #[derive(Clone)]
 pub struct KeyTable {
-    /// A power of two of them; a digest's shard is picked by its bytes 8..12 (the map itself
-    /// hashes bytes 0..8).
+    /// A digest's shard is picked by its bytes 8..12 (the map itself hashes bytes 0..8).
     shards: Vec<Arc<DigestMap<ApiKey>>>,
     len: usize,
 }
@@ -222,8 +221,8 @@ pub(crate) struct KeyTableBuilder {
 impl KeyTableBuilder {
     /// For about `count` keys: the shard count is fixed by it.
     pub fn for_keys(count: usize) -> KeyTableBuilder {
-        let shards = (count / KEYS_PER_SHARD).max(1).next_power_of_two();
-        let each = count / shards + count / shards / 8;
+        let shards = count.div_ceil(KEYS_PER_SHARD).max(1);
+        let each = if shards == 1 { count } else { KEYS_PER_SHARD };
         KeyTableBuilder {
             maps: (0..shards)
                 .map(|_| DigestMap::with_capacity_and_hasher(each, Default::default()))
@@ -261,8 +260,11 @@ impl std::fmt::Debug for KeyTable {
     }
 }
 
-/// Keys per shard aimed at when a table is built.
-const KEYS_PER_SHARD: usize = 256;
+/// Keys per shard aimed at when a table is built. A shard's map has a power of two of buckets,
+/// at most 7/8 full: 190 keys on average leave almost every shard within 256 buckets (224
+/// keys), about three quarters full, where a power of two of shards would leave them half
+/// full (measured in docs/benchmarks.md: the key table is the largest part of a snapshot).
+const KEYS_PER_SHARD: usize = 190;
 
 impl KeyTable {
     /// A table of these keys (digests unique).
@@ -313,10 +315,11 @@ impl KeyTable {
     }
 }
 
+/// Bytes 8..12 of the digest, uniform, scaled to `0..shards` (a multiply and a shift).
 fn shard_of(digest: &KeyDigest, shards: usize) -> usize {
     let mut bytes = [0u8; 4];
     bytes.copy_from_slice(&digest.0[8..12]);
-    u32::from_le_bytes(bytes) as usize & (shards - 1)
+    ((u64::from(u32::from_le_bytes(bytes)) * shards as u64) >> 32) as usize
 }
 
 /// Changes to a `KeyTable`, applied by `finish`.
