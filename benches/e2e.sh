@@ -6,13 +6,24 @@
 #   (d) through HAProxy in TCP mode, which forwards bytes without parsing or checking anything:
 #       the cheapest proxy there is, so its req/s is about the most that wrk and the upstream on
 #       their CPU can take through any proxy on this machine (the "ceiling" row),
+#   (e) through HAProxy in HTTP mode doing nginx's checks (maps from key to user and from
+#       user:address to allowed, the same headers set): the "haproxy" row,
 # in alternating rounds with the same connection count and duration, one worker thread or
 # process per server. Then apiward's peak resident memory with 10,000 and 1,000,000 users.
 #
+# LOGGED=1 adds two rows: apiward with its JSON request log to a file (apiward_log), and nginx
+# with an equivalent JSON access_log to a file (nginx_log: `escape=json`, buffered 64k and
+# flushed every 100 ms, the promise apiward's log makes), so that each gateway's log cost and
+# the two logged gateways are compared in one run.
+# WORKERS=2 runs every gateway with two: apiward `workers = 2`, nginx `worker_processes 2`,
+# HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned.
+#
 # Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
+#        LOGGED=1 benches/e2e.sh       WORKERS=2 benches/e2e.sh
 # Knobs (environment): DURATION=10s ROUNDS=5 CONNECTIONS=64 THREADS=2 USERS=10000
 #   BIG_USERS=1000000 (0 skips the 1M memory run) PROXY_CPUS=0 LOAD_CPUS=1 (taskset lists; empty
-#   disables pinning) BASE_PORT=18180 OUT=FILE (the markdown section is also written there).
+#   disables pinning) LOGGED=0 WORKERS=1 BASE_PORT=18180 OUT=FILE (the markdown section is also
+#   written there).
 #
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
@@ -26,6 +37,13 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 USERS=${USERS:-10000}
 BIG_USERS=${BIG_USERS:-1000000}
+LOGGED=${LOGGED:-0}
+WORKERS=${WORKERS:-1}
+if ((WORKERS > 1)); then
+    # Both cores for everyone, as the scheduler decides.
+    PROXY_CPUS=${PROXY_CPUS-}
+    LOAD_CPUS=${LOAD_CPUS-}
+fi
 PROXY_CPUS=${PROXY_CPUS-0}
 LOAD_CPUS=${LOAD_CPUS-1}
 BASE_PORT=${BASE_PORT:-18180}
@@ -36,7 +54,11 @@ APIWARD_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 BIG_PORT=$((BASE_PORT + 3))
 CEILING_PORT=$((BASE_PORT + 4))
-TARGETS=(direct apiward nginx ceiling)
+HAPROXY_PORT=$((BASE_PORT + 5))
+APIWARD_LOG_PORT=$((BASE_PORT + 6))
+NGINX_LOG_PORT=$((BASE_PORT + 7))
+TARGETS=(direct apiward nginx haproxy ceiling)
+if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
 REQUEST_PATH=/api/items/42
 BODY=01234567890123456789 # 20 bytes
 
@@ -104,9 +126,9 @@ wait_for_port() { # wait_for_port PORT SECONDS PID
     done
 }
 
-nginx_common() { # the parts of both nginx configurations that are the same
+nginx_common() { # nginx_common NAME [WORKERS]: the parts of every nginx configuration that are the same
     cat <<EOF
-worker_processes 1;
+worker_processes ${2:-1};
 daemon off;
 master_process on;
 pid $WORK/$1.pid;
@@ -253,7 +275,8 @@ main() {
     install_tools
     PATH=$PATH:/usr/sbin
     local port
-    for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT" "$CEILING_PORT"; do
+    for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT" "$CEILING_PORT" \
+        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT"; do
         port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
     done
 
@@ -261,9 +284,23 @@ main() {
     (cd "$ROOT" && cargo build --release --quiet --bin apiward --example gen_config)
 
     log "generating $USERS users"
-    "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 --access-log off \
+    "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers "$WORKERS" --access-log off \
         --listen "127.0.0.1:$APIWARD_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
         --keys "$WORK/keys.txt" --nginx-maps "$WORK/maps.conf"
+    # The same file, logging every request as JSON to a file, on a port of its own.
+    sed -e "s|^access_log = \"off\"|access_log = \"$WORK/apiward-requests.log\"|" \
+        -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_LOG_PORT\"|" \
+        "$WORK/apiward.toml" >"$WORK/apiward-log.toml"
+    if ! grep -q "^access_log = \"$WORK/apiward-requests.log\"" "$WORK/apiward-log.toml" ||
+        ! grep -q "^listen = \"127.0.0.1:$APIWARD_LOG_PORT\"" "$WORK/apiward-log.toml"; then
+        log "gen_config's access_log or listen line changed: apiward-log.toml is not the logged copy"
+        exit 1
+    fi
+    # HAProxy's maps: key -> user, and user:address -> allowed, from the keys file (user i holds
+    # line i + 1) and the generator's whitelist (198.51.x.y, and the client's 127.0.0.1).
+    awk '{ printf "%s u%07d@bench.example\n", $0, NR - 1 }' "$WORK/keys.txt" >"$WORK/haproxy-users.map"
+    awk '{ i = NR - 1; printf "u%07d@bench.example:198.51.%d.%d 1\nu%07d@bench.example:127.0.0.1 1\n", i, int(i / 256) % 256, i % 256, i }' \
+        "$WORK/keys.txt" >"$WORK/haproxy-allowed.map"
 
     # wrk sends 1,024 different keys spread over all users, prepared once per thread, so the
     # key lookup is not always the same cache line; the direct upstream ignores the header.
@@ -276,15 +313,19 @@ main() {
     }
 }
 EOF
-    { nginx_common gateway; cat <<EOF; } >"$WORK/gateway.conf"
+    gateway_conf() { # gateway_conf NAME PORT ACCESS_LOG_DIRECTIVE: nginx as a gateway
+        nginx_common "$1" "$WORKERS"
+        cat <<EOF
     include $WORK/maps.conf;
+    log_format apiward_json escape=json '{"timestamp":"\$time_iso8601","request_id":"\$request_id","client":"\$remote_addr","user":"\$api_user","method":"\$request_method","path":"\$uri","route":"/api/","upstream":"bench","decision":"allowed","status":\$status,"bytes_in":\$request_length,"bytes_out":\$bytes_sent,"upstream_ms":"\$upstream_response_time","total_ms":\$request_time}';
     upstream bench {
         server 127.0.0.1:$UPSTREAM_PORT;
         keepalive $((CONNECTIONS * 2));
         keepalive_requests 10000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        listen 127.0.0.1:$2 backlog=4096;
+        $3
         location / { return 404; }
         location /api/ {
             if (\$api_user = "") { return 401; }
@@ -303,11 +344,15 @@ EOF
     }
 }
 EOF
+    }
+    gateway_conf gateway "$NGINX_PORT" "access_log off;" >"$WORK/gateway.conf"
+    gateway_conf gateway-log "$NGINX_LOG_PORT" \
+        "access_log $WORK/nginx-requests.log apiward_json buffer=64k flush=100ms;" >"$WORK/gateway-log.conf"
 
     # The ceiling: bytes relayed both ways, one upstream connection per client connection.
     cat >"$WORK/ceiling.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $WORKERS
     maxconn 4096
 defaults
     mode tcp
@@ -321,6 +366,39 @@ backend upstream
     server upstream 127.0.0.1:$UPSTREAM_PORT
 EOF
 
+    # HAProxy as a gateway: nginx's checks and headers, upstream connections reused.
+    cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 75s
+frontend gateway
+    bind 127.0.0.1:$HAPROXY_PORT
+    http-request return status 404 unless { path_beg /api/ }
+    http-request set-var(txn.user) req.hdr(x-api-key),map($WORK/haproxy-users.map)
+    http-request return status 401 unless { var(txn.user) -m found }
+    http-request set-var(txn.src) src
+    http-request set-var(txn.pair) var(txn.user),concat(:,txn.src,)
+    http-request return status 403 unless { var(txn.pair),map($WORK/haproxy-allowed.map) -m found }
+    http-request deny deny_status 405 unless METH_GET || METH_POST
+    http-request del-header x-api-key
+    http-request set-header X-Forwarded-For %[src]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Apiward-User %[var(txn.user)]
+    http-request set-header X-Apiward-Group bench
+    default_backend upstream
+backend upstream
+    http-reuse always
+    server upstream 127.0.0.1:$UPSTREAM_PORT
+EOF
+
     log "starting the upstream (nginx, CPUs ${LOAD_CPUS:-any}); apiward, nginx and HAProxy (TCP) as gateways (CPUs ${PROXY_CPUS:-any})"
     start_nginx upstream "$LOAD_CPUS" "$UPSTREAM_PORT"
     local upstream_pid=$STARTED_PID
@@ -330,12 +408,24 @@ EOF
     local gateway_pid=$STARTED_PID
     start_haproxy "$WORK/ceiling.cfg" "$CEILING_PORT" "$PROXY_CPUS"
     local ceiling_pid=$STARTED_PID
+    start_haproxy "$WORK/haproxy.cfg" "$HAPROXY_PORT" "$PROXY_CPUS"
+    local haproxy_pid=$STARTED_PID
+    local apiward_log_pid="" nginx_log_workers=""
+    if ((LOGGED)); then
+        start_apiward "$WORK/apiward-log.toml" "$APIWARD_LOG_PORT" "$PROXY_CPUS"
+        apiward_log_pid=$STARTED_PID
+        start_nginx gateway-log "$PROXY_CPUS" "$NGINX_LOG_PORT"
+        nginx_log_workers=$(pgrep -P "$STARTED_PID" | tr '\n' ' ')
+    fi
     # Whose CPU time each target's row reports: the server answering wrk (nginx's worker).
     local -A served_by=(
         [direct]="$(pgrep -P "$upstream_pid" | tr '\n' ' ')"
         [apiward]="$apiward_pid"
         [nginx]="$(pgrep -P "$gateway_pid" | tr '\n' ' ')"
         [ceiling]="$ceiling_pid"
+        [haproxy]="$haproxy_pid"
+        [apiward_log]="$apiward_log_pid"
+        [nginx_log]="$nginx_log_workers"
     )
 
     local -A urls=(
@@ -343,6 +433,9 @@ EOF
         [apiward]="http://127.0.0.1:$APIWARD_PORT$REQUEST_PATH"
         [nginx]="http://127.0.0.1:$NGINX_PORT$REQUEST_PATH"
         [ceiling]="http://127.0.0.1:$CEILING_PORT$REQUEST_PATH"
+        [haproxy]="http://127.0.0.1:$HAPROXY_PORT$REQUEST_PATH"
+        [apiward_log]="http://127.0.0.1:$APIWARD_LOG_PORT$REQUEST_PATH"
+        [nginx_log]="http://127.0.0.1:$NGINX_LOG_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -357,6 +450,20 @@ EOF
             run_wrk "$target" "${urls[$target]}" "$round" ${served_by[$target]}
         done
     done
+    if ((LOGGED)); then
+        # Every logged request is one line of JSON (the check's and the warm-up's included).
+        local file lines
+        sleep 0.3
+        for file in apiward-requests.log nginx-requests.log; do
+            lines=$(wc -l <"$WORK/$file")
+            ((lines > 0)) || { log "$file is empty"; exit 1; }
+            if command -v python3 >/dev/null; then
+                python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$WORK/$file" ||
+                    { log "$file has a line that is not one JSON object"; exit 1; }
+            fi
+            log "$file: $lines lines"
+        done
+    fi
     local hwm10k rss10k
     hwm10k=$(vm_kib "$apiward_pid" VmHWM)
     rss10k=$(vm_kib "$apiward_pid" VmRSS)
@@ -379,7 +486,7 @@ report() {
     c_rps=$(stat_of ceiling 3)
     echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC'): wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency," \
         "$ROUNDS rounds alternating ${TARGETS[*]}; medians over the rounds." \
-        "$USERS users; wrk rotates over 1,024 of their keys (X-Api-Key); each user has two whitelist" \
+        "$USERS users; $WORKERS worker(s) per gateway; wrk rotates over 1,024 of their keys (X-Api-Key); each user has two whitelist" \
         "entries and the client matches the second. Gateways pinned to CPU ${PROXY_CPUS:-any}," \
         "wrk and the upstream to CPU ${LOAD_CPUS:-any}. Load average before the run: $LOAD_BEFORE" \
         "(anything above ~0.3 means another process shared the machine)." \
@@ -403,7 +510,19 @@ report() {
     printf 'CPU per request, nginx / apiward: %.2f ×: the req/s ratio to expect per core where the gateway, not the load, is what runs out.\n' \
         "$(awk -v n="$(stat_of nginx 6) $(stat_of nginx 7)" -v a="$(stat_of apiward 6) $(stat_of apiward 7)" 'BEGIN {
             split(n, x, " "); split(a, y, " "); print (x[1] + x[2]) / (y[1] + y[2]) }')"
-    echo "CPU time per request (the gateway process, or nginx's worker; \`direct\` is the upstream's worker, which"
+    cpu_of() { awk -v u="$(stat_of "$1" 6)" -v s="$(stat_of "$1" 7)" 'BEGIN { print u + s }'; }
+    printf 'CPU per request, apiward / nginx: **%.2f ×** (goal ≤ 0.75); apiward / HAProxy (HTTP, the same checks): **%.2f ×** (goal ≤ 0.70).\n' \
+        "$(awk -v a="$(cpu_of apiward)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')" \
+        "$(awk -v a="$(cpu_of apiward)" -v b="$(cpu_of haproxy)" 'BEGIN { print a / b }')"
+    if ((LOGGED)); then
+        printf 'With the JSON request log to a file: apiward / nginx CPU per request **%.2f ×** (goal ≤ 0.70), req/s **%.2f ×** (goal ≥ 1.1), p99 %.3f ms vs %.3f ms. The log costs apiward **%.2f ×** its CPU per request without it (goal ≤ 1.15), nginx %.2f ×.\n' \
+            "$(awk -v a="$(cpu_of apiward_log)" -v b="$(cpu_of nginx_log)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(stat_of apiward_log 3)" -v b="$(stat_of nginx_log 3)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_log 5)" "$(stat_of nginx_log 5)" \
+            "$(awk -v a="$(cpu_of apiward_log)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of nginx_log)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')"
+    fi
+    echo "CPU time per request (the gateway process, or nginx's workers; \`direct\` is the upstream's worker, which"
     echo "shares its CPU with wrk) moves much less than req/s when another process or VM shares the machine."
     echo "Busy is the share of the CPUs' time, from \`/proc/stat\`, not idle during the round."
     echo

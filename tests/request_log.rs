@@ -209,11 +209,11 @@ fn sigterm_leaves_every_line_in_the_file() {
         .collect();
     let statuses = runtime.block_on(requests_on_one_connection(addr, heads));
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("the kill command runs");
-    assert!(killed.success());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM sent");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "apiward exited with {exit}");
     assert_eq!(read_lines(&log).len(), 300);
