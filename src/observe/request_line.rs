@@ -70,7 +70,9 @@ pub fn write_line(
     if let Some(prefix) = &record.key_prefix {
         string_field(out, b",\"key_prefix\":\"", prefix);
     }
-    string_field(out, b",\"method\":\"", record.method.as_str());
+    // A method is an HTTP token and a decision one of a fixed set of codes: neither holds a
+    // character JSON escapes.
+    plain_field(out, b",\"method\":\"", record.method.as_str());
     string_field(out, b",\"path\":\"", &record.path);
     if let Some(route) = &record.route {
         string_field(out, b",\"route\":\"", route);
@@ -78,7 +80,7 @@ pub fn write_line(
     if let Some(upstream) = &record.upstream {
         string_field(out, b",\"upstream\":\"", upstream);
     }
-    string_field(out, b",\"decision\":\"", record.decision);
+    plain_field(out, b",\"decision\":\"", record.decision);
     out.extend_from_slice(b",\"status\":");
     write_u64(out, u64::from(record.status));
     out.extend_from_slice(b",\"bytes_in\":");
@@ -92,6 +94,12 @@ pub fn write_line(
     out.extend_from_slice(b",\"total_ms\":");
     write_millis(out, facts.total);
     out.extend_from_slice(b"}\n");
+}
+
+fn plain_field(out: &mut Vec<u8>, opening: &[u8], value: &str) {
+    out.extend_from_slice(opening);
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
 fn string_field(out: &mut Vec<u8>, opening: &[u8], value: &str) {
@@ -192,31 +200,57 @@ fn write_client(out: &mut Vec<u8>, client: ClientAddress) {
     }
 }
 
-pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+/// "00" to "99".
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+fn pair(n: u64) -> [u8; 2] {
+    let at = 2 * (n % 100) as usize;
+    [PAIRS[at], PAIRS[at + 1]]
+}
+
+/// `n` in decimal, two digits per step.
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&pair(n));
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    let mut rest = n;
+    while rest >= 100 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&pair(rest));
+        rest /= 100;
+    }
+    if rest >= 10 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&pair(rest));
+    } else {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[at] = b'0' + rest as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
 
-/// `n` in decimal with at least `width` digits.
+/// `n` (below 10^width) in exactly `width` decimal digits, `width` at most 20.
 fn write_padded(out: &mut Vec<u8>, n: u64, width: usize) {
-    let mut digits = [0u8; 20];
+    let mut digits = [b'0'; 20];
     let mut at = digits.len();
     let mut rest = n;
-    while at > digits.len() - width || rest > 0 {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
+    while rest > 0 && at >= 2 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&pair(rest));
+        rest /= 100;
     }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(&digits[digits.len() - width..]);
 }
 
 /// Milliseconds with three decimals (microsecond resolution), as a JSON number.
@@ -312,10 +346,27 @@ mod tests {
 
     #[test]
     fn numbers_and_times_are_written_as_format_would() {
-        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+        let powers = (0..20).flat_map(|p| {
+            let ten = 10u64.pow(p);
+            [ten - 1, ten, ten + 1]
+        });
+        for n in (0..100_000).chain(powers).chain([u64::MAX]) {
             let mut out = Vec::new();
             write_u64(&mut out, n);
             assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+        for (n, width) in [
+            (0, 6),
+            (42, 6),
+            (999_999, 6),
+            (7, 3),
+            (120, 3),
+            (2026, 4),
+            (5, 2),
+        ] {
+            let mut out = Vec::new();
+            write_padded(&mut out, n, width);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:0width$}"));
         }
         let mut out = Vec::new();
         write_millis(&mut out, Duration::from_micros(12_003_045));
