@@ -65,7 +65,7 @@ pub fn write_line(
         string_field(out, b",\"user\":\"", user);
     }
     if let Some(credential) = record.presented.as_log() {
-        string_field(out, b",\"credential\":\"", credential);
+        plain_field(out, b",\"credential\":\"", credential);
     }
     if let Some(prefix) = &record.key_prefix {
         string_field(out, b",\"key_prefix\":\"", prefix);
