@@ -14,6 +14,7 @@
 //! exactly those of one parse of the whole file.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::ops::Range;
 use std::path::Path;
 
@@ -253,38 +254,66 @@ pub(crate) fn assemble(
     Some((snapshot, slots))
 }
 
-/// How far ahead in the previous file's tables a changed, added or removed table is looked
-/// past before the digests of all of them are put in a map.
+/// How far ahead in the previous file's tables a table is looked for, from where the last
+/// match was and from where it would be after the tables missed since.
 const LOOK_AHEAD: usize = 8;
 
-/// For each new table digest, the index of the same table in `old` (each used once), found in
-/// one pass when the two files are mostly the same tables in the same order.
-fn match_tables(old: &[u128], new: &[u128]) -> Vec<Option<usize>> {
+/// For each new table digest, the index of the same table in `old` (each used once), and which
+/// of `old` were found. One pass, and no map unless more than `LOOK_AHEAD` tables in a row are
+/// new: a table that moved is otherwise simply compiled again (what it is, not where it was,
+/// is what the result depends on).
+fn match_tables(old: &[u128], new: &[u128]) -> (Vec<Option<usize>>, Vec<bool>) {
     let mut used = vec![false; old.len()];
-    let mut by_digest: Option<HashMap<u128, Vec<usize>>> = None;
+    let mut by_digest: Option<HashMap<u128, usize, BuildHasherDefault<TableHasher>>> = None;
     let mut next = 0;
+    let mut misses = 0;
     let mut matched = Vec::with_capacity(new.len());
     for &d in new {
-        let near = (next..(next + LOOK_AHEAD).min(old.len())).find(|&j| !used[j] && old[j] == d);
-        let found = near.or_else(|| {
+        let window = |from: usize, used: &[bool]| {
+            (from..(from + LOOK_AHEAD).min(old.len())).find(|&j| !used[j] && old[j] == d)
+        };
+        let mut found = window(next, &used).or_else(|| window(next + misses, &used));
+        if found.is_none() && misses >= LOOK_AHEAD {
             let map = by_digest.get_or_insert_with(|| {
-                let mut map: HashMap<u128, Vec<usize>> = HashMap::with_capacity(old.len());
-                for (j, &o) in old.iter().enumerate() {
-                    map.entry(o).or_default().push(j);
+                let mut map = HashMap::with_capacity_and_hasher(old.len(), Default::default());
+                for (j, &o) in old.iter().enumerate().rev() {
+                    map.insert(o, j);
                 }
                 map
             });
-            map.get(&d)?.iter().copied().find(|&j| !used[j])
-        });
-        if let Some(j) = found {
-            used[j] = true;
-            if near.is_some() {
+            found = map.get(&d).copied().filter(|&j| !used[j]);
+        }
+        match found {
+            Some(j) => {
+                used[j] = true;
                 next = j + 1;
+                misses = 0;
             }
+            None => misses += 1,
         }
         matched.push(found);
     }
-    matched
+    (matched, used)
+}
+
+/// A table digest is already uniform: its low 64 bits are the hash.
+#[derive(Default)]
+struct TableHasher(u64);
+
+impl std::hash::Hasher for TableHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
 
 /// The incremental compile; `None` where only a full compile is exact (then it runs instead).
@@ -300,7 +329,7 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
         return None;
     }
     let tables = spread(ranges.len(), |i| digest(&text[ranges[i].clone()]));
-    let matched = match_tables(&index.tables, &tables);
+    let (matched, found) = match_tables(&index.tables, &tables);
     let changed: Vec<usize> = (0..tables.len())
         .filter(|&i| matched[i].is_none())
         .collect();
@@ -317,10 +346,10 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
     }
 
     // The previous file's tables that are not in this one: their users were removed or changed.
-    let mut gone: HashSet<UserIndex> = (0..index.tables.len()).map(|j| index.slots[j]).collect();
-    for j in matched.iter().flatten() {
-        gone.remove(&index.slots[*j]);
-    }
+    let gone: HashSet<UserIndex> = (0..index.tables.len())
+        .filter(|&j| !found[j])
+        .map(|j| index.slots[j])
+        .collect();
     let mut claimed: HashSet<UserIndex> = HashSet::new();
     let mut fresh_ids: HashSet<String> = HashSet::new();
     let mut places = Vec::with_capacity(fresh.len());
@@ -341,13 +370,18 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
         }
     }
 
+    // Their keys: one pass over the key table, each key's slot looked up in a bitmap.
     let old_keys: Vec<(KeyDigest, UserIndex)> = if gone.is_empty() {
         Vec::new()
     } else {
+        let mut is_gone = vec![false; previous.users.slot_count()];
+        for &slot in &gone {
+            is_gone[slot as usize] = true;
+        }
         previous
             .keys
             .iter()
-            .filter(|(_, k)| gone.contains(&k.user))
+            .filter(|(_, k)| is_gone.get(k.user as usize).copied().unwrap_or(false))
             .map(|(d, k)| (*d, k.user))
             .collect()
     };

@@ -61,6 +61,11 @@ impl UserTable {
         self.order.is_empty()
     }
 
+    /// Slots there are room for (live or free).
+    pub fn slot_count(&self) -> usize {
+        self.pages.len() * PAGE
+    }
+
     pub fn get(&self, slot: UserIndex) -> Option<&ApiUser> {
         let slot = slot as usize;
         self.pages.get(slot / PAGE)?[slot % PAGE].as_ref()
@@ -161,6 +166,14 @@ impl UserTableEdit<'_> {
             pages[n] = Page::from(page);
         }
         pages.extend(self.extra_pages.into_iter().map(Page::from));
+        if self.removed.is_empty() && self.added.is_empty() {
+            // Users replaced in their slots: the order by id is the same.
+            return UserTable {
+                pages,
+                order: Arc::clone(&self.base.order),
+                free: self.free,
+            };
+        }
         let mut table = UserTable {
             pages,
             order: Arc::from(Vec::new()),

@@ -345,3 +345,32 @@ fn a_reload_that_changes_one_user_reuses_every_other_table() {
     assert!(after.changes.is_none() && after.snapshot.source_index.is_none());
     assert_eq!(after.snapshot.groups.len(), 3);
 }
+
+#[test]
+fn tables_are_found_again_after_long_runs_of_added_or_removed_ones() {
+    let old: Vec<u128> = (0..1000).collect();
+    // 20 tables removed, 20 added further on, one changed further still.
+    let mut new: Vec<u128> = old
+        .iter()
+        .copied()
+        .filter(|d| !(100..120).contains(d))
+        .collect();
+    new.splice(500..500, 5000..5020);
+    new[700] = 9999;
+    let (matched, found) = super::match_tables(&old, &new);
+    for (m, d) in matched.iter().zip(&new) {
+        if let Some(j) = m {
+            assert_eq!(old[*j], *d, "a table matched to another");
+        }
+    }
+    let compiled_again = matched.iter().filter(|m| m.is_none()).count();
+    assert!(
+        compiled_again <= 21 + 2 * super::LOOK_AHEAD,
+        "{compiled_again} tables compiled again: the match never caught up"
+    );
+    assert_eq!(
+        found.iter().filter(|f| !**f).count(),
+        compiled_again,
+        "each table not found stands for one compiled again (20 removed, 20 added)"
+    );
+}
