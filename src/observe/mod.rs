@@ -34,8 +34,9 @@ pub struct Telemetry {
     sampled: AtomicU64,
     /// Where request log lines go; `None` writes none.
     request_log: Option<RequestLog>,
-    /// The request log's file, to reopen after logrotate moved it.
-    request_log_file: Option<logging::AccessFile>,
+    /// The request log's file, to reopen after logrotate moved it; let go of at close, so that
+    /// nothing holds the file (or a pipe's writing end) open after the gateway stopped.
+    request_log_file: std::sync::Mutex<Option<logging::AccessFile>>,
 }
 
 impl Default for Telemetry {
@@ -53,7 +54,7 @@ impl Telemetry {
             request_ids: RequestIds::new(),
             sampled: AtomicU64::new(0),
             request_log: None,
-            request_log_file: None,
+            request_log_file: std::sync::Mutex::new(None),
         }
     }
 
@@ -68,7 +69,7 @@ impl Telemetry {
             destination.writer,
             Box::new(move |n| dropped.increment(n)),
         )?);
-        telemetry.request_log_file = destination.file;
+        telemetry.request_log_file = std::sync::Mutex::new(destination.file);
         Ok(telemetry)
     }
 
@@ -81,13 +82,21 @@ impl Telemetry {
     /// from then on go to the new file. `None` when the request log is not a file; an error
     /// leaves the current file in use.
     pub fn reopen_request_log(&self) -> Option<std::io::Result<PathBuf>> {
-        let file = self.request_log_file.as_ref()?;
+        let file = self
+            .request_log_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let file = file.as_ref()?;
         Some(file.reopen().map(|()| file.path().to_path_buf()))
     }
 
     /// Writes out every buffered request log line and stops the log's writer, waiting at most
     /// `limit` for a destination that does not take them; later lines are counted as dropped.
     pub fn close_request_log(&self, limit: Duration) {
+        self.request_log_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(log) = &self.request_log {
             if !log.close(limit) {
                 tracing::warn!(
