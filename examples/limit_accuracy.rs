@@ -124,6 +124,7 @@ keys = [{{ sha256 = "{digest}" }}]
     let options = apiward::Options {
         watch_config: false,
         reload_on_sighup: false,
+        ..apiward::Options::default()
     };
     let mut started = Vec::new();
     for _ in 0..gateways {

@@ -81,6 +81,13 @@ pub fn write_line(
         string_field(out, b",\"upstream\":\"", upstream);
     }
     plain_field(out, b",\"decision\":\"", record.decision);
+    if let Some(limit) = record.limit {
+        plain_field(out, b",\"limit\":\"", limit);
+    }
+    if let Some(remaining) = record.limit_remaining {
+        out.extend_from_slice(b",\"limit_remaining\":");
+        write_u64(out, remaining);
+    }
     out.extend_from_slice(b",\"status\":");
     write_u64(out, u64::from(record.status));
     out.extend_from_slice(b",\"bytes_in\":");

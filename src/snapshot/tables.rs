@@ -397,6 +397,7 @@ mod tests {
             group: 0,
             sources: SourceWhitelist::Any,
             password_hash: None,
+            limits: Default::default(),
         }
     }
 
