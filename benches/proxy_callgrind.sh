@@ -7,8 +7,16 @@
 # Kernel time (the syscalls) is not counted: see docs/benchmarks.md for that part. With objdump and
 # python3 present it also counts the atomic read-modify-write instructions (benches/support/atomics.py).
 #
-# Usage: benches/proxy_callgrind.sh     (about 1 minute; OUT=FILE also writes the table)
-# Knobs: USERS=10000 DURATION=5s CONNECTIONS=16 BASE_PORT=18380
+# MODES says which variants are measured, one apiward run each, in one invocation (so their
+# ratios come from one build and one machine state):
+#   off     no request log (`access_log = "off"`), no limits: the baseline (the default)
+#   file    the JSON request log to a file, every request logged, as operators run it (#20)
+#   limits  no request log, and every user under a local rate_limit, quota and max_concurrent,
+#           all generous enough that nothing is refused (what the limit step costs, #15)
+# e.g. MODES="off file limits"; each variant after the first is also given as a ratio to the first.
+#
+# Usage: benches/proxy_callgrind.sh     (about 1 minute a mode; OUT=FILE also writes the table)
+# Knobs: USERS=10000 DURATION=5s CONNECTIONS=16 BASE_PORT=18380 MODES=off
 #   TARGETS=1 (3: the upstream is three targets on three nginx ports, balanced round robin, to
 #   measure what balancing costs against one target)
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -23,6 +31,11 @@ CONNECTIONS=${CONNECTIONS:-16}
 BASE_PORT=${BASE_PORT:-18380}
 OUT=${OUT:-}
 TARGETS=${TARGETS:-1}
+MODES=${MODES:-off}
+for mode in $MODES; do
+    [[ $mode == off || $mode == file || $mode == limits ]] \
+        || { echo "MODES: $mode is none of off, file, limits" >&2; exit 2; }
+done
 UPSTREAM_PORT=$BASE_PORT
 APIWARD_PORT=$((BASE_PORT + 1))
 # With TARGETS > 1, the further targets listen on the ports after apiward's.
@@ -102,38 +115,101 @@ nginx -p "$WORK" -e "$WORK/upstream.error.log" -c "$WORK/upstream.conf" &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$UPSTREAM_PORT/" "${PIDS[-1]}"
 
-APIWARD_LOG=warn valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$WORK/callgrind.out" \
-    "$ROOT/target/release/apiward" run --config "$WORK/apiward.toml" >"$WORK/apiward.log" 2>&1 &
-VALGRIND_PID=$!
-PIDS+=("$VALGRIND_PID")
-wait_for "http://127.0.0.1:$APIWARD_PORT/" "$VALGRIND_PID"
-URL="http://127.0.0.1:$APIWARD_PORT/api/items/42"
-body=$(curl -sS -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" "$URL")
-[[ $body == 01234567890123456789 ]] || { log "apiward answered ${body:0:200}"; exit 1; }
-
-log "warming up, then counting for $DURATION"
-wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "$URL" >/dev/null
-callgrind_control -z "$VALGRIND_PID" >/dev/null
-wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/keys.lua" "$URL" >"$WORK/wrk.txt"
-callgrind_control -d "$VALGRIND_PID" >/dev/null
-if grep -q -E 'Non-2xx|Socket errors' "$WORK/wrk.txt"; then cat "$WORK/wrk.txt" >&2; exit 1; fi
-REQUESTS=$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")
-for _ in $(seq 50); do [[ -s $WORK/callgrind.out.1 ]] && break; sleep 0.1; done
-sleep 1
-
-TOTAL=$(awk '/^(summary|totals):/ { print $2; exit }' "$WORK/callgrind.out.1")
-{
-    echo "User-space instructions per proxied request (callgrind, valgrind $(valgrind --version | sed 's/valgrind-//');"
-    echo "$TARGETS upstream target(s), $USERS users, wrk -t1 -c$CONNECTIONS -d$DURATION after a 2 s warm-up, $REQUESTS requests counted):"
-    printf '**%.0f** instructions per request, everything the apiward process ran.\n' \
-        "$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { print t / n }')"
-    echo "valgrind hides the CPU's SHA extensions, so about 3,400 of them are the portable SHA-256 of"
-    echo "the key (a few hundred natively; see the decision's instruction counts)."
-    if command -v objdump >/dev/null && command -v python3 >/dev/null; then
-        echo
-        echo "Atomic read-modify-write instructions among them (\`benches/support/atomics.py\`): each counts"
-        echo "as one instruction above but costs about 20 cycles, even uncontended:"
-        python3 "$ROOT/benches/support/atomics.py" "$ROOT/target/release/apiward" \
-            "$WORK/callgrind.out.1" "$REQUESTS" 8
+# measure MODE: one apiward under callgrind in variant MODE; sets INSTRUCTIONS (per request) and
+# writes the variant's part of the report to $WORK/report.MODE.
+measure() {
+    local mode=$1 config="$WORK/apiward.$1.toml" log="$WORK/requests.$1.log" out="$WORK/callgrind.$1.out"
+    case $mode in
+    file)
+        sed "s|^access_log = \"off\"|access_log = \"$log\"|" "$WORK/apiward.toml" >"$config"
+        grep -q "^access_log = \"$log\"" "$config" || { log "gen_config wrote no access_log line to replace"; exit 1; }
+        ;;
+    limits)
+        # Generous limits on the one group every user is in: the limit step runs on every request
+        # (a GCRA cell, a quota count and an in-flight count per user) and refuses none.
+        sed 's|^\[groups.bench\]$|[groups.bench]\nrate_limit = { requests = 1_000_000, per = "1s", burst = 1_000_000 }\nquota = { requests = 1_000_000_000, per = "30d" }\nmax_concurrent = 10_000|' \
+            "$WORK/apiward.toml" >"$config"
+        grep -q '^max_concurrent = 10_000$' "$config" || { log "gen_config wrote no [groups.bench] to limit"; exit 1; }
+        ;;
+    *) cp "$WORK/apiward.toml" "$config" ;;
+    esac
+    APIWARD_LOG=warn valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out" \
+        "$ROOT/target/release/apiward" run --config "$config" >"$WORK/apiward.$mode.log" 2>&1 &
+    local valgrind_pid=$!
+    PIDS+=("$valgrind_pid")
+    wait_for "http://127.0.0.1:$APIWARD_PORT/" "$valgrind_pid"
+    local url="http://127.0.0.1:$APIWARD_PORT/api/items/42" body
+    body=$(curl -sS -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" "$url")
+    [[ $body == 01234567890123456789 ]] || { log "apiward ($mode) answered ${body:0:200}"; exit 1; }
+    if [[ $mode == limits ]]; then
+        curl -sS -D - -o /dev/null -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" "$url" | grep -qi '^ratelimit:' \
+            || { log "apiward (limits) answered without RateLimit fields: the limits are not in force"; exit 1; }
     fi
+
+    log "$mode: warming up, then counting for $DURATION"
+    wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "$url" >/dev/null
+    callgrind_control -z "$valgrind_pid" >/dev/null
+    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/keys.lua" "$url" >"$WORK/wrk.$mode.txt"
+    callgrind_control -d "$valgrind_pid" >/dev/null
+    if grep -q -E 'Non-2xx|Socket errors' "$WORK/wrk.$mode.txt"; then cat "$WORK/wrk.$mode.txt" >&2; exit 1; fi
+    local requests total
+    requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.$mode.txt")
+    for _ in $(seq 50); do [[ -s $out.1 ]] && break; sleep 0.1; done
+    sleep 1
+    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
+    INSTRUCTIONS=$(awk -v t="$total" -v n="$requests" 'BEGIN { printf "%.0f", t / n }')
+    kill "$valgrind_pid" 2>/dev/null || true
+    wait "$valgrind_pid" 2>/dev/null || true
+    if [[ $mode == file ]]; then
+        # Every request of both wrk runs and the checks has its line, each a JSON object.
+        local lines
+        lines=$(wc -l <"$log")
+        python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$log" \
+            || { log "the request log has a line that is not JSON"; exit 1; }
+        ((lines > requests)) || { log "only $lines log lines for $requests counted requests"; exit 1; }
+    fi
+    {
+        case $mode in
+        file) echo "With the JSON request log to a file (\`access_log = \"/tmp/...\"\`, every request logged):" ;;
+        limits) echo "With a local \`rate_limit\`, \`quota\` and \`max_concurrent\` on every user (none reached), no request log:" ;;
+        *) echo "With no request log (\`access_log = \"off\"\`) and no limits:" ;;
+        esac
+        echo "$TARGETS upstream target(s), $USERS users, wrk -t1 -c$CONNECTIONS -d$DURATION after a 2 s warm-up, $requests requests counted:"
+        printf '**%s** instructions per request, everything the apiward process ran.\n' "$INSTRUCTIONS"
+        if command -v objdump >/dev/null; then
+            echo
+            echo "Atomic read-modify-write instructions among them (\`benches/support/atomics.py\`): each counts"
+            echo "as one instruction above but costs about 20 cycles, even uncontended:"
+            python3 "$ROOT/benches/support/atomics.py" "$ROOT/target/release/apiward" \
+                "$out.1" "$requests" 8
+        fi
+    } >"$WORK/report.$mode"
+}
+
+declare -A PER_REQUEST
+FIRST=
+for mode in $MODES; do
+    measure "$mode"
+    PER_REQUEST[$mode]=$INSTRUCTIONS
+    FIRST=${FIRST:-$mode}
+done
+
+{
+    echo "User-space instructions per proxied request (callgrind, valgrind $(valgrind --version | sed 's/valgrind-//')),"
+    echo "apiward with \`workers = 1\`, one run per variant (MODES=\"$MODES\"):"
+    for mode in $MODES; do
+        echo
+        cat "$WORK/report.$mode"
+    done
+    for mode in $MODES; do
+        [[ $mode == "$FIRST" ]] && continue
+        echo
+        printf '%s against %s: **%+d** instructions per request, **%.3f ×**.\n' "$mode" "$FIRST" \
+            "$((PER_REQUEST[$mode] - PER_REQUEST[$FIRST]))" \
+            "$(awk -v a="${PER_REQUEST[$mode]}" -v b="${PER_REQUEST[$FIRST]}" 'BEGIN { print a / b }')"
+    done
+    echo
+    echo "valgrind hides the CPU's SHA extensions, so about 3,400 of them are the portable SHA-256 of"
+    echo "the key (a few hundred natively; see the decision's instruction counts). The request log's"
+    echo "write(2) calls are kernel time, which callgrind does not count: see the end-to-end CPU columns."
 } | tee "${OUT:-/dev/null}"
