@@ -15,14 +15,17 @@
 # with an equivalent JSON access_log to a file (nginx_log: `escape=json`, buffered 64k and
 # flushed every 100 ms, the promise apiward's log makes), so that each gateway's log cost and
 # the two logged gateways are compared in one run.
+# LIMITED=1 adds one row: apiward with a local rate_limit, quota and max_concurrent on every
+# user, generous enough that nothing is refused (apiward_limits), so that the limit step's cost
+# per request is apiward_limits against apiward in one run (#15: within 5 %).
 # WORKERS=2 runs every gateway with two: apiward `workers = 2`, nginx `worker_processes 2`,
 # HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned.
 #
 # Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
-#        LOGGED=1 benches/e2e.sh       WORKERS=2 benches/e2e.sh
+#        LOGGED=1 benches/e2e.sh       LIMITED=1 benches/e2e.sh       WORKERS=2 benches/e2e.sh
 # Knobs (environment): DURATION=10s ROUNDS=5 CONNECTIONS=64 THREADS=2 USERS=10000
 #   BIG_USERS=1000000 (0 skips the 1M memory run) PROXY_CPUS=0 LOAD_CPUS=1 (taskset lists; empty
-#   disables pinning) LOGGED=0 WORKERS=1 BASE_PORT=18180 OUT=FILE (the markdown section is also
+#   disables pinning) LOGGED=0 LIMITED=0 WORKERS=1 BASE_PORT=18180 OUT=FILE (the markdown section is also
 #   written there).
 #
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -38,6 +41,7 @@ THREADS=${THREADS:-2}
 USERS=${USERS:-10000}
 BIG_USERS=${BIG_USERS:-1000000}
 LOGGED=${LOGGED:-0}
+LIMITED=${LIMITED:-0}
 WORKERS=${WORKERS:-1}
 if ((WORKERS > 1)); then
     # Both cores for everyone, as the scheduler decides.
@@ -57,8 +61,10 @@ CEILING_PORT=$((BASE_PORT + 4))
 HAPROXY_PORT=$((BASE_PORT + 5))
 APIWARD_LOG_PORT=$((BASE_PORT + 6))
 NGINX_LOG_PORT=$((BASE_PORT + 7))
+APIWARD_LIMITS_PORT=$((BASE_PORT + 8))
 TARGETS=(direct apiward nginx haproxy ceiling)
 if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
+if ((LIMITED)); then TARGETS+=(apiward_limits); fi
 REQUEST_PATH=/api/items/42
 BODY=01234567890123456789 # 20 bytes
 
@@ -296,6 +302,15 @@ main() {
         log "gen_config's access_log or listen line changed: apiward-log.toml is not the logged copy"
         exit 1
     fi
+    # The same file again, every user (all in [groups.bench]) under generous local limits.
+    sed -e 's|^\[groups.bench\]$|[groups.bench]\nrate_limit = { requests = 1_000_000, per = "1s", burst = 1_000_000 }\nquota = { requests = 1_000_000_000, per = "30d" }\nmax_concurrent = 10_000|' \
+        -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"|" \
+        "$WORK/apiward.toml" >"$WORK/apiward-limits.toml"
+    if ! grep -q '^max_concurrent = 10_000$' "$WORK/apiward-limits.toml" ||
+        ! grep -q "^listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"" "$WORK/apiward-limits.toml"; then
+        log "gen_config's [groups.bench] or listen line changed: apiward-limits.toml is not the limited copy"
+        exit 1
+    fi
     # HAProxy's maps: key -> user, and user:address -> allowed, from the keys file (user i holds
     # line i + 1) and the generator's whitelist (198.51.x.y, and the client's 127.0.0.1).
     awk '{ printf "%s u%07d@bench.example\n", $0, NR - 1 }' "$WORK/keys.txt" >"$WORK/haproxy-users.map"
@@ -417,6 +432,14 @@ EOF
         start_nginx gateway-log "$PROXY_CPUS" "$NGINX_LOG_PORT"
         nginx_log_workers=$(pgrep -P "$STARTED_PID" | tr '\n' ' ')
     fi
+    local apiward_limits_pid=""
+    if ((LIMITED)); then
+        start_apiward "$WORK/apiward-limits.toml" "$APIWARD_LIMITS_PORT" "$PROXY_CPUS"
+        apiward_limits_pid=$STARTED_PID
+        curl -sS -D - -o /dev/null -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" \
+            "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" | grep -qi '^ratelimit:' ||
+            { log "apiward_limits answered without RateLimit fields: its limits are not in force"; exit 1; }
+    fi
     # Whose CPU time each target's row reports: the server answering wrk (nginx's worker).
     local -A served_by=(
         [direct]="$(pgrep -P "$upstream_pid" | tr '\n' ' ')"
@@ -426,6 +449,7 @@ EOF
         [haproxy]="$haproxy_pid"
         [apiward_log]="$apiward_log_pid"
         [nginx_log]="$nginx_log_workers"
+        [apiward_limits]="$apiward_limits_pid"
     )
 
     local -A urls=(
@@ -436,6 +460,7 @@ EOF
         [haproxy]="http://127.0.0.1:$HAPROXY_PORT$REQUEST_PATH"
         [apiward_log]="http://127.0.0.1:$APIWARD_LOG_PORT$REQUEST_PATH"
         [nginx_log]="http://127.0.0.1:$NGINX_LOG_PORT$REQUEST_PATH"
+        [apiward_limits]="http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -521,6 +546,12 @@ report() {
             "$(stat_of apiward_log 5)" "$(stat_of nginx_log 5)" \
             "$(awk -v a="$(cpu_of apiward_log)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
             "$(awk -v a="$(cpu_of nginx_log)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')"
+    fi
+    if ((LIMITED)); then
+        printf 'With a local rate_limit, quota and max_concurrent on every user: **%.3f ×** the CPU per request without limits (goal ≤ 1.05), req/s %.2f ×, p99 %.3f ms vs %.3f ms.\n' \
+            "$(awk -v a="$(cpu_of apiward_limits)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(stat_of apiward_limits 3)" -v b="$(stat_of apiward 3)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_limits 5)" "$(stat_of apiward 5)"
     fi
     echo "CPU time per request (the gateway process, or nginx's workers; \`direct\` is the upstream's worker, which"
     echo "shares its CPU with wrk) moves much less than req/s when another process or VM shares the machine."
