@@ -18,6 +18,9 @@
 # LIMITED=1 adds one row: apiward with a local rate_limit, quota and max_concurrent on every
 # user, generous enough that nothing is refused (apiward_limits), so that the limit step's cost
 # per request is apiward_limits against apiward in one run (#15: within 5 %).
+# BASELINE=/path/to/apiward adds one row: that apiward binary (an older build, say) on the same
+# file (apiward_base), so that two builds are compared against nginx in one run. APIWARD=PATH runs
+# that binary as `apiward` instead of target/release/apiward (nothing is built then).
 # WORKERS=2 runs every gateway with two: apiward `workers = 2`, nginx `worker_processes 2`,
 # HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned.
 #
@@ -42,6 +45,8 @@ USERS=${USERS:-10000}
 BIG_USERS=${BIG_USERS:-1000000}
 LOGGED=${LOGGED:-0}
 LIMITED=${LIMITED:-0}
+BASELINE=${BASELINE:-}
+APIWARD=${APIWARD:-}
 WORKERS=${WORKERS:-1}
 if ((WORKERS > 1)); then
     # Both cores for everyone, as the scheduler decides.
@@ -62,9 +67,11 @@ HAPROXY_PORT=$((BASE_PORT + 5))
 APIWARD_LOG_PORT=$((BASE_PORT + 6))
 NGINX_LOG_PORT=$((BASE_PORT + 7))
 APIWARD_LIMITS_PORT=$((BASE_PORT + 8))
+APIWARD_BASE_PORT=$((BASE_PORT + 9))
 TARGETS=(direct apiward nginx haproxy ceiling)
 if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
 if ((LIMITED)); then TARGETS+=(apiward_limits); fi
+if [[ -n $BASELINE ]]; then TARGETS+=(apiward_base); fi
 REQUEST_PATH=/api/items/42
 BODY=01234567890123456789 # 20 bytes
 
@@ -196,8 +203,9 @@ cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these
     done | awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
 }
 
-start_apiward() { # start_apiward CONFIG PORT CPUS: sets STARTED_PID
-    start_pinned "$3" "$2" 600 "$WORK/apiward.log" env APIWARD_LOG=warn "$ROOT/target/release/apiward" run --config "$1"
+start_apiward() { # start_apiward CONFIG PORT CPUS [BINARY]: sets STARTED_PID
+    start_pinned "$3" "$2" 600 "$WORK/apiward.log" env APIWARD_LOG=warn "${4:-${APIWARD:-$ROOT/target/release/apiward}}" \
+        run --config "$1"
 }
 
 check_target() { # check_target URL: the request the benchmark sends must get the upstream's body
@@ -440,6 +448,13 @@ EOF
             "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" | grep -qi '^ratelimit:' ||
             { log "apiward_limits answered without RateLimit fields: its limits are not in force"; exit 1; }
     fi
+    local apiward_base_pid=""
+    if [[ -n $BASELINE ]]; then
+        sed "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_BASE_PORT\"|" \
+            "$WORK/apiward.toml" >"$WORK/apiward-base.toml"
+        start_apiward "$WORK/apiward-base.toml" "$APIWARD_BASE_PORT" "$PROXY_CPUS" "$BASELINE"
+        apiward_base_pid=$STARTED_PID
+    fi
     # Whose CPU time each target's row reports: the server answering wrk (nginx's worker).
     local -A served_by=(
         [direct]="$(pgrep -P "$upstream_pid" | tr '\n' ' ')"
@@ -450,6 +465,7 @@ EOF
         [apiward_log]="$apiward_log_pid"
         [nginx_log]="$nginx_log_workers"
         [apiward_limits]="$apiward_limits_pid"
+        [apiward_base]="$apiward_base_pid"
     )
 
     local -A urls=(
@@ -461,6 +477,7 @@ EOF
         [apiward_log]="http://127.0.0.1:$APIWARD_LOG_PORT$REQUEST_PATH"
         [nginx_log]="http://127.0.0.1:$NGINX_LOG_PORT$REQUEST_PATH"
         [apiward_limits]="http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH"
+        [apiward_base]="http://127.0.0.1:$APIWARD_BASE_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -552,6 +569,15 @@ report() {
             "$(awk -v a="$(cpu_of apiward_limits)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
             "$(awk -v a="$(stat_of apiward_limits 3)" -v b="$(stat_of apiward 3)" 'BEGIN { print a / b }')" \
             "$(stat_of apiward_limits 5)" "$(stat_of apiward 5)"
+    fi
+    if [[ -n $BASELINE ]]; then
+        printf 'The baseline build (%s): req/s vs nginx **%.2f ×** (this build: %.2f ×), CPU per request vs nginx %.2f × (this build: %.2f ×), p99 %.3f ms.\n' \
+            "$BASELINE" \
+            "$(awk -v a="$(stat_of apiward_base 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(stat_of apiward 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward_base)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_base 5)"
     fi
     echo "CPU time per request (the gateway process, or nginx's workers; \`direct\` is the upstream's worker, which"
     echo "shares its CPU with wrk) moves much less than req/s when another process or VM shares the machine."
