@@ -10,7 +10,7 @@
 //!
 //! Whenever the pieces could mean anything other than the whole file (a piece that is not
 //! exactly one user table, a user id twice, users in the head, an error anywhere), the whole
-//! text is compiled by `compile::compile_whole` instead, so results and errors are always
+//! text is compiled by `whole::compile_whole` instead, so results and errors are always
 //! exactly those of one parse of the whole file.
 
 use std::collections::{HashMap, HashSet};
@@ -20,13 +20,12 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::compile::{Head, UserPiece, compile_admins, compile_head, compile_user, compile_whole};
+use super::compile::{Head, UserPiece, compile_admins, compile_head, compile_user};
 use super::diff::ChangeSummary;
 use super::error::{ConfigError, ConfigErrors, Locator};
 use super::raw::{RawConfig, RawUser};
-use crate::snapshot::{
-    ApiUser, KeyDigest, KeyTableBuilder, Snapshot, SourceIndex, UserIndex, UserTable,
-};
+use super::whole::{assemble, compile_whole, in_file_order};
+use crate::snapshot::{KeyDigest, Snapshot, SourceIndex, UserIndex};
 
 /// A compiled file, and what changed if the compile was an incremental one.
 pub struct Compiled {
@@ -173,7 +172,7 @@ fn by_tables(file: &Path, text: &str) -> Option<Result<Snapshot, ConfigErrors>> 
     let tables = spread(ranges.len(), |i| digest(&text[ranges[i].clone()]));
     let (mut snapshot, slots) = assemble(&loc, head, pieces, &mut errors, &raw_head)?;
     if !errors.is_empty() {
-        return Some(Err(super::compile::in_file_order(errors)));
+        return Some(Err(in_file_order(errors)));
     }
     snapshot.source_index = Some(SourceIndex {
         head: digest(&text[..head_end]),
@@ -181,77 +180,6 @@ fn by_tables(file: &Path, text: &str) -> Option<Result<Snapshot, ConfigErrors>> 
         slots: slots.into_boxed_slice(),
     });
     Some(Ok(snapshot))
-}
-
-const DUPLICATE_DIGEST: &str =
-    "this key digest is already used by another key: every key must be unique, issue a new one";
-
-/// Builds the snapshot from users compiled in any order, and each one's slot (`UserIndex::MAX`
-/// for a user with errors), adding each duplicate key digest to `errors` where one parse of the
-/// whole file finds it: at the later user in id order. `None` when two have the same id.
-pub(crate) fn assemble(
-    loc: &Locator<'_>,
-    head: Head,
-    mut pieces: Vec<UserPiece>,
-    errors: &mut Vec<ConfigError>,
-    raw: &RawConfig,
-) -> Option<(Snapshot, Vec<UserIndex>)> {
-    let mut order: Vec<usize> = (0..pieces.len()).collect();
-    order.sort_unstable_by(|&a, &b| pieces[a].id.cmp(&pieces[b].id));
-    if order.windows(2).any(|w| pieces[w[0]].id == pieces[w[1]].id) {
-        return None;
-    }
-    let key_count = pieces.iter().map(|p| p.keys.len()).sum();
-    let mut keys = KeyTableBuilder::for_keys(key_count);
-    let mut users: Vec<ApiUser> = Vec::with_capacity(pieces.len());
-    let mut slots = vec![UserIndex::MAX; pieces.len()];
-    for i in order {
-        let piece = &mut pieces[i];
-        // As one sequential compile numbers them: the count of valid users before this one.
-        let slot = users.len() as UserIndex;
-        let mut own = std::mem::take(&mut piece.errors).into_iter();
-        let mut emitted = 0;
-        let mut valid = piece.user.is_some();
-        for k in std::mem::take(&mut piece.keys) {
-            while emitted < k.errors_before {
-                errors.extend(own.next());
-                emitted += 1;
-            }
-            if keys.contains_key(&k.digest) {
-                errors.push(loc.error(k.span, DUPLICATE_DIGEST));
-                valid = false;
-                continue;
-            }
-            let mut key = k.key;
-            key.user = slot;
-            keys.insert(k.digest, key);
-        }
-        errors.extend(own);
-        if valid {
-            if let Some(user) = piece.user.take() {
-                users.push(user);
-                slots[i] = slot;
-            }
-        }
-    }
-    let keys = keys.finish();
-    let (admins, admin_tokens, admin_errors) = compile_admins(loc, raw, &keys);
-    errors.extend(admin_errors);
-    let snapshot = Snapshot {
-        source: loc.file().to_path_buf(),
-        server: head.server,
-        users: UserTable::from_sorted(users),
-        keys,
-        groups: head.groups,
-        routes: head.routes,
-        upstreams: head.upstreams,
-        admins,
-        admin_tokens,
-        console: head.console,
-        rate_limits: head.rate_limits,
-        source_index: None,
-    };
-    Some((snapshot, slots))
 }
 
 /// How far ahead in the previous file's tables a table is looked for, from where the last

@@ -10,13 +10,18 @@ mod parse;
 pub mod raw;
 pub mod reload;
 mod schema;
+mod whole;
 
 use std::path::Path;
 
-pub use compile::compile;
 pub use error::{ConfigError, ConfigErrors};
 
 use crate::snapshot::Snapshot;
+
+/// Parses and validates one file's text. `file` is only used to name the file in errors.
+pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
+    incremental::compile_full(file, text)
+}
 
 /// Reads and compiles one file. A missing or unreadable file is an error like any other.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {

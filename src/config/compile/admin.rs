@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::{Compiler, check_user_id, parse_digest};
+use super::Compiler;
+use super::checks::{check_user_id, parse_digest};
 use crate::config::raw::{RawConfig, RawServer};
 use crate::snapshot::{AdminAccount, AdminToken, ConsoleSettings, DigestMap, KeyPrefix, KeyTable};
 

@@ -1,6 +1,8 @@
 use std::path::Path;
 
+use super::checks::interned;
 use super::*;
+use crate::config::compile;
 
 const DIGEST_A: &str = "70451612f7945c07e4d9411a60867e9aa5dc99c06cb91b87476a3f85d4ea217c";
 const DIGEST_B: &str = "b7208c2dcd60a3d5118be65f8e96430144f8a804904474ed73e33633272c7ba5";

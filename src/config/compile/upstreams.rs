@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme, Uri};
 use toml::Spanned;
 
-use super::{Compiler, interned};
+use super::Compiler;
+use super::checks::interned;
 use crate::config::raw::{RawEject, RawHealthCheck, RawRoute, RawUpstream};
 use crate::snapshot::{
     Balance, Cluster, Eject, HealthCheck, Target, Upstream, UpstreamTarget, weighted_schedule,

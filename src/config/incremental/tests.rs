@@ -4,8 +4,8 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::{compile_after, compile_full};
-use crate::config::compile::compile_whole;
 use crate::config::diff::ChangeSummary;
+use crate::config::whole::compile_whole;
 use crate::snapshot::{KeyDigest, Snapshot};
 
 /// One user table as the tests write it.
