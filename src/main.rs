@@ -58,8 +58,17 @@ enum Command {
     /// Exit status 0 and a one-line summary when the file is valid; 2 and every error, in file
     /// order with file:line:column, when it is not.
     ///
-    /// Example: apiward check --config /etc/apiward/apiward.toml
-    Check,
+    /// A file with nothing in it is refused. With --against, the file is also checked as a
+    /// reload over that one would be: no route or no user where it has some (unless
+    /// `[server] allow_empty = true`), or more of its users removed than `max_user_drop` allows.
+    ///
+    /// Example: apiward check --config /etc/apiward/apiward.toml.new --against /etc/apiward/apiward.toml
+    Check {
+        /// The configuration this file is to replace (the one deployed): report what a reload
+        /// over it would refuse.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+    },
     /// Create, list, change and delete API users, and set their passwords.
     ///
     /// Each change edits the configuration file in place (comments and order kept), and only
@@ -159,7 +168,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run { log_format } => run(&config, log_format),
-        Command::Check => check(&config.path),
+        Command::Check { against } => check(&config.path, against.as_deref()),
         Command::Users(args) => apiward::cli::run_users(&config.path, args),
         Command::Keys(args) => apiward::cli::run_keys(&config.path, args),
         Command::Admins(args) => apiward::cli::run_admins(&config.path, args),
@@ -206,9 +215,41 @@ fn man() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+fn check(path: &Path, against: Option<&Path>) -> ExitCode {
+    let before = match against.map(config::load).transpose() {
+        Ok(before) => before,
+        Err(errors) => {
+            let against = against.unwrap_or(path);
+            return report::config_errors(
+                against,
+                &errors,
+                "the file given to --against was not accepted, so nothing was compared",
+            );
+        }
+    };
+    let checked = config::load(path).and_then(|s| match &before {
+        Some(old) => config::guard::admit(path, &s, &config::guard::Baseline::of(old), || {
+            config::guard::removed_between(old, &s)
+        })
+        .map(|()| s),
+        None => Ok(s),
+    });
+    match checked {
         Ok(s) => {
+            if before.is_none() && !s.server.guard.allow_empty {
+                if s.routes.is_empty() {
+                    eprintln!(
+                        "note: {} defines no route: every request is answered 404 (a reload over a configuration with routes refuses it unless [server] allow_empty = true)",
+                        path.display()
+                    );
+                }
+                if s.users.is_empty() {
+                    eprintln!(
+                        "note: {} defines no user: every credential is refused (a reload over a configuration with users refuses it unless [server] allow_empty = true)",
+                        path.display()
+                    );
+                }
+            }
             println!(
                 "{}: ok: {} users, {} keys, {} groups, {} routes, {} upstreams",
                 path.display(),

@@ -328,6 +328,18 @@ pub struct ServerSettings {
     pub fast_path: bool,
     /// What happens to a client header whose name holds `_` (`underscore_headers`).
     pub underscore_headers: UnderscoreHeaders,
+    /// What a reload or an edit may take away (`allow_empty`, `max_user_drop`).
+    pub guard: ConfigGuard,
+}
+
+/// `[server] allow_empty` and `max_user_drop`: how far a new file may shrink what is served
+/// before it is refused as a probable accident (`config::guard`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ConfigGuard {
+    /// A file with no route or no user may replace one with some.
+    pub allow_empty: bool,
+    /// The largest share of the users a reload may remove (0 to 1); `None`: any.
+    pub max_user_drop: Option<f64>,
 }
 
 /// `[server] underscore_headers`: CGI, WSGI, PHP and Rack backends read `X_Apiward_User` as

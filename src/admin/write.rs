@@ -19,6 +19,7 @@ impl From<EditError> for WriteFailure {
     fn from(e: EditError) -> WriteFailure {
         let (status, code) = match &e {
             EditError::WouldNotPass(_)
+            | EditError::Guarded(_)
             | EditError::BadUserId(_)
             | EditError::UnknownGroup { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
@@ -43,7 +44,7 @@ impl From<EditError> for WriteFailure {
         };
         let message = match &e {
             // Exactly what `apiward check` prints: one file:line:col line per error.
-            EditError::WouldNotPass(errors) => errors.to_string(),
+            EditError::WouldNotPass(errors) | EditError::Guarded(errors) => errors.to_string(),
             _ => e.to_string(),
         };
         WriteFailure {

@@ -400,6 +400,7 @@ impl CliError {
                 | EditError::NoSuchUser { .. }
                 | EditError::Layout(_)
                 | EditError::WouldNotPass(_)
+                | EditError::Guarded(_)
                 | EditError::ReadOnly(_)
                 | EditError::Stale(_)
                 | EditError::DuplicateUser(_)

@@ -312,7 +312,9 @@ impl Compiler<'_> {
                 }
             },
         };
+        let guard = self.guard(raw);
         ServerSettings {
+            guard,
             underscore_headers,
             listen,
             access_log,
@@ -517,6 +519,7 @@ impl Compiler<'_> {
 
 mod admin;
 mod checks;
+mod guard;
 mod limits;
 mod protection;
 mod upstreams;

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod duration;
 pub mod edit;
 pub mod error;
+pub mod guard;
 pub mod incremental;
 mod parse;
 pub mod raw;
@@ -23,7 +24,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     incremental::compile_full(file, text)
 }
 
-/// Reads and compiles one file. A missing or unreadable file is an error like any other.
+/// Reads and compiles one file. A missing or unreadable file is an error like any other, and
+/// so is one with nothing in it (`guard::refuse_blank`).
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![error::whole_file(
@@ -31,5 +33,6 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
             format!("cannot read the configuration file: {e}"),
         )])
     })?;
+    guard::refuse_blank(path, &text)?;
     compile(path, &text)
 }

@@ -83,6 +83,8 @@ pub struct RawServer {
     pub recent_refusals: Option<Spanned<i64>>,
     pub fast_path: Option<Spanned<bool>>,
     pub underscore_headers: Option<Spanned<String>>,
+    pub allow_empty: Option<Spanned<bool>>,
+    pub max_user_drop: Option<Spanned<f64>>,
 }
 
 /// `[upstreams.NAME]`: one target (`url`) or several (`targets`), and how they are used.

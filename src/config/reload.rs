@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::diff::ChangeSummary;
 use super::error::{ConfigErrors, whole_file};
+use super::guard::{self, Baseline};
 use crate::snapshot::Snapshot;
 
 /// What one reload did.
@@ -137,17 +138,29 @@ impl ConfigStore {
                 None => ReloadOutcome::Unchanged,
             };
         }
+        if let Err(e) = guard::refuse_blank(&self.path, &text) {
+            return self.refused(e);
+        }
         // Only the user tables whose text changed are compiled; the rest is taken from the
         // snapshot serving now (`incremental`).
-        let compiled = {
-            let current = self.current.load_full();
-            super::incremental::compile_after(&self.path, &text, &current)
-        };
+        let current = self.current.load_full();
+        let compiled = super::incremental::compile_after(&self.path, &text, &current);
         drop(text);
         let (snapshot, changes) = match compiled {
             Ok(c) => (c.snapshot, c.changes),
             Err(e) => return self.refused(e),
         };
+        // A file that would serve nothing, or lose most users, keeps the current one serving.
+        let admitted = guard::admit(&self.path, &snapshot, &Baseline::of(&current), || {
+            changes.as_ref().map_or_else(
+                || guard::removed_between(&current, &snapshot),
+                |c| c.users_removed.len(),
+            )
+        });
+        drop(current);
+        if let Err(e) = admitted {
+            return self.refused(e);
+        }
         // Swap first: what changed is worked out afterwards (when the compile did not already
         // say), for the log, off the critical path between the file landing and the new keys
         // being enforced.
@@ -224,6 +237,7 @@ enum ReadError {
 
 fn read_and_compile(path: &Path) -> Result<(u128, Snapshot), ReadError> {
     let text = read_retrying(path)?;
+    guard::refuse_blank(path, &text).map_err(ReadError::Invalid)?;
     let snapshot = super::compile(path, &text).map_err(ReadError::Invalid)?;
     Ok((text_digest(&text), snapshot))
 }

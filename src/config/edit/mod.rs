@@ -11,6 +11,7 @@ use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Tab
 
 use crate::config::ConfigErrors;
 use crate::config::compile::unix_seconds;
+use crate::config::guard::{self, Baseline};
 use crate::snapshot::Snapshot;
 pub use crate::snapshot::rfc3339;
 
@@ -36,6 +37,10 @@ pub enum EditError {
     Layout(String),
     #[error("the edited file would not pass `apiward check`, so it was not written:\n{0}")]
     WouldNotPass(ConfigErrors),
+    #[error(
+        "the edit was not written: it would leave a configuration that serves less than intended:\n{0}"
+    )]
+    Guarded(ConfigErrors),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -288,11 +293,48 @@ impl ConfigFile {
         let text = self.doc.to_string();
         let snapshot =
             crate::config::compile(&self.path, &text).map_err(EditError::WouldNotPass)?;
+        // The file as it was is the configuration before (the gateway's, once it reloaded it):
+        // deleting the last user or route, or too many users, needs the same opt-in as a reload.
+        if let Ok(before) = self.original.parse::<DocumentMut>() {
+            let baseline = baseline_of(&before);
+            guard::admit(&self.path, &snapshot, &baseline, || {
+                user_table(&before).map_or(0, |users| {
+                    users
+                        .iter()
+                        .filter(|(id, _)| snapshot.user_by_id(id).is_none())
+                        .count()
+                })
+            })
+            .map_err(EditError::Guarded)?;
+        }
         // An edit that changed nothing is not written (no reload, no file event).
         if text != self.original {
             write_atomically(&self.path, &self.original, &text)?;
         }
         Ok((snapshot, etag(&text)))
+    }
+}
+
+fn user_table(doc: &DocumentMut) -> Option<&dyn TableLike> {
+    doc.get("users").and_then(Item::as_table_like)
+}
+
+/// What the guard needs of a file as it was read: its routes, its users, its `max_user_drop`.
+fn baseline_of(doc: &DocumentMut) -> Baseline {
+    let routes = match doc.get("routes") {
+        Some(Item::ArrayOfTables(a)) => a.len(),
+        Some(Item::Value(Value::Array(a))) => a.len(),
+        _ => 0,
+    };
+    let max_user_drop = doc
+        .get("server")
+        .and_then(|s| s.get("max_user_drop"))
+        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+        .filter(|v| *v > 0.0 && *v <= 1.0);
+    Baseline {
+        routes,
+        users: user_table(doc).map_or(0, |u| u.len()),
+        max_user_drop,
     }
 }
 
