@@ -21,6 +21,8 @@ pub enum Refusal {
     /// No target of the upstream is healthy, and the one tried anyway (the least recently
     /// failed) failed too.
     NoHealthyUpstream,
+    /// `max_upstream_connections` of the upstream were in use for all of `connect_timeout`.
+    UpstreamBusy,
     /// `Upgrade: websocket` without what the handshake needs (RFC 6455 4.1).
     BadUpgrade,
     /// Framing two parsers could read differently (`Transfer-Encoding` other than exactly `chunked`).
@@ -46,7 +48,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 21] = [
+    pub const ALL: [Refusal; 22] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -58,6 +60,7 @@ impl Refusal {
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamTimeout,
         Refusal::NoHealthyUpstream,
+        Refusal::UpstreamBusy,
         Refusal::BadUpgrade,
         Refusal::BadFraming,
         Refusal::RateLimited,
@@ -87,7 +90,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable | Refusal::UpstreamInvalidResponse => {
                 StatusCode::BAD_GATEWAY
             }
-            Refusal::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NoHealthyUpstream | Refusal::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RateLimited
             | Refusal::QuotaExhausted
@@ -111,6 +114,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::NoHealthyUpstream => "no_healthy_upstream",
+            Refusal::UpstreamBusy => "upstream_busy",
             Refusal::BadUpgrade => "bad_upgrade",
             Refusal::BadFraming => "bad_framing",
             Refusal::RateLimited => "rate_limited",
@@ -177,6 +181,9 @@ impl Refusal {
             (Refusal::NoHealthyUpstream, _) => {
                 "No server behind this API is healthy now: retry later, and tell the operator if it persists."
             }
+            (Refusal::UpstreamBusy, _) => {
+                "The API behind the gateway is handling as many requests as it may at once: retry shortly."
+            }
             (Refusal::BadUpgrade, _) => {
                 "A WebSocket upgrade needs GET over HTTP/1.1 with Connection: Upgrade, Sec-WebSocket-Version: 13 and a well-formed handshake nonce (RFC 6455 4.1)."
             }
@@ -234,6 +241,7 @@ impl Refusal {
             | Refusal::LimitStoreUnavailable
             | Refusal::TooManyFailedAttempts
             | Refusal::NoHealthyUpstream
+            | Refusal::UpstreamBusy
             | Refusal::BadUpgrade => false,
         }
     }
@@ -317,6 +325,7 @@ impl Refusal {
             | Refusal::LimitStoreUnavailable
             | Refusal::TooManyFailedAttempts
             | Refusal::NoHealthyUpstream
+            | Refusal::UpstreamBusy
             | Refusal::BadUpgrade => {}
         }
         if self.closes_connection() {

@@ -358,6 +358,10 @@ pub enum UnderscoreHeaders {
 impl ServerLimits {
     /// The most `max_response_headers` may allow.
     pub const MAX_RESPONSE_HEADERS_CAP: usize = 256;
+    /// `response_buffer` when the file says nothing (nginx's `proxy_buffers` give 8 × 8 KiB).
+    pub const DEFAULT_RESPONSE_BUFFER: usize = 64 * 1024;
+    /// The most `response_buffer` may be: it is per request in flight.
+    pub const MAX_RESPONSE_BUFFER: usize = 64 * 1024 * 1024;
 }
 
 /// Limits on connections and upstream responses (`[server]`).
@@ -374,6 +378,12 @@ pub struct ServerLimits {
     /// The longest a response may take to relay, from its head to its last byte; `None`: no
     /// bound but `idle_timeout` between bytes.
     pub response_timeout: Option<Duration>,
+    /// Requests one upstream (all its targets, both paths) has in hand at once; more wait up
+    /// to `connect_timeout`, then get 503 `upstream_busy`.
+    pub max_upstream_connections: usize,
+    /// Bytes of an upstream response read ahead of the client per request (`response_buffer`);
+    /// 0: none, the response is relayed as the client takes it.
+    pub response_buffer: usize,
 }
 
 /// Where the one-line-per-request log goes.

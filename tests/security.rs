@@ -762,3 +762,152 @@ async fn response_timeout_ends_the_relay_to_a_client_that_reads_slowly_but_stead
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_upstream_connections_wait_briefly_then_get_503() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let arrived = Arc::new(AtomicUsize::new(0));
+    // Each answer waits for a permit: the test hands them out.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = {
+        let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+        upstream_with(move |_| {
+            let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+            async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"done",
+                )))
+            }
+        })
+        .await
+    };
+    let k = TestKey::new("upstreamslots");
+    let toml = one_user_config(&upstream.url(), "slots@example.org", &k).replace(
+        "upstream_timeout = \"2s\"",
+        "upstream_timeout = \"30s\"\nmax_upstream_connections = 2\nconnect_timeout = \"300ms\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.gateway().local_addr();
+    let [get, post] = get_and_post(&format!("x-api-key: {}\r\n", k.key));
+    // Two requests in hand at the upstream, one on each path: the upstream's two places.
+    let held: Vec<_> = [get.clone(), post.clone()]
+        .into_iter()
+        .map(|request| tokio::spawn(async move { raw_from("127.0.0.1", addr, &request).await }))
+        .collect();
+    assert!(
+        eventually(|| async { arrived.load(Ordering::SeqCst) == 2 }).await,
+        "the upstream never had both requests"
+    );
+    // A third, on either path, waits connect_timeout for a place, then is refused.
+    for request in [&get, &post] {
+        let response = raw(addr, request).await;
+        assert_eq!(status_of(&response), "503", "{response}");
+        assert!(response.contains("upstream_busy"), "{response}");
+    }
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        2,
+        "the refused ones never reached it"
+    );
+    // Once the upstream answers, the places are free again.
+    release.add_permits(2);
+    for h in held {
+        let response = h.await.expect("task");
+        assert_eq!(status_of(&response), "200", "{response}");
+    }
+    let later = tokio::spawn(async move { raw_from("127.0.0.1", addr, &get).await });
+    assert!(eventually(|| async { arrived.load(Ordering::SeqCst) == 3 }).await);
+    release.add_permits(1);
+    let response = later.await.expect("task");
+    assert_eq!(status_of(&response), "200", "{response}");
+}
+
+both_transports! {
+    /// One place for the upstream, and a target that refuses connections before the live one:
+    /// each request is retried to the live target on the place it took first, and gives it back.
+    async fn a_retry_to_another_target_keeps_the_one_place_of_its_request() {
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+        drop(dead);
+        let live = echo_upstream().await;
+        let k = TestKey::new("retryslot");
+        let toml = one_user_config(&live.url(), "retry@example.org", &k)
+            .replace(
+                &format!("url = \"{}\"", live.url()),
+                &format!(
+                    "targets = [{{ url = \"{dead_url}\" }}, {{ url = \"{}\" }}]\nretries = 1\neject = {{ consecutive_failures = 0 }}",
+                    live.url()
+                ),
+            )
+            .replace(
+                "upstream_timeout = \"2s\"",
+                "upstream_timeout = \"2s\"\nmax_upstream_connections = 1\nconnect_timeout = \"300ms\"",
+            );
+        let gw = TestGateway::start(&for_transport(&toml)).await;
+        let addr = gw.gateway().local_addr();
+        let [get, _] = get_and_post(&format!("x-api-key: {}\r\n", k.key));
+        // Round robin sends every other request to the dead target first: each of those is a
+        // retry, and a leaked or doubled place would make the next one 503.
+        for n in 0..6 {
+            let response = raw(addr, &get).await;
+            assert_eq!(status_of(&response), "200", "request {n}: {response}");
+        }
+    }
+
+    /// `response_buffer` on both paths: with one place at the upstream, a client that does not
+    /// read its answer keeps the place only while the answer is larger than the buffer.
+    async fn a_client_that_does_not_read_an_answer_that_fits_the_buffer_frees_its_upstream() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // Larger than what the kernel's socket buffers hold between the gateway and a client
+        // with a 4 KiB receive buffer.
+        const BODY: usize = 8 * 1024 * 1024;
+        let upstream = upstream_with(|_| async {
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; BODY])))
+        })
+        .await;
+        let k = TestKey::new("buffered");
+        for (buffer, frees) in [("\"16MiB\"", true), ("\"64KiB\"", false), ("\"off\"", false)] {
+            let toml = one_user_config(&upstream.url(), "buffered@example.org", &k).replace(
+                "upstream_timeout = \"2s\"",
+                &format!("upstream_timeout = \"10s\"\nmax_upstream_connections = 1\nconnect_timeout = \"1s\"\nresponse_buffer = {buffer}"),
+            );
+            let gw = TestGateway::start(&for_transport(&toml)).await;
+            let addr = gw.gateway().local_addr();
+            let [get, _] = get_and_post(&format!("x-api-key: {}\r\n", k.key));
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+            let mut unread = socket.connect(addr).await.expect("connect");
+            unread.write_all(&get).await.expect("write");
+            // The first answer's head reaches the client (so its request has its place), then
+            // the client reads nothing more for now.
+            let mut head = [0u8; 12];
+            unread.read_exact(&mut head).await.expect("the answer starts");
+            assert_eq!(&head[9..12], b"200");
+            let second = raw(addr, &get).await;
+            if frees {
+                assert_eq!(status_of(&second), "200", "buffer {buffer}: {}", &second[..second.len().min(300)]);
+                assert!(second.ends_with(&"x".repeat(64)), "buffer {buffer}: the second answer is whole");
+                let body_at = second.find("\r\n\r\n").expect("a head") + 4;
+                assert_eq!(second.len() - body_at, BODY, "buffer {buffer}");
+            } else {
+                assert_eq!(status_of(&second), "503", "buffer {buffer}: a larger answer than the buffer holds its upstream connection while it streams: {second}");
+                assert!(second.contains("upstream_busy"), "{second}");
+            }
+            // The first answer, read now, is whole whatever the buffer held of it.
+            let mut rest = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(20), unread.read_to_end(&mut rest))
+                .await
+                .expect("the first answer ends")
+                .expect("read");
+            let text = String::from_utf8_lossy(&rest);
+            let body_at = text.find("\r\n\r\n").expect("the rest of a head") + 4;
+            assert_eq!(rest.len() - body_at, BODY, "buffer {buffer}: the first answer is whole");
+            assert!(rest[body_at..].iter().all(|&b| b == b'x'));
+        }
+    }
+}

@@ -72,6 +72,8 @@ pub struct RawServer {
     pub max_connections_per_source: Option<Spanned<i64>>,
     pub max_response_headers: Option<Spanned<i64>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub max_upstream_connections: Option<Spanned<i64>>,
+    pub response_buffer: Option<Spanned<RawSize>>,
     /// Issue #18 names it `max_upstream_header_bytes`: both names are read.
     #[serde(alias = "max_upstream_header_bytes")]
     pub max_response_header_bytes: Option<Spanned<i64>>,
@@ -171,6 +173,14 @@ pub struct RawUser {
     pub keys: Vec<Spanned<RawKey>>,
     pub password_hash: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// A size in bytes, written as a number or with a unit (`"64KiB"`, `"1MiB"`), or `"off"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 /// `remote_addresses` is written either the vendor way (`"a~b~c"`) or as a TOML array.

@@ -17,6 +17,10 @@ pub struct Limits {
     pub response_head: crate::proxy::policy::HeadLimits,
     /// `response_timeout`: the longest a response may take to relay, from its head on.
     pub response_timeout: Option<Duration>,
+    /// `max_upstream_connections`: requests one upstream has in hand at once.
+    pub max_upstream_connections: usize,
+    /// `response_buffer`: bytes of a response read ahead of the client.
+    pub response_buffer: usize,
 }
 
 impl Limits {
@@ -27,6 +31,8 @@ impl Limits {
             keepalive_connections: server.upstream_keepalive_connections,
             response_head: crate::proxy::policy::HeadLimits::of(&server.limits),
             response_timeout: server.limits.response_timeout,
+            max_upstream_connections: server.limits.max_upstream_connections,
+            response_buffer: server.limits.response_buffer,
         }
     }
 

@@ -12,6 +12,7 @@
 mod health;
 mod pool;
 mod select;
+mod slots;
 mod state;
 
 use std::collections::HashMap;
@@ -24,15 +25,23 @@ use crate::observe::Telemetry;
 use crate::snapshot::{Snapshot, UpstreamTarget};
 pub use pool::{IdlePool, KeepAlive, connect_tcp};
 pub use select::{Attempt, ClusterState, Outcome, Tried, preview};
+pub use slots::{Busy, Slot, Slots};
 use state::{TargetState, now_ms};
 pub use state::{TargetStatus, Transition};
+
+#[derive(Default)]
+struct Registry {
+    targets: HashMap<Arc<str>, Arc<TargetState>>,
+    slots: HashMap<Arc<str>, Arc<Slots>>,
+}
 
 /// Every upstream's running state, for the gateway's lifetime.
 pub struct Upstreams {
     store: Arc<ConfigStore>,
     telemetry: Arc<Telemetry>,
-    /// Target states by stable id: those of the current snapshot.
-    registry: Mutex<HashMap<Arc<str>, Arc<TargetState>>>,
+    /// Target states by stable id, and `max_upstream_connections` places by upstream name:
+    /// those of the current snapshot.
+    registry: Mutex<Registry>,
     /// The current snapshot's clusters, by upstream index (`None`: the echo upstream).
     resolved: ArcSwap<Vec<Option<Arc<ClusterState>>>>,
 }
@@ -42,7 +51,7 @@ impl Upstreams {
         let upstreams = Upstreams {
             store,
             telemetry,
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
             resolved: ArcSwap::from_pointee(Vec::new()),
         };
         upstreams.refresh(&upstreams.store.load());
@@ -103,6 +112,7 @@ impl Upstreams {
         let current = std::ptr::eq(snapshot, &**self.store.load());
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept: HashMap<Arc<str>, Arc<TargetState>> = HashMap::new();
+        let mut kept_slots: HashMap<Arc<str>, Arc<Slots>> = HashMap::new();
         let clusters: Vec<Option<Arc<ClusterState>>> = snapshot
             .upstreams
             .iter()
@@ -114,13 +124,18 @@ impl Upstreams {
                     .targets
                     .iter()
                     .map(|target| {
-                        let state = registry.get(&target.id).cloned().unwrap_or_else(|| {
-                            Arc::new(TargetState::new(
-                                Arc::clone(&upstream.name),
-                                &target.url,
-                                Arc::clone(&self.telemetry),
-                            ))
-                        });
+                        let state =
+                            registry
+                                .targets
+                                .get(&target.id)
+                                .cloned()
+                                .unwrap_or_else(|| {
+                                    Arc::new(TargetState::new(
+                                        Arc::clone(&upstream.name),
+                                        &target.url,
+                                        Arc::clone(&self.telemetry),
+                                    ))
+                                });
                         if current {
                             let host = config.host.clone().unwrap_or_else(|| {
                                 http::HeaderValue::from_str(target.authority.as_str())
@@ -137,12 +152,24 @@ impl Upstreams {
                         state
                     })
                     .collect();
-                Some(Arc::new(ClusterState::new(Arc::clone(config), states)))
+                let slots = registry
+                    .slots
+                    .get(&upstream.name)
+                    .cloned()
+                    .unwrap_or_default();
+                if current {
+                    kept_slots.insert(Arc::clone(&upstream.name), Arc::clone(&slots));
+                }
+                Some(Arc::new(ClusterState::new(
+                    Arc::clone(config),
+                    states,
+                    slots,
+                )))
             })
             .collect();
         let clusters = Arc::new(clusters);
         if current {
-            for (id, state) in registry.iter() {
+            for (id, state) in registry.targets.iter() {
                 if !kept.contains_key(id) {
                     tracing::info!(
                         upstream = &*state.upstream,
@@ -153,7 +180,8 @@ impl Upstreams {
                     state.stop_checker();
                 }
             }
-            *registry = kept;
+            registry.targets = kept;
+            registry.slots = kept_slots;
             self.resolved.store(Arc::clone(&clusters));
         }
         clusters

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::slots::{Busy, Slot, Slots};
 use super::state::{TargetState, now_ms};
 use crate::snapshot::{Balance, Cluster, Target};
 
@@ -15,6 +16,9 @@ pub struct ClusterState {
     pub(super) targets: Box<[Arc<TargetState>]>,
     /// Round robin's position in `config.schedule` (and least outstanding's tie breaker).
     next: AtomicUsize,
+    /// The upstream's `max_upstream_connections` places, shared by every snapshot's cluster of
+    /// the same name.
+    slots: Arc<Slots>,
 }
 
 /// The targets already tried by a request, one bit each (a cluster has at most 64).
@@ -84,12 +88,28 @@ impl Drop for Attempt {
 }
 
 impl ClusterState {
-    pub(super) fn new(config: Arc<Cluster>, targets: Box<[Arc<TargetState>]>) -> ClusterState {
+    pub(super) fn new(
+        config: Arc<Cluster>,
+        targets: Box<[Arc<TargetState>]>,
+        slots: Arc<Slots>,
+    ) -> ClusterState {
         ClusterState {
             config,
             targets,
             next: AtomicUsize::new(0),
+            slots,
         }
+    }
+
+    /// A place for one request at this upstream (at most `max` in hand, waiting up to `wait`),
+    /// held through all its attempts until its upstream connection is given back.
+    pub async fn place(&self, max: usize, wait: std::time::Duration) -> Result<Slot, Busy> {
+        self.slots.take(max, wait).await
+    }
+
+    /// Requests holding a place at this upstream now.
+    pub fn places_in_use(&self) -> usize {
+        self.slots.in_use()
     }
 
     pub fn config(&self) -> &Cluster {

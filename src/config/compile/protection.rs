@@ -7,7 +7,7 @@ use http::HeaderName;
 use toml::Spanned;
 
 use super::Compiler;
-use crate::config::raw::RawServer;
+use crate::config::raw::{RawServer, RawSize};
 use crate::snapshot::ServerLimits;
 
 /// Request headers the gateway has its own rule for (the policy's header table), which
@@ -79,6 +79,10 @@ impl Compiler<'_> {
             .filter(|d| !d.is_zero());
         ServerLimits {
             response_timeout,
+            max_upstream_connections: self
+                .count(raw.max_upstream_connections.as_ref(), Some(1024), 1..=1_000_000, "max_upstream_connections is how many requests one upstream (all its targets) has in hand at once")
+                .unwrap_or(1024),
+            response_buffer: self.response_buffer(raw.response_buffer.as_ref()),
             max_connections: self.count(raw.max_connections.as_ref(), None, 16..=1_000_000, "max_connections is how many client connections are open at most (leave it out to derive it from the file-descriptor limit)"),
             max_connections_per_source: self
                 .count(raw.max_connections_per_source.as_ref(), Some(256), 1..=1_000_000, "max_connections_per_source is how many connections one client address may hold (trusted proxies are exempt)")
@@ -89,6 +93,33 @@ impl Compiler<'_> {
             max_response_header_bytes: self
                 .count(raw.max_response_header_bytes.as_ref(), Some(64 * 1024), 1024..=1024 * 1024, "max_response_header_bytes is the largest upstream response head: 1024 to 1048576")
                 .unwrap_or(64 * 1024),
+        }
+    }
+
+    /// `response_buffer`: bytes (a number, or `"64KiB"`, `"1MiB"`), `0` or `"off"` for none.
+    fn response_buffer(&mut self, value: Option<&Spanned<RawSize>>) -> usize {
+        const DEFAULT: usize = ServerLimits::DEFAULT_RESPONSE_BUFFER;
+        const MAX: usize = ServerLimits::MAX_RESPONSE_BUFFER;
+        let Some(v) = value else { return DEFAULT };
+        let parsed = match v.get_ref() {
+            RawSize::Bytes(n) => {
+                usize::try_from(*n).map_err(|_| "a size cannot be negative".to_string())
+            }
+            RawSize::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Ok(n) if n <= MAX => n,
+            Ok(_) => {
+                self.error(
+                    v.span(),
+                    format!("response_buffer: at most {}MiB per request", MAX >> 20),
+                );
+                DEFAULT
+            }
+            Err(why) => {
+                self.error(v.span(), format!("response_buffer: {why}"));
+                DEFAULT
+            }
         }
     }
 
@@ -110,5 +141,47 @@ impl Compiler<'_> {
                 default
             }
         }
+    }
+}
+
+/// A size as operators write it: `"65536"`, `"64KiB"`, `"64k"`, `"1MiB"`, `"1m"`, or `"off"`.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let hint = "write a number of bytes, or one with KiB or MiB (\"64KiB\", \"1MiB\"), or \"off\"";
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("invalid size {text:?}: {hint}"));
+    }
+    let value: usize = t[..digits]
+        .parse()
+        .map_err(|_| format!("size {text:?} is too large"))?;
+    let unit = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: {hint}")),
+    };
+    value
+        .checked_mul(unit)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_operators_write_them() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("64k"), Ok(64 * 1024));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("off"), Ok(0));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4GB").is_err());
     }
 }

@@ -276,6 +276,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             Ok(admitted) => admitted,
             Err(limited) => return self.refuse(limited, &mut record, head.close).await,
         };
+        // One place at the upstream for the request, whichever target its attempts go to.
+        let place = match cluster
+            .place(
+                forward.limits.max_upstream_connections,
+                forward.limits.connect_timeout,
+            )
+            .await
+        {
+            Ok(place) => place,
+            Err(_busy) => {
+                let refusal = Refusal::UpstreamBusy;
+                record.decision = refusal.code();
+                return self.refuse(refusal, &mut record, head.close).await;
+            }
+        };
         // One clock read serves the record, the upstream deadline and the pool's expiry check.
         let sent = Instant::now();
         let deadline = sent + forward.upstream_timeout;
@@ -307,7 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                             response,
                             head.close,
                             &mut record,
-                            (&target.authority, forward.limits),
+                            (&target.authority, forward.limits, place),
                             received,
                             &admitted.fields,
                         )

@@ -6,18 +6,23 @@ use std::time::Instant;
 
 use bytes::Buf;
 use http::uri::Authority;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::{BadChunk, ChunkTracker, body_part};
 use super::codec::{Framing, Lines, ResponseHead, http_date, push_header};
 use super::conn::{Conn, Head, Step};
-use super::deadline::{Read, Written, read_until, write_until};
+
 use crate::limits::Fields;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::OnRequest;
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 use crate::snapshot::Target;
+use crate::upstream::Slot;
 
 /// Where a request's upstream connection goes back to, and on what terms.
 struct Upstream<'a> {
@@ -108,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         response: ResponseHead,
         client_close: bool,
         record: &mut RequestRecord,
-        (authority, limits): (&Authority, Limits),
+        (authority, limits, place): (&Authority, Limits, Slot),
         received: Instant,
         limit_fields: &Fields,
     ) -> Step {
@@ -189,81 +194,99 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         self.up_buf.advance(first);
         bytes_out += first as u64;
         let mut recorded = false;
+        let mut place = Some(place);
         if done {
             // The whole response is in this one write: the upstream connection goes back to the
             // pool and the request is recorded before the client sees the answer (so the client's
             // next request finds the connection, and its next scrape finds the count).
             let reusable = self.up_buf.is_empty() && !response.upstream_closes;
             self.release_upstream(reusable, upstream, received);
+            drop(place.take());
             self.answered(record, bytes_out, received);
             recorded = true;
         }
-        if self.send_out(received).await != Written::All {
-            self.held = None;
-            return if recorded {
-                Step::Close
-            } else {
-                self.abort(record, bytes_out)
-            };
-        }
+        // What follows the first part of the body is read into `up_buf` while what is ahead of
+        // it is written to the client, up to `response_buffer` ahead: an answer that fits frees
+        // its upstream connection (and its place) however slowly the client reads it, and a
+        // larger one streams with at most that much held.
+        self.up_buf.clear();
+        let ahead = limits.response_buffer;
         let idle = self.timeouts.idle_timeout;
         // `response_timeout` bounds the whole relay, however steadily a slow reader takes it.
         let relay_deadline = limits
             .response_timeout
             .map(|t| tokio::time::Instant::from_std(received) + t);
         let within = |d: tokio::time::Instant| relay_deadline.map_or(d, |r| r.min(d));
+        let since = tokio::time::Instant::from_std(received);
+        let (mut write_by, mut read_by) = (within(since + idle), within(since + idle));
+        // Written of `out` (the head and the first part); `up_buf[..framed]` is body checked
+        // against its framing and not yet written.
+        let (mut out_at, mut framed) = (0usize, 0usize);
         let mut done = done;
-        while !done {
-            let Some(held) = self.held.as_mut() else {
-                return self.abort(record, bytes_out);
-            };
-            self.up_buf.clear();
-            let read = read_until(
-                held,
-                &mut self.up_buf,
-                &mut self.upstream_timer,
-                within(tokio::time::Instant::now() + idle),
-                None,
-            )
-            .await;
-            match read {
-                Read::Data => {}
-                Read::Eof if response.framing == Framing::UntilClose => {
-                    self.held = None;
+        loop {
+            let pending = (self.out.len() - out_at) + framed;
+            let read = !done && (pending == 0 || pending < ahead) && self.held.is_some();
+            if pending == 0 && !read {
+                if done {
                     break;
                 }
-                _ => {
+                return self.abort(record, bytes_out);
+            }
+            let event = self
+                .relay_step(pending != 0, read, (out_at, framed), (write_by, read_by))
+                .await;
+            match event {
+                Relayed::Wrote(n) => {
+                    if out_at < self.out.len() {
+                        out_at += n;
+                    } else {
+                        self.up_buf.advance(n);
+                        framed -= n;
+                        bytes_out += n as u64;
+                    }
+                    write_by = within(tokio::time::Instant::now() + idle);
+                }
+                Relayed::WriteFailed => {
+                    self.held = None;
+                    return if recorded {
+                        Step::Close
+                    } else {
+                        self.abort(record, bytes_out)
+                    };
+                }
+                Relayed::Read(0) if response.framing == Framing::UntilClose => {
+                    self.held = None;
+                    drop(place.take());
+                    done = true;
+                }
+                Relayed::Read(0) | Relayed::ReadFailed => {
                     self.held = None;
                     return self.abort(record, bytes_out);
                 }
+                Relayed::Read(_) => {
+                    let fresh = &self.up_buf[framed..];
+                    let (n, d) = body_part(&response.framing, &mut tracker, &mut remaining, fresh);
+                    let Ok(n) = n else {
+                        self.held = None;
+                        return self.abort(record, bytes_out);
+                    };
+                    if d {
+                        let reusable = fresh.len() == n && !response.upstream_closes;
+                        self.up_buf.truncate(framed + n);
+                        self.release_upstream(reusable, upstream, Instant::now());
+                        drop(place.take());
+                        done = true;
+                    }
+                    framed += n;
+                    read_by = within(tokio::time::Instant::now() + idle);
+                }
             }
-            let (n, d) = body_part(
-                &response.framing,
-                &mut tracker,
-                &mut remaining,
-                &self.up_buf,
-            );
-            let Ok(n) = n else {
-                self.held = None;
-                return self.abort(record, bytes_out);
-            };
-            if d {
-                let reusable = self.up_buf.len() == n && !response.upstream_closes;
-                self.release_upstream(reusable, upstream, Instant::now());
-            }
-            // A client that stops reading is given idle_timeout, as one that stops sending is.
-            let deadline = within(tokio::time::Instant::now() + idle);
-            let body = &self.up_buf[..n];
-            let wrote = write_until(&mut self.client, body, &mut self.idle_timer, deadline).await;
-            if wrote != Written::All {
-                self.held = None;
-                return self.abort(record, bytes_out);
-            }
-            self.up_buf.advance(n);
-            bytes_out += n as u64;
-            done = d;
         }
         self.held = None; // released above when reusable; an until-close body ended it
+        if self.up_buf.capacity() > 64 * 1024 {
+            // A large read-ahead is not kept for the connection's next requests.
+            self.up_buf = bytes::BytesMut::new();
+        }
         if !recorded {
             self.answered(record, bytes_out, Instant::now());
         }
@@ -273,6 +296,73 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         } else {
             Step::Next
         }
+    }
+
+    /// One step of a relay: writes what is pending to the client (`out[out_at..]` first, then
+    /// `up_buf[..framed]`) and, when `read`, reads more from the upstream behind it, whichever
+    /// is ready first. A client that stops reading is given until `write_by`, an upstream that
+    /// stops sending until `read_by`.
+    async fn relay_step(
+        &mut self,
+        write: bool,
+        read: bool,
+        (out_at, framed): (usize, usize),
+        (write_by, read_by): (tokio::time::Instant, tokio::time::Instant),
+    ) -> Relayed {
+        if read {
+            if self.up_buf.capacity() - self.up_buf.len() < 4096 {
+                self.up_buf.reserve(8192);
+            }
+        }
+        let Conn {
+            client,
+            held,
+            up_buf,
+            out,
+            idle_timer,
+            upstream_timer,
+            ..
+        } = self;
+        std::future::poll_fn(|cx| {
+            if write {
+                let bytes = if out_at < out.len() {
+                    &out[out_at..]
+                } else {
+                    &up_buf[..framed]
+                };
+                match Pin::new(&mut *client).poll_write(cx, bytes) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Relayed::WriteFailed);
+                    }
+                    Poll::Ready(Ok(n)) => return Poll::Ready(Relayed::Wrote(n)),
+                    Poll::Pending => {
+                        // Timers only for a wait: most answers go out in one write.
+                        idle_timer.arm_by(write_by);
+                        if idle_timer.poll_passed(cx, write_by) {
+                            return Poll::Ready(Relayed::WriteFailed);
+                        }
+                    }
+                }
+            }
+            if read {
+                let Some(upstream) = held.as_mut() else {
+                    return Poll::Ready(Relayed::ReadFailed);
+                };
+                let reading = std::pin::pin!(upstream.read_buf(&mut *up_buf));
+                match reading.poll(cx) {
+                    Poll::Ready(Ok(n)) => return Poll::Ready(Relayed::Read(n)),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Relayed::ReadFailed),
+                    Poll::Pending => {
+                        upstream_timer.arm_by(read_by);
+                        if upstream_timer.poll_passed(cx, read_by) {
+                            return Poll::Ready(Relayed::ReadFailed);
+                        }
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Ends this request's use of the upstream connection: back to the pool when `reusable`
@@ -287,6 +377,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             }
         }
     }
+}
+
+/// What one step of a relay did.
+enum Relayed {
+    /// This many bytes went to the client.
+    Wrote(usize),
+    /// The client connection failed, or the client read nothing for `idle_timeout` (or the
+    /// relay passed `response_timeout`).
+    WriteFailed,
+    /// This many bytes came from the upstream (0: it closed).
+    Read(usize),
+    /// The upstream connection failed, or sent nothing for `idle_timeout` (or the relay passed
+    /// `response_timeout`).
+    ReadFailed,
 }
 
 /// `RateLimit` or `RateLimit-Policy`, in any case.

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use super::body::Counted;
 use crate::proxy::policy::{ConnectError, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
-use crate::upstream::{Attempt, IdlePool, connect_tcp};
+use crate::upstream::{Attempt, IdlePool, Slot, connect_tcp};
 
 /// What a request sends upstream: the client's body, counted as it streams (or none, when a
 /// bodiless request is sent again).
@@ -303,6 +303,9 @@ pub struct UpstreamBody {
     conn: Option<Checkin>,
     /// The request's attempt on its target: outstanding there until the body is done with.
     attempt: Option<Attempt>,
+    /// The request's place at its upstream (`max_upstream_connections`), given back with the
+    /// connection.
+    place: Option<Slot>,
     /// `response_timeout`: when the relay of this body must have ended.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -322,6 +325,7 @@ impl UpstreamBody {
             inner,
             conn,
             attempt: None,
+            place: None,
             deadline: None,
         };
         if body.inner.is_end_stream() {
@@ -337,14 +341,19 @@ impl UpstreamBody {
         self
     }
 
-    /// Keeps `attempt` outstanding on its target until the body has been read or dropped.
-    pub fn holding(mut self, attempt: Attempt) -> Self {
-        self.attempt = Some(attempt);
+    /// Keeps `attempt` outstanding on its target, and `place` taken at its upstream, until the
+    /// body has been read or dropped.
+    pub fn holding(mut self, attempt: Attempt, place: Slot) -> Self {
+        if self.conn.is_some() || !self.inner.is_end_stream() {
+            self.attempt = Some(attempt);
+            self.place = Some(place);
+        }
         self
     }
 
     fn release(&mut self) {
         self.attempt = None;
+        self.place = None;
         if let Some(Checkin {
             pool,
             authority,
@@ -395,6 +404,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(_))) => {
                 this.conn = None;
                 this.attempt = None;
+                this.place = None;
             }
             _ => {}
         }

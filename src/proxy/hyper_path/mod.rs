@@ -4,6 +4,7 @@
 //! the upstream through hyper's client (`client.rs`) and streams the answer back.
 
 mod body;
+mod buffer;
 mod client;
 mod echo;
 mod idle;
@@ -40,7 +41,7 @@ use client::Pool;
 
 /// A response body before it is wrapped for logging: the upstream's, streamed, or one the
 /// gateway made.
-pub type ResponseBody = Either<client::UpstreamBody, Full<Bytes>>;
+pub type ResponseBody = Either<buffer::Relayed, Full<Bytes>>;
 
 /// What the client receives: a response body that records the request when it ends.
 pub type LoggedBody = Logged<ResponseBody>;
@@ -179,6 +180,19 @@ impl HyperPath {
         // only if none of it was sent (the pool gives it back).
         let bodiless = body.is_end_stream();
         let mut body = Some(body);
+        // One place at the upstream for the request, whichever target its attempts go to.
+        let limits = forward.limits;
+        let place = match cluster
+            .place(limits.max_upstream_connections, limits.connect_timeout)
+            .await
+        {
+            Ok(place) => place,
+            Err(_busy) => {
+                let refusal = Refusal::UpstreamBusy;
+                record.decision = refusal.code();
+                return refusal_response(refusal, record.presented);
+            }
+        };
         let mut tried = Tried::default();
         let mut attempts = 0u32;
         loop {
@@ -221,11 +235,11 @@ impl HyperPath {
                             parts.version = http::Version::HTTP_11;
                             return Response::from_parts(
                                 parts,
-                                Either::Left(
-                                    upstream_body
-                                        .holding(attempt)
-                                        .within(forward.limits.response_timeout),
-                                ),
+                                Either::Left(buffer::Relayed::new(
+                                    upstream_body.holding(attempt, place),
+                                    limits.response_buffer,
+                                    limits.response_timeout,
+                                )),
                             );
                         }
                         // Dropping the body closes its connection: it is never reused.

@@ -1,0 +1,166 @@
+//! The response buffer on hyper's path (`response_buffer`): a task of its own reads the
+//! upstream's body up to that many bytes ahead of the client, so that an answer that fits has
+//! given its upstream connection back to the pool (and its `max_upstream_connections` place)
+//! whatever the client does, and a larger one streams with at most that much held. hyper's
+//! server polls a response body only when the client's socket takes more, which is why the
+//! reading cannot be left to it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::client::{RelayError, UpstreamBody};
+
+/// Frames in the channel at most, whatever their size (the byte budget bounds the memory).
+const FRAMES: usize = 64;
+
+/// A response body as the client receives it: the upstream's directly (no buffer, or nothing
+/// left to read), or through the read-ahead task.
+pub enum Relayed {
+    Direct(UpstreamBody),
+    Buffered(Buffered),
+}
+
+/// The client's end of a read-ahead: frames with the budget they hold.
+pub struct Buffered {
+    frames: mpsc::Receiver<(Result<Frame<Bytes>, RelayError>, u32)>,
+    budget: Arc<Semaphore>,
+    hint: SizeHint,
+    ended: bool,
+    /// `response_timeout`: when the relay to the client must have ended.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Relayed {
+    /// `body` relayed through a read-ahead of `ahead` bytes (none when 0, or when the body has
+    /// already ended), bounded by `response_timeout` from now.
+    pub fn new(body: UpstreamBody, ahead: usize, response_timeout: Option<Duration>) -> Relayed {
+        if ahead == 0 || body.is_end_stream() {
+            return Relayed::Direct(body.within(response_timeout));
+        }
+        let permits = u32::try_from(ahead)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let budget = Arc::new(Semaphore::new(permits as usize));
+        let (tx, rx) = mpsc::channel(FRAMES);
+        let hint = body.size_hint();
+        tokio::spawn(read_ahead(body, tx, Arc::clone(&budget), permits));
+        Relayed::Buffered(Buffered {
+            frames: rx,
+            budget,
+            hint,
+            ended: false,
+            deadline: response_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+        })
+    }
+}
+
+/// Reads `body` into the channel while the budget allows. The client going away (the receiver
+/// dropped) ends it: the upstream body is dropped, which closes its connection mid-response.
+async fn read_ahead(
+    mut body: UpstreamBody,
+    tx: mpsc::Sender<(Result<Frame<Bytes>, RelayError>, u32)>,
+    budget: Arc<Semaphore>,
+    most: u32,
+) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tx.closed() => return,
+        };
+        let Some(frame) = frame else { return };
+        let failed = frame.is_err();
+        let len = frame
+            .as_ref()
+            .ok()
+            .and_then(Frame::data_ref)
+            .map_or(0, Bytes::len);
+        // A frame larger than the whole budget takes all of it.
+        let cost = u32::try_from(len).unwrap_or(u32::MAX).min(most);
+        let permits = tokio::select! {
+            permits = budget.acquire_many(cost) => permits,
+            () = tx.closed() => return,
+        };
+        match permits {
+            Ok(p) => p.forget(),
+            Err(_) => return,
+        }
+        if tx.send((frame, cost)).await.is_err() || failed {
+            return;
+        }
+        if body.is_end_stream() {
+            // The upstream body has given its connection back; nothing more to read.
+            return;
+        }
+    }
+}
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        match self.get_mut() {
+            Relayed::Direct(body) => Pin::new(body).poll_frame(cx),
+            Relayed::Buffered(b) => b.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Relayed::Direct(body) => body.is_end_stream(),
+            Relayed::Buffered(b) => b.ended,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Relayed::Direct(body) => body.size_hint(),
+            Relayed::Buffered(b) => b.hint.clone(),
+        }
+    }
+}
+
+impl Buffered {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = self.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                // An error, not an early end: hyper's server then closes the client connection
+                // instead of framing a truncated body as complete.
+                self.ended = true;
+                self.frames.close();
+                return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
+            }
+        }
+        match self.frames.poll_recv(cx) {
+            Poll::Ready(Some((frame, cost))) => {
+                self.budget.add_permits(cost as usize);
+                if frame.is_err() {
+                    self.ended = true;
+                }
+                Poll::Ready(Some(frame))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
