@@ -309,10 +309,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         (out_at, framed): (usize, usize),
         (write_by, read_by): (tokio::time::Instant, tokio::time::Instant),
     ) -> Relayed {
-        if read {
-            if self.up_buf.capacity() - self.up_buf.len() < 4096 {
-                self.up_buf.reserve(8192);
-            }
+        if read && self.up_buf.capacity() - self.up_buf.len() < 4096 {
+            self.up_buf.reserve(8192);
         }
         let Conn {
             client,

@@ -126,7 +126,7 @@ impl Body for Relayed {
     fn size_hint(&self) -> SizeHint {
         match self {
             Relayed::Direct(body) => body.size_hint(),
-            Relayed::Buffered(b) => b.hint.clone(),
+            Relayed::Buffered(b) => b.hint,
         }
     }
 }
