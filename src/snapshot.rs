@@ -165,6 +165,9 @@ impl UserLimits {
 pub struct RateLimitSettings {
     pub store: LimitStore,
     pub on_store_error: OnStoreError,
+    /// `forward_remaining`: tell the upstream what is left of a limited user's allowance
+    /// (`X-Apiward-RateLimit-Remaining`), the only thing about limits it ever sees.
+    pub forward_remaining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -564,3 +564,61 @@ async fn the_gateways_ratelimit_fields_replace_an_upstreams() {
     }
     gw.shutdown().await;
 }
+
+both_transports! {
+    /// `[rate_limits] forward_remaining = true`: the upstream learns what is left of a limited
+    /// user's allowance, and nothing else about limits; a client's own
+    /// `X-Apiward-RateLimit-Remaining` never reaches it.
+    async fn forward_remaining_tells_the_upstream_what_is_left_and_a_clients_own_is_dropped() {
+        let up = echo_upstream().await;
+        let key = TestKey::new("remaininguser");
+        let forwarding = TestGateway::start(&limited_config(
+            &up.url(),
+            r#"rate_limit = { requests = 1, per = "1h", burst = 4 }"#,
+            &active("remaining@example.org", &key),
+            "forward_remaining = true",
+        ))
+        .await;
+        let forged = [
+            ("x-api-key", key.key.as_str()),
+            ("x-apiward-ratelimit-remaining", "1000000"),
+        ];
+        // Burst 4 on top of the one request of the period: 5 pass; what is left falls each time.
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let reply = get(&forwarding.url("/supporters/1"), &forged).await;
+            assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+            let values = reply
+                .upstream_header("x-apiward-ratelimit-remaining")
+                .expect("the upstream got X-Apiward-RateLimit-Remaining");
+            assert_eq!(values.len(), 1, "the client's own was forwarded too: {values:?}");
+            assert_eq!(
+                values[0],
+                header(&reply, "ratelimit")
+                    .split("r=")
+                    .nth(1)
+                    .and_then(|rest| rest.split(';').next())
+                    .expect("r= in the client's RateLimit field"),
+                "the upstream and the client are told the same"
+            );
+            assert!(reply.upstream_header("ratelimit").is_none());
+            assert!(reply.upstream_header("ratelimit-policy").is_none());
+            seen.push(values[0].parse::<u64>().expect("a number"));
+        }
+        assert_eq!(seen, [4, 3, 2, 1, 0]);
+        forwarding.shutdown().await;
+
+        // Off (the default): nothing about limits reaches the upstream, a forged one included.
+        let quiet = TestGateway::start(&limited_config(
+            &up.url(),
+            r#"rate_limit = { requests = 1, per = "1h", burst = 4 }"#,
+            &active("remaining@example.org", &key),
+            "",
+        ))
+        .await;
+        let reply = get(&quiet.url("/supporters/1"), &forged).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.upstream_header("x-apiward-ratelimit-remaining").is_none());
+        quiet.shutdown().await;
+    }
+}

@@ -30,6 +30,8 @@ pub struct RawConfig {
 pub struct RawRateLimits {
     pub store: Option<Spanned<String>>,
     pub on_store_error: Option<Spanned<String>>,
+    /// `true`: the upstream gets `X-Apiward-RateLimit-Remaining` on a limited user's requests.
+    pub forward_remaining: Option<bool>,
 }
 
 /// `rate_limit = { requests = 100, per = "1s", burst = 50 }`

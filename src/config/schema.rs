@@ -348,7 +348,10 @@ mod tests {
         );
         assert_eq!(Kind::RateLimit.fields(), ["requests", "per", "burst"]);
         assert_eq!(Kind::Quota.fields(), ["requests", "per"]);
-        assert_eq!(Kind::RateLimits.fields(), ["store", "on_store_error"]);
+        assert_eq!(
+            Kind::RateLimits.fields(),
+            ["store", "on_store_error", "forward_remaining"]
+        );
         assert!(Kind::Server.fields().contains(&"upstream_timeout"));
         assert_eq!(
             Kind::Route.fields(),

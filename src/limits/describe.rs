@@ -110,6 +110,7 @@ pub fn status(limiter: &super::Limiter, snapshot: &Snapshot) -> serde_json::Valu
         "store_round_trips": shared.as_ref().map(|s| s.stats.round_trips.load(Ordering::Relaxed)),
         "store_errors": shared.as_ref().map(|s| s.stats.errors.load(Ordering::Relaxed)),
         "on_store_error": settings.on_store_error.as_str(),
+        "forward_remaining": settings.forward_remaining,
         "limited_users": limited.len(),
         "users": users,
         "users_truncated": limited.len() > STATUS_USERS,

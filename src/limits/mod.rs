@@ -123,6 +123,8 @@ pub struct LimitPlan {
     /// Whether `[rate_limits] store` is Redis.
     pub shared: bool,
     pub on_store_error: OnStoreError,
+    /// `[rate_limits] forward_remaining`.
+    pub forward_remaining: bool,
 }
 
 impl LimitPlan {
@@ -131,6 +133,7 @@ impl LimitPlan {
             limits: user.limits,
             shared: matches!(settings.store, LimitStore::Redis { .. }),
             on_store_error: settings.on_store_error,
+            forward_remaining: settings.forward_remaining,
         }
     }
 }

@@ -154,6 +154,7 @@ impl Compiler<'_> {
         RateLimitSettings {
             store,
             on_store_error,
+            forward_remaining: raw.forward_remaining.unwrap_or(false),
         }
     }
 }

@@ -18,6 +18,7 @@ use super::conn::{Conn, Head, Step};
 
 use crate::limits::Fields;
 use crate::observe::RequestRecord;
+use crate::observe::request_line::write_u64;
 use crate::proxy::policy::headers::OnRequest;
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
@@ -103,6 +104,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         push_header(out, b"x-apiward-user", user.as_bytes());
         push_header(out, b"x-apiward-group", forward.group.as_bytes());
         push_header(out, b"x-request-id", record.request_id.as_bytes());
+        if let Some(left) = forward.remaining_for_upstream(record) {
+            out.extend_from_slice(b"x-apiward-ratelimit-remaining: ");
+            write_u64(out, left);
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
     }
 

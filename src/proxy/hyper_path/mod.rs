@@ -155,6 +155,12 @@ impl HyperPath {
         parts
             .headers
             .insert(&X_REQUEST_ID, record.request_id.clone());
+        if let Some(left) = forward.remaining_for_upstream(record) {
+            parts.headers.insert(
+                &headers::X_APIWARD_RATELIMIT_REMAINING,
+                HeaderValue::from(left),
+            );
+        }
         let sent = Instant::now();
         let Some(cluster) = forward.cluster.as_ref() else {
             parts.uri = Uri::from(forward.path_and_query);

@@ -13,6 +13,10 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_APIWARD_USER: HeaderName = HeaderName::from_static("x-apiward-user");
 pub static X_APIWARD_GROUP: HeaderName = HeaderName::from_static("x-apiward-group");
+/// What is left of a limited user's allowance, sent upstream with `[rate_limits]
+/// forward_remaining = true`; a client's own is dropped like the identity headers.
+pub static X_APIWARD_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-apiward-ratelimit-remaining");
 /// Every header name the gateway acts on, in either direction: the one list both transports read.
 /// Found by length first (`classify`), so a name is compared with at most two candidates instead
 /// of every one. What happens to each is `Known::on_request` and `Known::on_response`.
@@ -69,6 +73,7 @@ pub fn classify(name: &[u8]) -> Known {
         ],
         18 => &[(b"proxy-authenticate", Hop)],
         19 => &[(b"proxy-authorization", Hop)],
+        29 => &[(b"x-apiward-ratelimit-remaining", Identity)],
         _ => &[],
     };
     candidates

@@ -81,6 +81,19 @@ impl Policy {
     }
 }
 
+impl Forward {
+    /// The `X-Apiward-RateLimit-Remaining` the upstream gets: with `[rate_limits]
+    /// forward_remaining = true`, for a user under a rate limit or quota, the least of what is
+    /// left of them after this request (as the request log's `limit_remaining`).
+    pub fn remaining_for_upstream(&self, record: &RequestRecord) -> Option<u64> {
+        if self.limit_plan.forward_remaining {
+            record.limit_remaining
+        } else {
+            None
+        }
+    }
+}
+
 fn least_remaining(fields: &Fields) -> Option<u64> {
     fields
         .rate
