@@ -19,8 +19,8 @@ mod routes;
 mod tables;
 mod upstreams;
 pub use routes::RouteTable;
-pub(crate) use tables::KeyTableBuilder;
 pub use tables::{KeyTable, UserTable};
+pub(crate) use tables::{KeyTableBuilder, shard_selector};
 pub use upstreams::{
     Balance, Cluster, Eject, HealthCheck, Target, Upstream, UpstreamTarget, weighted_schedule,
 };
@@ -452,12 +452,29 @@ pub struct ConsoleSettings {
 
 /// The text of the file this snapshot was compiled from, as far as a reload needs it: a digest
 /// of everything before the first `[users."…"]` table, and a digest and slot for each table, in
-/// the file's order.
+/// the file's order; and the shard selector of each table's keys, so that a reload finds a
+/// changed user's keys in the shards that hold them instead of scanning the key table (4 bytes
+/// a key and 4 a table).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SourceIndex {
     pub head: u128,
     pub tables: Box<[u128]>,
     pub slots: Box<[UserIndex]>,
+    /// Table `i`'s keys are `key_selectors[key_ends[i - 1]..key_ends[i]]` (from 0 for `i = 0`).
+    pub key_ends: Box<[u32]>,
+    pub key_selectors: Box<[u32]>,
+}
+
+impl SourceIndex {
+    /// The shard selectors of table `i`'s keys.
+    pub fn selectors(&self, i: usize) -> &[u32] {
+        let start = if i == 0 {
+            0
+        } else {
+            self.key_ends[i - 1] as usize
+        };
+        &self.key_selectors[start..self.key_ends[i] as usize]
+    }
 }
 
 impl Snapshot {

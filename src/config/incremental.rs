@@ -18,6 +18,7 @@ use std::hash::BuildHasherDefault;
 use std::ops::Range;
 use std::path::Path;
 
+use memchr::memmem;
 use toml::Spanned;
 
 use super::compile::{Head, UserPiece, compile_admins, compile_head, compile_user};
@@ -25,7 +26,7 @@ use super::diff::ChangeSummary;
 use super::error::{ConfigError, ConfigErrors, Locator};
 use super::raw::{RawConfig, RawUser};
 use super::whole::{assemble, compile_whole, in_file_order};
-use crate::snapshot::{KeyDigest, Snapshot, SourceIndex, UserIndex};
+use crate::snapshot::{KeyDigest, Snapshot, SourceIndex, UserIndex, shard_selector};
 
 /// A compiled file, and what changed if the compile was an incremental one.
 pub struct Compiled {
@@ -48,12 +49,33 @@ pub fn compile_after(
     text: &str,
     previous: &Snapshot,
 ) -> Result<Compiled, ConfigErrors> {
-    if let Some(compiled) = only_changed_tables(file, text, previous) {
-        return Ok(compiled);
+    match reload_after(file, text, previous)? {
+        Some(compiled) => Ok(compiled),
+        // The same text: compiled again, as asked.
+        None => compile_full(file, text).map(|snapshot| Compiled {
+            snapshot,
+            changes: None,
+        }),
     }
-    compile_full(file, text).map(|snapshot| Compiled {
-        snapshot,
-        changes: None,
+}
+
+/// `compile_after` for a reload: `None` when the text is, table for table, the one `previous`
+/// was compiled from (then there is nothing to do, and nothing is built).
+pub fn reload_after(
+    file: &Path,
+    text: &str,
+    previous: &Snapshot,
+) -> Result<Option<Compiled>, ConfigErrors> {
+    match only_changed_tables(file, text, previous) {
+        Some(Incremental::Same) => return Ok(None),
+        Some(Incremental::Compiled(compiled)) => return Ok(Some(*compiled)),
+        None => {}
+    }
+    compile_full(file, text).map(|snapshot| {
+        Some(Compiled {
+            snapshot,
+            changes: None,
+        })
     })
 }
 
@@ -61,20 +83,85 @@ fn digest(text: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
-/// Where the head ends, and each user table's range.
-fn cut(text: &str) -> (usize, Vec<Range<usize>>) {
-    let mut starts: Vec<usize> = Vec::new();
-    if text.starts_with("[users.") {
-        starts.push(0);
+/// A file cut into its head and user tables, each table with its digest.
+struct Tables {
+    /// Where the head ends: the first table's start, or the text's end.
+    head_end: usize,
+    ranges: Vec<Range<usize>>,
+    digests: Vec<u128>,
+}
+
+const TABLE_START: &[u8] = b"\n[users.";
+
+/// Cuts the text before each line that starts with `[users.` and digests each table, in one
+/// pass over the bytes on every core: each thread finds the tables that start in its part of
+/// the text and digests each one as soon as it has found its end, while its bytes are in cache.
+fn tables(text: &str) -> Tables {
+    let bytes = text.as_bytes();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    let parts = if bytes.len() < (1 << 20) { 1 } else { threads };
+    let each = bytes.len().div_ceil(parts).max(1);
+    let part = |t: usize| tables_starting_in(text, t * each, ((t + 1) * each).min(bytes.len()));
+    let found: Vec<(Vec<Range<usize>>, Vec<u128>)> = if parts == 1 {
+        vec![part(0)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..parts).map(|t| scope.spawn(move || part(t))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+    let count = found.iter().map(|(r, _)| r.len()).sum();
+    let mut ranges = Vec::with_capacity(count);
+    let mut digests = Vec::with_capacity(count);
+    for (r, d) in found {
+        ranges.extend(r);
+        digests.extend(d);
     }
-    starts.extend(memchr::memmem::find_iter(text.as_bytes(), b"\n[users.").map(|i| i + 1));
-    let head = starts.first().copied().unwrap_or(text.len());
-    let mut ranges = Vec::with_capacity(starts.len());
-    for (i, &start) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+    let head_end = ranges.first().map_or(text.len(), |r| r.start);
+    Tables {
+        head_end,
+        ranges,
+        digests,
+    }
+}
+
+/// The tables that start in `lo..hi`, each to its end (which may lie past `hi`), and their
+/// digests. A table starts at 0 when the text does with `[users.`, or after a newline.
+fn tables_starting_in(text: &str, lo: usize, hi: usize) -> (Vec<Range<usize>>, Vec<u128>) {
+    let bytes = text.as_bytes();
+    let finder = memmem::Finder::new(TABLE_START);
+    // The next table start at or after `from`.
+    let next_start = |from: usize| -> Option<usize> {
+        if from == 0 && bytes.starts_with(&TABLE_START[1..]) {
+            return Some(0);
+        }
+        let search = from.saturating_sub(1);
+        finder.find(&bytes[search..]).map(|i| search + i + 1)
+    };
+    let mut ranges = Vec::new();
+    let mut digests = Vec::new();
+    let mut start = match next_start(lo) {
+        Some(s) if s < hi => s,
+        _ => return (ranges, digests),
+    };
+    loop {
+        let next = next_start(start + 1);
+        let end = next.unwrap_or(bytes.len());
         ranges.push(start..end);
+        digests.push(digest(&text[start..end]));
+        match next {
+            Some(s) if s < hi => start = s,
+            _ => return (ranges, digests),
+        }
     }
-    (head, ranges)
 }
 
 /// `f(0..n)` on every core (in order), for work worth spreading.
@@ -163,23 +250,55 @@ fn table_piece(
 /// The full compile, table by table; `None` where only the whole-file compile is exact.
 fn by_tables(file: &Path, text: &str) -> Option<Result<Snapshot, ConfigErrors>> {
     let loc = Locator::new(file, text);
-    let (head_end, ranges) = cut(text);
+    let Tables {
+        head_end,
+        ranges,
+        digests,
+    } = tables(text);
     let (head, mut errors, raw_head) = head_of(&loc, &text[..head_end])?;
-    // Pieces and digests apart: the pieces' vector is collected in place (no second copy of a
-    // million of them).
     let pieces = spread(ranges.len(), |i| table_piece(&loc, &head, text, &ranges[i]));
     let pieces: Vec<UserPiece> = pieces.into_iter().collect::<Option<_>>()?;
-    let tables = spread(ranges.len(), |i| digest(&text[ranges[i].clone()]));
+    let mut key_index = KeyIndex::with_capacity(pieces.len());
+    for piece in &pieces {
+        key_index.push(piece.keys.iter().map(|k| shard_selector(&k.digest)));
+    }
     let (mut snapshot, slots) = assemble(&loc, head, pieces, &mut errors, &raw_head)?;
     if !errors.is_empty() {
         return Some(Err(in_file_order(errors)));
     }
-    snapshot.source_index = Some(SourceIndex {
-        head: digest(&text[..head_end]),
-        tables: tables.into_boxed_slice(),
-        slots: slots.into_boxed_slice(),
-    });
+    snapshot.source_index = Some(key_index.finish(digest(&text[..head_end]), digests, slots));
     Some(Ok(snapshot))
+}
+
+/// A `SourceIndex`'s key selectors, built table by table.
+struct KeyIndex {
+    ends: Vec<u32>,
+    selectors: Vec<u32>,
+}
+
+impl KeyIndex {
+    fn with_capacity(tables: usize) -> KeyIndex {
+        KeyIndex {
+            ends: Vec::with_capacity(tables),
+            selectors: Vec::with_capacity(tables),
+        }
+    }
+
+    /// The next table's keys.
+    fn push(&mut self, selectors: impl IntoIterator<Item = u32>) {
+        self.selectors.extend(selectors);
+        self.ends.push(self.selectors.len() as u32);
+    }
+
+    fn finish(self, head: u128, tables: Vec<u128>, slots: Vec<UserIndex>) -> SourceIndex {
+        SourceIndex {
+            head,
+            tables: tables.into_boxed_slice(),
+            slots: slots.into_boxed_slice(),
+            key_ends: self.ends.into_boxed_slice(),
+            key_selectors: self.selectors.into_boxed_slice(),
+        }
+    }
 }
 
 /// How far ahead in the previous file's tables a table is looked for, from where the last
@@ -244,20 +363,41 @@ impl std::hash::Hasher for TableHasher {
     }
 }
 
+/// What the incremental compile found.
+enum Incremental {
+    /// The text is, table for table, the previous one's.
+    Same,
+    Compiled(Box<Compiled>),
+}
+
 /// The incremental compile; `None` where only a full compile is exact (then it runs instead).
-fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<Compiled> {
+///
+/// Its work beyond one pass over the text (cutting and digesting it) is one pass over the
+/// table digests (matching them with the previous file's, and the new index), and, for the
+/// tables that changed only, parsing and compiling them, looking their old keys up in the few
+/// shards that hold them, and the summary of what changed: nothing is allocated or looked up
+/// for a user whose table did not change.
+fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<Incremental> {
     let index = previous.source_index.as_ref()?;
-    let (head_end, ranges) = cut(text);
+    let Tables {
+        head_end,
+        ranges,
+        digests: tables,
+    } = tables(text);
     if digest(&text[..head_end]) != index.head {
         return None;
+    }
+    let (matched, found) = match_tables(&index.tables, &tables);
+    let same = tables.len() == index.tables.len()
+        && matched.iter().enumerate().all(|(i, m)| *m == Some(i));
+    if same {
+        return Some(Incremental::Same);
     }
     let loc = Locator::new(file, text);
     let (head, head_errors, raw_head) = head_of(&loc, &text[..head_end])?;
     if !head_errors.is_empty() {
         return None;
     }
-    let tables = spread(ranges.len(), |i| digest(&text[ranges[i].clone()]));
-    let (matched, found) = match_tables(&index.tables, &tables);
     let changed: Vec<usize> = (0..tables.len())
         .filter(|&i| matched[i].is_none())
         .collect();
@@ -274,20 +414,18 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
     }
 
     // The previous file's tables that are not in this one: their users were removed or changed.
-    let gone: HashSet<UserIndex> = (0..index.tables.len())
-        .filter(|&j| !found[j])
-        .map(|j| index.slots[j])
-        .collect();
+    let gone: Vec<usize> = (0..index.tables.len()).filter(|&j| !found[j]).collect();
+    let gone_slots: HashSet<UserIndex> = gone.iter().map(|&j| index.slots[j]).collect();
     let mut claimed: HashSet<UserIndex> = HashSet::new();
-    let mut fresh_ids: HashSet<String> = HashSet::new();
+    let mut fresh_ids: HashSet<&str> = HashSet::with_capacity(fresh.len());
     let mut places = Vec::with_capacity(fresh.len());
     for piece in &fresh {
-        if !fresh_ids.insert(piece.id.clone()) {
+        if !fresh_ids.insert(piece.id.as_str()) {
             return None;
         }
         match previous.users.index_of(&piece.id) {
             // Its table changed: it keeps its slot.
-            Some(slot) if gone.contains(&slot) => {
+            Some(slot) if gone_slots.contains(&slot) => {
                 claimed.insert(slot);
                 places.push(Some(slot));
             }
@@ -298,27 +436,20 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
         }
     }
 
-    // Their keys: one pass over the key table, each key's slot looked up in a bitmap.
-    let old_keys: Vec<(KeyDigest, UserIndex)> = if gone.is_empty() {
-        Vec::new()
-    } else {
-        let mut is_gone = vec![false; previous.users.slot_count()];
-        for &slot in &gone {
-            is_gone[slot as usize] = true;
-        }
-        previous
-            .keys
-            .iter()
-            .filter(|(_, k)| is_gone.get(k.user as usize).copied().unwrap_or(false))
-            .map(|(d, k)| (*d, k.user))
-            .collect()
-    };
+    // Their keys, found in the shards the index names for their tables.
     let mut keys = previous.keys.edit();
-    for (d, _) in &old_keys {
-        keys.remove(d);
+    let mut old_keys: Vec<(KeyDigest, UserIndex)> = Vec::new();
+    let mut removed = Vec::new();
+    for &j in &gone {
+        let slot = index.slots[j];
+        for &selector in index.selectors(j) {
+            keys.remove_user_keys(selector, slot, &mut removed);
+        }
+        old_keys.extend(removed.drain(..).map(|d| (d, slot)));
     }
     let mut users = previous.users.edit();
-    for &slot in &gone {
+    for &j in &gone {
+        let slot = index.slots[j];
         if !claimed.contains(&slot) {
             users.remove(slot);
         }
@@ -346,12 +477,22 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
         piece_slots.push(slot);
     }
     let mut slots = Vec::with_capacity(tables.len());
+    let mut key_index = KeyIndex::with_capacity(tables.len());
     let mut next_fresh = 0;
     for m in &matched {
         match m {
-            Some(j) => slots.push(index.slots[*j]),
+            Some(j) => {
+                slots.push(index.slots[*j]);
+                key_index.push(index.selectors(*j).iter().copied());
+            }
             None => {
                 slots.push(piece_slots[next_fresh]);
+                key_index.push(
+                    fresh[next_fresh]
+                        .keys
+                        .iter()
+                        .map(|k| shard_selector(&k.digest)),
+                );
                 next_fresh += 1;
             }
         }
@@ -374,13 +515,10 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
         admin_tokens,
         console: head.console,
         rate_limits: head.rate_limits,
-        source_index: Some(SourceIndex {
-            head: index.head,
-            tables: tables.into_boxed_slice(),
-            slots: slots.into_boxed_slice(),
-        }),
+        source_index: Some(key_index.finish(index.head, tables, slots)),
     };
 
+    // What changed, from the changed tables alone.
     let old_pairs: HashSet<(&KeyDigest, &str)> = old_keys
         .iter()
         .map(|(d, slot)| (d, &*previous.user(*slot).id))
@@ -391,14 +529,14 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<C
         .collect();
     let ids: Vec<&str> = gone
         .iter()
-        .map(|&slot| &*previous.user(slot).id)
+        .map(|&j| &*previous.user(index.slots[j]).id)
         .chain(fresh.iter().map(|p| p.id.as_str()))
         .collect();
     let changes = ChangeSummary::of_users(previous, &snapshot, ids, &old_pairs, &new_pairs);
-    Some(Compiled {
+    Some(Incremental::Compiled(Box::new(Compiled {
         snapshot,
         changes: Some(changes),
-    })
+    })))
 }
 
 #[cfg(test)]

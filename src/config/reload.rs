@@ -126,28 +126,25 @@ impl ConfigStore {
             Err(ReadError::Missing) => return ReloadOutcome::Missing,
             Err(ReadError::Invalid(e)) => return self.refused(e),
         };
-        let digest = text_digest(&text);
-        if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
-            let stale = self
-                .last_failure
-                .lock()
-                .map(|mut f| f.take())
-                .unwrap_or(None);
-            return match stale {
-                Some(_) => ReloadOutcome::BackInLine,
-                None => ReloadOutcome::Unchanged,
-            };
+        let current = self.current.load_full();
+        // A snapshot with a source index says itself whether the text is the one it was
+        // compiled from (its head and every table's digest); only without one is the whole
+        // text digested for that, before compiling it in full anyway.
+        if current.source_index.is_none() {
+            let digest = text_digest(&text);
+            if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
+                return self.unchanged();
+            }
         }
         if let Err(e) = guard::refuse_blank(&self.path, &text) {
             return self.refused(e);
         }
         // Only the user tables whose text changed are compiled; the rest is taken from the
         // snapshot serving now (`incremental`).
-        let current = self.current.load_full();
-        let compiled = super::incremental::compile_after(&self.path, &text, &current);
-        drop(text);
+        let compiled = super::incremental::reload_after(&self.path, &text, &current);
         let (snapshot, changes) = match compiled {
-            Ok(c) => (c.snapshot, c.changes),
+            Ok(Some(c)) => (c.snapshot, c.changes),
+            Ok(None) => return self.unchanged(),
             Err(e) => return self.refused(e),
         };
         // A file that would serve nothing, or lose most users, keeps the current one serving.
@@ -163,15 +160,19 @@ impl ConfigStore {
         }
         // Swap first: what changed is worked out afterwards (when the compile did not already
         // say), for the log, off the critical path between the file landing and the new keys
-        // being enforced.
+        // being enforced; so is the digest of the text, needed only when the new snapshot has
+        // no source index.
         let snapshot = Arc::new(snapshot);
         let previous = self.current.swap(Arc::clone(&snapshot));
+        if snapshot.source_index.is_none() {
+            *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = text_digest(&text);
+        }
+        drop(text);
         let changes = changes.unwrap_or_else(|| ChangeSummary::between(&previous, &snapshot));
         let restart_required = restart_required(&previous, &snapshot);
         // The old snapshot is freed here, on the reload thread, not on a request's.
         drop(previous);
         release_freed_memory();
-        *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = digest;
         if let Ok(mut f) = self.last_failure.lock() {
             *f = None;
         }
@@ -183,6 +184,19 @@ impl ConfigStore {
             generation,
             changes,
             restart_required,
+        }
+    }
+
+    /// The file's bytes are those loaded: a stale failure (a refused edit since undone) is cleared.
+    fn unchanged(&self) -> ReloadOutcome {
+        let stale = self
+            .last_failure
+            .lock()
+            .map(|mut f| f.take())
+            .unwrap_or(None);
+        match stale {
+            Some(_) => ReloadOutcome::BackInLine,
+            None => ReloadOutcome::Unchanged,
         }
     }
 

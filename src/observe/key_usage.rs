@@ -1,6 +1,7 @@
 //! When each key and each password was last used, kept in memory beside the snapshot so stale
 //! credentials can be found.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
@@ -20,27 +21,39 @@ pub struct KeyUsage {
 struct Times {
     used: AtomicI64,
     refused: AtomicI64,
+    /// For a password's entry, its user's id: a reload checks that user's password alone, not
+    /// every user's.
+    password_of: Option<Arc<str>>,
 }
 
 impl KeyUsage {
     /// Records a use: a request with this key was admitted. Hot path: a shard read lock and an
     /// atomic store once the key has an entry.
     pub fn touch(&self, digest: &KeyDigest, now: i64) {
-        self.times(digest, now, |t| &t.used);
+        self.times(digest, now, |t| &t.used, None);
     }
 
     /// Records a refusal of a request with this (known) key: from a source outside the whitelist,
     /// an inactive user, a forbidden path. Not a use, so it never makes a stale key look alive.
     pub fn refused(&self, digest: &KeyDigest, now: i64) {
-        self.times(digest, now, |t| &t.refused);
+        self.times(digest, now, |t| &t.refused, None);
     }
 
-    fn times(&self, digest: &KeyDigest, now: i64, which: fn(&Times) -> &AtomicI64) {
+    fn times(
+        &self,
+        digest: &KeyDigest,
+        now: i64,
+        which: fn(&Times) -> &AtomicI64,
+        password_of: Option<&Arc<str>>,
+    ) {
         if let Some(entry) = self.last_used.get(digest) {
             which(&entry).store(now, Ordering::Relaxed);
             return;
         }
-        let times = Times::default();
+        let times = Times {
+            password_of: password_of.cloned(),
+            ..Times::default()
+        };
         which(&times).store(now, Ordering::Relaxed);
         self.last_used
             .entry(*digest)
@@ -65,14 +78,14 @@ impl KeyUsage {
     /// Records a use of `user`'s password (a Basic-auth request whose password was right).
     pub fn touch_password(&self, user: &ApiUser, now: i64) {
         if let Some(digest) = password_digest(user) {
-            self.touch(&digest, now);
+            self.times(&digest, now, |t| &t.used, Some(&user.id));
         }
     }
 
     /// Records a refusal of a request whose password for `user` was right.
     pub fn refused_password(&self, user: &ApiUser, now: i64) {
         if let Some(digest) = password_digest(user) {
-            self.refused(&digest, now);
+            self.times(&digest, now, |t| &t.refused, Some(&user.id));
         }
     }
 
@@ -86,12 +99,17 @@ impl KeyUsage {
         self.last_used(&password_digest(user)?)
     }
 
-    /// Forgets keys and passwords that the new snapshot no longer has.
+    /// Forgets keys and passwords that the new snapshot no longer has: work for the entries
+    /// kept (credentials presented), none for the users of the file.
     pub fn retain_keys_of(&self, snapshot: &Snapshot) {
-        let passwords: std::collections::HashSet<KeyDigest> =
-            snapshot.users.iter().filter_map(password_digest).collect();
         self.last_used
-            .retain(|digest, _| snapshot.keys.contains_key(digest) || passwords.contains(digest));
+            .retain(|digest, times| match &times.password_of {
+                Some(id) => snapshot
+                    .user_by_id(id)
+                    .and_then(password_digest)
+                    .is_some_and(|d| d == *digest),
+                None => snapshot.keys.contains_key(digest),
+            });
     }
 }
 

@@ -328,11 +328,21 @@ impl KeyTable {
     }
 }
 
-/// Bytes 8..12 of the digest, uniform, scaled to `0..shards` (a multiply and a shift).
-fn shard_of(digest: &KeyDigest, shards: usize) -> usize {
+/// Bytes 8..12 of the digest: what picks its shard, whatever the shard count. A `SourceIndex`
+/// keeps this much of each key, to find a user's keys again without scanning the table.
+pub(crate) fn shard_selector(digest: &KeyDigest) -> u32 {
     let mut bytes = [0u8; 4];
     bytes.copy_from_slice(&digest.0[8..12]);
-    ((u64::from(u32::from_le_bytes(bytes)) * shards as u64) >> 32) as usize
+    u32::from_le_bytes(bytes)
+}
+
+/// The selector, uniform, scaled to `0..shards` (a multiply and a shift).
+fn shard_for(selector: u32, shards: usize) -> usize {
+    ((u64::from(selector) * shards as u64) >> 32) as usize
+}
+
+fn shard_of(digest: &KeyDigest, shards: usize) -> usize {
+    shard_for(shard_selector(digest), shards)
 }
 
 /// Changes to a `KeyTable`, applied by `finish`.
@@ -358,10 +368,33 @@ impl KeyTableEdit<'_> {
         }
     }
 
+    #[cfg(test)]
     pub fn remove(&mut self, digest: &KeyDigest) {
         if self.shard_mut(digest).remove(digest).is_some() {
             self.len -= 1;
         }
+    }
+
+    /// Removes the keys of the user in `slot` whose shard selector is `selector`, pushing each
+    /// one's digest onto `removed`: one shard looked through, not the table.
+    pub fn remove_user_keys(
+        &mut self,
+        selector: u32,
+        slot: UserIndex,
+        removed: &mut Vec<KeyDigest>,
+    ) {
+        let n = shard_for(selector, self.base.shards.len());
+        let before = removed.len();
+        let base = &self.base.shards[n];
+        let shard = self.shards.entry(n).or_insert_with(|| (**base).clone());
+        shard.retain(|digest, key| {
+            let theirs = key.user == slot && shard_selector(digest) == selector;
+            if theirs {
+                removed.push(*digest);
+            }
+            !theirs
+        });
+        self.len -= removed.len() - before;
     }
 
     /// Inserts a key whose digest is not in the table (`contains_key` says).
@@ -462,5 +495,40 @@ mod tests {
             .count();
         assert!(shared >= table.shards.len() - 2);
         assert_eq!(table.iter().count(), 5000);
+    }
+
+    #[test]
+    fn a_users_keys_are_removed_by_their_selectors_alone() {
+        let key = |user| ApiKey {
+            user,
+            prefix: None,
+            created: None,
+            expires: None,
+        };
+        let digests: Vec<KeyDigest> = (0..5000).map(|i| KeyDigest::of(&i.to_string())).collect();
+        // Keys 10, 11 and 12 are user 7's; every other key is user 1's.
+        let base = KeyTable::build(
+            digests
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| (d, key(if (10..13).contains(&i) { 7 } else { 1 })))
+                .collect(),
+        );
+        let mut edit = base.edit();
+        let mut removed = Vec::new();
+        for d in &digests[10..13] {
+            edit.remove_user_keys(shard_selector(d), 7, &mut removed);
+        }
+        // A selector of user 1's key, asked for user 7: nothing of user 1's goes.
+        edit.remove_user_keys(shard_selector(&digests[0]), 7, &mut removed);
+        let table = edit.finish();
+        removed.sort_by_key(|d| d.0);
+        let mut expected = digests[10..13].to_vec();
+        expected.sort_by_key(|d| d.0);
+        assert_eq!(removed, expected);
+        assert_eq!(table.len(), 4997);
+        assert_eq!(table.iter().count(), 4997);
+        assert!(table.values().all(|k| k.user == 1));
+        assert_eq!(base.len(), 5000, "the base is unchanged");
     }
 }

@@ -3,10 +3,10 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::{compile_after, compile_full};
+use super::{compile_after, compile_full, reload_after};
 use crate::config::diff::ChangeSummary;
 use crate::config::whole::compile_whole;
-use crate::snapshot::{KeyDigest, Snapshot};
+use crate::snapshot::{KeyDigest, Snapshot, UserIndex};
 
 /// One user table as the tests write it.
 #[derive(Clone, Debug)]
@@ -239,6 +239,40 @@ fn canonical(s: &Snapshot) -> String {
     out
 }
 
+/// The snapshot's source index says where each table's keys are: for each table, the shard
+/// selectors of exactly its user's keys.
+fn index_is_true(s: &Snapshot) -> Result<(), String> {
+    let Some(index) = &s.source_index else {
+        return Ok(());
+    };
+    if index.slots.len() != index.tables.len() || index.key_ends.len() != index.tables.len() {
+        return Err("the index's columns differ in length".into());
+    }
+    let mut by_slot: std::collections::HashMap<UserIndex, Vec<u32>> = Default::default();
+    for (d, k) in s.keys.iter() {
+        by_slot
+            .entry(k.user)
+            .or_default()
+            .push(crate::snapshot::shard_selector(d));
+    }
+    for (i, &slot) in index.slots.iter().enumerate() {
+        let mut listed = index.selectors(i).to_vec();
+        listed.sort_unstable();
+        let mut actual = by_slot.remove(&slot).unwrap_or_default();
+        actual.sort_unstable();
+        if listed != actual {
+            return Err(format!(
+                "table {i} (user {}): index {listed:?}, keys {actual:?}",
+                s.user(slot).id
+            ));
+        }
+    }
+    match by_slot.keys().next() {
+        Some(slot) => Err(format!("slot {slot} has keys but no table")),
+        None => Ok(()),
+    }
+}
+
 fn sorted(mut summary: ChangeSummary) -> ChangeSummary {
     summary.users_added.sort();
     summary.users_removed.sort();
@@ -278,6 +312,8 @@ proptest! {
                     let tables = tables.expect("valid");
                     prop_assert_eq!(canonical(&tables), canonical(&whole), "{}", text);
                     prop_assert_eq!(canonical(&after.snapshot), canonical(&whole), "{}", text);
+                    prop_assert_eq!(index_is_true(&tables), Ok(()));
+                    prop_assert_eq!(index_is_true(&after.snapshot), Ok(()), "{}", text);
                     let expected = sorted(ChangeSummary::between(&previous, &whole));
                     let changes = after
                         .changes
@@ -372,5 +408,74 @@ fn tables_are_found_again_after_long_runs_of_added_or_removed_ones() {
         found.iter().filter(|f| !**f).count(),
         compiled_again,
         "each table not found stands for one compiled again (20 removed, 20 added)"
+    );
+}
+
+/// The tables as a plain, one-thread cut finds them: before each line that starts with
+/// `[users.`.
+fn cut_plainly(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut starts: Vec<usize> = (0..text.len())
+        .filter(|&i| {
+            text[i..].starts_with("[users.") && (i == 0 || text.as_bytes()[i - 1] == b'\n')
+        })
+        .collect();
+    starts.push(text.len());
+    starts.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+#[test]
+fn the_cut_on_every_core_finds_the_tables_one_thread_finds() {
+    // Over a megabyte, so that it is cut in parts; tables of every length, so that the parts'
+    // edges fall inside tables, on their first byte and just before it.
+    let mut text = String::from("[server]\nlisten = \"127.0.0.1:8080\"\n");
+    let mut n = 0;
+    while text.len() < (3 << 20) {
+        let _ = write!(text, "[users.\"u{n}@x\"]\nstatus = \"active\"\n");
+        for _ in 0..(n % 7) {
+            text.push_str("# [users. is not a table here\n");
+        }
+        n += 1;
+    }
+    let found = super::tables(&text);
+    let plain = cut_plainly(&text);
+    assert_eq!(found.ranges, plain);
+    assert_eq!(found.head_end, plain[0].start);
+    for (r, d) in found.ranges.iter().zip(&found.digests) {
+        assert_eq!(*d, super::digest(&text[r.clone()]));
+    }
+    let starts_with_a_table = &text[found.head_end..];
+    assert_eq!(super::tables(starts_with_a_table).head_end, 0);
+    assert_eq!(super::tables(starts_with_a_table).ranges.len(), plain.len());
+    assert_eq!(super::tables("").ranges.len(), 0);
+    assert_eq!(super::tables("[server]\n").head_end, "[server]\n".len());
+}
+
+#[test]
+fn a_reload_of_the_same_text_builds_nothing() {
+    let path = Path::new("apiward.toml");
+    let file = File {
+        users: (0..5)
+            .map(|id| User {
+                id,
+                status: 0,
+                group: 0,
+                addresses: 1,
+                keys: vec![id as u8],
+                display_name: None,
+                style: 0,
+            })
+            .collect(),
+        third_group: false,
+        late_group: false,
+    };
+    let text = file.text();
+    let before = compile_full(path, &text).unwrap();
+    assert!(reload_after(path, &text, &before).unwrap().is_none());
+    let mut other = file.clone();
+    other.users.pop();
+    assert!(
+        reload_after(path, &other.text(), &before)
+            .unwrap()
+            .is_some()
     );
 }
