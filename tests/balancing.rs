@@ -549,3 +549,52 @@ async fn one_url_is_one_target_and_keeps_its_answers() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_host_goes_upstream_unless_the_upstream_sets_one() {
+    let [a, _b, _c] = three_targets().await;
+    let key = TestKey::new("hostpass");
+    let check = "health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", unhealthy_after = 2, healthy_after = 2 }";
+    // (upstream lines, the Host a request arrives with, the Host of a health check)
+    for (options, sent, checked) in [
+        (check.to_string(), "api.example.com", a.addr.to_string()),
+        (
+            format!("{check}\nhost = \"supporters.internal\""),
+            "supporters.internal",
+            "supporters.internal".to_string(),
+        ),
+    ] {
+        let gw =
+            TestGateway::start(&cluster_config(&entries(&[&a], &[]), &options, "", &key)).await;
+        for path in BOTH {
+            let mut headers = vec![("x-api-key", key.key.as_str()), ("host", "api.example.com")];
+            if matches!(path, Path::Hyper) {
+                headers.extend([("connection", "x-hop"), ("x-hop", "1")]);
+            }
+            let r = get(&gw.url("/api/x"), &headers).await;
+            assert_eq!(r.status, 200, "{path:?}");
+            assert_eq!(
+                r.headers.get("x-seen-host").map(|v| v.to_str().unwrap()),
+                Some(sent),
+                "{path:?} with {options:?}"
+            );
+        }
+        a.behaviour
+            .check_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        assert!(
+            eventually(|| async {
+                *a.behaviour
+                    .check_host
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    == checked
+            })
+            .await,
+            "health checks send {checked} with {options:?}"
+        );
+        gw.shutdown().await;
+    }
+}

@@ -47,7 +47,8 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// Passive ejection; `None` turns it off.
     pub eject: Option<Eject>,
-    /// The `Host` sent upstream; `None`: the target's host and port.
+    /// The `Host` sent upstream (and in health checks); `None`: the client's (health checks:
+    /// the target's host and port).
     pub host: Option<HeaderValue>,
     /// One cycle of smooth weighted round robin (nginx's order): target indices, each as often as
     /// its weight, interleaved.

@@ -61,7 +61,7 @@ impl Attempt {
         self.index
     }
 
-    /// The `Host` sent upstream: the upstream's `host`, or the target's host and port.
+    /// The upstream's `host`, sent upstream instead of the client's `Host`.
     pub fn host(&self) -> Option<&http::HeaderValue> {
         self.cluster.config.host.as_ref()
     }

@@ -22,6 +22,8 @@ pub struct Behaviour {
     pub unhealthy: AtomicBool,
     /// Every request is read and never answered.
     pub hang: AtomicBool,
+    /// The `Host` of the last health check received.
+    pub check_host: Mutex<String>,
 }
 
 /// A target: answers `GET /healthz` with 200 (or 503 when unhealthy), `/slow...` after 2 s
@@ -175,6 +177,10 @@ async fn answer(
         .unwrap_or_default();
     if path == "/healthz" {
         checks.fetch_add(1, Ordering::Relaxed);
+        *behaviour
+            .check_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = host.clone();
         let status = if behaviour.unhealthy.load(Ordering::Relaxed) {
             StatusCode::SERVICE_UNAVAILABLE
         } else {

@@ -19,7 +19,7 @@ use super::conn::{Conn, Head, Step};
 use crate::limits::Fields;
 use crate::observe::RequestRecord;
 use crate::observe::request_line::write_u64;
-use crate::proxy::policy::headers::OnRequest;
+use crate::proxy::policy::headers::{Known, OnRequest};
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 use crate::snapshot::Target;
@@ -33,7 +33,7 @@ struct Upstream<'a> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// The request head for `target`: its base path before the checked path, and `Host` the
-    /// upstream's `host` if set, else the target's host and port.
+    /// upstream's `host` if set, else the client's.
     pub(super) fn build_upstream_head(
         &mut self,
         head: &Head,
@@ -43,6 +43,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         record: &RequestRecord,
     ) {
         let user = record.user.as_deref().unwrap_or_default();
+        // The upstream's `host`, else the client's `Host` (as HAProxy passes it), else (an
+        // HTTP/1.0 request without one) the target's host and port.
+        let host: &[u8] = match host {
+            Some(host) => host.as_bytes(),
+            None => self
+                .req_headers
+                .iter()
+                .find(|(_, _, known)| *known == Known::Host)
+                .map(|(_, value, _)| &head.bytes[value.clone()])
+                .filter(|value| !value.is_empty())
+                .unwrap_or(target.authority.as_str().as_bytes()),
+        };
         let out = &mut self.up_out;
         out.clear();
         out.extend_from_slice(head.method.as_str().as_bytes());
@@ -50,10 +62,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         out.extend_from_slice(target.base_path.as_bytes());
         out.extend_from_slice(forward.path_and_query.as_str().as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        match host {
-            Some(host) => out.extend_from_slice(host.as_bytes()),
-            None => out.extend_from_slice(target.authority.as_str().as_bytes()),
-        }
+        out.extend_from_slice(host);
         out.extend_from_slice(b"\r\n");
         let trusted = forward.peer_is_trusted;
         let strip_authorization = forward.strip_authorization;

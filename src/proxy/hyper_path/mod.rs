@@ -132,6 +132,8 @@ impl HyperPath {
         let body = Counted::new(Either::Left(body), Arc::clone(bytes_in));
         // Admission read it: an absolute-form target's authority, else the one `Host`.
         let original_host = forward.host.take();
+        // Sent upstream unless the upstream sets `host`: the client's (as HAProxy passes it).
+        let client_host = original_host.clone();
         headers::strip_request(
             &mut parts.headers,
             &forward.key_header,
@@ -212,6 +214,7 @@ impl HyperPath {
             let target = attempt.target();
             let host = attempt
                 .host()
+                .or(client_host.as_ref())
                 .cloned()
                 .or_else(|| HeaderValue::from_str(target.authority.as_str()).ok());
             if let Some(host) = host {

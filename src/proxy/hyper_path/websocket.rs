@@ -43,10 +43,12 @@ pub(super) async fn relay(
         return refusal_response(crate::refusal::Refusal::NoHealthyUpstream, record.presented);
     };
     let target = attempt.target();
-    let host = attempt
-        .host()
-        .cloned()
-        .or_else(|| HeaderValue::from_str(target.authority.as_str()).ok());
+    // The upstream's `host`, else the client's `Host` as it came, else the target's.
+    let host = match attempt.host() {
+        Some(host) => Some(host.clone()),
+        None if parts.headers.contains_key(HOST) => None,
+        None => HeaderValue::from_str(target.authority.as_str()).ok(),
+    };
     if let Some(host) = host {
         parts.headers.insert(HOST, host);
     }
