@@ -598,3 +598,82 @@ async fn the_clients_host_goes_upstream_unless_the_upstream_sets_one() {
         gw.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_target_loses_its_idle_connections_at_once_and_its_request_in_flight_finishes() {
+    use std::sync::atomic::Ordering;
+    let [a, b, _c] = three_targets().await;
+    let key = TestKey::new("drainpools");
+    // Idle connections would be kept a minute: what closes them here is the drain.
+    let config = |targets: &[&Target]| {
+        with_server_setting(
+            &cluster_config(&entries(targets, &[]), "", "", &key),
+            "upstream_keepalive_timeout = \"60s\"",
+        )
+    };
+    let gw = TestGateway::start(&config(&[&a, &b])).await;
+    let admin = gw.gateway().admin_addr().unwrap();
+    // Both pools (the engine's and hyper's) get idle connections to both targets.
+    for path in BOTH {
+        for _ in 0..4 {
+            assert_eq!(get_via(path, &gw.url("/api/x"), &key).await.status, 200);
+        }
+    }
+    assert!(
+        a.behaviour.open.load(Ordering::SeqCst) >= 2,
+        "a has an idle connection from each pool"
+    );
+    let b_open = b.behaviour.open.load(Ordering::SeqCst);
+    // Two slow requests, one on each path: round robin gives one to each target.
+    let slow: Vec<_> = BOTH
+        .into_iter()
+        .map(|path| {
+            let url = gw.url("/api/slower");
+            let key = TestKey {
+                key: key.key.clone(),
+                sha256: key.sha256.clone(),
+            };
+            tokio::spawn(async move { get_via(path, &url, &key).await })
+        })
+        .collect();
+    assert!(eventually(|| async { a.hits() == 5 && b.hits() == 5 }).await);
+
+    gw.replace_config(&config(&[&b]));
+    assert!(
+        eventually(|| async {
+            status(admin).await["upstream_targets"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1
+        })
+        .await,
+        "the reload applied"
+    );
+    assert!(
+        eventually(|| async { a.behaviour.open.load(Ordering::SeqCst) == 1 }).await,
+        "a's idle connections are closed; only its request in flight keeps one ({} open)",
+        a.behaviour.open.load(Ordering::SeqCst)
+    );
+    let mut served_by = Vec::new();
+    for s in slow {
+        let r = s.await.unwrap();
+        assert_eq!(r.status, 200, "the requests in flight finished");
+        served_by.push(target_of(&r));
+    }
+    served_by.sort();
+    assert_eq!(served_by, ["a", "b"]);
+    assert!(
+        eventually(|| async { a.behaviour.open.load(Ordering::SeqCst) == 0 }).await,
+        "the drained request's connection is closed, not kept for a target that is gone"
+    );
+    assert!(
+        b.behaviour.open.load(Ordering::SeqCst) >= b_open,
+        "b, unchanged by the reload, keeps its pooled connections"
+    );
+    assert_eq!(
+        get_via(Path::Fast, &gw.url("/api/x"), &key).await.status,
+        200
+    );
+    gw.shutdown().await;
+}

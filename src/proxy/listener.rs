@@ -93,18 +93,20 @@ pub(crate) fn spawn(
     (stats, tokio::spawn(accept_loop(proxy, listener, shutdown)))
 }
 
-/// Every second, while the proxy lives: closes expired and closed idle upstream connections,
-/// and brings the targets' state in line with the configuration (a reload's new targets get
-/// their health checks, ended ejections are logged).
+/// Every second, while the proxy lives: closes expired and closed idle upstream connections
+/// (and those to a target a reload removed, once its requests have given them back), and
+/// brings the targets' state in line with the configuration (a reload's new targets get their
+/// health checks, ended ejections are logged).
 async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         match proxy.upgrade() {
             Some(proxy) => {
-                proxy.policy.upstreams.refresh_current();
-                proxy.hyper.sweep_pool();
-                proxy.engine.sweep_pool();
+                let upstreams = &proxy.policy.upstreams;
+                upstreams.refresh_current();
+                proxy.hyper.sweep_pool(|a| upstreams.serves(a));
+                proxy.engine.sweep_pool(|a| upstreams.serves(a));
             }
             None => return,
         }

@@ -44,6 +44,9 @@ pub struct Upstreams {
     registry: Mutex<Registry>,
     /// The current snapshot's clusters, by upstream index (`None`: the echo upstream).
     resolved: ArcSwap<Vec<Option<Arc<ClusterState>>>>,
+    /// The authorities of the current snapshot's targets: the pools close idle connections to
+    /// any other (`serves`).
+    authorities: ArcSwap<std::collections::HashSet<Box<str>>>,
 }
 
 impl Upstreams {
@@ -53,6 +56,7 @@ impl Upstreams {
             telemetry,
             registry: Mutex::new(Registry::default()),
             resolved: ArcSwap::from_pointee(Vec::new()),
+            authorities: ArcSwap::from_pointee(std::collections::HashSet::new()),
         };
         upstreams.refresh(&upstreams.store.load());
         upstreams
@@ -182,9 +186,26 @@ impl Upstreams {
             }
             registry.targets = kept;
             registry.slots = kept_slots;
+            let authorities = snapshot
+                .upstreams
+                .iter()
+                .filter_map(|u| match &u.target {
+                    UpstreamTarget::Http(config) => Some(config.targets.iter()),
+                    UpstreamTarget::Echo => None,
+                })
+                .flatten()
+                .map(|t| Box::from(t.authority.as_str()))
+                .collect();
+            self.authorities.store(Arc::new(authorities));
             self.resolved.store(Arc::clone(&clusters));
         }
         clusters
+    }
+
+    /// Whether a target of the current configuration is at `authority` (the pools keep idle
+    /// connections only to those).
+    pub fn serves(&self, authority: &http::uri::Authority) -> bool {
+        self.authorities.load().contains(authority.as_str())
     }
 
     /// Every target of the current configuration with its state (`/status`).

@@ -79,14 +79,28 @@ impl<T> IdlePool<T> {
         }
     }
 
-    /// Closes the connections that have expired and those `usable` rejects.
-    pub fn sweep(&self, mut usable: impl FnMut(&mut T) -> bool) {
+    /// Closes the connections that have expired, those `usable` rejects, and every one to an
+    /// authority `serves` says no current target has (a target a reload removed: its
+    /// connections go once idle, not at their keep-alive timeout). Closed outside the lock.
+    pub fn sweep(
+        &self,
+        serves: impl Fn(&Authority) -> bool,
+        mut usable: impl FnMut(&mut T) -> bool,
+    ) {
         let now = Instant::now();
-        let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, list) in pools.iter_mut() {
-            list.retain_mut(|(conn, expires)| *expires > now && usable(conn));
+        let mut closed: Vec<T> = Vec::new();
+        {
+            let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            for (authority, list) in pools.iter_mut() {
+                if !serves(authority) {
+                    closed.extend(list.drain(..).map(|(conn, _)| conn));
+                    continue;
+                }
+                list.retain_mut(|(conn, expires)| *expires > now && usable(conn));
+            }
+            pools.retain(|(_, list)| !list.is_empty());
         }
-        pools.retain(|(_, list)| !list.is_empty());
+        drop(closed);
     }
 
     /// Idle connections now kept, over all upstreams.

@@ -24,6 +24,8 @@ pub struct Behaviour {
     pub hang: AtomicBool,
     /// The `Host` of the last health check received.
     pub check_host: Mutex<String>,
+    /// Connections open now (accepted and not yet closed by either side).
+    pub open: AtomicUsize,
 }
 
 /// A target: answers `GET /healthz` with 200 (or 503 when unhealthy), `/slow...` after 2 s
@@ -97,7 +99,9 @@ impl Target {
                     Arc::clone(&checks),
                     Arc::clone(&behaviour),
                 );
+                behaviour.open.fetch_add(1, Ordering::SeqCst);
                 let conn = tokio::spawn(async move {
+                    let open = Arc::clone(&behaviour);
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (hits, checks, behaviour) = (
                             Arc::clone(&hits),
@@ -113,6 +117,7 @@ impl Target {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open.open.fetch_sub(1, Ordering::SeqCst);
                 });
                 registry
                     .lock()

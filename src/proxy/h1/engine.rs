@@ -56,8 +56,9 @@ impl Engine {
         self.pool.idle_connections()
     }
 
-    /// Closes expired idle upstream connections and those the upstream has closed.
-    pub fn sweep_pool(&self) {
-        self.pool.sweep(|s| is_open(s));
+    /// Closes expired idle upstream connections, those the upstream has closed, and those to
+    /// an authority `serves` rejects (a target removed by a reload).
+    pub fn sweep_pool(&self, serves: impl Fn(&http::uri::Authority) -> bool) {
+        self.pool.sweep(serves, |s| is_open(s));
     }
 }

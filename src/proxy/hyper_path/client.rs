@@ -214,9 +214,9 @@ impl Pool {
 
     /// Closes connections idle for longer than their keep-alive timeout, and those the upstream
     /// has closed.
-    pub fn sweep(&self) {
+    pub fn sweep(&self, serves: impl Fn(&Authority) -> bool) {
         let mut cx = Context::from_waker(Waker::noop());
-        self.idle.sweep(|conn| conn.poll_io(&mut cx));
+        self.idle.sweep(serves, |conn| conn.poll_io(&mut cx));
     }
 
     /// Idle connections now held, over all upstreams.

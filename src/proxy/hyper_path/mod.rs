@@ -67,9 +67,10 @@ impl HyperPath {
         self.pool.idle_connections()
     }
 
-    /// Closes expired idle upstream connections and those the upstream has closed.
-    pub fn sweep_pool(&self) {
-        self.pool.sweep();
+    /// Closes expired idle upstream connections, those the upstream has closed, and those to
+    /// an authority `serves` rejects (a target removed by a reload).
+    pub fn sweep_pool(&self, serves: impl Fn(&http::uri::Authority) -> bool) {
+        self.pool.sweep(serves);
     }
 
     /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection.
