@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use clap::Args;
 use http::Method;
 
-use crate::auth::address::{AddressBlock, SourceWhitelist, canonical};
 use crate::auth::credential::key_prefix;
 use crate::auth::{self, Credential, NoPasswords, Outcome, RequestFacts, Step, Trace};
 use crate::cli::report::{self, Exit, Report};
@@ -22,9 +21,6 @@ use crate::refusal::Refusal;
 use crate::snapshot::{
     ApiKey, ApiUser, Balance, Group, Route, Snapshot, Upstream, UpstreamTarget, UserStatus, rfc3339,
 };
-
-/// How many whitelist entries are suggested when a source matches none.
-const NEAREST_ENTRIES: usize = 3;
 
 /// `apiward explain ...`
 #[derive(Debug, Args)]
@@ -162,6 +158,8 @@ pub struct Line {
 pub struct Explanation {
     pub lines: Vec<Line>,
     pub verdict: Verdict,
+    /// For an allowed request of a group with `shadow_allow`: what those rules would answer.
+    pub shadow: Option<Verdict>,
 }
 
 impl fmt::Display for Explanation {
@@ -179,7 +177,22 @@ impl fmt::Display for Explanation {
             "verdict",
             self.verdict.status(),
             self.verdict.code()
-        )
+        )?;
+        match &self.shadow {
+            None => Ok(()),
+            Some(Verdict::Allowed { .. }) => writeln!(
+                f,
+                "{:<10} 200 allowed: the group's shadow_allow allows it too",
+                "shadow"
+            ),
+            Some(shadow) => writeln!(
+                f,
+                "{:<10} {} {}: the group's shadow_allow would refuse it (admitted now, counted in apiward_shadow_refusals_total)",
+                "shadow",
+                shadow.status(),
+                shadow.code()
+            ),
+        }
     }
 }
 
@@ -235,8 +248,16 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
             auth::decide_traced(snapshot, &facts, &NoPasswords, &mut narrator)
         }
     };
+    let mut shadow = None;
     let verdict = match &decision.outcome {
         Outcome::Allowed(grant) => {
+            if grant.group.shadow.is_some() {
+                shadow = Some(if grant.shadow_refused {
+                    Verdict::Refused(Refusal::Forbidden)
+                } else {
+                    Verdict::Allowed { to: String::new() }
+                });
+            }
             if let Some(user) = decision.user {
                 narrator.limits(user);
             }
@@ -261,7 +282,10 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
             Verdict::Refused(*refusal)
         }
     };
-    narrator.finish(verdict)
+    Explanation {
+        shadow,
+        ..narrator.finish(verdict)
+    }
 }
 
 /// Where an allowed request goes: each target's URL (with its base path), then the path (after
@@ -343,6 +367,7 @@ impl Narrator<'_> {
         Explanation {
             lines: self.lines,
             verdict,
+            shadow: None,
         }
     }
 
@@ -611,6 +636,25 @@ impl Trace for Narrator<'_> {
                     }
                 }
             }
+            Step::Shadow { group, allowed_by } => {
+                let text = match allowed_by {
+                    Some(p) => format!(
+                        "group {} shadow_allow: allowed by {} [{}] ✓",
+                        group.name,
+                        p.pattern.as_str(),
+                        p.verbs
+                    ),
+                    None => {
+                        let path = self.normalised.clone().unwrap_or_default();
+                        format!(
+                            "group {} shadow_allow: no entry allows {} on {path} ✗ (admitted by allow; would be 403 forbidden once enforced)",
+                            group.name,
+                            self.method.as_str()
+                        )
+                    }
+                };
+                self.push("shadow", text);
+            }
         }
     }
 }
@@ -624,52 +668,9 @@ impl Narrator<'_> {
     }
 }
 
-/// The whitelist entries closest to `client`, best first, at most `NEAREST_ENTRIES`: ranked by the
-/// leading bits they share with it. An entry that shares none (its first bit differs, or it is of
-/// the other address family) is near nothing and is left out.
-pub fn nearest_entries(whitelist: &SourceWhitelist, client: IpAddr) -> Vec<(AddressBlock, u32)> {
-    let SourceWhitelist::Blocks(blocks) = whitelist else {
-        return Vec::new();
-    };
-    let client = canonical(client);
-    let mut ranked: Vec<(AddressBlock, u32)> = blocks
-        .iter()
-        .filter_map(|block| Some((*block, shared_leading_bits(*block, client)?)))
-        .filter(|&(_, bits)| bits > 0)
-        .collect();
-    // Stable, so among equals the file's order is kept.
-    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-    ranked.truncate(NEAREST_ENTRIES);
-    ranked
-}
-
-/// The first `NEAREST_ENTRIES` entries of a whitelist, for a source near none of them.
-fn whitelist_entries(whitelist: &SourceWhitelist) -> String {
-    let SourceWhitelist::Blocks(blocks) = whitelist else {
-        return String::new();
-    };
-    let mut shown: Vec<String> = blocks
-        .iter()
-        .take(NEAREST_ENTRIES)
-        .map(ToString::to_string)
-        .collect();
-    if blocks.len() > NEAREST_ENTRIES {
-        shown.push(format!("and {} more", blocks.len() - NEAREST_ENTRIES));
-    }
-    shown.join(", ")
-}
-
-fn shared_leading_bits(block: AddressBlock, client: IpAddr) -> Option<u32> {
-    match (block, client) {
-        (AddressBlock::V4 { network, .. }, IpAddr::V4(a)) => {
-            Some((u32::from(a) ^ network).leading_zeros())
-        }
-        (AddressBlock::V6 { network, .. }, IpAddr::V6(a)) => {
-            Some((u128::from(a) ^ network.get()).leading_zeros())
-        }
-        _ => None,
-    }
-}
+mod nearest;
+pub use nearest::nearest_entries;
+use nearest::whitelist_entries;
 
 #[cfg(test)]
 mod tests;

@@ -276,6 +276,9 @@ pub struct Group {
     /// `name` as the `X-Apiward-Group` value, made once; `None` if the name cannot be one.
     pub header: Option<http::HeaderValue>,
     pub permissions: Box<[Permission]>,
+    /// `shadow_allow`: stricter rules tried on every request `permissions` admit, which count
+    /// and log the requests they would refuse and refuse none. `None` costs nothing.
+    pub shadow: Option<Box<[Permission]>>,
 }
 
 #[derive(Debug, Clone)]

@@ -60,6 +60,8 @@ pub struct Grant<'s, 'r> {
     pub upstream: &'s Upstream,
     /// The normalised path: the one the permission was checked on and the one forwarded.
     pub path: Cow<'r, str>,
+    /// The group's `shadow_allow` would have refused this request (it is admitted all the same).
+    pub shadow_refused: bool,
 }
 
 fn refused<'s, 'r>(
@@ -119,6 +121,11 @@ pub enum Step<'a> {
     Permission {
         group: &'a Group,
         verb: Option<VerbSet>,
+        allowed_by: Option<&'a permission::Permission>,
+    },
+    /// The group's `shadow_allow`, tried on an admitted request (only for a group that has one).
+    Shadow {
+        group: &'a Group,
         allowed_by: Option<&'a permission::Permission>,
     },
 }
@@ -310,20 +317,24 @@ pub fn decide_identified_traced<'s, 'r>(
     trace.step(Step::Route(Some((route, upstream))));
     let group = snapshot.group_of(user);
     let verb = VerbSet::for_method(facts.method);
-    let allowed_by = verb.and_then(|v| {
-        group
-            .permissions
-            .iter()
-            .find(|p| p.verbs.contains(v) && p.pattern.matches(&path))
-    });
+    let allowed_by = verb.and_then(|v| permission::first_allowing(&group.permissions, v, &path));
     trace.step(Step::Permission {
         group,
         verb,
         allowed_by,
     });
-    if allowed_by.is_none() {
+    let Some(verb) = verb.filter(|_| allowed_by.is_some()) else {
         return refused(Some(user), key, Refusal::Forbidden);
-    }
+    };
+    // A group without shadow rules pays one test of a pointer here.
+    let shadow_refused = match &group.shadow {
+        None => false,
+        Some(shadow) => {
+            let allowed_by = permission::first_allowing(shadow, verb, &path);
+            trace.step(Step::Shadow { group, allowed_by });
+            allowed_by.is_none()
+        }
+    };
     Decision {
         user: Some(user),
         key,
@@ -334,6 +345,7 @@ pub fn decide_identified_traced<'s, 'r>(
             route,
             upstream,
             path,
+            shadow_refused,
         }),
     }
 }

@@ -157,6 +157,19 @@ pub struct Permission {
     pub verbs: VerbSet,
 }
 
+/// The first of `permissions` that grants `verb` on `path` (a group's `allow`, or its
+/// `shadow_allow`).
+#[inline]
+pub fn first_allowing<'p>(
+    permissions: &'p [Permission],
+    verb: VerbSet,
+    path: &str,
+) -> Option<&'p Permission> {
+    permissions
+        .iter()
+        .find(|p| p.verbs.contains(verb) && p.pattern.matches(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@ use super::duration::parse_duration;
 use super::error::{ConfigError, Locator};
 use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
-use crate::auth::permission::{PathPattern, Permission, VerbSet};
 use crate::snapshot::{
     AccessLogTarget, AdminAccount, ApiKey, ApiUser, ConsoleSettings, DigestMap, Group, KeyDigest,
     KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, UnderscoreHeaders, Upstream,
@@ -171,30 +170,14 @@ impl Compiler<'_> {
         let mut group_index = HashMap::new();
         for (name, group) in &raw.groups {
             group_limits.push(self.group_limits(group));
-            let mut permissions = Vec::with_capacity(group.allow.len());
-            for perm in &group.allow {
-                let perm = perm.get_ref();
-                let pattern = match PathPattern::parse(perm.path.get_ref()) {
-                    Ok(p) => p,
-                    Err(msg) => {
-                        self.error(perm.path.span(), msg);
-                        continue;
-                    }
-                };
-                let mut verbs = VerbSet::default();
-                for verb in &perm.verbs {
-                    match VerbSet::parse_verb(verb.get_ref()) {
-                        Ok(v) => verbs.insert(v),
-                        Err(msg) => self.error(verb.span(), msg),
-                    }
-                }
-                permissions.push(Permission { pattern, verbs });
-            }
+            let permissions = self.permissions(&group.allow);
+            let shadow = self.shadow_allow(group);
             group_index.insert(name.get_ref().clone(), groups.len() as u32);
             groups.push(Group {
                 name: name.get_ref().as_str().into(),
                 header: group_header(name.get_ref()),
-                permissions: permissions.into_boxed_slice(),
+                permissions,
+                shadow,
             });
         }
 
@@ -521,6 +504,7 @@ mod admin;
 mod checks;
 mod guard;
 mod limits;
+mod permissions;
 mod protection;
 mod upstreams;
 pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};

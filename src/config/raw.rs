@@ -149,6 +149,7 @@ pub struct RawGroup {
     pub description: Option<String>,
     #[serde(default)]
     pub allow: Vec<Spanned<RawPermission>>,
+    pub shadow_allow: Option<Spanned<Vec<Spanned<RawPermission>>>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub quota: Option<Spanned<RawQuota>>,
     pub max_concurrent: Option<Spanned<i64>>,

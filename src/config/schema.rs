@@ -169,6 +169,9 @@ impl Kind {
             (Kind::Root, "users") => Holds::Named(Kind::User, "users"),
             (Kind::Root, "routes") => Holds::List(Kind::Route, "[[routes]]"),
             (Kind::Group, "allow") => Holds::List(Kind::Permission, "a group's allow entry"),
+            (Kind::Group, "shadow_allow") => {
+                Holds::List(Kind::Permission, "a group's shadow_allow entry")
+            }
             (Kind::User, "keys") => Holds::List(Kind::Key, "a user's key"),
             (Kind::Root, "admins") => Holds::Named(Kind::Admin, "admins"),
             (Kind::Admin, "tokens") => Holds::List(Kind::AdminToken, "an admin's token"),

@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::auth::address::SourceWhitelist;
 use crate::snapshot::KeyDigest;
 
 const NOW: i64 = 1_795_341_600; // 2026-11-22T10:00:00Z

@@ -12,8 +12,8 @@ use super::series::Series;
 
 pub use super::names::{
     ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
-    REQUEST_DURATION, REQUEST_LOG_DROPPED, REQUESTS, TARGET_TRANSITIONS, TARGET_UP,
-    UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS,
+    REQUEST_DURATION, REQUEST_LOG_DROPPED, REQUESTS, SHADOW_REFUSALS, TARGET_TRANSITIONS,
+    TARGET_UP, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS,
     WEBSOCKETS_OPEN,
 };
 
@@ -184,6 +184,17 @@ impl Metrics {
 
     pub fn set_generation(&self, generation: u64) {
         self.gauge(CONFIG_GENERATION).set(generation as f64);
+    }
+
+    /// An admitted request of `user` in `group` that the group's `shadow_allow` would refuse.
+    pub fn shadow_refusal(&self, user: &Arc<str>, group: &str) {
+        let labels = vec![
+            Label::new("user", Arc::clone(user)),
+            Label::new("group", group.to_string()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(SHADOW_REFUSALS, labels), &METADATA)
+            .increment(1);
     }
 
     /// A new client connection closed at once, for `reason`.

@@ -156,7 +156,9 @@ impl Telemetry {
         let Some(log) = &self.request_log else {
             return;
         };
-        if !record.log || (record.decision == "allowed" && !self.sample(record.sample)) {
+        // A shadow refusal is always logged: it is what an operator reads before enforcing.
+        let sampled = record.decision == "allowed" && record.shadow_refusal.is_none();
+        if !record.log || (sampled && !self.sample(record.sample)) {
             return;
         }
         let facts = request_line::LineFacts {
@@ -195,6 +197,9 @@ pub struct RequestRecord {
     pub limit: Option<&'static str>,
     /// The least of what is left of the user's limits after this request.
     pub limit_remaining: Option<u64>,
+    /// What the group's `shadow_allow` would have answered an admitted request it refuses
+    /// (`forbidden`); `None` when it allows it, or the group has none.
+    pub shadow_refusal: Option<&'static str>,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique without coordination.

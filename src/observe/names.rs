@@ -24,9 +24,11 @@ pub const UPSTREAM_RETRIES: &str = "apiward_upstream_retries_total";
 pub const WEBSOCKETS: &str = "apiward_websocket_connections_total";
 pub const WEBSOCKETS_OPEN: &str = "apiward_websocket_connections_open";
 pub const WEBSOCKET_SECONDS: &str = "apiward_websocket_duration_seconds";
+/// Admitted requests a group's `shadow_allow` would have refused.
+pub const SHADOW_REFUSALS: &str = "apiward_shadow_refusals_total";
 
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 22] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -48,6 +50,7 @@ pub const ALL: [&str; 21] = [
     WEBSOCKETS_OPEN,
     WEBSOCKET_SECONDS,
     REQUEST_LOG_DROPPED,
+    SHADOW_REFUSALS,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -100,6 +103,9 @@ pub fn help(name: &str) -> &'static str {
         WEBSOCKETS_OPEN => "WebSocket connections being relayed now.",
         WEBSOCKET_SECONDS => {
             "How long the WebSocket connections that ended lasted, by route (a summary: quantiles, sum and count)."
+        }
+        SHADOW_REFUSALS => {
+            "Admitted requests that the group's shadow_allow would have refused (403 forbidden), by API user and group: who breaks once the stricter rules are enforced."
         }
         _ => "",
     }

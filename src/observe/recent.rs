@@ -227,6 +227,7 @@ mod tests {
             sample: 1.0,
             limit: None,
             limit_remaining: None,
+            shadow_refusal: None,
         }
     }
 

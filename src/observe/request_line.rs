@@ -81,6 +81,9 @@ pub fn write_line(
         string_field(out, b",\"upstream\":\"", upstream);
     }
     plain_field(out, b",\"decision\":\"", record.decision);
+    if let Some(shadow) = record.shadow_refusal {
+        plain_field(out, b",\"shadow_refusal\":\"", shadow);
+    }
     if let Some(limit) = record.limit {
         plain_field(out, b",\"limit\":\"", limit);
     }

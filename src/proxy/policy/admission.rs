@@ -142,6 +142,7 @@ impl Policy {
             sample: snapshot.server.access_log_sample,
             limit: None,
             limit_remaining: None,
+            shadow_refusal: None,
         };
         if !framing_is_unambiguous(request_headers) {
             if record.log {
@@ -262,6 +263,15 @@ impl Policy {
         }
         record.route = Some(Arc::clone(&grant.route.prefix));
         record.upstream = Some(Arc::clone(&grant.upstream.name));
+        if grant.shadow_refused {
+            // Admitted by `allow`; the group's `shadow_allow` would have answered 403.
+            record.shadow_refusal = Some(Refusal::Forbidden.code());
+            if let Some(user) = &record.user {
+                self.telemetry
+                    .metrics
+                    .shadow_refusal(user, &grant.group.name);
+            }
+        }
         let forward = (|| {
             // The user id goes upstream in X-Apiward-User, from `record.user`; the upstream's
             // name, for its error metrics, is `record.upstream`.
