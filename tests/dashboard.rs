@@ -159,7 +159,8 @@ async fn every_metric_the_dashboard_queries_is_exported() {
          [upstreams.pair]\ntargets = [{{ url = \"{}\" }}, {{ url = \"http://{dead}\" }}]\nretries = 1\n\n\
          [[routes]]\nprefix = \"/pair/\"\nupstream = \"pair\"\n\n\
          [upstreams.ws]\nurl = \"http://{ws_upstream}\"\n\n[[routes]]\nprefix = \"/ws/\"\nupstream = \"ws\"\nwebsocket = true\n\n\
-         [groups.everything]\nallow = [{{ path = \"/**\", verbs = [\"view\"] }}]\n\n",
+         [groups.everything]\nallow = [{{ path = \"/**\", verbs = [\"view\"] }}]\n\
+         shadow_allow = [{{ path = \"/supporters/**\", verbs = [\"view\"] }}]\n\n",
         upstream.url()
     );
     users += &user(
@@ -195,6 +196,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
 
     let k = [("x-api-key", key.key.as_str())];
     assert_eq!(get(&gw.url("/supporters/1"), &k).await.status, 200);
+    // Outside the group's shadow_allow: admitted, and a shadow refusal.
     assert_eq!(get(&gw.url("/echo/1"), &k).await.status, 200);
     assert_eq!(get(&gw.url("/supporters/1"), &[]).await.status, 401);
     let r = get(
