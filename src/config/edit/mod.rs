@@ -138,6 +138,8 @@ pub fn is_read_only(path: &Path) -> bool {
 /// One configuration file, loaded for editing.
 pub struct ConfigFile {
     path: PathBuf,
+    /// What the file had before this edit, for `guard::admit`.
+    before: Baseline,
     original: String,
     pub doc: DocumentMut,
     /// The advisory lock that keeps other edits (CLI or admin API) out until this one is saved
@@ -173,6 +175,7 @@ impl ConfigFile {
                 })?;
         Ok(ConfigFile {
             path: path.to_path_buf(),
+            before: baseline_of(&doc),
             original,
             doc,
             _lock: lock,
@@ -295,18 +298,17 @@ impl ConfigFile {
             crate::config::compile(&self.path, &text).map_err(EditError::WouldNotPass)?;
         // The file as it was is the configuration before (the gateway's, once it reloaded it):
         // deleting the last user or route, or too many users, needs the same opt-in as a reload.
-        if let Ok(before) = self.original.parse::<DocumentMut>() {
-            let baseline = baseline_of(&before);
-            guard::admit(&self.path, &snapshot, &baseline, || {
-                user_table(&before).map_or(0, |users| {
-                    users
-                        .iter()
-                        .filter(|(id, _)| snapshot.user_by_id(id).is_none())
-                        .count()
-                })
+        // The ids before are read again only when `max_user_drop` asks for them.
+        guard::admit(&self.path, &snapshot, &self.before, || {
+            let before = self.original.parse::<DocumentMut>().ok();
+            before.as_ref().and_then(user_table).map_or(0, |users| {
+                users
+                    .iter()
+                    .filter(|(id, _)| snapshot.user_by_id(id).is_none())
+                    .count()
             })
-            .map_err(EditError::Guarded)?;
-        }
+        })
+        .map_err(EditError::Guarded)?;
         // An edit that changed nothing is not written (no reload, no file event).
         if text != self.original {
             write_atomically(&self.path, &self.original, &text)?;
