@@ -911,3 +911,76 @@ both_transports! {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_own_max_upstream_connections_applies_and_a_reload_changes_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = {
+        let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+        upstream_with(move |_| {
+            let (arrived, release) = (Arc::clone(&arrived), Arc::clone(&release));
+            async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                if let Ok(permit) = release.acquire().await {
+                    permit.forget();
+                }
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"done",
+                )))
+            }
+        })
+        .await
+    };
+    let k = TestKey::new("ownlimit");
+    let with_limit = |n: usize| {
+        one_user_config(&upstream.url(), "own@example.org", &k)
+            .replace(
+                "upstream_timeout = \"2s\"",
+                "upstream_timeout = \"30s\"\nconnect_timeout = \"300ms\"",
+            )
+            .replace(
+                &format!("url = \"{}\"", upstream.url()),
+                &format!(
+                    "url = \"{}\"\nmax_upstream_connections = {n}",
+                    upstream.url()
+                ),
+            )
+    };
+    let gw = TestGateway::start(&with_limit(1)).await;
+    let addr = gw.gateway().local_addr();
+    let [get, _] = get_and_post(&format!("x-api-key: {}\r\n", k.key));
+    let first = {
+        let get = get.clone();
+        tokio::spawn(async move { raw_from("127.0.0.1", addr, &get).await })
+    };
+    assert!(eventually(|| async { arrived.load(Ordering::SeqCst) == 1 }).await);
+    // The upstream's own limit (1), not [server]'s default (1024).
+    let response = raw(addr, &get).await;
+    assert_eq!(status_of(&response), "503", "{response}");
+    assert!(response.contains("upstream_busy"), "{response}");
+    // Raised by a reload: the next request gets a place while the first still holds its own.
+    gw.replace_config(&with_limit(2));
+    let second = {
+        let get = get.clone();
+        tokio::spawn(async move {
+            loop {
+                let response = raw_from("127.0.0.1", addr, &get).await;
+                if status_of(&response) != "503" {
+                    return response;
+                }
+            }
+        })
+    };
+    assert!(
+        eventually(|| async { arrived.load(Ordering::SeqCst) == 2 }).await,
+        "the raised limit applies after the reload"
+    );
+    release.add_permits(2);
+    for h in [first, second] {
+        let response = h.await.expect("task");
+        assert_eq!(status_of(&response), "200", "{response}");
+    }
+}

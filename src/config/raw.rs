@@ -102,6 +102,8 @@ pub struct RawUpstream {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub eject: Option<Spanned<RawEject>>,
     pub host: Option<Spanned<String>>,
+    /// Overrides `[server] max_upstream_connections` for this upstream.
+    pub max_upstream_connections: Option<Spanned<i64>>,
 }
 
 /// One entry of `targets = [{ url, weight }]`.

@@ -50,6 +50,9 @@ pub struct Cluster {
     /// The `Host` sent upstream (and in health checks); `None`: the client's (health checks:
     /// the target's host and port).
     pub host: Option<HeaderValue>,
+    /// Requests it may have in hand at once, all targets together; `None`: `[server]
+    /// max_upstream_connections`.
+    pub max_upstream_connections: Option<usize>,
     /// One cycle of smooth weighted round robin (nginx's order): target indices, each as often as
     /// its weight, interleaved.
     pub schedule: Box<[u32]>,

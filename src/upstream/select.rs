@@ -101,9 +101,11 @@ impl ClusterState {
         }
     }
 
-    /// A place for one request at this upstream (at most `max` in hand, waiting up to `wait`),
-    /// held through all its attempts until its upstream connection is given back.
-    pub async fn place(&self, max: usize, wait: std::time::Duration) -> Result<Slot, Busy> {
+    /// A place for one request at this upstream (at most its `max_upstream_connections`, else
+    /// `default`, in hand; waiting up to `wait`), held through all its attempts until its
+    /// upstream connection is given back.
+    pub async fn place(&self, default: usize, wait: std::time::Duration) -> Result<Slot, Busy> {
+        let max = self.config.max_upstream_connections.unwrap_or(default);
         self.slots.take(max, wait).await
     }
 
@@ -261,6 +263,7 @@ mod tests {
             health_check: None,
             eject: None,
             host: None,
+            max_upstream_connections: None,
         }
     }
 

@@ -144,6 +144,15 @@ impl Compiler<'_> {
                 }
             }
         });
+        let max_upstream_connections = raw.max_upstream_connections.as_ref().and_then(|m| {
+            match usize::try_from(*m.get_ref()) {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    self.error(m.span(), "max_upstream_connections is how many requests this upstream (all its targets) has in hand at once: between 1 and 1000000");
+                    None
+                }
+            }
+        });
         if self.errors.len() != errors_before || targets.is_empty() {
             return None;
         }
@@ -164,6 +173,7 @@ impl Compiler<'_> {
                 health_check,
                 eject,
                 host,
+                max_upstream_connections,
             })),
         })
     }
@@ -176,6 +186,7 @@ impl Compiler<'_> {
             raw.health_check.as_ref().map(|v| v.span()),
             raw.eject.as_ref().map(|v| v.span()),
             raw.host.as_ref().map(|v| v.span()),
+            raw.max_upstream_connections.as_ref().map(|v| v.span()),
         ];
         for span in spans.into_iter().flatten() {
             self.error(
