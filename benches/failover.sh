@@ -30,29 +30,16 @@ PIDS=()
 TARGET_PIDS=()
 
 log() { printf '%s\n' "failover: $*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}" "${TARGET_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}" "${TARGET_PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
+    stop_all "${PIDS[@]}" "${TARGET_PIDS[@]}"
     [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]} from the distribution's packages"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-PATH=$PATH:/usr/sbin
+need wrk nginx curl python3
 
 if [[ -z ${APIWARD:-} ]]; then
     (cd "$ROOT" && cargo build --release --quiet --bin apiward)

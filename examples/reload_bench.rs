@@ -7,6 +7,10 @@
 //!     revocation only, at USERS users, with C connections (default 2) of requests running all
 //!     along (each in a thread of its own, with a key of a user that stays); prints the median
 //!     time from the rename to the first 401, and the process's peak and final resident memory
+//! cargo run --release --example reload_bench -- --reload-cost USERS [--rounds N]
+//!     the reload's own work, without a gateway or load: for N revocations of one key at USERS
+//!     users, the time to read the file and to compile it after the previous snapshot (what a
+//!     reload does before the swap), and the median of each
 //!
 //! Everything runs on 127.0.0.1 and stops by itself.
 
@@ -37,6 +41,10 @@ fn main() {
                     .unwrap_or_else(|_| panic!("{name} takes a number"))
             })
     };
+    if let Some(users) = arg("--reload-cost") {
+        reload_cost(users, arg("--rounds").unwrap_or(7));
+        return;
+    }
     if let Some(users) = arg("--revocation") {
         let rounds = arg("--rounds").unwrap_or(11);
         let load = arg("--load").unwrap_or(2);
@@ -46,6 +54,57 @@ fn main() {
     compile_time(100_000);
     runtime.block_on(revocation_latency(10_000, 21, 2));
     memory_across_reloads(10_000, 1_000);
+}
+
+/// The reload's own work for a revocation of one key among `users`: reading the file (from the
+/// page cache) and compiling it after the snapshot serving, as `ConfigStore::reload` does before
+/// the swap.
+fn reload_cost(users: usize, rounds: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("apiward.toml");
+    let mut spec = support::Spec::in_memory(users);
+    spec.access_log = Some("off");
+    let full = support::config_text(&spec);
+    let previous = apiward::config::compile(&path, &full).expect("the file compiles");
+    let (mut reads, mut compiles) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let victim = 1 + round * ((users - 1) / (rounds + 1));
+        let digest = KeyDigest::of(&support::key(victim)).to_hex();
+        let revoked = full.replacen(
+            &format!("sha256 = \"{digest}\""),
+            &format!(
+                "sha256 = \"{}\"",
+                KeyDigest::of(&format!("replacement-{round}")).to_hex()
+            ),
+            1,
+        );
+        replace(&path, &revoked);
+        let started = Instant::now();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let read = started.elapsed();
+        let started = Instant::now();
+        let compiled = apiward::config::incremental::reload_after(&path, &text, &previous)
+            .expect("valid")
+            .expect("changed");
+        let compile = started.elapsed();
+        assert!(compiled.changes.is_some(), "compiled incrementally");
+        assert!(
+            !compiled
+                .snapshot
+                .keys
+                .contains_key(&KeyDigest::of(&support::key(victim)))
+        );
+        drop((text, compiled));
+        println!("round {round}: read {read:?}, compile after the previous snapshot {compile:?}");
+        reads.push(read);
+        compiles.push(compile);
+    }
+    println!(
+        "reload cost at {users} users ({:.1} MiB), {rounds} rounds: read median {:?}, compile median {:?}",
+        full.len() as f64 / (1024.0 * 1024.0),
+        median(&mut reads),
+        median(&mut compiles)
+    );
 }
 
 /// The benchmark file with a second key for every user (the rotation case).

@@ -18,7 +18,7 @@ use crate::auth::permission::Permission;
 mod routes;
 mod tables;
 mod upstreams;
-pub use routes::RouteTable;
+pub use routes::{Route, RouteTable};
 pub use tables::{KeyTable, UserTable};
 pub(crate) use tables::{KeyTableBuilder, shard_selector};
 pub use upstreams::{
@@ -279,29 +279,6 @@ pub struct Group {
     /// `shadow_allow`: stricter rules tried on every request `permissions` admit, which count
     /// and log the requests they would refuse and refuse none. `None` costs nothing.
     pub shadow: Option<Box<[Permission]>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub prefix: Arc<str>,
-    pub upstream: u32,
-    /// `strip_prefix`: the prefix is removed from the path forwarded (after the permission
-    /// check, which sees the whole path).
-    pub strip_prefix: bool,
-    /// `upstream_timeout`; `None`: `[server]`'s.
-    pub upstream_timeout: Option<Duration>,
-    /// `websocket`: `Upgrade: websocket` is relayed on this route.
-    pub websocket: bool,
-}
-
-impl Route {
-    /// A prefix `/supporters/` also takes the bare `/supporters`, as nginx's `location` users expect.
-    pub fn matches(&self, path: &str) -> bool {
-        path.starts_with(&*self.prefix)
-            || (self.prefix.len() > 1
-                && self.prefix.ends_with('/')
-                && path == &self.prefix[..self.prefix.len() - 1])
-    }
 }
 
 /// `[server]`: settings of the process itself.

@@ -8,9 +8,9 @@ use http::header::{ETAG, HeaderValue, IF_MATCH, WWW_AUTHENTICATE};
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
+use super::context::{AdminRequest, AdminResponse, Ctx, error, json_with};
 use super::session::{self, Caller};
 use super::write::{self, WriteFailure};
-use super::{AdminRequest, AdminResponse, Ctx, error, json_with};
 use crate::config::duration::parse_duration;
 use crate::config::edit::users::{self as edit_users, NewUser, Revoke, UserChanges, UserEntry};
 use crate::config::edit::{ConfigFile, KeyEntry, rfc3339};
@@ -162,21 +162,34 @@ pub(super) fn last_used(ctx: &Ctx, k: &KeyEntry) -> Option<i64> {
 
 pub(super) fn user_json(ctx: &Ctx, u: &UserEntry, now: i64) -> serde_json::Value {
     let (allowed, refused) = ctx.state.telemetry.recent.last_24h(&u.id);
-    serde_json::json!({
-        "id": u.id,
-        "display_name": u.display_name,
-        "first_name": u.first_name,
-        "last_name": u.last_name,
-        "description": u.description,
-        "status": u.status,
-        "group": u.group,
-        "remote_addresses": u.addresses,
-        "password": u.has_password,
-        "keys": u.keys.iter().map(|k| key_json(ctx, k, now)).collect::<Vec<_>>(),
-        "last_used": u.keys.iter().filter_map(|k| last_used(ctx, k)).max().map(rfc3339),
-        "requests_24h": allowed + refused,
-        "refusals_24h": refused,
-    })
+    let mut fields = u.json_fields();
+    fields.extend([
+        (
+            "keys".to_string(),
+            serde_json::json!(
+                u.keys
+                    .iter()
+                    .map(|k| key_json(ctx, k, now))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        (
+            "last_used".to_string(),
+            serde_json::json!(
+                u.keys
+                    .iter()
+                    .filter_map(|k| last_used(ctx, k))
+                    .max()
+                    .map(rfc3339)
+            ),
+        ),
+        (
+            "requests_24h".to_string(),
+            serde_json::json!(allowed + refused),
+        ),
+        ("refusals_24h".to_string(), serde_json::json!(refused)),
+    ]);
+    serde_json::Value::Object(fields)
 }
 
 pub(super) fn request_json(r: &RecentRequest) -> serde_json::Value {

@@ -9,7 +9,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::AdminResponse;
+use super::context::AdminResponse;
 use crate::observe::recent::HourCount;
 
 pub const CSS: &str = include_str!("assets/console.css");

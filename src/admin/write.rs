@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use super::Ctx;
+use super::context::Ctx;
 use crate::config::edit::{ConfigFile, EditError, edit_file};
 use crate::config::reload::{self, ReloadOutcome};
 

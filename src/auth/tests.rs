@@ -1,3 +1,5 @@
+//! Tests of the decision: credentials, statuses, sources and permissions against snapshots.
+
 use std::path::Path;
 
 use super::*;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{AdminsCommand, CliError, ListFormat, password_policy};
+use super::{AdminsCommand, CliError, ListFormat};
 use crate::config::edit::admins::{
     add_admin, delete_admin, issue_admin_token, revoke_admin_token, set_admin_password_hash,
 };
@@ -110,18 +110,7 @@ fn list(config: &Path, format: ListFormat) -> Result<(), CliError> {
 fn set_password(config: &Path, id: &str, generate: bool) -> Result<(), CliError> {
     let file = ConfigFile::read(config)?;
     file.admin(id)?;
-    let organisation = file.organisation();
-    let password = if generate {
-        loop {
-            let candidate = crate::keys::generate_password(24)?;
-            if password_policy::check(&candidate, id, organisation.as_deref()).is_ok() {
-                break candidate;
-            }
-        }
-    } else {
-        super::users::read_password(id)?
-    };
-    password_policy::check(&password, id, organisation.as_deref())?;
+    let password = super::users::new_password(id, file.organisation().as_deref(), generate)?;
     let hash = crate::auth::password::hash_password(&password)?;
     edit_file(config, None, |file| {
         set_admin_password_hash(file, id, &hash)

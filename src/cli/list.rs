@@ -91,21 +91,20 @@ fn as_json(
             })
         })
         .collect();
-    serde_json::json!({
-        "id": u.id,
-        "display_name": u.display_name,
-        "first_name": u.first_name,
-        "last_name": u.last_name,
-        "description": u.description,
-        "status": u.status,
-        "group": u.group,
-        "remote_addresses": u.addresses,
-        "password": u.has_password,
-        "password_last_used": password_last_use(u, last_use).flatten().map(edit::rfc3339),
-        "key_count": u.keys.len(),
-        "keys": keys,
-        "limits": limits.of(&u.id).as_ref().map(crate::limits::describe::json),
-    })
+    let mut fields = u.json_fields();
+    fields.extend([
+        (
+            "password_last_used".to_string(),
+            serde_json::json!(password_last_use(u, last_use).flatten().map(edit::rfc3339)),
+        ),
+        ("key_count".to_string(), serde_json::json!(u.keys.len())),
+        ("keys".to_string(), serde_json::Value::Array(keys)),
+        (
+            "limits".to_string(),
+            serde_json::json!(limits.of(&u.id).as_ref().map(crate::limits::describe::json)),
+        ),
+    ]);
+    serde_json::Value::Object(fields)
 }
 
 fn print_table(users: &[Listed], now: i64, last_use: Option<&LastUse>, limits: &Limits<'_>) {

@@ -121,21 +121,30 @@ fn delete(config: &Path, id: &str, yes: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn set_password(config: &Path, id: &str, generate: bool) -> Result<(), CliError> {
-    let file = ConfigFile::read(config)?;
-    file.user(id)?;
-    let organisation = file.organisation();
+/// A new password for `id` that passes the policy: generated, or read from the terminal.
+pub(super) fn new_password(
+    id: &str,
+    organisation: Option<&str>,
+    generate: bool,
+) -> Result<String, CliError> {
     let password = if generate {
         loop {
             let candidate = crate::keys::generate_password(24)?;
-            if password_policy::check(&candidate, id, organisation.as_deref()).is_ok() {
+            if password_policy::check(&candidate, id, organisation).is_ok() {
                 break candidate;
             }
         }
     } else {
         read_password(id)?
     };
-    password_policy::check(&password, id, organisation.as_deref())?;
+    password_policy::check(&password, id, organisation)?;
+    Ok(password)
+}
+
+fn set_password(config: &Path, id: &str, generate: bool) -> Result<(), CliError> {
+    let file = ConfigFile::read(config)?;
+    file.user(id)?;
+    let password = new_password(id, file.organisation().as_deref(), generate)?;
     let hash = crate::auth::password::hash_password(&password)?;
     edit::edit_file(config, None, |file| {
         set_text(file.user_mut(id)?, "password_hash", &hash);

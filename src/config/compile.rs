@@ -4,25 +4,24 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::time::Duration;
 
 use http::HeaderName;
 use toml::Spanned;
 use toml::value::Datetime;
 
-use super::duration::parse_duration;
 use super::error::{ConfigError, Locator};
 use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::snapshot::{
     AccessLogTarget, AdminAccount, ApiKey, ApiUser, ConsoleSettings, DigestMap, Group, KeyDigest,
-    KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, UnderscoreHeaders, Upstream,
-    UserStatus,
+    KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, Snapshot, UnderscoreHeaders, Upstream,
+    UserStatus, UserTable,
 };
 use checks::{
     check_key_header, check_route_prefix, did_you_mean, group_header, names, parse_digest,
 };
 pub use checks::{check_user_id, unix_seconds};
+use compiler::Compiler;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -41,12 +40,36 @@ pub(crate) struct Head {
     group_names: Vec<String>,
 }
 
+impl Head {
+    /// The snapshot of this head with these users, keys and admins (no source index yet): the
+    /// one place every way of compiling builds a `Snapshot`.
+    pub(crate) fn into_snapshot(
+        self,
+        source: &std::path::Path,
+        users: UserTable,
+        keys: KeyTable,
+        (admins, admin_tokens): (Box<[AdminAccount]>, DigestMap<u32>),
+    ) -> Snapshot {
+        Snapshot {
+            source: source.to_path_buf(),
+            server: self.server,
+            users,
+            keys,
+            groups: self.groups,
+            routes: self.routes,
+            upstreams: self.upstreams,
+            admins,
+            admin_tokens,
+            console: self.console,
+            rate_limits: self.rate_limits,
+            source_index: None,
+        }
+    }
+}
+
 /// Compiles everything but `raw.users`; the errors in the order a reader meets them.
 pub(crate) fn compile_head(loc: &Locator<'_>, raw: &RawConfig) -> (Head, Vec<ConfigError>) {
-    let mut c = Compiler {
-        loc,
-        errors: Vec::new(),
-    };
+    let mut c = Compiler::new(loc);
     let head = c.head(raw);
     (head, c.errors)
 }
@@ -57,10 +80,7 @@ pub(crate) fn compile_admins(
     raw: &RawConfig,
     user_keys: &KeyTable,
 ) -> (Box<[AdminAccount]>, DigestMap<u32>, Vec<ConfigError>) {
-    let mut c = Compiler {
-        loc,
-        errors: Vec::new(),
-    };
+    let mut c = Compiler::new(loc);
     let (admins, tokens) = c.admins(raw, user_keys);
     (admins, tokens, c.errors)
 }
@@ -93,23 +113,11 @@ pub(crate) fn compile_user(
     id: &Spanned<String>,
     user: &Spanned<RawUser>,
 ) -> UserPiece {
-    let mut c = Compiler {
-        loc,
-        errors: Vec::new(),
-    };
+    let mut c = Compiler::new(loc);
     c.user(id, user, head)
 }
 
-pub(super) struct Compiler<'a> {
-    loc: &'a Locator<'a>,
-    errors: Vec<ConfigError>,
-}
-
 impl Compiler<'_> {
-    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.errors.push(self.loc.error(span, message));
-    }
-
     fn head(&mut self, raw: &RawConfig) -> Head {
         let server = self.server(raw.server.as_ref().unwrap_or(&RawServer::default()));
         let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref());
@@ -339,27 +347,6 @@ impl Compiler<'_> {
         }
     }
 
-    pub(super) fn duration(
-        &mut self,
-        value: Option<&Spanned<String>>,
-        default: &str,
-        nonzero: bool,
-    ) -> Duration {
-        let fallback = parse_duration(default).expect("defaults are valid durations");
-        let Some(v) = value else { return fallback };
-        match parse_duration(v.get_ref()) {
-            Ok(d) if nonzero && d.is_zero() => {
-                self.error(v.span(), "this timeout must be greater than zero");
-                fallback
-            }
-            Ok(d) => d,
-            Err(msg) => {
-                self.error(v.span(), msg);
-                fallback
-            }
-        }
-    }
-
     fn user(&mut self, id: &Spanned<String>, user: &Spanned<RawUser>, head: &Head) -> UserPiece {
         if let Err(msg) = check_user_id(id.get_ref()) {
             self.error(id.span(), msg);
@@ -502,6 +489,7 @@ impl Compiler<'_> {
 
 mod admin;
 mod checks;
+mod compiler;
 mod guard;
 mod limits;
 mod permissions;

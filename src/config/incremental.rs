@@ -503,20 +503,8 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<I
     if !admin_errors.is_empty() {
         return None;
     }
-    let snapshot = Snapshot {
-        source: file.to_path_buf(),
-        server: head.server,
-        users: users.finish(),
-        keys,
-        groups: head.groups,
-        routes: head.routes,
-        upstreams: head.upstreams,
-        admins,
-        admin_tokens,
-        console: head.console,
-        rate_limits: head.rate_limits,
-        source_index: Some(key_index.finish(index.head, tables, slots)),
-    };
+    let mut snapshot = head.into_snapshot(file, users.finish(), keys, (admins, admin_tokens));
+    snapshot.source_index = Some(key_index.finish(index.head, tables, slots));
 
     // What changed, from the changed tables alone.
     let old_pairs: HashSet<(&KeyDigest, &str)> = old_keys

@@ -111,19 +111,11 @@ pub(crate) fn assemble(
     let keys = keys.finish();
     let (admins, admin_tokens, admin_errors) = compile_admins(loc, raw, &keys);
     errors.extend(admin_errors);
-    let snapshot = Snapshot {
-        source: loc.file().to_path_buf(),
-        server: head.server,
-        users: UserTable::from_sorted(users),
+    let snapshot = head.into_snapshot(
+        loc.file(),
+        UserTable::from_sorted(users),
         keys,
-        groups: head.groups,
-        routes: head.routes,
-        upstreams: head.upstreams,
-        admins,
-        admin_tokens,
-        console: head.console,
-        rate_limits: head.rate_limits,
-        source_index: None,
-    };
+        (admins, admin_tokens),
+    );
     Some((snapshot, slots))
 }

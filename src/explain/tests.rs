@@ -1,3 +1,5 @@
+//! Tests of `explain`: each decision explained the way the gateway makes it.
+
 use std::path::Path;
 
 use super::*;

@@ -1,3 +1,5 @@
+//! Tests of the limits: rate, quota and concurrency state against compiled snapshots.
+
 use std::path::Path;
 
 use super::*;

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use http::HeaderValue;
 
-use super::RequestRecord;
+use super::record::RequestRecord;
 use crate::auth::address::ClientAddress;
 use crate::snapshot::Snapshot;
 

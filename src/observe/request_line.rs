@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::RequestRecord;
+use super::record::RequestRecord;
 use crate::auth::address::ClientAddress;
 
 /// What a line says beyond the record: measured when the request ended.

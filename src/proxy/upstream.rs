@@ -14,7 +14,7 @@ pub struct Limits {
     /// Idle connections kept per target; more are closed when their response ends.
     pub keepalive_connections: usize,
     /// The response head limits, the same on both paths.
-    pub response_head: crate::proxy::policy::HeadLimits,
+    pub response_head: crate::proxy::policy::upstream::HeadLimits,
     /// `response_timeout`: the longest a response may take to relay, from its head on.
     pub response_timeout: Option<Duration>,
     /// `max_upstream_connections`: requests one upstream has in hand at once.
@@ -29,7 +29,7 @@ impl Limits {
             connect_timeout: server.connect_timeout,
             keepalive_timeout: server.upstream_keepalive_timeout,
             keepalive_connections: server.upstream_keepalive_connections,
-            response_head: crate::proxy::policy::HeadLimits::of(&server.limits),
+            response_head: crate::proxy::policy::upstream::HeadLimits::of(&server.limits),
             response_timeout: server.limits.response_timeout,
             max_upstream_connections: server.limits.max_upstream_connections,
             response_buffer: server.limits.response_buffer,

@@ -1,7 +1,32 @@
 //! The route table: the longest route prefix of a path, found with a binary search and a walk
 //! up a precomputed chain of prefixes instead of a scan of every route.
 
-use super::Route;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One `[[routes]]` entry, compiled.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: Arc<str>,
+    pub upstream: u32,
+    /// `strip_prefix`: the prefix is removed from the path forwarded (after the permission
+    /// check, which sees the whole path).
+    pub strip_prefix: bool,
+    /// `upstream_timeout`; `None`: `[server]`'s.
+    pub upstream_timeout: Option<Duration>,
+    /// `websocket`: `Upgrade: websocket` is relayed on this route.
+    pub websocket: bool,
+}
+
+impl Route {
+    /// A prefix `/supporters/` also takes the bare `/supporters`, as nginx's `location` users expect.
+    pub fn matches(&self, path: &str) -> bool {
+        path.starts_with(&*self.prefix)
+            || (self.prefix.len() > 1
+                && self.prefix.ends_with('/')
+                && path == &self.prefix[..self.prefix.len() - 1])
+    }
+}
 
 /// No parent: the entry has no other prefix in the table.
 const NONE: u32 = u32::MAX;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use super::super::AdminResponse;
+use super::super::context::AdminResponse;
 use super::super::html::{self, esc, seg};
 use super::super::write::{self, WriteFailure};
 use super::{Page, PageResult, date, field, text_field};

@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 
 use http::{Method, StatusCode};
 
+use super::context::{AdminRequest, AdminResponse, Ctx};
 use super::html::{self, Frame, chart, esc, seg};
 use super::session::{self, Caller, LoginOutcome};
 use super::write::WriteFailure;
-use super::{AdminRequest, AdminResponse, Ctx};
 use crate::config::edit::users::UserEntry;
 use crate::config::edit::{ConfigFile, is_read_only, rfc3339};
 use crate::config::reload::now_unix;

@@ -1,3 +1,5 @@
+//! Tests of password hashing and verification: the policy, the cache and the failure limiter.
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::Compiler;
 use super::checks::{check_user_id, parse_digest};
+use super::compiler::Compiler;
 use crate::config::raw::{RawConfig, RawServer};
 use crate::snapshot::{AdminAccount, AdminToken, ConsoleSettings, DigestMap, KeyPrefix, KeyTable};
 

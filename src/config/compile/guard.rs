@@ -1,7 +1,7 @@
 //! `[server] allow_empty` and `max_user_drop`: the settings of the guard against a file that
 //! would serve nothing or lose most users by accident (`config::guard` applies them).
 
-use super::Compiler;
+use super::compiler::Compiler;
 use crate::config::raw::RawServer;
 use crate::snapshot::ConfigGuard;
 

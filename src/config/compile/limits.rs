@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::Compiler;
+use super::compiler::Compiler;
 use crate::config::duration::parse_duration;
 use crate::config::raw::{RawGroup, RawQuota, RawRateLimit, RawRateLimits};
 use crate::snapshot::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use toml::Spanned;
 
-use super::Compiler;
+use super::compiler::Compiler;
 use crate::config::raw::{RawServer, RawSize};
 use crate::snapshot::ServerLimits;
 

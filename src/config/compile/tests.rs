@@ -1,4 +1,7 @@
+//! Tests of compiling: every error located and explained, every value compiled as documented.
+
 use std::path::Path;
+use std::time::Duration;
 
 use super::checks::interned;
 use super::*;

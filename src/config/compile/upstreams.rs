@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme, Uri};
 use toml::Spanned;
 
-use super::Compiler;
 use super::checks::interned;
+use super::compiler::Compiler;
 use crate::config::raw::{RawEject, RawHealthCheck, RawRoute, RawUpstream};
 use crate::snapshot::{
     Balance, Cluster, Eject, HealthCheck, Target, Upstream, UpstreamTarget, weighted_schedule,

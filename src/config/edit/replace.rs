@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::EditError;
+use super::error::EditError;
 
 /// How long an edit waits for another one to finish with the file.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -24,7 +24,7 @@ pub(super) fn write_atomically(path: &Path, expected: &str, text: &str) -> Resul
             source,
         },
     };
-    if super::is_read_only(path) {
+    if is_read_only(path) {
         return Err(EditError::ReadOnly(path.to_path_buf()));
     }
     // A symlinked config (Kubernetes ..data swaps, /etc/apiward -> ...) is edited where it lives,
@@ -135,6 +135,12 @@ impl EditLock {
             }
         }
     }
+}
+
+/// Whether the file cannot be written: no write permission bit at all (how ConfigMap files and
+/// deliberately locked files look), or a read-only file system.
+pub fn is_read_only(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.permissions().readonly())
 }
 
 #[cfg(test)]

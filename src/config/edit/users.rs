@@ -25,6 +25,27 @@ pub struct UserEntry {
     pub keys: Vec<KeyEntry>,
 }
 
+impl UserEntry {
+    /// The fields every listing of a user shows as JSON, the CLI's and the management API's;
+    /// each adds its own (keys, last uses, limits).
+    pub fn json_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(fields) = serde_json::json!({
+            "id": self.id,
+            "display_name": self.display_name,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "description": self.description,
+            "status": self.status,
+            "group": self.group,
+            "remote_addresses": self.addresses,
+            "password": self.has_password,
+        }) else {
+            unreachable!("json! of braces is an object")
+        };
+        fields
+    }
+}
+
 impl ConfigFile {
     /// Every user in file order.
     pub fn user_entries(&self) -> Vec<UserEntry> {

@@ -1,3 +1,6 @@
+//! Tests of the incremental compile: over random edits it gives exactly what a full compile
+//! gives, and its source index stays true.
+
 use std::fmt::Write as _;
 use std::path::Path;
 

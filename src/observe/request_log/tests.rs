@@ -1,3 +1,5 @@
+//! Tests of the request log writer: whole lines, flushing, and counted drops.
+
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -11,7 +11,9 @@ use std::time::Instant;
 use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
 
-use super::{Policy, Refused, X_REQUEST_ID, headers};
+use super::context::Policy;
+use super::headers::{self, X_REQUEST_ID};
+use super::refused::Refused;
 use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::reload;
 use crate::limits::{LimitPlan, Limited};

@@ -8,6 +8,9 @@ use http::header::{HeaderName, HeaderValue};
 use crate::auth::address::ClientAddress;
 use crate::snapshot::{Snapshot, UnderscoreHeaders};
 
+/// The request id the gateway gives every request, upstream and in its answer.
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -3,52 +3,13 @@
 //! uses an integration's allowance), the user's rate limit, quota and concurrency limit; and
 //! what a refusal then carries (`Retry-After`, the RateLimit fields).
 
-use bytes::Bytes;
-use http::Response;
-
-use super::{Forward, Policy};
+use super::admission::Forward;
+use super::context::Policy;
 use crate::limits::{Admitted, Fields, Limited};
 use crate::observe::RequestRecord;
-use crate::refusal::{Presented, Refusal};
 
 /// Why the gateway answered instead of the upstream: a refusal of the decision or of the
 /// upstream, or one of a limit (with its `Retry-After` and RateLimit fields).
-#[derive(Debug)]
-pub enum Refused {
-    Plain(Refusal),
-    Limited(Limited),
-}
-
-impl From<Refusal> for Refused {
-    fn from(refusal: Refusal) -> Refused {
-        Refused::Plain(refusal)
-    }
-}
-
-impl From<Limited> for Refused {
-    fn from(limited: Limited) -> Refused {
-        Refused::Limited(limited)
-    }
-}
-
-impl Refused {
-    pub fn refusal(&self) -> Refusal {
-        match self {
-            Refused::Plain(r) => *r,
-            Refused::Limited(l) => l.refusal(),
-        }
-    }
-
-    /// The whole answer: `Refusal::response_for` what the request presented, plus a limit's
-    /// `Retry-After` and fields.
-    pub fn response<B: From<Bytes>>(&self, presented: Presented) -> Response<B> {
-        match self {
-            Refused::Plain(r) => r.response_for(presented),
-            Refused::Limited(l) => l.response(),
-        }
-    }
-}
-
 impl Policy {
     /// The user's limits for an admitted request. Hold the `Admitted` until the response has
     /// ended or the client has gone (it is the request's place among the user's requests in

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 
-use super::Policy;
-use crate::observe::RequestRecord;
 use crate::observe::metrics::UpstreamErrorKind;
 use crate::refusal::Refusal;
 
@@ -130,61 +128,6 @@ impl UpstreamFailure {
             UpstreamFailure::Reset | UpstreamFailure::Broken | UpstreamFailure::Invalid(_) => {
                 UpstreamErrorKind::Other
             }
-        }
-    }
-}
-
-impl Policy {
-    /// An upstream failed for this request (its last attempt), at `target` (its address):
-    /// counted against its upstream, logged at warn (rate-limited by `FAILURE_LOG_INTERVAL`),
-    /// made the request's decision, and answered with the refusal returned. `fallback`: no
-    /// target was healthy, and the one tried anyway failed too (503 `no_healthy_upstream`).
-    pub fn upstream_failed(
-        &self,
-        record: &mut RequestRecord,
-        target: &str,
-        failure: UpstreamFailure,
-        fallback: bool,
-    ) -> Refusal {
-        let refusal = if fallback {
-            Refusal::NoHealthyUpstream
-        } else {
-            failure.refusal()
-        };
-        let upstream = record
-            .upstream
-            .as_deref()
-            .unwrap_or(crate::observe::names::NONE);
-        if let Some(upstream) = &record.upstream {
-            self.telemetry
-                .metrics
-                .upstream_error(upstream, failure.metric_kind());
-        }
-        if let Some(suppressed) = self.upstream_failures.admit(upstream, Instant::now()) {
-            tracing::warn!(
-                upstream,
-                target = %target,
-                cause = %failure,
-                status = refusal.status().as_u16(),
-                suppressed,
-                request_id = record.request_id.to_str().unwrap_or(""),
-                "upstream request failed, answered {} {}{}",
-                refusal.status().as_u16(),
-                refusal.code(),
-                match suppressed {
-                    0 => String::new(),
-                    n => format!(" ({n} more failures of this upstream since the last line)"),
-                }
-            );
-        }
-        record.decision = refusal.code();
-        refusal
-    }
-
-    /// A request is sent again, to another target.
-    pub fn retrying(&self, record: &RequestRecord) {
-        if let Some(upstream) = &record.upstream {
-            self.telemetry.metrics.upstream_retry(upstream);
         }
     }
 }

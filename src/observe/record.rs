@@ -1,0 +1,105 @@
+//! One request's record, what its log line, metrics and recent-requests entry are made of; and
+//! the request ids.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+
+/// Everything known about one request by the time its response starts.
+pub struct RequestRecord {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub client: crate::auth::address::ClientAddress,
+    pub user: Option<Arc<str>>,
+    pub key_prefix: Option<Box<str>>,
+    /// What the request presented to identify itself (the log's `credential`).
+    pub presented: crate::refusal::Presented,
+    pub method: http::Method,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub decision: &'static str,
+    pub status: u16,
+    pub upstream_time: Option<Duration>,
+    /// Whether a log line is written at all (`access_log = "off"` turns it off).
+    pub log: bool,
+    pub sample: f64,
+    /// The limit step: `admitted`, the kind that refused (`rate_limited`, ...), or `None` for
+    /// a user without limits or a request refused before them.
+    pub limit: Option<&'static str>,
+    /// The least of what is left of the user's limits after this request.
+    pub limit_remaining: Option<u64>,
+    /// What the group's `shadow_allow` would have answered an admitted request it refuses
+    /// (`forbidden`); `None` when it allows it, or the group has none.
+    pub shadow_refusal: Option<&'static str>,
+}
+
+/// Request ids: a random per-process prefix and a counter, unique without coordination.
+pub(super) struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub(super) fn new() -> RequestIds {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            // No OS randomness: time is unique enough for correlating log lines.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            seed = nanos.to_le_bytes();
+        }
+        RequestIds {
+            prefix: u64::from_le_bytes(seed),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// `{prefix:016x}{n:08x}`, written by hand: `format!` costs about 1,000 instructions here, a
+    /// noticeable part of a request (docs/benchmarks.md).
+    pub(super) fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut text = [0u8; 32];
+        let len = request_id_text(self.prefix, n, &mut text);
+        HeaderValue::from_bytes(&text[..len]).expect("hex digits are a valid header value")
+    }
+}
+
+/// Writes `prefix` as 16 hex digits and `n` as at least 8, returning the length.
+fn request_id_text(prefix: u64, n: u64, out: &mut [u8; 32]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out[..16].iter_mut().enumerate() {
+        *byte = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    let digits = (16 - n.leading_zeros() as usize / 4).max(8);
+    for (i, byte) in out[16..16 + digits].iter_mut().enumerate() {
+        *byte = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    }
+    16 + digits
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::request_id_text;
+
+    #[test]
+    fn request_ids_read_as_the_format_string_would_write_them() {
+        for (prefix, n) in [
+            (0, 0),
+            (0x0123_4567_89ab_cdef, 1),
+            (u64::MAX, 0xffff_ffff),
+            (42, 0x1_0000_0000),
+            (7, u64::MAX),
+        ] {
+            let mut out = [0u8; 32];
+            let len = request_id_text(prefix, n, &mut out);
+            assert_eq!(
+                std::str::from_utf8(&out[..len]).unwrap(),
+                format!("{prefix:016x}{n:08x}")
+            );
+        }
+    }
+}
