@@ -13,6 +13,7 @@ pub mod gcra;
 mod local;
 mod redis_store;
 mod shared;
+mod step;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,55 +25,8 @@ use dashmap::DashMap;
 use crate::snapshot::{ApiUser, LimitStore, OnStoreError, RateLimitSettings, Snapshot};
 pub use fields::{Fields, PolicyState};
 pub use redis_store::{RedisStore, StoreStats};
-
-/// Which limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitKind {
-    Rate,
-    Quota,
-    Concurrency,
-    /// The shared store could not be reached and `on_store_error = "deny"`.
-    StoreUnavailable,
-    /// The source address sent too many invalid credentials (`failed_auth`); no user is known.
-    FailedAttempts,
-}
-
-impl LimitKind {
-    /// The kinds counted per user (a failed-auth refusal has no user).
-    pub const PER_USER: [LimitKind; 4] = [
-        LimitKind::Rate,
-        LimitKind::Quota,
-        LimitKind::Concurrency,
-        LimitKind::StoreUnavailable,
-    ];
-
-    /// The metric label and log value; the same words as the refusal codes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitKind::Rate => "rate_limited",
-            LimitKind::Quota => "quota_exhausted",
-            LimitKind::Concurrency => "too_many_concurrent",
-            LimitKind::StoreUnavailable => "limit_store_unavailable",
-            LimitKind::FailedAttempts => "too_many_failed_attempts",
-        }
-    }
-
-    /// The refusal the client gets.
-    pub fn refusal(self) -> crate::refusal::Refusal {
-        use crate::refusal::Refusal;
-        match self {
-            LimitKind::Rate => Refusal::RateLimited,
-            LimitKind::Quota => Refusal::QuotaExhausted,
-            LimitKind::Concurrency => Refusal::TooManyConcurrent,
-            LimitKind::StoreUnavailable => Refusal::LimitStoreUnavailable,
-            LimitKind::FailedAttempts => Refusal::TooManyFailedAttempts,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use step::LimitKind;
+use step::{Step, retry_seconds};
 
 /// A request the limits let through. Holding it holds the user's place among its requests in
 /// flight: drop it when the response has ended or the client has gone.
@@ -349,19 +303,30 @@ impl Limiter {
     /// The limits' Prometheus series (docs/metrics.md), labelled by users of the current
     /// snapshot only, so a removed user's series disappear with it.
     pub fn render_metrics(&self, out: &mut String) {
-        render::metrics(self, out);
+        let mut users: Vec<render::UserSeries> = self
+            .users
+            .iter()
+            .map(|e| {
+                let state = e.value();
+                let concurrent = state
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some_and(|l| l.max_concurrent.is_some());
+                render::UserSeries {
+                    id: Arc::clone(e.key()),
+                    refused: LimitKind::PER_USER
+                        .map(|kind| state.refused[kind.index()].load(Ordering::Relaxed)),
+                    in_flight: concurrent.then(|| state.in_flight.load(Ordering::Relaxed)),
+                }
+            })
+            .collect();
+        users.sort_by(|a, b| a.id.cmp(&b.id));
+        render::metrics(&users, self.shared_store().as_deref(), out);
     }
 }
 
 pub mod render;
-
-/// What one limit said.
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Passed(PolicyState),
-    /// The kind, `Retry-After` in whole seconds, and the state to report.
-    Refused(LimitKind, u64, PolicyState),
-}
 
 fn acquire(state: &Arc<UserState>, max: u32) -> Option<InFlight> {
     let before = state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -371,11 +336,6 @@ fn acquire(state: &Arc<UserState>, max: u32) -> Option<InFlight> {
         return None;
     }
     Some(place)
-}
-
-/// A whole number of seconds to wait, at least one.
-fn retry_seconds(wait: Duration) -> u64 {
-    fields::whole_seconds(wait).max(1)
 }
 
 #[cfg(test)]

@@ -4,34 +4,39 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::{LimitKind, Limiter};
+use std::sync::Arc;
+
+use super::redis_store::RedisStore;
+use super::step::LimitKind;
 
 use crate::observe::names::{
     LIMIT_IN_FLIGHT as IN_FLIGHT, LIMIT_REFUSALS as REFUSALS, LIMIT_STORE_ERRORS as STORE_ERRORS,
     LIMIT_STORE_ROUND_TRIPS as STORE_ROUND_TRIPS, LIMIT_STORE_UP as STORE_UP, help,
 };
 
-pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
-    let mut users: Vec<_> = limiter
-        .users
-        .iter()
-        .map(|e| (e.key().clone(), e.value().clone()))
-        .collect();
-    users.sort_by(|a, b| a.0.cmp(&b.0));
+/// One limited user's series, read from the live state by the `Limiter`.
+pub(super) struct UserSeries {
+    pub id: Arc<str>,
+    /// Refusals by kind, in `LimitKind::PER_USER` order.
+    pub refused: [u64; 4],
+    /// Requests in flight, for a user under `max_concurrent`.
+    pub in_flight: Option<u32>,
+}
 
+/// The series of `users` (sorted by id) and of the shared store, if there is one.
+pub(super) fn metrics(users: &[UserSeries], store: Option<&RedisStore>, out: &mut String) {
     let _ = writeln!(
         out,
         "# HELP {REFUSALS} {}\n# TYPE {REFUSALS} counter",
         help(REFUSALS)
     );
-    for (id, state) in &users {
-        for kind in LimitKind::PER_USER {
-            let n = state.refused[kind.index()].load(Ordering::Relaxed);
+    for user in users {
+        for (kind, n) in LimitKind::PER_USER.iter().zip(user.refused) {
             if n > 0 {
                 let _ = writeln!(
                     out,
                     "{REFUSALS}{{user=\"{}\",kind=\"{}\"}} {n}",
-                    escape(id),
+                    escape(&user.id),
                     kind.as_str()
                 );
             }
@@ -42,25 +47,18 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
         "# HELP {IN_FLIGHT} {}\n# TYPE {IN_FLIGHT} gauge",
         help(IN_FLIGHT)
     );
-    for (id, state) in &users {
-        let concurrent = state
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|l| l.max_concurrent.is_some());
-        if concurrent {
+    for user in users {
+        if let Some(in_flight) = user.in_flight {
             let _ = writeln!(
                 out,
-                "{IN_FLIGHT}{{user=\"{}\"}} {}",
-                escape(id),
-                state.in_flight.load(Ordering::Relaxed)
+                "{IN_FLIGHT}{{user=\"{}\"}} {in_flight}",
+                escape(&user.id)
             );
         }
     }
     // Always exported, so a dashboard reads them before any traffic: the local store makes no
     // round trips, has no errors and is always up.
-    let store = limiter.shared_store();
-    let stats = store.as_ref().map(|s| &s.stats);
+    let stats = store.map(|s| &s.stats);
     let _ = writeln!(
         out,
         "# HELP {STORE_ROUND_TRIPS} {}\n# TYPE {STORE_ROUND_TRIPS} counter\n{STORE_ROUND_TRIPS} {}",
@@ -77,7 +75,7 @@ pub(super) fn metrics(limiter: &Limiter, out: &mut String) {
         out,
         "# HELP {STORE_UP} {}\n# TYPE {STORE_UP} gauge\n{STORE_UP} {}",
         help(STORE_UP),
-        u8::from(store.as_ref().is_none_or(|s| s.is_up()))
+        u8::from(store.is_none_or(|s| s.is_up()))
     );
 }
 

@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::fields::PolicyState;
 use super::gcra::Gcra;
 use super::redis_store::{Leased, RedisStore, StoreError};
-use super::{LimitKind, PolicyState, Step, retry_seconds};
+use super::step::{LimitKind, Step, retry_seconds};
 use crate::snapshot::{Quota, RateLimit};
 
 /// Leased rate-limit requests are spent within this, or dropped.

@@ -8,6 +8,7 @@ mod buffer;
 mod client;
 mod echo;
 mod idle;
+mod response;
 mod websocket;
 
 use std::convert::Infallible;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::uri::Uri;
 use http::{Request, Response};
@@ -32,16 +32,15 @@ use tokio::sync::watch;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers;
 use crate::proxy::policy::{
-    Forward, HeadChecked, Policy, Refused, UpstreamFailure, X_REQUEST_ID, check_response_framing,
+    Forward, HeadChecked, Policy, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
-use crate::refusal::{Presented, Refusal};
+use crate::refusal::Refusal;
 use crate::upstream::{Outcome as Attempted, Tried};
 use body::{Counted, Finish, Logged};
 use client::Pool;
 
-/// A response body before it is wrapped for logging: the upstream's, streamed, or one the
-/// gateway made.
-pub type ResponseBody = Either<buffer::Relayed, Full<Bytes>>;
+pub use response::ResponseBody;
+use response::refusal_response;
 
 /// What the client receives: a response body that records the request when it ends.
 pub type LoggedBody = Logged<ResponseBody>;
@@ -328,11 +327,4 @@ pub async fn serve<S>(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
-}
-
-fn refusal_response(refused: impl Into<Refused>, presented: Presented) -> Response<ResponseBody> {
-    refused
-        .into()
-        .response::<Full<Bytes>>(presented)
-        .map(Either::Right)
 }

@@ -15,7 +15,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{ResponseBody, refusal_response};
+use super::response::{ResponseBody, refusal_response};
 use crate::observe::RequestRecord;
 use crate::proxy::policy::{ConnectError, Forward, Policy, UpstreamFailure};
 use crate::upstream::{Attempt, ClusterState, Outcome, Tried, connect_tcp};
