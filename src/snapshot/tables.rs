@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use super::{ApiKey, ApiUser, DigestMap, KeyDigest, UserIndex};
+use super::users::{ApiKey, ApiUser, DigestMap, KeyDigest, UserIndex};
 
 /// Slots per page of the user table.
 const PAGE: usize = 1024;
