@@ -58,151 +58,154 @@ async fn statuses(urls: &[String], key: &TestKey, n: usize) -> (usize, usize, Ve
     (ok, limited, other)
 }
 
-#[tokio::test]
-async fn a_burst_passes_then_429_rate_limited_with_retry_after_and_ratelimit_fields() {
-    let up = echo_upstream().await;
-    let key = TestKey::new("burstuser");
-    let gw = TestGateway::start(&limited_config(
-        &up.url(),
-        r#"rate_limit = { requests = 1, per = "1h", burst = 4 }"#,
-        &active("burst@example.org", &key),
-        "",
-    ))
-    .await;
-    // The fast path (an http upstream) and hyper's path (the built-in echo) share one budget
-    // and write the same fields.
-    for (i, path) in [
-        "/supporters/1",
-        "/echo/2",
-        "/supporters/3",
-        "/echo/4",
-        "/supporters/5",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let reply = get_as(&gw.url(path), &key).await;
-        assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
-        assert_eq!(header(&reply, "ratelimit-policy"), "\"user\";q=1;w=3600");
-        let state = header(&reply, "ratelimit");
-        assert!(
-            state.starts_with(&format!("\"user\";r={};t=", 4 - i)),
-            "{path}: {state}"
-        );
-    }
-    for path in ["/supporters/6", "/echo/7"] {
-        let refused = get_as(&gw.url(path), &key).await;
-        assert_eq!(refused.status, 429, "{path}");
-        assert_eq!(refused.error_code(), "rate_limited");
-        assert!(
-            refused.json()["message"]
-                .as_str()
-                .unwrap()
-                .contains("Retry-After")
-        );
-        let retry: u64 = header(&refused, "retry-after")
-            .parse()
-            .expect("whole seconds");
-        assert!(
-            (3500..=3600).contains(&retry),
-            "one request an hour: {retry}"
-        );
-        assert_eq!(header(&refused, "ratelimit-policy"), "\"user\";q=1;w=3600");
-        assert!(header(&refused, "ratelimit").starts_with("\"user\";r=0;t="));
-    }
-    // An upstream never learns about limits.
-    let other = TestKey::new("otheruser");
-    gw.replace_config(&limited_config(
-        &up.url(),
-        r#"rate_limit = { requests = 1, per = "1h", burst = 4 }"#,
-        &(active("burst@example.org", &key) + &active("other@example.org", &other)),
-        "",
-    ));
-    assert!(
-        eventually(|| async { get_as(&gw.url("/supporters/x"), &other).await.status == 200 }).await
-    );
-    let seen = get_as(&gw.url("/supporters/x"), &other).await;
-    assert!(seen.upstream_header("ratelimit").is_none());
-    assert!(seen.upstream_header("ratelimit-policy").is_none());
-    gw.shutdown().await;
-}
-
-#[tokio::test]
-async fn over_the_limit_the_steady_rate_is_kept() {
-    let up = echo_upstream().await;
-    let key = TestKey::new("steadyuser");
-    let gw = TestGateway::start(&limited_config(
-        &up.url(),
-        r#"rate_limit = { requests = 20, per = "1s", burst = 0 }"#,
-        &active("steady@example.org", &key),
-        "",
-    ))
-    .await;
-    let url = gw.url("/supporters/steady");
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (url, key) = (url.clone(), TestKey::new("steadyuser"));
-        clients.push(tokio::spawn(async move {
-            let mut ok = 0u64;
-            while started.elapsed() < Duration::from_secs(3) {
-                if get_as(&url, &key).await.status == 200 {
-                    ok += 1;
-                }
-            }
-            ok
-        }));
-    }
-    let mut admitted = 0;
-    for c in clients {
-        admitted += c.await.unwrap();
-    }
-    let allowed = 20.0 * started.elapsed().as_secs_f64();
-    // Never above the limit (one request of tolerance); well above half of it even if this
-    // machine is slow to send.
-    assert!(
-        admitted as f64 <= allowed + 2.0,
-        "{admitted} admitted, {allowed} allowed"
-    );
-    assert!(
-        admitted as f64 >= allowed * 0.5,
-        "{admitted} admitted, {allowed} allowed"
-    );
-    gw.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_quota_over_a_short_period_refuses_then_comes_back_in_the_next_period() {
-    let up = echo_upstream().await;
-    let key = TestKey::new("quotauser");
-    let gw = TestGateway::start(&limited_config(
-        &up.url(),
-        r#"quota = { requests = 3, per = "2s" }"#,
-        &active("quota@example.org", &key),
-        "",
-    ))
-    .await;
-    let url = gw.url("/supporters/q");
-    let mut admitted = 0;
-    let refused = loop {
-        let reply = get_as(&url, &key).await;
-        if reply.status == 429 {
-            break reply;
+both_transports! {
+    async fn a_burst_passes_then_429_rate_limited_with_retry_after_and_ratelimit_fields() {
+        let up = echo_upstream().await;
+        let key = TestKey::new("burstuser");
+        let gw = TestGateway::start(&limited_config(
+            &up.url(),
+            r#"rate_limit = { requests = 1, per = "1h", burst = 4 }"#,
+            &active("burst@example.org", &key),
+            "",
+        ))
+        .await;
+        // The fast path (an http upstream) and hyper's path (the built-in echo) share one budget
+        // and write the same fields.
+        for (i, path) in [
+            "/supporters/1",
+            "/echo/2",
+            "/supporters/3",
+            "/echo/4",
+            "/supporters/5",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let reply = get_as(&gw.url(path), &key).await;
+            assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
+            assert_eq!(header(&reply, "ratelimit-policy"), "\"user\";q=1;w=3600");
+            let state = header(&reply, "ratelimit");
+            assert!(
+                state.starts_with(&format!("\"user\";r={};t=", 4 - i)),
+                "{path}: {state}"
+            );
         }
-        assert_eq!(reply.status, 200);
-        admitted += 1;
+        for path in ["/supporters/6", "/echo/7"] {
+            let refused = get_as(&gw.url(path), &key).await;
+            assert_eq!(refused.status, 429, "{path}");
+            assert_eq!(refused.error_code(), "rate_limited");
+            assert!(
+                refused.json()["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Retry-After")
+            );
+            let retry: u64 = header(&refused, "retry-after")
+                .parse()
+                .expect("whole seconds");
+            assert!(
+                (3500..=3600).contains(&retry),
+                "one request an hour: {retry}"
+            );
+            assert_eq!(header(&refused, "ratelimit-policy"), "\"user\";q=1;w=3600");
+            assert!(header(&refused, "ratelimit").starts_with("\"user\";r=0;t="));
+        }
+        // An upstream never learns about limits.
+        let other = TestKey::new("otheruser");
+        gw.replace_config(&limited_config(
+            &up.url(),
+            r#"rate_limit = { requests = 1, per = "1h", burst = 4 }"#,
+            &(active("burst@example.org", &key) + &active("other@example.org", &other)),
+            "",
+        ));
         assert!(
-            admitted <= 6,
-            "at most two periods' worth before the first refusal"
+            eventually(|| async { get_as(&gw.url("/supporters/x"), &other).await.status == 200 }).await
         );
-    };
-    assert_eq!(refused.error_code(), "quota_exhausted");
-    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
-    assert!((1..=2).contains(&retry), "{retry}");
-    assert_eq!(header(&refused, "ratelimit-policy"), "\"quota\";q=3;w=2");
-    assert!(header(&refused, "ratelimit").starts_with("\"quota\";r=0;t="));
-    assert!(eventually(|| async { get_as(&url, &key).await.status == 200 }).await);
-    gw.shutdown().await;
+        let seen = get_as(&gw.url("/supporters/x"), &other).await;
+        assert!(seen.upstream_header("ratelimit").is_none());
+        assert!(seen.upstream_header("ratelimit-policy").is_none());
+        gw.shutdown().await;
+    }
+}
+
+both_transports! {
+    async fn over_the_limit_the_steady_rate_is_kept() {
+        let up = echo_upstream().await;
+        let key = TestKey::new("steadyuser");
+        let gw = TestGateway::start(&limited_config(
+            &up.url(),
+            r#"rate_limit = { requests = 20, per = "1s", burst = 0 }"#,
+            &active("steady@example.org", &key),
+            "",
+        ))
+        .await;
+        let url = gw.url("/supporters/steady");
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (url, key) = (url.clone(), TestKey::new("steadyuser"));
+            clients.push(tokio::spawn(async move {
+                let mut ok = 0u64;
+                while started.elapsed() < Duration::from_secs(3) {
+                    if get_as(&url, &key).await.status == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            }));
+        }
+        let mut admitted = 0;
+        for c in clients {
+            admitted += c.await.unwrap();
+        }
+        let allowed = 20.0 * started.elapsed().as_secs_f64();
+        // Never above the limit (one request of tolerance); well above half of it even if this
+        // machine is slow to send.
+        assert!(
+            admitted as f64 <= allowed + 2.0,
+            "{admitted} admitted, {allowed} allowed"
+        );
+        assert!(
+            admitted as f64 >= allowed * 0.5,
+            "{admitted} admitted, {allowed} allowed"
+        );
+        gw.shutdown().await;
+    }
+}
+
+both_transports! {
+    async fn a_quota_over_a_short_period_refuses_then_comes_back_in_the_next_period() {
+        let up = echo_upstream().await;
+        let key = TestKey::new("quotauser");
+        let gw = TestGateway::start(&limited_config(
+            &up.url(),
+            r#"quota = { requests = 3, per = "2s" }"#,
+            &active("quota@example.org", &key),
+            "",
+        ))
+        .await;
+        let url = gw.url("/supporters/q");
+        let mut admitted = 0;
+        let refused = loop {
+            let reply = get_as(&url, &key).await;
+            if reply.status == 429 {
+                break reply;
+            }
+            assert_eq!(reply.status, 200);
+            admitted += 1;
+            assert!(
+                admitted <= 6,
+                "at most two periods' worth before the first refusal"
+            );
+        };
+        assert_eq!(refused.error_code(), "quota_exhausted");
+        let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+        assert!((1..=2).contains(&retry), "{retry}");
+        assert_eq!(header(&refused, "ratelimit-policy"), "\"quota\";q=3;w=2");
+        assert!(header(&refused, "ratelimit").starts_with("\"quota\";r=0;t="));
+        assert!(eventually(|| async { get_as(&url, &key).await.status == 200 }).await);
+        gw.shutdown().await;
+    }
 }
 
 /// An upstream that answers `/supporters/stream` with a chunked body that never ends (a chunk
@@ -248,45 +251,46 @@ async fn streaming_upstream() -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-#[tokio::test]
-async fn a_place_in_flight_is_given_back_when_the_client_goes_away() {
-    let (upstream, _task) = streaming_upstream().await;
-    let key = TestKey::new("concurrentuser");
-    // A long upstream timeout: what frees the place must be the client leaving, not a timeout.
-    let toml = limited_config(
-        &upstream,
-        "max_concurrent = 1",
-        &active("concurrent@example.org", &key),
-        "",
-    )
-    .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\"");
-    let gw = TestGateway::start(&toml).await;
+both_transports! {
+    async fn a_place_in_flight_is_given_back_when_the_client_goes_away() {
+        let (upstream, _task) = streaming_upstream().await;
+        let key = TestKey::new("concurrentuser");
+        // A long upstream timeout: what frees the place must be the client leaving, not a timeout.
+        let toml = limited_config(
+            &upstream,
+            "max_concurrent = 1",
+            &active("concurrent@example.org", &key),
+            "",
+        )
+        .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"60s\"");
+        let gw = TestGateway::start(&toml).await;
 
-    let mut streaming = TcpStream::connect(gw.addr).await.unwrap();
-    streaming
-        .write_all(get_with_key("/supporters/stream", &key).as_bytes())
-        .await
-        .unwrap();
-    let mut first = [0u8; 256];
-    let n = streaming.read(&mut first).await.unwrap();
-    assert!(
-        first[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&first[..n])
-    );
+        let mut streaming = TcpStream::connect(gw.addr).await.unwrap();
+        streaming
+            .write_all(get_with_key("/supporters/stream", &key).as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 256];
+        let n = streaming.read(&mut first).await.unwrap();
+        assert!(
+            first[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&first[..n])
+        );
 
-    let refused = get_as(&gw.url("/supporters/other"), &key).await;
-    assert_eq!(refused.status, 429);
-    assert_eq!(refused.error_code(), "too_many_concurrent");
-    assert_eq!(header(&refused, "retry-after"), "1");
+        let refused = get_as(&gw.url("/supporters/other"), &key).await;
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.error_code(), "too_many_concurrent");
+        assert_eq!(header(&refused, "retry-after"), "1");
 
-    drop(streaming);
-    assert!(
-        eventually(|| async { get_as(&gw.url("/supporters/other"), &key).await.status == 200 })
-            .await,
-        "the place of the request whose client left is given back"
-    );
-    gw.shutdown().await;
+        drop(streaming);
+        assert!(
+            eventually(|| async { get_as(&gw.url("/supporters/other"), &key).await.status == 200 })
+                .await,
+            "the place of the request whose client left is given back"
+        );
+        gw.shutdown().await;
+    }
 }
 
 #[tokio::test]
@@ -482,87 +486,89 @@ allow = [{ path = "/supporters/**", verbs = ["view"] }]"#,
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn many_invalid_credentials_block_an_address_but_never_a_user_that_registered_it() {
-    let up = echo_upstream().await;
-    let registered = TestKey::new("registereduser");
-    let anywhere = TestKey::new("anywhereuser");
-    let users = active("registered@example.org", &registered)
-        + &user(
-            "anywhere@example.org",
-            "active",
-            "manage-supporters",
-            "*",
-            &[&anywhere],
+both_transports! {
+    async fn many_invalid_credentials_block_an_address_but_never_a_user_that_registered_it() {
+        let up = echo_upstream().await;
+        let registered = TestKey::new("registereduser");
+        let anywhere = TestKey::new("anywhereuser");
+        let users = active("registered@example.org", &registered)
+            + &user(
+                "anywhere@example.org",
+                "active",
+                "manage-supporters",
+                "*",
+                &[&anywhere],
+            );
+        let gw = TestGateway::start(&with_admin(&config(&up.url(), &users))).await;
+        let url = gw.url("/supporters/f");
+        let guess = TestKey::new("guessedwrong");
+        let mut invalid = 0;
+        let blocked = loop {
+            let reply = get_as(&url, &guess).await;
+            if reply.status == 429 {
+                break reply;
+            }
+            assert_eq!(reply.status, 401);
+            invalid += 1;
+            assert!(invalid <= 20, "blocked after 20 invalid credentials");
+        };
+        assert_eq!(invalid, 20);
+        assert_eq!(blocked.error_code(), "too_many_failed_attempts");
+        let retry: u64 = header(&blocked, "retry-after").parse().unwrap();
+        assert!((1..=3).contains(&retry), "{retry}");
+        // A valid key of a user that registered 127.0.0.1 still works from there...
+        assert_eq!(get_as(&url, &registered).await.status, 200);
+        // ...one valid anywhere ("*" names no address) waits like the guesser.
+        assert_eq!(get_as(&url, &anywhere).await.status, 429);
+        let admin = gw.gateway().admin_addr().unwrap();
+        let status = common::status(admin).await;
+        assert!(
+            status["rate_limits"]["failed_auth_refused"]
+                .as_u64()
+                .unwrap()
+                >= 2
         );
-    let gw = TestGateway::start(&with_admin(&config(&up.url(), &users))).await;
-    let url = gw.url("/supporters/f");
-    let guess = TestKey::new("guessedwrong");
-    let mut invalid = 0;
-    let blocked = loop {
-        let reply = get_as(&url, &guess).await;
-        if reply.status == 429 {
-            break reply;
-        }
-        assert_eq!(reply.status, 401);
-        invalid += 1;
-        assert!(invalid <= 20, "blocked after 20 invalid credentials");
-    };
-    assert_eq!(invalid, 20);
-    assert_eq!(blocked.error_code(), "too_many_failed_attempts");
-    let retry: u64 = header(&blocked, "retry-after").parse().unwrap();
-    assert!((1..=3).contains(&retry), "{retry}");
-    // A valid key of a user that registered 127.0.0.1 still works from there...
-    assert_eq!(get_as(&url, &registered).await.status, 200);
-    // ...one valid anywhere ("*" names no address) waits like the guesser.
-    assert_eq!(get_as(&url, &anywhere).await.status, 429);
-    let admin = gw.gateway().admin_addr().unwrap();
-    let status = common::status(admin).await;
-    assert!(
-        status["rate_limits"]["failed_auth_refused"]
-            .as_u64()
-            .unwrap()
-            >= 2
-    );
-    gw.shutdown().await;
+        gw.shutdown().await;
+    }
 }
 
-#[tokio::test]
-async fn the_gateways_ratelimit_fields_replace_an_upstreams() {
-    let up = upstream_with(|_req| async {
-        let mut response =
-            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")));
-        response.headers_mut().insert(
-            "ratelimit",
-            http::HeaderValue::from_static("\"upstream\";r=999;t=1"),
-        );
-        response
-    })
-    .await;
-    let key = TestKey::new("replaceduser");
-    let gw = TestGateway::start(&limited_config(
-        &up.url(),
-        r#"rate_limit = { requests = 1, per = "1h", burst = 9 }"#,
-        &active("replaced@example.org", &key),
-        "",
-    ))
-    .await;
-    // The fast path (GET without a body) and hyper's path (a POST with one).
-    let fast = get_as(&gw.url("/supporters/1"), &key).await;
-    let hyper = send(
-        "POST",
-        &gw.url("/supporters/2"),
-        &[("x-api-key", key.key.as_str())],
-        "body",
-    )
-    .await;
-    for reply in [fast, hyper] {
-        assert_eq!(reply.status, 200);
-        let values: Vec<_> = reply.headers.get_all("ratelimit").iter().collect();
-        assert_eq!(values.len(), 1, "{values:?}");
-        assert!(values[0].to_str().unwrap().starts_with("\"user\";r="));
+both_transports! {
+    async fn the_gateways_ratelimit_fields_replace_an_upstreams() {
+        let up = upstream_with(|_req| async {
+            let mut response =
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")));
+            response.headers_mut().insert(
+                "ratelimit",
+                http::HeaderValue::from_static("\"upstream\";r=999;t=1"),
+            );
+            response
+        })
+        .await;
+        let key = TestKey::new("replaceduser");
+        let gw = TestGateway::start(&limited_config(
+            &up.url(),
+            r#"rate_limit = { requests = 1, per = "1h", burst = 9 }"#,
+            &active("replaced@example.org", &key),
+            "",
+        ))
+        .await;
+        // The fast path (GET without a body) and hyper's path (a POST with one).
+        let fast = get_as(&gw.url("/supporters/1"), &key).await;
+        let hyper = send(
+            "POST",
+            &gw.url("/supporters/2"),
+            &[("x-api-key", key.key.as_str())],
+            "body",
+        )
+        .await;
+        for reply in [fast, hyper] {
+            assert_eq!(reply.status, 200);
+            let values: Vec<_> = reply.headers.get_all("ratelimit").iter().collect();
+            assert_eq!(values.len(), 1, "{values:?}");
+            assert!(values[0].to_str().unwrap().starts_with("\"user\";r="));
+        }
+        gw.shutdown().await;
     }
-    gw.shutdown().await;
 }
 
 both_transports! {
