@@ -121,8 +121,12 @@ impl ClusterState {
     /// A target for the next attempt of a request by `user`, none of those in `tried`; `None`
     /// when every target has been tried.
     pub fn pick(self: &Arc<Self>, user: Option<&str>, tried: Tried) -> Option<Attempt> {
-        let now = now_ms();
-        let open = |i: usize| !tried.contains(i) && self.targets[i].is_available(now);
+        // The clock is read only if a target has been ejected: one never ejected (or returned)
+        // is available at any time, so the common request reads no clock here.
+        let now = std::cell::OnceCell::new();
+        let open = |i: usize| {
+            !tried.contains(i) && self.targets[i].is_available_by(|| *now.get_or_init(now_ms))
+        };
         let chosen = match (self.config.balance, user) {
             _ if self.targets.len() == 1 => open(0).then_some(0),
             (Balance::HashUser, Some(user)) => self.by_user(user, open),

@@ -92,6 +92,16 @@ impl TargetState {
             && self.ejected_until.load(Ordering::Relaxed) <= now
     }
 
+    /// `is_available` at `now()`, which is called only when the target has an ejection on record
+    /// (`ejected_until` is 0 otherwise, which every `now_ms()` is past).
+    pub(super) fn is_available_by(&self, now: impl FnOnce() -> u64) -> bool {
+        if self.check_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= now()
+    }
+
     fn is_ejected(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
     }

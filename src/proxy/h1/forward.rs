@@ -259,7 +259,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                         framed -= n;
                         bytes_out += n as u64;
                     }
-                    write_by = within(tokio::time::Instant::now() + idle);
+                    // A write that leaves nothing pending of a whole response ends the relay:
+                    // no clock read for a deadline nothing would wait on (the common answer).
+                    if !done || (self.out.len() - out_at) + framed != 0 {
+                        write_by = within(tokio::time::Instant::now() + idle);
+                    }
                 }
                 Relayed::WriteFailed => {
                     self.held = None;
