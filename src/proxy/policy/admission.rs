@@ -146,7 +146,13 @@ impl Policy {
             limit_remaining: None,
             shadow_refusal: None,
         };
-        if !framing_is_unambiguous(request_headers) {
+        // The engine hands every request with `Transfer-Encoding` or `Upgrade` to hyper's path,
+        // and its `decision_headers` hold only the credential, `Authorization`,
+        // `X-Forwarded-For` and `X-Request-Id` (a key_header is never `transfer-encoding`, and
+        // `upgrade` only if configured so): those two lookups are hyper's path's only.
+        let by_engine = checked == HeadChecked::ByEngine;
+        let may_upgrade = !by_engine || snapshot.server.key_header == http::header::UPGRADE;
+        if !by_engine && !framing_is_unambiguous(request_headers) {
             if record.log {
                 record.path = uri.path().to_string();
             }
@@ -280,7 +286,8 @@ impl Policy {
             let Some(user) = decision.user.filter(|u| is_header_value(&u.id)) else {
                 return Err(Refusal::Forbidden);
             };
-            let websocket = super::websocket::check(request_headers, method, grant.route)?;
+            let websocket =
+                may_upgrade && super::websocket::check(request_headers, method, grant.route)?;
             Ok::<_, Refusal>(Forward {
                 cluster: self.upstreams.cluster(snapshot, grant.route.upstream),
                 path_and_query: forwarded_path(grant.route, &grant.path, uri)?,
