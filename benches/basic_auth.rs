@@ -78,6 +78,7 @@ fn bench_credentials(c: &mut Criterion) {
             method: &Method::GET,
             path: "/bench/items/42",
             credential,
+            certificate: None,
             client: client.into(),
             now: 1_800_000_000,
         };

@@ -39,6 +39,7 @@ fn bench_decide(c: &mut Criterion) {
             method: &Method::GET,
             path: support::REQUEST_PATH,
             credential: Credential::Key(&key),
+            certificate: None,
             client: client().into(),
             now: 1_800_000_000,
         };

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         method: &Method::GET,
         path: support::REQUEST_PATH,
         credential: Credential::Key(&key),
+        certificate: None,
         client: support::CLIENT.parse().expect("a literal address"),
         now: 1_800_000_000,
     };

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::BufRead;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -33,6 +33,10 @@ pub struct ExplainArgs {
     /// request carries no credential.
     #[arg(long, value_name = "ID")]
     pub user: Option<String>,
+    /// A PEM file with the client certificate the request presents over TLS (its SHA-256
+    /// fingerprint is what `client_certificates` lists).
+    #[arg(long, value_name = "FILE", conflicts_with = "user")]
+    pub cert: Option<PathBuf>,
     /// The client address, as the gateway sees it (the TCP peer, or the X-Forwarded-For address
     /// a trusted proxy vouched for).
     #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
@@ -83,8 +87,19 @@ pub fn run(config: &Path, args: ExplainArgs) -> ExitCode {
         (None, Some(id)) => Caller::User(id),
         (None, None) => Caller::Anonymous,
     };
+    let certificate = match &args.cert {
+        None => None,
+        Some(file) => match crate::tls::read_certificates(file) {
+            Ok(certs) => certs.first().map(|c| crate::tls::fingerprint(c)),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let question = Question {
         caller,
+        certificate,
         source: args.source,
         method: args.method,
         path: &args.path,
@@ -109,6 +124,8 @@ pub enum Caller<'a> {
 #[derive(Debug, Clone)]
 pub struct Question<'a> {
     pub caller: Caller<'a>,
+    /// The fingerprint of a client certificate presented (and verified) over TLS.
+    pub certificate: Option<crate::snapshot::KeyDigest>,
     pub source: IpAddr,
     pub method: Method,
     /// The path as sent, possibly with `?query`.
@@ -208,6 +225,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
         method: &question.method,
         normalised: None,
         lines: Vec::new(),
+        has_certificate: question.certificate.is_some(),
     };
     narrator.note_trusted_proxy(question.source);
     let credential = match question.caller {
@@ -221,6 +239,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Explanation {
         method: &question.method,
         path,
         credential,
+        certificate: question.certificate,
         client: question.source.into(),
         now: question.now,
     };
@@ -356,6 +375,7 @@ struct Narrator<'a> {
     method: &'a Method,
     normalised: Option<String>,
     lines: Vec<Line>,
+    has_certificate: bool,
 }
 
 impl Narrator<'_> {
@@ -474,12 +494,31 @@ impl Narrator<'_> {
 impl Trace for Narrator<'_> {
     fn step(&mut self, step: Step<'_>) {
         match step {
+            Step::Credential(Credential::Missing) if self.has_certificate => self.push(
+                "credential",
+                "a client certificate, and no key or password".to_string(),
+            ),
             Step::Credential(Credential::Missing) => self.push(
                 "credential",
                 format!(
                     "none: no {} header and no Authorization: Bearer ✗",
                     self.snapshot.server.key_header
                 ),
+            ),
+            Step::Certificate { user: Some(user) } => self.push(
+                "cert",
+                format!(
+                    "client certificate → user {} (status {}, group {}) ✓",
+                    user.id,
+                    user.status.as_str(),
+                    self.snapshot.group_of(user).name
+                ),
+            ),
+            Step::Certificate { user: None } => self.push(
+                "cert",
+                "client certificate → no user lists its fingerprint in client_certificates ✗ \
+                 (without a key this is invalid_credentials; `apiward users add-certificate` records it)"
+                    .to_string(),
             ),
             Step::Credential(Credential::Key(k)) => {
                 // Kept for the key line that follows; only the prefix is ever stored.

@@ -68,7 +68,7 @@ pub struct Gateway {
     admin_shutdown: watch::Sender<bool>,
     serving: JoinHandle<()>,
     reload_triggers: mpsc::UnboundedSender<ReloadTrigger>,
-    _watcher: Option<reload::ConfigWatch>,
+    _watcher: Option<Arc<reload::ConfigWatch>>,
 }
 
 impl Gateway {
@@ -134,13 +134,17 @@ impl Gateway {
         telemetry.recent.follow(&store.load());
         let (reload_triggers, triggers_rx) = mpsc::unbounded_channel();
         let watcher = if options.watch_config {
-            Some(reload::watch_file(config_path, reload_triggers.clone())?)
+            let watcher = Arc::new(reload::watch_file(config_path, reload_triggers.clone())?);
+            // The PEM files of [server.tls] and of the upstreams reload the configuration too.
+            watcher.follow(&store.load().tls_files);
+            Some(watcher)
         } else {
             None
         };
         // Limit state outlives every snapshot; it follows each one applied (limits/mod.rs).
         let limiter = Arc::new(Limiter::new());
         limiter.configure(&store.load());
+        let reload_watcher = watcher.clone();
         let reload_store = Arc::clone(&store);
         let reload_telemetry = Arc::clone(&telemetry);
         let reload_limiter = Arc::clone(&limiter);
@@ -151,6 +155,9 @@ impl Gateway {
                 let current = reload_store.load();
                 if matches!(outcome, ReloadOutcome::Applied { .. }) {
                     reload_limiter.configure(&current);
+                    if let Some(w) = &reload_watcher {
+                        w.follow(&current.tls_files);
+                    }
                 }
                 reload_telemetry.reloaded(outcome, &current, reload_store.generation());
             },

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod snapshot;
 pub mod suggest;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{Gateway, Options, StartError};

@@ -259,6 +259,19 @@ fn check(path: &Path, against: Option<&Path>) -> ExitCode {
                 s.routes.len(),
                 s.upstreams.len()
             );
+            if let Some(tls) = &s.tls {
+                for c in tls.certificates() {
+                    println!(
+                        "{}: certificate for {}, valid until {}",
+                        c.cert_file.display(),
+                        c.names.join(", "),
+                        apiward::snapshot::rfc3339(c.not_after)
+                    );
+                }
+                for warning in tls.expiry_warnings(config::reload::now_unix()) {
+                    eprintln!("warning: {warning}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => report::config_errors(path, &errors, "the file was not accepted"),
@@ -282,6 +295,7 @@ fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
         return Report::new(Exit::Failure, e).print();
     }
     tracing::info!(config = %path.display(), from = %config.source, "configuration file");
+    config::reload::warn_of_expiry(&store);
     // One worker runs on a current-thread runtime: the multi-thread scheduler's parking and
     // waking costs about 3 µs of kernel time per request even with a single worker
     // (docs/benchmarks.md). Compiling a reloaded file still runs on the blocking pool.

@@ -45,10 +45,12 @@ pub enum Refusal {
     /// The upstream answered with a head no proxy may relay (malformed, too large, two framings,
     /// conflicting lengths): 502, and its connection is not reused.
     UpstreamInvalidResponse,
+    /// A client certificate and a key (or password) that identify different users.
+    AmbiguousCredentials,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 22] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::MissingCredentials,
         Refusal::InvalidCredentials,
         Refusal::KeyExpired,
@@ -71,6 +73,7 @@ impl Refusal {
         Refusal::BadHost,
         Refusal::UnderscoreHeader,
         Refusal::UpstreamInvalidResponse,
+        Refusal::AmbiguousCredentials,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -86,7 +89,8 @@ impl Refusal {
             | Refusal::BadFraming
             | Refusal::BadUpgrade
             | Refusal::BadHost
-            | Refusal::UnderscoreHeader => StatusCode::BAD_REQUEST,
+            | Refusal::UnderscoreHeader
+            | Refusal::AmbiguousCredentials => StatusCode::BAD_REQUEST,
             Refusal::UpstreamUnavailable | Refusal::UpstreamInvalidResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -125,6 +129,7 @@ impl Refusal {
             Refusal::BadHost => "bad_host",
             Refusal::UnderscoreHeader => "underscore_header",
             Refusal::UpstreamInvalidResponse => "upstream_invalid_response",
+            Refusal::AmbiguousCredentials => "ambiguous_credentials",
         }
     }
 
@@ -214,6 +219,12 @@ impl Refusal {
             (Refusal::UnderscoreHeader, _) => {
                 "A header name contains '_', which this gateway refuses (backends read it as '-'): send the name with '-'."
             }
+            (Refusal::AmbiguousCredentials, Key | Nothing) => {
+                "The client certificate and the API key presented belong to different API users: present one of them."
+            }
+            (Refusal::AmbiguousCredentials, Password) => {
+                "The client certificate and the user name presented belong to different API users: present one of them."
+            }
         }
     }
 
@@ -233,6 +244,7 @@ impl Refusal {
             | Refusal::NoRoute
             | Refusal::Forbidden
             | Refusal::BadPath
+            | Refusal::AmbiguousCredentials
             | Refusal::UpstreamUnavailable
             | Refusal::UpstreamTimeout
             | Refusal::RateLimited
@@ -313,6 +325,7 @@ impl Refusal {
             | Refusal::UnderscoreHeader
             | Refusal::UpstreamInvalidResponse
             | Refusal::BadPath
+            | Refusal::AmbiguousCredentials
             | Refusal::UserInactive
             | Refusal::UnregisteredSource
             | Refusal::NoRoute

@@ -199,6 +199,12 @@ pub struct Snapshot {
     pub groups: Box<[Group]>,
     pub routes: RouteTable,
     pub upstreams: Box<[Upstream]>,
+    /// `[server.tls]`: set, the public listener speaks TLS only.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The SHA-256 of each client certificate's DER → the user it identifies.
+    pub client_certificates: DigestMap<UserIndex>,
+    /// The PEM files this snapshot read; a change to one reloads the configuration.
+    pub tls_files: Box<[PathBuf]>,
     /// `[admins.*]`, sorted by id: who may use the console and the management API.
     pub admins: Box<[AdminAccount]>,
     /// Every admin token's digest, to its admin's index in `admins`.
@@ -288,6 +294,13 @@ impl Snapshot {
             .binary_search_by(|a| (*a.id).cmp(id))
             .ok()
             .map(|i| &self.admins[i])
+    }
+
+    /// The user a client certificate (its DER) identifies.
+    pub fn user_of_certificate(&self, der: &[u8]) -> Option<UserIndex> {
+        self.client_certificates
+            .get(&crate::tls::fingerprint(der))
+            .copied()
     }
 
     pub fn group_of(&self, user: &ApiUser) -> &Group {

@@ -226,6 +226,23 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     // A reload, so that reload outcomes exist whether or not the first load is counted.
     gw.replace_config(&format!("{toml}\n# touched\n"));
 
+    // The TLS series come from a second gateway that terminates TLS: a handshake over each
+    // protocol, and plain HTTP on its port (a handshake failure).
+    let pki = common::tls::Pki::new();
+    let tls_gw = TestGateway::start(&pki.with_tls(&toml, "")).await;
+    let tls_admin = tls_gw.gateway().admin_addr().expect("admin listener");
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let mut conn =
+            common::tls::HttpConnection::tls(tls_gw.addr, "api.example.org", pki.client(&[alpn]))
+                .await;
+        assert_eq!(conn.send("GET", "/echo/1", &k, "").await.status, 200);
+    }
+    assert!(
+        raw(tls_gw.addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+
     let wanted: BTreeSet<(String, String)> = exprs(&dashboard())
         .into_iter()
         .flat_map(|(title, e)| {
@@ -243,7 +260,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let (all_there, last) = loop {
-        let last = scrape(admin).await;
+        let last = scrape(admin).await + &scrape(tls_admin).await;
         let all = wanted.iter().all(|(_, series)| exported(&last, series));
         if all || tokio::time::Instant::now() >= deadline {
             break (all, last);
@@ -259,4 +276,5 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         panic!("not exported: {missing:?}\n/metrics:\n{last}");
     }
     gw.shutdown().await;
+    tls_gw.shutdown().await;
 }

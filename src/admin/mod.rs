@@ -119,6 +119,7 @@ fn open_endpoint(state: &AdminState, path: &str) -> AdminResponse {
         "/metrics" => {
             let mut text = state.telemetry.metrics.render();
             state.limits.render_metrics(&mut text);
+            crate::observe::metrics::render_certificates(&mut text, &state.store.load());
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -165,6 +166,14 @@ fn status(state: &AdminState) -> serde_json::Value {
         "connections_handed_to_hyper": state.proxy.connections_handed_over(),
         "rate_limits": crate::limits::describe::status(&state.limits, &snapshot),
         "uptime_seconds": state.started.elapsed().as_secs(),
+        "tls": snapshot.tls.as_ref().map(|tls| serde_json::json!({
+            "client_certificates_asked": tls.asks_client_certificate(),
+            "certificates": tls.certificates().iter().map(|c| serde_json::json!({
+                "file": c.cert_file.display().to_string(),
+                "names": c.names,
+                "not_after": rfc3339(c.not_after),
+            })).collect::<Vec<_>>(),
+        })),
     })
 }
 

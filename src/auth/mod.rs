@@ -27,6 +27,8 @@ pub struct RequestFacts<'r> {
     /// The path as received (not yet normalised), without the query.
     pub path: &'r str,
     pub credential: Credential<'r>,
+    /// The SHA-256 of the client certificate the TLS handshake verified against `client_ca`.
+    pub certificate: Option<KeyDigest>,
     /// The client address: the TCP peer, or the one a trusted proxy vouched for.
     pub client: address::ClientAddress,
     /// Unix seconds, for key expiry.
@@ -100,6 +102,10 @@ pub enum Step<'a> {
         key: &'a ApiKey,
     },
     KeyNotFound,
+    /// A verified client certificate, and the user it identifies, if any.
+    Certificate {
+        user: Option<&'a ApiUser>,
+    },
     PasswordChecked {
         user: &'a ApiUser,
         ok: bool,
@@ -207,7 +213,50 @@ fn identify_then_decide<'s, 'r>(
     trace.step(Step::Credential(&facts.credential));
 
     // 1. Who is calling. Nothing about routes or permissions is revealed before this passes.
-    let (user, key) = match facts.credential {
+    // A client certificate identifies its user; with a key or password as well, both must name
+    // the same user. A certificate that is no user's counts only when nothing else is presented.
+    let by_certificate = facts.certificate.map(|fingerprint| {
+        let user = snapshot
+            .client_certificates
+            .get(&fingerprint)
+            .map(|&i| snapshot.user(i));
+        trace.step(Step::Certificate { user });
+        user
+    });
+    let (user, key) = match (&facts.credential, by_certificate) {
+        (Credential::Missing, Some(Some(user))) => (user, None),
+        (Credential::Missing, Some(None)) => {
+            return refused(None, None, Refusal::InvalidCredentials);
+        }
+        (_, None | Some(None)) | (Credential::Key(_) | Credential::Basic { .. }, Some(Some(_))) => {
+            match identify(snapshot, facts, digest, passwords, trace) {
+                Ok((user, key)) => match by_certificate {
+                    Some(Some(other)) if !std::ptr::eq(other, user) => {
+                        return refused(None, None, Refusal::AmbiguousCredentials);
+                    }
+                    _ => (user, key),
+                },
+                Err(decision) => return decision,
+            }
+        }
+        (Credential::Malformed, Some(Some(_))) => {
+            return refused(None, None, Refusal::InvalidCredentials);
+        }
+    };
+
+    decide_identified_traced(snapshot, user, key, facts, trace)
+}
+
+/// The user (and key) a key or a password identifies, or the refusal.
+fn identify<'s, 'r>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts<'r>,
+    digest: Option<&KeyDigest>,
+    passwords: &impl PasswordCheck,
+    trace: &mut impl Trace,
+) -> Result<(&'s ApiUser, Option<&'s ApiKey>), Decision<'s, 'r>> {
+    let refused = |user, key, refusal| Err(refused(user, key, refusal));
+    Ok(match facts.credential {
         Credential::Missing => return refused(None, None, Refusal::MissingCredentials),
         Credential::Key(_) => match digest.and_then(|d| snapshot.keys.get(d)) {
             Some(key) => {
@@ -257,9 +306,9 @@ fn identify_then_decide<'s, 'r>(
                 }
                 Some(user) => {
                     trace.step(Step::PasswordChecked { user, ok });
-                    let mut decision = refused(None, None, Refusal::InvalidCredentials);
+                    let mut decision = self::refused(None, None, Refusal::InvalidCredentials);
                     decision.named_by_refused_password = Some(user);
-                    return decision;
+                    return Err(decision);
                 }
                 None => {
                     trace.step(Step::KeyNotFound);
@@ -268,9 +317,7 @@ fn identify_then_decide<'s, 'r>(
             }
         }
         Credential::Malformed => return refused(None, None, Refusal::InvalidCredentials),
-    };
-
-    decide_identified_traced(snapshot, user, key, facts, trace)
+    })
 }
 
 /// The steps after identification (status, source, path, route, permission) for a user already

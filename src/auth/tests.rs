@@ -60,6 +60,7 @@ fn facts<'r>(
         method,
         path,
         credential,
+        certificate: None,
         client: client.parse().unwrap(),
         now: NOW,
     }

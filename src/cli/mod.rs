@@ -7,6 +7,7 @@
 
 pub mod admin_client;
 mod admins;
+mod certificates;
 pub mod config_path;
 mod keys;
 mod last_used;
@@ -16,7 +17,7 @@ pub mod report;
 pub mod top;
 mod users;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -167,6 +168,20 @@ The password is never read from the command line, where other users could see it
         /// Make a strong random password and print it once on stdout instead of reading one.
         #[arg(long)]
         generate: bool,
+    },
+    /// Record a client certificate that identifies the user over TLS (its SHA-256 fingerprint).
+    #[command(after_help = "\
+Example:
+  apiward users add-certificate edge-device@example.org --cert device.pem
+
+The certificate must be signed by the CA in [server.tls] client_ca to pass the handshake.
+Only the fingerprint is stored; the certificate and its key stay with the client.")]
+    AddCertificate {
+        /// The user's id.
+        id: String,
+        /// The client certificate, PEM (the first certificate of the file is used).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
     },
 }
 
@@ -355,6 +370,8 @@ pub enum CliError {
     Random(#[from] crate::keys::RandomSourceError),
     #[error(transparent)]
     Hash(#[from] crate::auth::password::HashError),
+    #[error("{0}")]
+    Certificate(String),
 }
 
 /// Runs `apiward users ...` on `config`; the exit code is 0 on success, else 1 or 2
@@ -412,6 +429,7 @@ impl CliError {
             )
             | CliError::Policy(_)
             | CliError::PasswordMismatch
+            | CliError::Certificate(_)
             | CliError::NotConfirmed(_) => Exit::Usage,
         }
     }

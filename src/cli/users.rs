@@ -1,4 +1,4 @@
-//! `apiward users add | list | set | delete | set-password`.
+//! `apiward users add | list | set | delete | set-password` (`add-certificate` is in `certificates.rs`).
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::Path;
@@ -17,6 +17,7 @@ pub fn run(config: &Path, command: UsersCommand) -> Result<(), CliError> {
         UsersCommand::Set(s) => set(config, s),
         UsersCommand::Delete { id, yes } => delete(config, &id, yes),
         UsersCommand::SetPassword { id, generate } => set_password(config, &id, generate),
+        UsersCommand::AddCertificate { id, cert } => super::certificates::add(config, &id, &cert),
     }
 }
 

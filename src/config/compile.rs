@@ -33,6 +33,10 @@ pub(crate) struct Head {
     pub groups: Box<[Group]>,
     pub console: ConsoleSettings,
     pub rate_limits: crate::snapshot::RateLimitSettings,
+    /// `[server.tls]`, its PEM files loaded.
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// The PEM files the head read (server pairs, `client_ca`, upstream `ca`s).
+    pub tls_files: Vec<std::path::PathBuf>,
     group_index: HashMap<String, u32>,
     /// Each group's limits, by group index: what its users get unless they set their own.
     group_limits: Vec<crate::snapshot::UserLimits>,
@@ -62,6 +66,9 @@ impl Head {
             admin_tokens,
             console: self.console,
             rate_limits: self.rate_limits,
+            tls: self.tls,
+            client_certificates: DigestMap::default(),
+            tls_files: self.tls_files.into_boxed_slice(),
             source_index: None,
         }
     }
@@ -95,6 +102,9 @@ pub(crate) struct UserPiece {
     pub keys: Vec<PieceKey>,
     /// Its own errors, in order; each key's duplicate check comes after `errors_before` of them.
     pub errors: Vec<ConfigError>,
+    /// Its `client_certificates` fingerprints, with the span of each `sha256` (where a
+    /// certificate that is also another user's is reported).
+    pub certificates: Vec<(KeyDigest, Range<usize>)>,
 }
 
 pub(crate) struct PieceKey {
@@ -121,10 +131,16 @@ impl Compiler<'_> {
     fn head(&mut self, raw: &RawConfig) -> Head {
         let server = self.server(raw.server.as_ref().unwrap_or(&RawServer::default()));
         let rate_limits = self.rate_limit_settings(raw.rate_limits.as_ref());
+        let mut tls_files = Vec::new();
+        let tls = raw
+            .server
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .and_then(|t| self.server_tls(self.loc.file(), t, &mut tls_files));
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         let mut upstream_index = HashMap::new();
         for (name, up) in &raw.upstreams {
-            if let Some(upstream) = self.upstream(name, up) {
+            if let Some(upstream) = self.upstream(name, up, &mut tls_files) {
                 upstream_index.insert(name.get_ref().clone(), upstreams.len() as u32);
                 upstreams.push(upstream);
             }
@@ -200,6 +216,8 @@ impl Compiler<'_> {
             groups: groups.into_boxed_slice(),
             group_index,
             group_names: raw.groups.keys().map(|k| k.get_ref().clone()).collect(),
+            tls,
+            tls_files,
         }
     }
 
@@ -447,6 +465,7 @@ impl Compiler<'_> {
                 errors_before: self.errors.len(),
             });
         }
+        let certificates = self.client_certificates(u);
         let own_rate = u.rate_limit.as_ref().and_then(|r| self.rate_limit(r));
         let valid = |status, group: Option<u32>, sources| -> Option<ApiUser> {
             let group = group?;
@@ -473,6 +492,7 @@ impl Compiler<'_> {
             user,
             keys,
             errors: std::mem::take(&mut self.errors),
+            certificates,
         }
     }
 
@@ -494,6 +514,7 @@ mod guard;
 mod limits;
 mod permissions;
 mod protection;
+pub mod tls;
 mod upstreams;
 pub use admin::{DEFAULT_RECENT_PER_USER, DEFAULT_RECENT_REFUSALS};
 #[cfg(test)]

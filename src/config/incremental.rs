@@ -454,6 +454,11 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<I
             users.remove(slot);
         }
     }
+    // Client certificates are few (devices, not every user): the map is copied whole.
+    let mut certificates = previous.client_certificates.clone();
+    if !gone_slots.is_empty() && !certificates.is_empty() {
+        certificates.retain(|_, slot| !gone_slots.contains(slot));
+    }
     let mut piece_slots = Vec::with_capacity(fresh.len());
     let mut new_pairs: Vec<(KeyDigest, usize)> = Vec::new();
     for (n, (piece, place)) in fresh.iter_mut().zip(&places).enumerate() {
@@ -473,6 +478,11 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<I
             key.user = slot;
             keys.insert(k.digest, key);
             new_pairs.push((k.digest, n));
+        }
+        for (digest, _) in &piece.certificates {
+            if certificates.insert(*digest, slot).is_some() {
+                return None;
+            }
         }
         piece_slots.push(slot);
     }
@@ -504,6 +514,7 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<I
         return None;
     }
     let mut snapshot = head.into_snapshot(file, users.finish(), keys, (admins, admin_tokens));
+    snapshot.client_certificates = certificates;
     snapshot.source_index = Some(key_index.finish(index.head, tables, slots));
 
     // What changed, from the changed tables alone.

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::raw::{RawAddresses, RawConfig, RawKey, RawRateLimit, RawUser};
+use super::raw::{RawAddresses, RawClientCertificate, RawConfig, RawKey, RawRateLimit, RawUser};
 
 /// Below this size one parse is fast enough and splitting costs more than it saves.
 const PARALLEL_THRESHOLD: usize = 2 * 1024 * 1024;
@@ -130,6 +130,11 @@ pub(super) fn shift_user(user: Spanned<RawUser>, by: usize) -> Spanned<RawUser> 
         remote_addresses: shift_opt::<RawAddresses>(u.remote_addresses, by),
         keys: u.keys.into_iter().map(|k| shift_key(k, by)).collect(),
         password_hash: shift_opt(u.password_hash, by),
+        client_certificates: u
+            .client_certificates
+            .into_iter()
+            .map(|c| shift_certificate(c, by))
+            .collect(),
         rate_limit: u.rate_limit.map(|r| shift_rate_limit(r, by)),
     };
     Spanned::new(span.start + by..span.end + by, moved)
@@ -154,6 +159,19 @@ fn shift_key(key: Spanned<RawKey>, by: usize) -> Spanned<RawKey> {
         prefix: shift_opt(k.prefix, by),
         created: shift_opt(k.created, by),
         expires: shift_opt(k.expires, by),
+    };
+    Spanned::new(span.start + by..span.end + by, moved)
+}
+
+fn shift_certificate(
+    cert: Spanned<RawClientCertificate>,
+    by: usize,
+) -> Spanned<RawClientCertificate> {
+    let span = cert.span();
+    let c = cert.into_inner();
+    let moved = RawClientCertificate {
+        sha256: shift(c.sha256, by),
+        created: shift_opt(c.created, by),
     };
     Spanned::new(span.start + by..span.end + by, moved)
 }

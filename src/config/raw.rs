@@ -89,6 +89,25 @@ pub struct RawServer {
     pub underscore_headers: Option<Spanned<String>>,
     pub allow_empty: Option<Spanned<bool>>,
     pub max_user_drop: Option<Spanned<f64>>,
+    pub tls: Option<Spanned<RawServerTls>>,
+}
+
+/// `[server.tls]`: present, the public listener speaks TLS only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub certificates: Spanned<Vec<RawCertificatePair>>,
+    pub min_version: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// One `{ cert, key }` of `[server.tls] certificates`; paths relative to the file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificatePair {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `[upstreams.NAME]`: one target (`url`) or several (`targets`), and how they are used.
@@ -104,6 +123,12 @@ pub struct RawUpstream {
     pub host: Option<Spanned<String>>,
     /// Overrides `[server] max_upstream_connections` for this upstream.
     pub max_upstream_connections: Option<Spanned<i64>>,
+    /// HTTPS targets only: trust anchors (PEM) instead of the system's store.
+    pub ca: Option<Spanned<String>>,
+    /// HTTPS targets only: the name sent as SNI and verified, instead of the URL's host.
+    pub server_name: Option<Spanned<String>>,
+    /// `"http/1.1"` (default) or `"h2"`.
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// One entry of `targets = [{ url, weight }]`.
@@ -178,6 +203,16 @@ pub struct RawUser {
     pub keys: Vec<Spanned<RawKey>>,
     pub password_hash: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    pub client_certificates: Vec<Spanned<RawClientCertificate>>,
+}
+
+/// A client certificate that identifies the user: the SHA-256 of its DER.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertificate {
+    pub sha256: Spanned<String>,
+    pub created: Option<Spanned<Datetime>>,
 }
 
 /// A size in bytes, written as a number or with a unit (`"64KiB"`, `"1MiB"`), or `"off"`.

@@ -47,6 +47,8 @@ pub struct ConfigStore {
     path: PathBuf,
     current: ArcSwap<Snapshot>,
     loaded_digest: Mutex<u128>,
+    /// The digest of the PEM files the snapshot serving read (`files_digest`).
+    loaded_files_digest: Mutex<u128>,
     last_failure: Mutex<Option<ReloadFailure>>,
     generation: AtomicU64,
     loaded_at_unix: AtomicU64,
@@ -70,10 +72,12 @@ impl ConfigStore {
             Err(ReadError::Invalid(e)) => return Err(e),
         };
         release_freed_memory();
+        let files = files_digest(&snapshot.tls_files);
         let store = ConfigStore {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(snapshot),
             loaded_digest: Mutex::new(text_digest),
+            loaded_files_digest: Mutex::new(files),
             last_failure: Mutex::new(None),
             generation: AtomicU64::new(1),
             loaded_at_unix: AtomicU64::new(now_unix() as u64),
@@ -130,7 +134,14 @@ impl ConfigStore {
         // A snapshot with a source index says itself whether the text is the one it was
         // compiled from (its head and every table's digest); only without one is the whole
         // text digested for that, before compiling it in full anyway.
-        if current.source_index.is_none() {
+        // The PEM files it read ([server.tls], upstream `ca`s): changed, the file is compiled
+        // again although its text is the same (a renewed certificate).
+        let files_same = files_digest(&current.tls_files)
+            == *self
+                .loaded_files_digest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+        if current.source_index.is_none() && files_same {
             let digest = text_digest(&text);
             if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
                 return self.unchanged();
@@ -141,7 +152,11 @@ impl ConfigStore {
         }
         // Only the user tables whose text changed are compiled; the rest is taken from the
         // snapshot serving now (`incremental`).
-        let compiled = super::incremental::reload_after(&self.path, &text, &current);
+        let compiled = if files_same {
+            super::incremental::reload_after(&self.path, &text, &current)
+        } else {
+            super::incremental::compile_after(&self.path, &text, &current).map(Some)
+        };
         let (snapshot, changes) = match compiled {
             Ok(Some(c)) => (c.snapshot, c.changes),
             Ok(None) => return self.unchanged(),
@@ -167,6 +182,10 @@ impl ConfigStore {
         if snapshot.source_index.is_none() {
             *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = text_digest(&text);
         }
+        *self
+            .loaded_files_digest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = files_digest(&snapshot.tls_files);
         drop(text);
         let changes = changes.unwrap_or_else(|| ChangeSummary::between(&previous, &snapshot));
         let restart_required = restart_required(&previous, &snapshot);
@@ -285,6 +304,27 @@ fn text_digest(text: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
+/// The digest of the PEM files a snapshot read, as they are now (names and contents; a file
+/// that cannot be read counts as such), so that a renewed certificate reloads although the
+/// configuration's text is unchanged. 0 without any.
+fn files_digest(files: &[PathBuf]) -> u128 {
+    if files.is_empty() {
+        return 0;
+    }
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    for file in files {
+        hash.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                hash.update(&(bytes.len() as u64).to_le_bytes());
+                hash.update(&bytes);
+            }
+            Err(_) => hash.update(&u64::MAX.to_le_bytes()),
+        }
+    }
+    hash.digest128()
+}
+
 pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -325,7 +365,16 @@ pub struct ConfigWatch {
 
 enum Note {
     Changed,
+    /// The PEM files of the snapshot serving: their directories are watched, their names followed.
+    Follow(Vec<PathBuf>),
     Stop,
+}
+
+impl ConfigWatch {
+    /// Also reloads when one of `files` (the PEM files of the snapshot serving) changes.
+    pub fn follow(&self, files: &[PathBuf]) {
+        let _ = self.notes.send(Note::Follow(files.to_vec()));
+    }
 }
 
 impl Drop for ConfigWatch {
@@ -377,6 +426,24 @@ impl Watched {
         watched
     }
 
+    /// The directories and names of some files (the PEM files a snapshot read).
+    fn files(files: &[PathBuf]) -> Watched {
+        let mut watched = Watched::default();
+        for file in files {
+            let dir = parent_dir(file);
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            if !watched.dirs.contains(&dir) {
+                watched.dirs.push(dir);
+            }
+            if let Some(name) = file.file_name() {
+                if !watched.names.iter().any(|n| n == name) {
+                    watched.names.push(name.to_os_string());
+                }
+            }
+        }
+        watched
+    }
+
     fn concerns(names: &[std::ffi::OsString], event: &notify::Event) -> bool {
         event.paths.iter().any(|p| {
             p.file_name().is_some_and(|n| {
@@ -404,6 +471,7 @@ pub fn watch_file(
 
     let first = Watched::resolve(path);
     let names = Arc::new(RwLock::new(first.names.clone()));
+    let first_dirs = first.dirs.clone();
     let (notes, notes_rx) = std::sync::mpsc::channel();
     let event_names = Arc::clone(&names);
     let event_notes = notes.clone();
@@ -422,11 +490,11 @@ pub fn watch_file(
         }
     })?;
     // The link's own directory must be watchable; the others are followed as far as they exist.
-    let mut dirs = first.dirs.iter();
+    let mut dirs = first_dirs.iter();
     if let Some(own) = dirs.next() {
         watcher.watch(own, RecursiveMode::NonRecursive)?;
     }
-    let mut watching: Vec<PathBuf> = first.dirs.iter().take(1).cloned().collect();
+    let mut watching: Vec<PathBuf> = first_dirs.iter().take(1).cloned().collect();
     for dir in dirs {
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => watching.push(dir.clone()),
@@ -440,20 +508,43 @@ pub fn watch_file(
         .name("apiward-config-watch".into())
         .spawn(move || {
             // Re-resolves after each relevant event: a swapped link or `..data` moves the file.
-            while let Ok(Note::Changed) = notes_rx.recv() {
+            let mut config = first;
+            let mut pem = Watched::default();
+            while let Ok(note) = notes_rx.recv() {
+                let mut changed = false;
                 let mut stop = false;
-                while let Ok(note) = notes_rx.try_recv() {
-                    stop |= matches!(note, Note::Stop);
+                for note in std::iter::once(note).chain(std::iter::from_fn(|| notes_rx.try_recv().ok())) {
+                    match note {
+                        Note::Changed => changed = true,
+                        Note::Follow(files) => pem = Watched::files(&files),
+                        Note::Stop => stop = true,
+                    }
                 }
                 if stop {
                     break;
                 }
-                let now = Watched::resolve(&path);
+                if changed {
+                    config = Watched::resolve(&path);
+                }
+                let mut now = Watched::default();
+                for w in [&config, &pem] {
+                    for dir in &w.dirs {
+                        if !now.dirs.contains(dir) {
+                            now.dirs.push(dir.clone());
+                        }
+                    }
+                    for name in &w.names {
+                        if !now.names.contains(name) {
+                            now.names.push(name.clone());
+                        }
+                    }
+                }
                 for dir in &now.dirs {
-                    if !watching.contains(dir)
-                        && watcher.watch(dir, RecursiveMode::NonRecursive).is_ok()
-                    {
-                        watching.push(dir.clone());
+                    if !watching.contains(dir) {
+                        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                            Ok(()) => watching.push(dir.clone()),
+                            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch this directory: changes there wait for SIGHUP"),
+                        }
                     }
                 }
                 watching.retain(|dir| {
@@ -512,6 +603,15 @@ pub async fn reload_loop(
     }
 }
 
+/// Logs each certificate of the snapshot serving that has expired or expires within 14 days.
+pub fn warn_of_expiry(store: &ConfigStore) {
+    if let Some(tls) = &store.load().tls {
+        for warning in tls.expiry_warnings(now_unix()) {
+            tracing::warn!("certificate: {warning}");
+        }
+    }
+}
+
 fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutcome) {
     let file = store.path().display().to_string();
     let trigger = match trigger {
@@ -537,6 +637,7 @@ fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutc
             for field in restart_required {
                 tracing::warn!(%file, field, "[server] {field} changed: it takes effect only after a restart");
             }
+            warn_of_expiry(store);
         }
         ReloadOutcome::Unchanged => {
             tracing::debug!(%file, trigger, "configuration file unchanged");

@@ -6,7 +6,7 @@ use std::path::Path;
 use super::compile::{Head, UserPiece, compile_admins, compile_head, compile_user};
 use super::error::{ConfigError, ConfigErrors, Locator};
 use super::raw::RawConfig;
-use crate::snapshot::{ApiUser, KeyTableBuilder, Snapshot, UserIndex, UserTable};
+use crate::snapshot::{ApiUser, DigestMap, KeyTableBuilder, Snapshot, UserIndex, UserTable};
 
 /// The whole text parsed in one go, then compiled: what every other way of compiling must
 /// give exactly, result and errors alike, and what they fall back to when a file is not
@@ -60,6 +60,9 @@ pub(crate) fn in_file_order(mut errors: Vec<ConfigError>) -> ConfigErrors {
 const DUPLICATE_DIGEST: &str =
     "this key digest is already used by another key: every key must be unique, issue a new one";
 
+const DUPLICATE_CERTIFICATE: &str =
+    "this certificate already identifies another user: a certificate belongs to one user only";
+
 /// Builds the snapshot from users compiled in any order, and each one's slot (`UserIndex::MAX`
 /// for a user with errors), adding each duplicate key digest to `errors` where one parse of the
 /// whole file finds it: at the later user in id order. `None` when two have the same id.
@@ -79,6 +82,7 @@ pub(crate) fn assemble(
     let mut keys = KeyTableBuilder::for_keys(key_count);
     let mut users: Vec<ApiUser> = Vec::with_capacity(pieces.len());
     let mut slots = vec![UserIndex::MAX; pieces.len()];
+    let mut certificates: DigestMap<UserIndex> = DigestMap::default();
     for i in order {
         let piece = &mut pieces[i];
         // As one sequential compile numbers them: the count of valid users before this one.
@@ -101,6 +105,19 @@ pub(crate) fn assemble(
             keys.insert(k.digest, key);
         }
         errors.extend(own);
+        for (digest, span) in std::mem::take(&mut piece.certificates) {
+            match certificates.entry(digest) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    errors.push(loc.error(span, DUPLICATE_CERTIFICATE));
+                    valid = false;
+                }
+                std::collections::hash_map::Entry::Vacant(place) => {
+                    if valid {
+                        place.insert(slot);
+                    }
+                }
+            }
+        }
         if valid {
             if let Some(user) = piece.user.take() {
                 users.push(user);
@@ -111,11 +128,12 @@ pub(crate) fn assemble(
     let keys = keys.finish();
     let (admins, admin_tokens, admin_errors) = compile_admins(loc, raw, &keys);
     errors.extend(admin_errors);
-    let snapshot = head.into_snapshot(
+    let mut snapshot = head.into_snapshot(
         loc.file(),
         UserTable::from_sorted(users),
         keys,
         (admins, admin_tokens),
     );
+    snapshot.client_certificates = certificates;
     Some((snapshot, slots))
 }

@@ -70,6 +70,7 @@ keys = []
 fn ask(caller: Caller<'_>, source: &str, method: &str, path: &str) -> Explanation {
     let question = Question {
         caller,
+        certificate: None,
         source: source.parse().unwrap(),
         method: parse_method(method).unwrap(),
         path,
@@ -329,6 +330,7 @@ fn the_limit_step_comes_last_and_says_what_a_request_over_it_gets() {
     let s = crate::config::compile(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
     let question = Question {
         caller: Caller::User("a@example.org"),
+        certificate: None,
         source: "127.0.0.1".parse().unwrap(),
         method: Method::GET,
         path: "/supporters/1",
@@ -396,6 +398,7 @@ fn several_targets_are_all_named_with_how_one_is_chosen() {
             crate::config::compile(Path::new("t.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
         let question = Question {
             caller: Caller::User("a@example.org"),
+            certificate: None,
             source: "192.0.2.1".parse().unwrap(),
             method: parse_method("GET").unwrap(),
             path: "/supporters/42",

@@ -11,9 +11,10 @@ use super::names;
 use super::series::Series;
 
 pub use super::names::{
-    ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS, RELOADS,
-    REQUEST_DURATION, REQUEST_LOG_DROPPED, REQUESTS, SHADOW_REFUSALS, TARGET_TRANSITIONS,
-    TARGET_UP, UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS,
+    ADMIN_LOGINS, ALL, CONFIG_GENERATION, CONNECTIONS_REFUSED, NONE, OPEN_CONNECTIONS,
+    PROTOCOL_REQUESTS, RELOADS, REQUEST_DURATION, REQUEST_LOG_DROPPED, REQUESTS, SHADOW_REFUSALS,
+    TARGET_TRANSITIONS, TARGET_UP, TLS_CERTIFICATE_EXPIRY, TLS_HANDSHAKE_FAILURES, TLS_HANDSHAKES,
+    UPSTREAM_DURATION, UPSTREAM_ERRORS, UPSTREAM_RETRIES, WEBSOCKET_SECONDS, WEBSOCKETS,
     WEBSOCKETS_OPEN,
 };
 
@@ -42,6 +43,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// The per-request series, outside the recorder (see `series.rs`).
     series: Series,
+    /// Requests by protocol and transport, registered once: h1/tcp, h1/tls, h2/tcp, h2/tls.
+    protocols: [metrics::Counter; 4],
 }
 
 impl Default for Metrics {
@@ -55,10 +58,20 @@ impl Metrics {
         // It keeps no histogram: the two duration histograms are per-request series.
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
+        let protocols = [("h1", "tcp"), ("h1", "tls"), ("h2", "tcp"), ("h2", "tls")].map(
+            |(protocol, transport)| {
+                let labels = vec![
+                    Label::from_static_parts("protocol", protocol),
+                    Label::from_static_parts("transport", transport),
+                ];
+                recorder.register_counter(&Key::from_parts(PROTOCOL_REQUESTS, labels), &METADATA)
+            },
+        );
         let metrics = Metrics {
             recorder,
             handle,
             series: Series::default(),
+            protocols,
         };
         metrics.describe();
         metrics
@@ -80,15 +93,26 @@ impl Metrics {
             WEBSOCKETS_OPEN,
             WEBSOCKET_SECONDS,
             REQUEST_LOG_DROPPED,
+            TLS_HANDSHAKES,
+            TLS_HANDSHAKE_FAILURES,
+            PROTOCOL_REQUESTS,
         ];
         for name in described {
             let text: metrics::SharedString = names::help(name).into();
             let name = metrics::KeyName::from_const_str(name);
             match name.as_str() {
-                REQUESTS | UPSTREAM_ERRORS | RELOADS | ADMIN_LOGINS | CONNECTIONS_REFUSED
-                | TARGET_TRANSITIONS | UPSTREAM_RETRIES | WEBSOCKETS | REQUEST_LOG_DROPPED => {
-                    self.recorder.describe_counter(name, None, text)
-                }
+                REQUESTS
+                | UPSTREAM_ERRORS
+                | RELOADS
+                | ADMIN_LOGINS
+                | CONNECTIONS_REFUSED
+                | TARGET_TRANSITIONS
+                | UPSTREAM_RETRIES
+                | WEBSOCKETS
+                | REQUEST_LOG_DROPPED
+                | TLS_HANDSHAKES
+                | TLS_HANDSHAKE_FAILURES
+                | PROTOCOL_REQUESTS => self.recorder.describe_counter(name, None, text),
                 WEBSOCKET_SECONDS => {
                     self.recorder
                         .describe_histogram(name, Some(metrics::Unit::Seconds), text)
@@ -182,6 +206,31 @@ impl Metrics {
             .increment(1);
     }
 
+    /// One request answered over `protocol` (`h1` or `h2`), on TLS or plain TCP.
+    pub fn protocol(&self, protocol: &str, tls: bool) {
+        let index = usize::from(protocol == "h2") * 2 + usize::from(tls);
+        self.protocols[index].increment(1);
+    }
+
+    /// A completed TLS handshake.
+    pub fn tls_handshake(&self, version: &'static str, protocol: &'static str) {
+        let labels = vec![
+            Label::from_static_parts("version", version),
+            Label::from_static_parts("protocol", protocol),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(TLS_HANDSHAKES, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// A TLS connection that ended before its handshake completed.
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        let labels = vec![Label::from_static_parts("reason", reason)];
+        self.recorder
+            .register_counter(&Key::from_parts(TLS_HANDSHAKE_FAILURES, labels), &METADATA)
+            .increment(1);
+    }
+
     pub fn set_generation(&self, generation: u64) {
         self.gauge(CONFIG_GENERATION).set(generation as f64);
     }
@@ -271,4 +320,34 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// Each loaded certificate's not-after time, from the snapshot serving (so a certificate that
+/// is replaced or removed leaves no stale series behind).
+pub fn render_certificates(out: &mut String, snapshot: &crate::snapshot::Snapshot) {
+    use std::fmt::Write;
+    let Some(tls) = &snapshot.tls else { return };
+    let _ = writeln!(
+        out,
+        "# HELP {TLS_CERTIFICATE_EXPIRY} {}\n# TYPE {TLS_CERTIFICATE_EXPIRY} gauge",
+        names::help(TLS_CERTIFICATE_EXPIRY)
+    );
+    for c in tls.certificates() {
+        let name = c.names.first().map_or("", String::as_str);
+        let file = c.cert_file.display().to_string();
+        let _ = writeln!(
+            out,
+            "{TLS_CERTIFICATE_EXPIRY}{{name=\"{}\",file=\"{}\"}} {}",
+            escape(name),
+            escape(&file),
+            c.not_after
+        );
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

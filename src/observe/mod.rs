@@ -155,6 +155,7 @@ impl Telemetry {
             record.upstream_time,
         );
         self.recent.record(record, total);
+        self.metrics.protocol(record.protocol, record.tls.is_some());
         let Some(log) = &self.request_log else {
             return;
         };

@@ -27,8 +27,13 @@ pub const WEBSOCKET_SECONDS: &str = "apiward_websocket_duration_seconds";
 /// Admitted requests a group's `shadow_allow` would have refused.
 pub const SHADOW_REFUSALS: &str = "apiward_shadow_refusals_total";
 
+pub const TLS_CERTIFICATE_EXPIRY: &str = "apiward_tls_certificate_expiry_seconds";
+pub const TLS_HANDSHAKES: &str = "apiward_tls_handshakes_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "apiward_tls_handshake_failures_total";
+pub const PROTOCOL_REQUESTS: &str = "apiward_requests_by_protocol_total";
+
 /// Every metric name exported, for documentation and tests.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 26] = [
     REQUESTS,
     REQUEST_DURATION,
     UPSTREAM_DURATION,
@@ -51,6 +56,10 @@ pub const ALL: [&str; 22] = [
     WEBSOCKET_SECONDS,
     REQUEST_LOG_DROPPED,
     SHADOW_REFUSALS,
+    TLS_CERTIFICATE_EXPIRY,
+    TLS_HANDSHAKES,
+    TLS_HANDSHAKE_FAILURES,
+    PROTOCOL_REQUESTS,
 ];
 
 /// Label value used when a request had no user or no route.
@@ -106,6 +115,18 @@ pub fn help(name: &str) -> &'static str {
         }
         SHADOW_REFUSALS => {
             "Admitted requests that the group's shadow_allow would have refused (403 forbidden), by API user and group: who breaks once the stricter rules are enforced."
+        }
+        TLS_CERTIFICATE_EXPIRY => {
+            "When each certificate of [server.tls] expires (Unix seconds), by its first DNS name and file."
+        }
+        TLS_HANDSHAKES => {
+            "TLS handshakes completed on the public listener, by TLS version and negotiated protocol."
+        }
+        TLS_HANDSHAKE_FAILURES => {
+            "TLS connections on the public listener that ended before a completed handshake, by reason."
+        }
+        PROTOCOL_REQUESTS => {
+            "Requests answered, by HTTP protocol (h1, h2) and transport (tcp, tls)."
         }
         _ => "",
     }

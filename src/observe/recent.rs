@@ -228,6 +228,8 @@ mod tests {
             limit: None,
             limit_remaining: None,
             shadow_refusal: None,
+            protocol: "h1",
+            tls: None,
         }
     }
 

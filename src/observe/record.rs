@@ -34,6 +34,10 @@ pub struct RequestRecord {
     /// What the group's `shadow_allow` would have answered an admitted request it refuses
     /// (`forbidden`); `None` when it allows it, or the group has none.
     pub shadow_refusal: Option<&'static str>,
+    /// `h1` or `h2`.
+    pub protocol: &'static str,
+    /// The TLS version of the client's connection (`TLSv1.3`), `None` for plain TCP.
+    pub tls: Option<&'static str>,
 }
 
 /// Request ids: a random per-process prefix and a counter, unique without coordination.

@@ -103,6 +103,10 @@ pub fn write_line(
     }
     out.extend_from_slice(b",\"total_ms\":");
     write_millis(out, facts.total);
+    plain_field(out, b",\"protocol\":\"", record.protocol);
+    if let Some(tls) = record.tls {
+        plain_field(out, b",\"tls\":\"", tls);
+    }
     out.extend_from_slice(b"}\n");
 }
 

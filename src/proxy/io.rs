@@ -65,3 +65,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// The client connection preface of HTTP/2 (RFC 9113 3.4): with prior knowledge (h2c), a plain
+/// connection starts with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether what was read so far can only be the start of an HTTP/2 connection preface.
+pub fn starts_as_h2(read: &[u8]) -> bool {
+    let n = read.len().min(H2_PREFACE.len());
+    n >= 3 && read[..n] == H2_PREFACE[..n]
+}

@@ -1,25 +1,26 @@
-//! The public listener: accepts connections and serves each on any stream, the HTTP/1 engine
-//! first and hyper's server for whatever the engine hands over; counts what `/status` shows, and
-//! shuts down gracefully.
+//! The public listener: accepts connections (TLS first when `[server.tls]` is set) and serves
+//! each on any stream, the HTTP/1 engine first and hyper's server for whatever the engine hands
+//! over (or for HTTP/2); counts what `/status` shows, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::conn_limit::{Admitted, ConnectionLimits};
 use super::h1::{self, Engine};
+use super::https;
 use super::hyper_path::{self, HyperPath};
-use super::io::Prefixed;
+use super::io::{Prefixed, starts_as_h2};
 use super::policy::Policy;
 use crate::config::reload::ConfigStore;
 use crate::observe::Telemetry;
+use crate::tls::ClientSession;
 
 /// What `/status` reports of the proxy.
 pub trait ProxyStats: Send + Sync {
@@ -175,53 +176,123 @@ async fn accept_loop(
     }
 }
 
-/// Serves one client connection, whatever its stream (TCP here; a TLS stream runs the same
-/// code): the HTTP/1 engine first, hyper for whatever the engine hands over. The connection
+/// Serves one client connection: on the TLS listener, the handshake first (`https.rs`); then
+/// the HTTP/1 engine, and hyper for whatever the engine hands over, or hyper's HTTP/2 server
+/// when ALPN chose `h2` (or a plain connection starts with the HTTP/2 preface). The connection
 /// counts as open (graceful shutdown waits for it) for as long as it lives.
-fn serve_connection<S>(
+fn serve_connection(
     proxy: &Arc<Proxy>,
-    stream: S,
+    stream: TcpStream,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
     open: OpenConnections,
     place: Admitted,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let proxy = Arc::clone(proxy);
     let peer_text = HeaderValue::from_str(&crate::auth::address::canonical(peer.ip()).to_string())
         .expect("an IP address is a valid header value");
     let gauge = proxy.policy.telemetry.metrics.open_connections();
     gauge.increment(1.0);
     open.count.fetch_add(1, Ordering::Relaxed);
-    // Read once per connection: a reload applies to the connections accepted after it.
-    let fast_path = proxy.policy.store.load().server.fast_path;
+    // Read once per connection: a reload that adds or removes [server.tls], or changes
+    // fast_path, applies to the connections accepted after it.
+    let (tls, handshake_timeout, idle_timeout, fast_path) = {
+        let snapshot = proxy.policy.store.load();
+        (
+            snapshot.tls.clone(),
+            snapshot.server.header_read_timeout,
+            snapshot.server.idle_timeout,
+            snapshot.server.fast_path,
+        )
+    };
     tokio::spawn(async move {
-        let (stream, read) = if !fast_path {
-            (Some(stream), Bytes::new())
-        } else {
-            match h1::serve(&proxy.engine, stream, peer, peer_text.clone()).await {
-                h1::Outcome::Done => (None, Bytes::new()),
-                h1::Outcome::HandOver(stream, read) => {
-                    proxy.handovers.fetch_add(1, Ordering::Relaxed);
-                    (Some(stream), read)
+        let served = async {
+            match tls {
+                None if !fast_path => {
+                    // Without the engine nothing has read the connection yet: a peek tells h2c.
+                    // A connection that sends nothing for idle_timeout is closed, as hyper's
+                    // server would close it.
+                    let mut first = [0u8; 24];
+                    let h2c =
+                        match tokio::time::timeout(idle_timeout, stream.peek(&mut first)).await {
+                            Ok(Ok(n)) => starts_as_h2(&first[..n]),
+                            Ok(Err(_)) => false,
+                            Err(_) => return,
+                        };
+                    let hyper = Arc::clone(&proxy.hyper);
+                    if h2c {
+                        hyper_path::serve_h2(hyper, stream, peer, peer_text, None, shutdown).await;
+                    } else {
+                        hyper_path::serve(hyper, stream, peer, peer_text, None, shutdown).await;
+                    }
+                }
+                None => serve_stream(&proxy, stream, peer, peer_text, None, shutdown).await,
+                Some(tls) => {
+                    let metrics = &proxy.policy.telemetry.metrics;
+                    if let Some(done) =
+                        https::accept(stream, peer, &tls, handshake_timeout, metrics).await
+                    {
+                        let session = Some(done.session);
+                        let hyper = Arc::clone(&proxy.hyper);
+                        if done.h2 {
+                            hyper_path::serve_h2(
+                                hyper,
+                                done.stream,
+                                peer,
+                                peer_text,
+                                session,
+                                shutdown,
+                            )
+                            .await;
+                        } else if !fast_path {
+                            hyper_path::serve(
+                                hyper,
+                                done.stream,
+                                peer,
+                                peer_text,
+                                session,
+                                shutdown,
+                            )
+                            .await;
+                        } else {
+                            serve_stream(&proxy, done.stream, peer, peer_text, session, shutdown)
+                                .await;
+                        }
+                    }
                 }
             }
         };
-        if let Some(stream) = stream {
-            let hyper = Arc::clone(&proxy.hyper);
-            hyper_path::serve(
-                hyper,
-                Prefixed::new(read, stream),
-                peer,
-                peer_text,
-                shutdown,
-            )
-            .await;
-        }
+        served.await;
         gauge.decrement(1.0);
         open.count.fetch_sub(1, Ordering::Relaxed);
         drop(place);
         drop(open);
     });
+}
+
+/// HTTP/1 on any stream (TCP, or TLS after the handshake): the engine first, hyper for whatever
+/// the engine hands over; hyper's HTTP/2 server for a plain connection that starts with the
+/// HTTP/2 preface (h2c with prior knowledge).
+async fn serve_stream<S>(
+    proxy: &Arc<Proxy>,
+    stream: S,
+    peer: SocketAddr,
+    peer_text: HeaderValue,
+    session: Option<ClientSession>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let outcome = h1::serve(&proxy.engine, stream, peer, peer_text.clone(), session).await;
+    if let h1::Outcome::HandOver(stream, read) = outcome {
+        proxy.handovers.fetch_add(1, Ordering::Relaxed);
+        let hyper = Arc::clone(&proxy.hyper);
+        let h2c = session.is_none() && starts_as_h2(&read);
+        let stream = Prefixed::new(read, stream);
+        if h2c {
+            hyper_path::serve_h2(hyper, stream, peer, peer_text, None, shutdown).await;
+        } else {
+            hyper_path::serve(hyper, stream, peer, peer_text, session, shutdown).await;
+        }
+    }
 }

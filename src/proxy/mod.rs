@@ -5,6 +5,7 @@
 
 pub mod conn_limit;
 mod h1;
+mod https;
 mod hyper_path;
 mod io;
 mod listener;

@@ -56,6 +56,9 @@ pub struct Cluster {
     /// One cycle of smooth weighted round robin (nginx's order): target indices, each as often as
     /// its weight, interleaved.
     pub schedule: Box<[u32]>,
+    /// Every target is plain HTTP/1.1 (no TLS, no HTTP/2): the HTTP/1 engine's own client can
+    /// send to it; otherwise hyper's path does.
+    pub plain_http1: bool,
 }
 
 /// One server of an upstream.
@@ -65,12 +68,18 @@ pub struct Target {
     /// outstanding count and pooled connections are kept under it.
     pub id: Arc<str>,
     pub url: Box<str>,
-    /// `http` now; carried so a TLS connector can be chosen per target.
+    /// `http` or `https`.
     pub scheme: Scheme,
     pub authority: Authority,
     /// Prepended to the forwarded path; empty when the URL has no path.
     pub base_path: Box<str>,
     pub weight: u32,
+    /// Set for `https`: how to open and verify TLS to it (the upstream's `ca` and
+    /// `server_name`).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The upstream's `protocol`: HTTP/1.1, or HTTP/2 (over TLS with ALPN `h2`, or h2c with
+    /// prior knowledge).
+    pub protocol: crate::tls::UpstreamProtocol,
 }
 
 /// `balance`.

@@ -1,6 +1,7 @@
 //! Active health checks: every `interval`, an HTTP/1.1 GET of the check path on a new
 //! connection to the target, answered within `timeout` with a 2xx or 3xx status to pass;
 //! `unhealthy_after` failures in a row take the target out, `healthy_after` passes bring it back.
+//! An `https` target is checked over TLS, verified as its requests are.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::pool::connect_tcp;
 use super::state::{Checker, TargetState};
 use crate::snapshot::HealthCheck;
+use crate::tls::UpstreamTls;
 
 /// Starts (or restarts, when its settings changed) the health check of `state`, or stops it
 /// when `check` is `None`.
@@ -20,6 +22,7 @@ pub(super) fn ensure(
     check: Option<&HealthCheck>,
     authority: &Authority,
     host: HeaderValue,
+    tls: Option<&Arc<UpstreamTls>>,
 ) {
     let Some(check) = check else {
         state.stop_checker();
@@ -27,7 +30,12 @@ pub(super) fn ensure(
     };
     let mut running = state.checker.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = running.as_ref() {
-        if r.config == *check && r.host == host {
+        let same_tls = match (&r.tls, tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.server_name() == b.server_name(),
+            _ => false,
+        };
+        if r.config == *check && r.host == host && same_tls {
             return;
         }
         r.task.abort();
@@ -37,10 +45,12 @@ pub(super) fn ensure(
         check.clone(),
         authority.clone(),
         host.clone(),
+        tls.cloned(),
     ));
     *running = Some(Checker {
         config: check.clone(),
         host,
+        tls: tls.cloned(),
         task: task.abort_handle(),
     });
 }
@@ -51,6 +61,7 @@ async fn run(
     check: HealthCheck,
     authority: Authority,
     host: HeaderValue,
+    tls: Option<Arc<UpstreamTls>>,
 ) {
     let request = format!(
         "GET {} HTTP/1.1\r\nhost: {}\r\nuser-agent: apiward-health-check\r\nconnection: close\r\n\r\n",
@@ -62,7 +73,13 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let verdict = probe(&authority, request.as_bytes(), check.timeout).await;
+        let verdict = probe(
+            &authority,
+            tls.as_deref(),
+            request.as_bytes(),
+            check.timeout,
+        )
+        .await;
         let Some(state) = state.upgrade() else { return };
         match verdict {
             Ok(()) => {
@@ -90,12 +107,25 @@ async fn run(
     }
 }
 
-/// One check: connect, send, read the status line, all within `timeout`.
-async fn probe(authority: &Authority, request: &[u8], timeout: Duration) -> Result<(), String> {
+/// One check: connect (and open TLS), send, read the status line, all within `timeout`.
+async fn probe(
+    authority: &Authority,
+    tls: Option<&UpstreamTls>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
     let exchange = async {
-        let mut stream = connect_tcp(authority)
+        let tcp = connect_tcp(authority, tls.is_some())
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut stream = match tls {
+            None => crate::tls::UpstreamStream::Plain(tcp),
+            Some(tls) => crate::tls::UpstreamStream::Tls(Box::new(
+                tls.connect_http1(tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?,
+            )),
+        };
         stream
             .write_all(request)
             .await

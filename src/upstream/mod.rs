@@ -150,6 +150,7 @@ impl Upstreams {
                                 config.health_check.as_ref(),
                                 &target.authority,
                                 host,
+                                target.tls.as_ref(),
                             );
                             kept.insert(Arc::clone(&target.id), Arc::clone(&state));
                         }
@@ -194,7 +195,11 @@ impl Upstreams {
                     UpstreamTarget::Echo => None,
                 })
                 .flatten()
-                .map(|t| Box::from(t.authority.as_str()))
+                .map(|t| match &t.tls {
+                    None => Box::from(t.authority.as_str()),
+                    // hyper's pool keeps TLS connections under this key (`UpstreamTls::pool_key`).
+                    Some(tls) => Box::from(tls.pool_key(&t.authority).as_str()),
+                })
                 .collect();
             self.authorities.store(Arc::new(authorities));
             self.resolved.store(Arc::clone(&clusters));

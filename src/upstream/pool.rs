@@ -110,10 +110,10 @@ impl<T> IdlePool<T> {
     }
 }
 
-/// A TCP connection to `authority` (an IP address or a name to resolve, and a port, 80 if none),
-/// with Nagle's algorithm off. Both pools open their connections with it.
-pub async fn connect_tcp(authority: &Authority) -> std::io::Result<TcpStream> {
-    let port = authority.port_u16().unwrap_or(80);
+/// A TCP connection to `authority` (an IP address or a name to resolve, and a port: if none, 443
+/// for `https`, else 80), with Nagle's algorithm off. Both pools open their connections with it.
+pub async fn connect_tcp(authority: &Authority, https: bool) -> std::io::Result<TcpStream> {
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     // A bracketed IPv6 literal is what `Authority::host` returns; `TcpStream::connect` wants it
     // without brackets.
     let host = authority

@@ -257,6 +257,8 @@ mod tests {
                 authority: u.trim_start_matches("http://").parse().unwrap(),
                 base_path: "".into(),
                 weight: 1,
+                tls: None,
+                protocol: crate::tls::UpstreamProtocol::Http1,
             })
             .collect();
         Cluster {
@@ -268,6 +270,7 @@ mod tests {
             eject: None,
             host: None,
             max_upstream_connections: None,
+            plain_http1: true,
         }
     }
 

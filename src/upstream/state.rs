@@ -48,6 +48,7 @@ impl Transition {
 pub(super) struct Checker {
     pub(super) config: HealthCheck,
     pub(super) host: http::HeaderValue,
+    pub(super) tls: Option<Arc<crate::tls::UpstreamTls>>,
     pub(super) task: tokio::task::AbortHandle,
 }
 

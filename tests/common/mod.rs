@@ -2,6 +2,8 @@
 //! all on ephemeral loopback ports handed over as bound listeners (no port races).
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

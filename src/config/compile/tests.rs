@@ -226,9 +226,19 @@ fn server_settings_are_validated() {
 fn upstreams_routes_and_permissions_are_validated() {
     for (from, to, needle) in [
         (
-            "http://127.0.0.1:9000/base/",
-            "https://api.example.org",
-            "https",
+            "http://127.0.0.1:9000/base/\"",
+            "https://api.example.org\"\nca = \"missing.pem\"",
+            "ca is refused: conf/missing.pem: cannot read",
+        ),
+        (
+            "http://127.0.0.1:9000/base/\"",
+            "http://127.0.0.1:9000\"\nserver_name = \"api.internal\"",
+            "apply to https targets only",
+        ),
+        (
+            "http://127.0.0.1:9000/base/\"",
+            "http://127.0.0.1:9000\"\nprotocol = \"h3\"",
+            "protocol \"h3\" is not",
         ),
         ("http://127.0.0.1:9000/base/", "ftp://x", "http scheme"),
         ("http://127.0.0.1:9000/base/", "http://u:p@x", "credentials"),
@@ -581,4 +591,62 @@ fn upstream_mistakes_are_reported_where_they_are() {
         messages[0].contains("has both url and targets"),
         "{messages:?}"
     );
+}
+
+#[test]
+fn https_upstreams_compile_with_the_system_store_and_an_h2_protocol() {
+    let text = base("").replace(
+        "url = \"http://127.0.0.1:9000/base/\"",
+        "url = \"https://billing.internal:8443/base\"\nprotocol = \"h2\"",
+    );
+    let s = compile(Path::new("conf/apiward.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let crate::snapshot::UpstreamTarget::Http(cluster) = &s.upstreams[0].target else {
+        panic!("not http")
+    };
+    let target = &cluster.targets[0];
+    assert_eq!(target.scheme.as_str(), "https");
+    assert_eq!(
+        target
+            .tls
+            .as_ref()
+            .map(|t| t.server_name().to_str().into_owned()),
+        Some("billing.internal".to_string())
+    );
+    assert_eq!(target.protocol, crate::tls::UpstreamProtocol::Http2);
+    assert!(
+        !cluster.plain_http1,
+        "the engine's client speaks plain HTTP/1.1 only"
+    );
+}
+
+#[test]
+fn client_certificates_identify_one_user_each() {
+    let fingerprint = "AB:".repeat(31) + "AB";
+    let user = |id: &str, sha: &str| {
+        format!(
+            "[users.\"{id}\"]\nstatus = \"active\"\ngroup = \"g\"\nremote_addresses = \"*\"\n\
+             client_certificates = [{{ sha256 = \"{sha}\", created = 2026-12-01T10:00:00Z }}]\n"
+        )
+    };
+    let s = compile(
+        Path::new("conf/apiward.toml"),
+        &base(&user("device@example.org", &fingerprint)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let digest = KeyDigest([0xab; 32]);
+    assert_eq!(
+        s.client_certificates.get(&digest).map(|&i| &*s.user(i).id),
+        Some("device@example.org")
+    );
+
+    let twice =
+        base(&(user("a@example.org", &fingerprint) + &user("b@example.org", &"ab".repeat(32))));
+    let e = errors(&twice);
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("already identifies another user")),
+        "{e:#?}"
+    );
+    let e = errors(&base(&user("a@example.org", "abc")));
+    assert!(e.iter().any(|e| e.message.contains("not 64")), "{e:#?}");
 }

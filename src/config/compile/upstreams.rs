@@ -1,6 +1,7 @@
 //! `[upstreams.NAME]` and the upstream side of `[[routes]]` compiled: targets (one `url` or
 //! `targets = [{ url, weight }]`), `balance`, `retries`, `health_check`, `eject`, `host`, and a
-//! route's `strip_prefix`, `upstream_timeout` and `websocket`.
+//! route's `strip_prefix`, `upstream_timeout` and `websocket`; an `https` target's TLS with the
+//! upstream's `ca`, `server_name` and `protocol` (`tls.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::config::raw::{RawEject, RawHealthCheck, RawRoute, RawUpstream};
 use crate::snapshot::{
     Balance, Cluster, Eject, HealthCheck, Target, Upstream, UpstreamTarget, weighted_schedule,
 };
+use crate::tls::UpstreamProtocol;
 
 /// The most targets one upstream may have.
 const MAX_TARGETS: usize = 64;
@@ -33,6 +35,7 @@ impl Compiler<'_> {
         &mut self,
         name: &Spanned<String>,
         raw: &RawUpstream,
+        tls_files: &mut Vec<std::path::PathBuf>,
     ) -> Option<Upstream> {
         let errors_before = self.errors.len();
         let named = name.get_ref();
@@ -71,6 +74,10 @@ impl Compiler<'_> {
                 return self.echo_upstream(name, raw);
             }
         }
+        let any_https = entries
+            .iter()
+            .any(|(url, _)| url.get_ref().starts_with("https:"));
+        let tls_options = self.upstream_tls_options(self.loc.file(), raw, any_https, tls_files)?;
         let mut targets: Vec<Target> = Vec::with_capacity(entries.len());
         for (url, weight) in entries {
             if url.get_ref() == "builtin:echo" {
@@ -92,6 +99,14 @@ impl Compiler<'_> {
                 self.error(url.span(), format!("target {:?} is listed twice in [upstreams.{named}]: give it a weight instead", url.get_ref()));
                 continue;
             }
+            let tls = if scheme == Scheme::HTTPS {
+                match self.target_tls(&tls_options, authority.host(), url.span()) {
+                    Some(tls) => Some(tls),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             targets.push(Target {
                 id: format!("{named} {}", url.get_ref()).into(),
                 url: url.get_ref().as_str().into(),
@@ -99,6 +114,8 @@ impl Compiler<'_> {
                 authority,
                 base_path,
                 weight,
+                tls,
+                protocol: tls_options.protocol,
             });
         }
         let balance = match &raw.balance {
@@ -167,6 +184,9 @@ impl Compiler<'_> {
             url: url.into(),
             target: UpstreamTarget::Http(Arc::new(Cluster {
                 schedule: weighted_schedule(&weights),
+                plain_http1: targets
+                    .iter()
+                    .all(|t| t.tls.is_none() && t.protocol == UpstreamProtocol::Http1),
                 targets: targets.into_boxed_slice(),
                 balance,
                 retries,
@@ -187,11 +207,14 @@ impl Compiler<'_> {
             raw.eject.as_ref().map(|v| v.span()),
             raw.host.as_ref().map(|v| v.span()),
             raw.max_upstream_connections.as_ref().map(|v| v.span()),
+            raw.ca.as_ref().map(|v| v.span()),
+            raw.server_name.as_ref().map(|v| v.span()),
+            raw.protocol.as_ref().map(|v| v.span()),
         ];
         for span in spans.into_iter().flatten() {
             self.error(
                 span,
-                "builtin:echo has no targets to balance, check or eject: remove this field",
+                "builtin:echo has no targets to balance, check, eject or open TLS to: remove this field",
             );
             ok = false;
         }
@@ -202,11 +225,12 @@ impl Compiler<'_> {
         })
     }
 
-    /// An `http://host:port[/base]` URL: its scheme, authority (interned, so that copying it for
+    /// An `http://host:port[/base]` or `https://…` URL: its scheme, authority (interned, so that copying it for
     /// each request touches no reference count) and base path.
     fn http_url(&mut self, url: &Spanned<String>) -> Option<(Scheme, Authority, Box<str>)> {
         let text = url.get_ref();
-        let hint = "write an http URL such as \"http://127.0.0.1:9000\", or \"builtin:echo\"";
+        let hint =
+            "write an http or https URL such as \"http://127.0.0.1:9000\", or \"builtin:echo\"";
         let uri: Uri = match text.parse() {
             Ok(u) => u,
             Err(_) => {
@@ -214,17 +238,14 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => {
-                self.error(url.span(), format!("{text:?}: https upstreams are not supported yet: put the upstream on a private network and use http"));
-                return None;
-            }
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => Scheme::HTTP,
+            Some(s) if *s == Scheme::HTTPS => Scheme::HTTPS,
             _ => {
                 self.error(url.span(), format!("{text:?} has no http scheme: {hint}"));
                 return None;
             }
-        }
+        };
         let Some(authority) = uri.authority().map(|a| {
             Authority::from_maybe_shared(bytes::Bytes::from_static(interned(a.as_str()).as_bytes()))
                 .unwrap_or_else(|_| a.clone())
@@ -247,7 +268,7 @@ impl Compiler<'_> {
             return None;
         }
         let base_path = uri.path().trim_end_matches('/');
-        Some((Scheme::HTTP, authority, base_path.into()))
+        Some((scheme, authority, base_path.into()))
     }
 
     fn health_check(&mut self, raw: &Spanned<RawHealthCheck>) -> Option<HealthCheck> {

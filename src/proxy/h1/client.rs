@@ -45,7 +45,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 Some(stream) => stream,
                 None => match tokio::time::timeout_at(
                     deadline.min(tokio::time::Instant::now() + limits.connect_timeout),
-                    connect_tcp(authority),
+                    connect_tcp(authority, false),
                 )
                 .await
                 {

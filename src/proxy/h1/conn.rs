@@ -23,6 +23,7 @@ use crate::proxy::policy::headers::Known;
 use crate::proxy::policy::{HeadChecked, Policy, Refused};
 use crate::refusal::Refusal;
 use crate::snapshot::Snapshot;
+use crate::tls::ClientSession;
 use crate::upstream::{Outcome as Attempted, Tried};
 
 type SnapshotGuard = arc_swap::Guard<Arc<Snapshot>>;
@@ -43,6 +44,8 @@ pub(super) struct Conn<'p, S> {
     pub(super) client: S,
     pub(super) peer: SocketAddr,
     pub(super) peer_text: HeaderValue,
+    /// What the TLS handshake agreed, on the TLS listener.
+    pub(super) session: Option<ClientSession>,
     /// Ends when graceful shutdown begins.
     pub(super) stop: StopWatch,
     /// Bytes read from the client and not yet used.
@@ -81,6 +84,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     client: S,
     peer: SocketAddr,
     peer_text: HeaderValue,
+    session: Option<ClientSession>,
 ) -> Outcome<S> {
     let accepted = Instant::now();
     let far = tokio::time::Instant::from_std(accepted) + Duration::from_secs(3600);
@@ -90,6 +94,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         client,
         peer,
         peer_text,
+        session,
         stop: StopWatch {
             notified: engine.stop.watch(),
             polled: false,
@@ -257,14 +262,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             HeadChecked::ByEngine,
             self.peer,
             arrived,
+            self.session,
         );
         drop(snapshot);
         let forward = match outcome {
             Ok(forward) => forward,
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
         };
-        let Some(cluster) = forward.cluster.as_ref() else {
-            // hyper's path serves the echo upstream; give it this request back unread.
+        let Some(cluster) = forward.cluster.as_ref().filter(|c| c.config().plain_http1) else {
+            // hyper's path serves the echo upstream, and upstreams with HTTPS or HTTP/2
+            // targets; give it this request back unread.
             let mut unread = BytesMut::with_capacity(head.len + self.buf.len());
             unread.extend_from_slice(&head.bytes);
             unread.extend_from_slice(&self.buf);

@@ -19,7 +19,7 @@ use super::conn::{Conn, Head, Step};
 use crate::limits::Fields;
 use crate::observe::RequestRecord;
 use crate::observe::request_line::write_u64;
-use crate::proxy::policy::headers::{Known, OnRequest};
+use crate::proxy::policy::headers::{Known, OnRequest, accepts_trailers};
 use crate::proxy::policy::{Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 use crate::snapshot::Target;
@@ -69,11 +69,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         let mut original_host: Option<&[u8]> = None;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);
+        let mut trailers_accepted = false;
         let mut lines = Lines::new(&head.bytes, out);
         for (name, value_range, known) in &self.req_headers {
             let value = &head.bytes[value_range.clone()];
             match known.on_request(trusted, strip_authorization) {
                 OnRequest::Keep => {}
+                OnRequest::Drop
+                    if head.bytes[name.clone()].eq_ignore_ascii_case(b"te")
+                        && accepts_trailers(value) =>
+                {
+                    trailers_accepted = true;
+                    continue;
+                }
                 // A `Connection` here says only `keep-alive` or `close` (one naming headers
                 // went to hyper), so nothing else needs removing with it.
                 OnRequest::Drop | OnRequest::DropWithNamed => continue,
@@ -103,12 +111,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         out.extend_from_slice(self.peer_text.as_bytes());
         out.extend_from_slice(b"\r\n");
         if !has_proto {
-            out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+            push_header(out, b"x-forwarded-proto", forward.proto.as_bytes());
         }
         if !has_host {
             if let Some(host) = original_host {
                 push_header(out, b"x-forwarded-host", host);
             }
+        }
+        if trailers_accepted {
+            out.extend_from_slice(b"te: trailers\r\n");
         }
         push_header(out, b"x-apiward-user", user.as_bytes());
         push_header(out, b"x-apiward-group", forward.group.as_bytes());

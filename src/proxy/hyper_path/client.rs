@@ -26,18 +26,18 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::body::Counted;
 use crate::proxy::policy::{ConnectError, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
+use crate::tls::{UpstreamStream, UpstreamTls};
 use crate::upstream::{Attempt, IdlePool, Slot, connect_tcp};
 
 /// What a request sends upstream: the client's body, counted as it streams (or none, when a
 /// bodiless request is sent again).
 pub type RequestBody = Counted<Either<Incoming, Empty<Bytes>>>;
 
-type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+type Connection = http1::Connection<TokioIo<UpstreamStream>, RequestBody>;
 
 /// One HTTP/1.1 connection: the half that sends requests and the half that does the I/O.
 struct Conn {
@@ -125,14 +125,24 @@ impl Pool {
         Arc::new(Pool::default())
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `authority` and returns the response head
-    /// with a body that keeps driving the connection and returns it to the pool when it ends.
+    /// Sends `request` (origin-form URI, `Host` set) to `authority`, over `tls` if given, and
+    /// returns the response head with a body that keeps driving the connection and returns it
+    /// to the pool when it ends.
     pub async fn send(
         self: &Arc<Self>,
         authority: &Authority,
+        tls: Option<&Arc<UpstreamTls>>,
         limits: Limits,
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let tls_key;
+        let authority = match tls {
+            None => authority,
+            Some(tls) => {
+                tls_key = pool_key(authority, tls);
+                &tls_key
+            }
+        };
         // A pooled connection that turns out unusable before the request was written gets the
         // request back; then a new connection is tried, once. One that the upstream closed as the
         // request was written, before answering, is the race no pool avoids: a bodiless
@@ -151,7 +161,7 @@ impl Pool {
                 Some(conn) => conn,
                 None => {
                     fresh_tried = true;
-                    match connect(authority, limits).await {
+                    match connect(authority, tls, limits).await {
                         Ok(conn) => conn,
                         Err(e) => return Err((e, Some(request))),
                     }
@@ -225,23 +235,54 @@ impl Pool {
     }
 }
 
-async fn connect(authority: &Authority, limits: Limits) -> Result<Conn, UpstreamError> {
-    let timeout = limits.connect_timeout;
-    let stream = match tokio::time::timeout(timeout, connect_tcp(authority)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => {
-            return Err(UpstreamError::Connect {
-                authority: authority.clone(),
-                source,
-            });
-        }
-        Err(_) => {
-            return Err(UpstreamError::ConnectTimeout {
-                authority: authority.clone(),
-                timeout,
-            });
+/// The pool's key for TLS connections (`UpstreamTls::pool_key`).
+pub(super) fn pool_key(authority: &Authority, tls: &UpstreamTls) -> Authority {
+    tls.pool_key(authority)
+}
+
+/// The address part of a pool key (what follows `server_name@`).
+fn address_of(key: &Authority) -> Authority {
+    match key.as_str().rsplit_once('@') {
+        Some((_, address)) => Authority::try_from(address).unwrap_or_else(|_| key.clone()),
+        None => key.clone(),
+    }
+}
+
+/// A connection to the address of `key` (a pool key), with TLS when `tls` is given, within
+/// `timeout` (the TLS handshake included).
+pub(super) async fn connect_stream(
+    key: &Authority,
+    tls: Option<&Arc<UpstreamTls>>,
+    timeout: Duration,
+) -> Result<UpstreamStream, UpstreamError> {
+    let address = address_of(key);
+    let opened = async {
+        // `https://host` means port 443.
+        let tcp = connect_tcp(&address, tls.is_some()).await?;
+        match tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some(tls) => Ok(UpstreamStream::Tls(Box::new(tls.connect(tcp).await?))),
         }
     };
+    match tokio::time::timeout(timeout, opened).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(UpstreamError::Connect {
+            authority: address,
+            source,
+        }),
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            authority: address,
+            timeout,
+        }),
+    }
+}
+
+async fn connect(
+    authority: &Authority,
+    tls: Option<&Arc<UpstreamTls>>,
+    limits: Limits,
+) -> Result<Conn, UpstreamError> {
+    let stream = connect_stream(authority, tls, limits.connect_timeout).await?;
     // The same head limits as the HTTP/1 engine's: a larger head is an invalid answer there too.
     let (sender, io) = http1::Builder::new()
         .max_headers(limits.response_head.headers)
@@ -320,6 +361,11 @@ pub enum RelayError {
 }
 
 impl UpstreamBody {
+    /// A body whose connection is not pooled here (HTTP/2: the connection is shared).
+    pub fn unpooled(inner: Incoming) -> Self {
+        UpstreamBody::new(inner, None)
+    }
+
     fn new(inner: Incoming, conn: Option<Checkin>) -> Self {
         let mut body = UpstreamBody {
             inner,

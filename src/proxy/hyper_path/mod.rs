@@ -1,11 +1,12 @@
 //! hyper's path: hyper's HTTP/1.1 server for every connection the HTTP/1 engine hands over (a
-//! request body, `Expect`, HTTP/1.0, the echo upstream, ...), or for all of them with
-//! `fast_path = false`. The policy decides (`proxy/policy`); this module carries the request to
+//! request body, `Expect`, HTTP/1.0, the echo upstream, HTTPS and HTTP/2 upstreams, ...), or for
+//! all of them with `fast_path = false`, and hyper's HTTP/2 server (ALPN `h2`, or h2c). The policy decides (`proxy/policy`); this module carries the request to
 //! the upstream through hyper's client (`client.rs`) and streams the answer back.
 
 mod body;
 mod buffer;
 mod client;
+mod client_h2;
 mod echo;
 mod idle;
 mod response;
@@ -23,9 +24,9 @@ use http::{Request, Response};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Body;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -35,9 +36,11 @@ use crate::proxy::policy::{
     Forward, HeadChecked, Policy, UpstreamFailure, X_REQUEST_ID, check_response_framing,
 };
 use crate::refusal::Refusal;
+use crate::tls::{ClientSession, UpstreamProtocol};
 use crate::upstream::{Outcome as Attempted, Tried};
 use body::{Counted, Finish, Logged};
 use client::Pool;
+use client_h2::H2Pool;
 
 pub use response::ResponseBody;
 use response::refusal_response;
@@ -51,6 +54,8 @@ pub type LoggedBody = Logged<ResponseBody>;
 pub struct HyperPath {
     policy: Arc<Policy>,
     pool: Arc<Pool>,
+    /// HTTP/2 upstreams (`protocol = "h2"`): one multiplexed connection per address.
+    h2_pool: H2Pool,
 }
 
 impl HyperPath {
@@ -58,6 +63,7 @@ impl HyperPath {
         HyperPath {
             policy,
             pool: Pool::new(),
+            h2_pool: H2Pool::default(),
         }
     }
 
@@ -72,12 +78,14 @@ impl HyperPath {
         self.pool.sweep(serves);
     }
 
-    /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection.
+    /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection;
+    /// `session` is what its TLS handshake agreed, on the TLS listener.
     async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         peer_text: HeaderValue,
+        session: Option<ClientSession>,
     ) -> Response<LoggedBody> {
         let (outcome, mut record) = self.policy.admit(
             &self.policy.store.load(),
@@ -87,7 +95,11 @@ impl HyperPath {
             HeadChecked::Nothing(request.version()),
             peer,
             Instant::now(),
+            session,
         );
+        if request.version() == http::Version::HTTP_2 {
+            record.protocol = "h2";
+        }
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut admitted = None;
         let mut response = match outcome {
@@ -134,6 +146,12 @@ impl HyperPath {
         let original_host = forward.host.take();
         // Sent upstream unless the upstream sets `host`: the client's (as HAProxy passes it).
         let client_host = original_host.clone();
+        // `TE: trailers` is the one TE that crosses (gRPC needs it); any other coding is this hop's.
+        let trailers_accepted = parts
+            .headers
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| headers::accepts_trailers(v.as_bytes()));
         headers::strip_request(
             &mut parts.headers,
             &forward.key_header,
@@ -148,7 +166,7 @@ impl HyperPath {
             headers::Forwarded {
                 peer: peer_text,
                 peer_is_trusted: forward.peer_is_trusted,
-                proto: "http",
+                proto: forward.proto,
                 user: HeaderValue::try_from(record.user.as_deref().unwrap_or_default())
                     .expect("checked by is_header_value when decided"),
                 group: forward.group.clone(),
@@ -162,6 +180,11 @@ impl HyperPath {
                 &headers::X_APIWARD_RATELIMIT_REMAINING,
                 HeaderValue::from(left),
             );
+        }
+        if trailers_accepted {
+            parts
+                .headers
+                .insert(http::header::TE, HeaderValue::from_static("trailers"));
         }
         let sent = Instant::now();
         let Some(cluster) = forward.cluster.as_ref() else {
@@ -181,8 +204,6 @@ impl HyperPath {
             )
             .await;
         }
-        // Origin form: the upstream is talked to directly, never as a proxy.
-        parts.version = http::Version::HTTP_11;
         let deadline = tokio::time::Instant::from_std(sent) + forward.upstream_timeout;
         // A bodiless request can be sent again whatever happened to the first; one with a body
         // only if none of it was sent (the pool gives it back).
@@ -220,17 +241,49 @@ impl HyperPath {
             if let Some(host) = host {
                 parts.headers.insert(HOST, host);
             }
-            parts.uri = Uri::from(forward.path_for(&target.base_path));
             let request_body = body
                 .take()
                 .unwrap_or_else(|| Counted::new(Either::Right(Empty::new()), Arc::clone(bytes_in)));
-            let upstream_request = Request::from_parts(parts.clone(), request_body);
-            let result = tokio::time::timeout_at(
-                deadline,
-                self.pool
-                    .send(&target.authority, forward.limits, upstream_request),
-            )
-            .await;
+            let path = forward.path_for(&target.base_path);
+            let result = match target.protocol {
+                UpstreamProtocol::Http1 => {
+                    // Origin form: the upstream is talked to directly, never as a proxy.
+                    parts.uri = Uri::from(path);
+                    parts.version = http::Version::HTTP_11;
+                    let upstream_request = Request::from_parts(parts.clone(), request_body);
+                    let sending = self.pool.send(
+                        &target.authority,
+                        target.tls.as_ref(),
+                        forward.limits,
+                        upstream_request,
+                    );
+                    tokio::time::timeout_at(deadline, sending).await
+                }
+                UpstreamProtocol::Http2 => {
+                    // HTTP/2 carries the host as `:authority`, from the URI.
+                    let mut h2_parts = parts.clone();
+                    let authority = h2_parts
+                        .headers
+                        .remove(HOST)
+                        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                        .unwrap_or_else(|| target.authority.clone());
+                    h2_parts.uri = Uri::builder()
+                        .scheme(target.scheme.clone())
+                        .authority(authority)
+                        .path_and_query(path)
+                        .build()
+                        .unwrap_or_default();
+                    h2_parts.version = http::Version::HTTP_2;
+                    let upstream_request = Request::from_parts(h2_parts, request_body);
+                    let sending = self.h2_pool.send(
+                        &target.authority,
+                        target.tls.as_ref(),
+                        forward.limits,
+                        upstream_request,
+                    );
+                    tokio::time::timeout_at(deadline, sending).await
+                }
+            };
             record.upstream_time = Some(sent.elapsed());
             let (failure, unsent) = match result {
                 Ok(Ok(response)) => {
@@ -290,6 +343,7 @@ pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     peer_text: HeaderValue,
+    session: Option<ClientSession>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -305,7 +359,7 @@ pub async fn serve<S>(
         idle.set(path.policy.store.load().server.idle_timeout);
         let path = Arc::clone(&path);
         let peer_text = peer_text.clone();
-        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text).await) }
+        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -326,5 +380,49 @@ pub async fn serve<S>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// hyper's HTTP/2 server on a connection: over TLS after ALPN `h2`, or h2c with prior knowledge.
+/// Each stream is a request admitted and forwarded like any other; after `shutdown`, GOAWAY:
+/// the streams in flight finish, no new ones start.
+pub async fn serve_h2<S>(
+    path: Arc<HyperPath>,
+    stream: S,
+    peer: SocketAddr,
+    peer_text: HeaderValue,
+    session: Option<ClientSession>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (idle_timeout, max_header_bytes) = {
+        let s = &path.policy.store.load().server;
+        (s.idle_timeout, s.max_header_bytes)
+    };
+    let io = TokioIo::new(idle::IdleTimeout::new(
+        stream,
+        idle::IdleSetting::new(idle_timeout),
+    ));
+    let service = service_fn(move |request| {
+        let path = Arc::clone(&path);
+        let peer_text = peer_text.clone();
+        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await) }
+    });
+    let connection = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
     }
 }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::response::{ResponseBody, refusal_response};
 use crate::observe::RequestRecord;
 use crate::proxy::policy::{ConnectError, Forward, Policy, UpstreamFailure};
+use crate::tls::UpstreamStream;
 use crate::upstream::{Attempt, ClusterState, Outcome, Tried, connect_tcp};
 
 /// How long the side still open may stay silent once the other has closed.
@@ -144,12 +145,15 @@ async fn handshake(
     forward: &Forward,
 ) -> Result<Response<hyper::body::Incoming>, UpstreamFailure> {
     let target = attempt.target();
-    let stream = match tokio::time::timeout(
-        forward.limits.connect_timeout,
-        connect_tcp(&target.authority),
-    )
-    .await
-    {
+    // An `https` target is spoken to over TLS (ALPN `http/1.1`: an upgrade is HTTP/1.1's).
+    let opened = async {
+        let tcp = connect_tcp(&target.authority, target.tls.is_some()).await?;
+        match &target.tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some(tls) => Ok(UpstreamStream::Tls(Box::new(tls.connect_http1(tcp).await?))),
+        }
+    };
+    let stream = match tokio::time::timeout(forward.limits.connect_timeout, opened).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(UpstreamFailure::Connect(ConnectError::from_io(&e))),
         Err(_) => return Err(UpstreamFailure::Connect(ConnectError::TimedOut)),

@@ -21,6 +21,7 @@ use crate::observe::RequestRecord;
 use crate::proxy::upstream::Limits;
 use crate::refusal::{Presented, Refusal};
 use crate::snapshot::{AccessLogTarget, Route, Snapshot, UnderscoreHeaders};
+use crate::tls::ClientSession;
 use crate::upstream::ClusterState;
 
 /// Everything needed to forward an allowed request, taken out of the snapshot so that the
@@ -54,6 +55,8 @@ pub struct Forward {
     /// The host the request is for (`headers::request_host`), when admission read it: hyper's
     /// path sends it as `X-Forwarded-Host`. The engine reads its own `Host`.
     pub host: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`: `https` when the client's connection is TLS.
+    pub proto: &'static str,
 }
 
 impl Forward {
@@ -103,7 +106,8 @@ pub enum HeadChecked {
 impl Policy {
     /// Runs the decision against the current snapshot and keeps only what forwarding needs,
     /// and what the request's log line and metrics need. `arrived` is when the request began
-    /// (its total time, in metrics and the log, counts from there).
+    /// (its total time, in metrics and the log, counts from there). `session` is what the TLS
+    /// handshake of the client's connection agreed (its client certificate is a credential).
     // Two callers, one per transport, each passing what it has in hand: a struct would only be
     // built on the engine's hot path to be taken apart again here.
     #[allow(clippy::too_many_arguments)]
@@ -116,6 +120,7 @@ impl Policy {
         checked: HeadChecked,
         peer: SocketAddr,
         arrived: Instant,
+        session: Option<ClientSession>,
     ) -> (Result<Forward, Refused>, RequestRecord) {
         let client = headers::client_address(snapshot, peer, request_headers);
         let peer_is_trusted = snapshot.is_trusted_proxy(peer.ip());
@@ -145,6 +150,8 @@ impl Policy {
             limit: None,
             limit_remaining: None,
             shadow_refusal: None,
+            protocol: "h1",
+            tls: session.map(|s| s.version),
         };
         // The engine hands every request with `Transfer-Encoding` or `Upgrade` to hyper's path,
         // and its `decision_headers` hold only the credential, `Authorization`,
@@ -194,6 +201,7 @@ impl Policy {
             method,
             path: uri.path(),
             credential,
+            certificate: session.and_then(|s| s.certificate),
             client,
             now: reload::now_unix(),
         };
@@ -307,6 +315,7 @@ impl Policy {
                 idle_timeout: snapshot.server.idle_timeout,
                 underscore_headers: snapshot.server.underscore_headers,
                 host,
+                proto: if session.is_some() { "https" } else { "http" },
             })
         })();
         if let Err(refusal) = &forward {

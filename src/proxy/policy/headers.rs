@@ -501,6 +501,15 @@ pub fn add_forwarding(headers: &mut HeaderMap, original_host: Option<HeaderValue
     headers.insert(&X_APIWARD_GROUP, fwd.group);
 }
 
+/// Whether a `TE` value lists `trailers` (`TE: trailers`, `TE: trailers, deflate;q=0.5`): the one
+/// transfer coding that crosses the gateway (as `TE: trailers`, which gRPC needs); any other is
+/// this hop's. Both transports ask this.
+pub fn accepts_trailers(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.split(|&b| b == b';').next().map(<[u8]>::trim_ascii) == Some(b"trailers"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

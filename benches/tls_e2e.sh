@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# HTTPS benchmark: the same small upstream (nginx, a fixed 20-byte body, plain HTTP) behind
+#   (a) apiward terminating TLS ([server.tls], 10,000 users, key in a header, source whitelist) and
+#   (b) nginx terminating TLS with the same certificate and the equivalent checks (a map from key
+#       to user, a map from user:address to allowed, proxy_pass with upstream keep-alive),
+# one worker each, in alternating rounds with the same load:
+#   - wrk over HTTPS with keep-alive (requests/s, latency, CPU time per request of the gateway
+#     process from /proc/PID/stat);
+#   - full handshakes: wrk with `Connection: close`, a new TLS connection (and a full handshake:
+#     wrk does not resume sessions) for every request;
+#   - HTTP/2 with h2load (nghttp2-client), when it is installed or installable.
+#
+# Usage: benches/tls_e2e.sh
+# Knobs (environment): DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 USERS=10000 STREAMS=10
+#   (h2load's concurrent streams per connection) H2_REQUESTS=200000 PROXY_CPUS=0 LOAD_CPUS=1
+#   (taskset lists; empty disables pinning) BASE_PORT=18280 OUT=FILE (the markdown is also written
+#   there). A release build of apiward is made first.
+#
+# Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/support/keys_lua.sh
+source "$ROOT/benches/support/keys_lua.sh"
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+USERS=${USERS:-10000}
+STREAMS=${STREAMS:-10}
+H2_REQUESTS=${H2_REQUESTS:-200000}
+PROXY_CPUS=${PROXY_CPUS-0}
+LOAD_CPUS=${LOAD_CPUS-1}
+BASE_PORT=${BASE_PORT:-18280}
+OUT=${OUT:-}
+
+UPSTREAM_PORT=$BASE_PORT
+APIWARD_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+GATEWAYS=(apiward nginx)
+REQUEST_PATH=/api/items/42
+BODY=01234567890123456789 # 20 bytes
+
+WORK=$(mktemp -d /tmp/apiward-tls-e2e.XXXXXX)
+PIDS=()
+
+log() { printf '%s\n' "tls_e2e: $*" >&2; }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pin() { # pin CPUS command...
+    local cpus=$1
+    shift
+    if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]} from the distribution's packages"
+        apt-get update -qq
+        # nghttp2-client is optional: without it the HTTP/2 rows are left out.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]/nghttp2-client/}" >/dev/null
+    fi
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() { # wait_for_port PORT SECONDS PID
+    local deadline=$((SECONDS + $2))
+    while port_free "$1"; do
+        if ((SECONDS > deadline)); then log "nothing listens on 127.0.0.1:$1 after $2 s"; return 1; fi
+        if ! kill -0 "$3" 2>/dev/null; then log "the process meant to listen on $1 exited"; return 1; fi
+        sleep 0.1
+    done
+}
+
+start_pinned() { # start_pinned CPUS PORT SECONDS LOG command...: sets STARTED_PID
+    local cpus=$1 port=$2 seconds=$3 log=$4
+    shift 4
+    local -a pin=()
+    if [[ -n $cpus ]]; then pin=(taskset -c "$cpus"); fi
+    "${pin[@]}" "$@" >>"$log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_for_port "$port" "$seconds" "$STARTED_PID"
+}
+
+nginx_common() {
+    cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $WORK/$1.pid;
+error_log $WORK/$1.error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/$1.body;
+    proxy_temp_path $WORK/$1.proxy;
+    fastcgi_temp_path $WORK/$1.fastcgi;
+    uwsgi_temp_path $WORK/$1.uwsgi;
+    scgi_temp_path $WORK/$1.scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    default_type text/plain;
+EOF
+}
+
+start_nginx() { # start_nginx NAME CPUS PORT
+    local name=$1
+    nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
+    start_pinned "$2" "$3" 10 "$WORK/$name.out" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
+}
+
+cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these processes
+    local pid
+    for pid in "$@"; do sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'; done |
+        awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
+}
+
+per_request() { # per_request BEFORE AFTER REQUESTS: "user_us sys_us" of CPU per request
+    awk -v b="$1" -v a="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        if (n <= 0) { print "0 0"; exit }
+        printf "%.2f %.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }'
+}
+
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
+}
+
+make_certificate() { # a CA and a certificate for bench.local and 127.0.0.1, P-256 as rustls prefers
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
+        -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench.local" \
+        -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\n' >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+        -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+}
+
+check_target() { # check_target URL: the benchmark's request must get the upstream's body over TLS
+    local body key
+    key=$(sed -n "$((USERS / 2 + 1))p" "$WORK/keys.txt")
+    body=$(curl -sS --max-time 5 --cacert "$WORK/ca.pem" -H "X-Api-Key: $key" "$1")
+    if [[ $body != "$BODY" ]]; then
+        log "$1 answered ${body:0:300} instead of the upstream's body"
+        return 1
+    fi
+}
+
+run_wrk() { # run_wrk MODE NAME URL ROUND PID...: MODE keepalive or handshake; appends a result line
+    local mode=$1 name=$2 url=$3 round=$4 out="$WORK/wrk.$1.$2.$4.txt"
+    shift 4
+    local -a extra=()
+    if [[ $mode == handshake ]]; then extra=(-H "Connection: close"); fi
+    local before after
+    before=$(cpu_ticks "$@")
+    pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 5s --latency \
+        "${extra[@]}" -s "$WORK/keys.lua" "$url" >"$out"
+    after=$(cpu_ticks "$@")
+    if grep -q -E 'Non-2xx' "$out"; then
+        log "$mode $name round $round had non-2xx answers:"
+        cat "$out" >&2
+        return 1
+    fi
+    local rps p50 p99 requests cpu
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    cpu=$(per_request "$before" "$after" "$requests")
+    echo "$mode $name $round $rps $p50 $p99 $cpu" >>"$WORK/results.txt"
+    log "$(printf '%-9s %-7s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  CPU %s us/req (user sys)' \
+        "$mode" "$name" "$round" "$rps" "$p50" "$p99" "$cpu")"
+}
+
+run_h2load() { # run_h2load NAME URL ROUND PID...
+    local name=$1 url=$2 round=$3 out="$WORK/h2load.$1.$3.txt"
+    shift 3
+    local key before after
+    key=$(sed -n "$((USERS / 2 + 1))p" "$WORK/keys.txt")
+    before=$(cpu_ticks "$@")
+    pin "$LOAD_CPUS" h2load -n "$H2_REQUESTS" -c "$CONNECTIONS" -m "$STREAMS" -t "$THREADS" \
+        -H "x-api-key: $key" "$url" >"$out"
+    after=$(cpu_ticks "$@")
+    local rps ok cpu
+    rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$out")
+    ok=$(awk '/^status codes:/ { print $3 }' "$out")
+    if [[ $ok != "$H2_REQUESTS" ]]; then
+        log "h2load $name round $round: $ok of $H2_REQUESTS answered 2xx:"
+        cat "$out" >&2
+        return 1
+    fi
+    cpu=$(per_request "$before" "$after" "$H2_REQUESTS")
+    echo "h2 $name $round $rps 0 0 $cpu" >>"$WORK/results.txt"
+    log "$(printf 'h2        %-7s round %s: %10.0f req/s  CPU %s us/req (user sys)' "$name" "$round" "$rps" "$cpu")"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+stat_of() { # stat_of MODE NAME COLUMN: the median over the rounds
+    awk -v m="$1" -v n="$2" -v c="$3" '$1 == m && $2 == n { print $c }' "$WORK/results.txt" | median
+}
+
+main() {
+    local load_before
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    install_tools
+    PATH=$PATH:/usr/sbin
+    local port
+    for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT"; do
+        port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
+    done
+    log "building apiward and the config generator (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin apiward --example gen_config)
+    make_certificate
+
+    log "generating $USERS users"
+    "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 --access-log off \
+        --listen "127.0.0.1:$APIWARD_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+        --keys "$WORK/keys.txt" --nginx-maps "$WORK/maps.conf"
+    # [server.tls] goes right before the first table after [server].
+    awk -v tls="[server.tls]\ncertificates = [ { cert = \"$WORK/server.pem\", key = \"$WORK/server.key\" } ]\n" '
+        !done && /^\[/ && !/^\[server\]/ { print tls; done = 1 } { print }' "$WORK/apiward.toml" >"$WORK/apiward.tls.toml"
+    "$ROOT/target/release/apiward" check --config "$WORK/apiward.tls.toml" >/dev/null
+    keys_lua "$WORK/keys.txt" "$USERS" "$REQUEST_PATH" >"$WORK/keys.lua"
+
+    { nginx_common upstream; cat <<EOF; } >"$WORK/upstream.conf"
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+        location / { return 200 "$BODY"; }
+    }
+}
+EOF
+    { nginx_common gateway; cat <<EOF; } >"$WORK/gateway.conf"
+    include $WORK/maps.conf;
+    upstream bench {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive $((CONNECTIONS * 2));
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
+        http2 on;
+        ssl_certificate $WORK/server.pem;
+        ssl_certificate_key $WORK/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        location / { return 404; }
+        location /api/ {
+            if (\$api_user = "") { return 401; }
+            if (\$api_allowed != 1) { return 403; }
+            limit_except GET POST { deny all; }
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Api-Key "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Apiward-User \$api_user;
+            proxy_set_header X-Apiward-Group bench;
+        }
+    }
+}
+EOF
+    log "starting the upstream (CPUs ${LOAD_CPUS:-any}); apiward and nginx terminating TLS (CPUs ${PROXY_CPUS:-any})"
+    start_nginx upstream "$LOAD_CPUS" "$UPSTREAM_PORT"
+    start_pinned "$PROXY_CPUS" "$APIWARD_PORT" 600 "$WORK/apiward.log" \
+        env APIWARD_LOG=warn "$ROOT/target/release/apiward" run --config "$WORK/apiward.tls.toml"
+    local apiward_pid=$STARTED_PID
+    start_nginx gateway "$PROXY_CPUS" "$NGINX_PORT"
+    local gateway_pid=$STARTED_PID
+    local -A served_by=([apiward]="$apiward_pid" [nginx]="$(pgrep -P "$gateway_pid" | tr '\n' ' ')")
+    local -A urls=(
+        [apiward]="https://127.0.0.1:$APIWARD_PORT$REQUEST_PATH"
+        [nginx]="https://127.0.0.1:$NGINX_PORT$REQUEST_PATH"
+    )
+    local g round
+    for g in "${GATEWAYS[@]}"; do check_target "${urls[$g]}"; done
+    for g in "${GATEWAYS[@]}"; do
+        pin "$LOAD_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "${urls[$g]}" >/dev/null
+    done
+    : >"$WORK/results.txt"
+    local have_h2load=0
+    command -v h2load >/dev/null && have_h2load=1
+    for round in $(seq "$ROUNDS"); do
+        for g in "${GATEWAYS[@]}"; do
+            # shellcheck disable=SC2086 # a list of pids
+            run_wrk keepalive "$g" "${urls[$g]}" "$round" ${served_by[$g]}
+            # shellcheck disable=SC2086
+            run_wrk handshake "$g" "${urls[$g]}" "$round" ${served_by[$g]}
+            if ((have_h2load)); then
+                # shellcheck disable=SC2086
+                run_h2load "$g" "${urls[$g]}" "$round" ${served_by[$g]}
+            fi
+        done
+    done
+    report "$load_before" | tee "${OUT:-/dev/null}"
+}
+
+report() {
+    echo "Run on $(date -u '+%Y-%m-%d %H:%M UTC'): $ROUNDS rounds alternating ${GATEWAYS[*]}, medians over the rounds;" \
+        "wrk -t$THREADS -c$CONNECTIONS -d$DURATION over HTTPS (keep-alive, then \`Connection: close\`: a full" \
+        "handshake per request); h2load -c$CONNECTIONS -m$STREAMS -n$H2_REQUESTS where installed. $USERS users;" \
+        "one worker each, gateways pinned to CPU ${PROXY_CPUS:-any}, load and upstream to CPU ${LOAD_CPUS:-any};" \
+        "the same P-256 certificate. Load average before the run: $1."
+    echo
+    echo "| load | gateway | req/s | p50 (ms) | p99 (ms) | CPU µs/req (user + sys) |"
+    echo "|---|---|---:|---:|---:|---:|"
+    local mode g
+    for mode in keepalive handshake h2; do
+        for g in "${GATEWAYS[@]}"; do
+            [[ -n $(stat_of "$mode" "$g" 4) ]] || continue
+            printf '| %s | %s | %.0f | %.3f | %.3f | %.2f + %.2f |\n' "$mode" "$g" "$(stat_of "$mode" "$g" 4)" \
+                "$(stat_of "$mode" "$g" 5)" "$(stat_of "$mode" "$g" 6)" "$(stat_of "$mode" "$g" 7)" "$(stat_of "$mode" "$g" 8)"
+        done
+    done
+    echo
+    for mode in keepalive handshake h2; do
+        [[ -n $(stat_of "$mode" nginx 4) ]] || continue
+        printf '%s: apiward / nginx %.2f × the requests per second (goal ≥ 1); CPU per request apiward / nginx %.2f × (goal ≤ 0.8).\n' \
+            "$mode" \
+            "$(awk -v a="$(stat_of "$mode" apiward 4)" -v b="$(stat_of "$mode" nginx 4)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(stat_of "$mode" apiward 7) $(stat_of "$mode" apiward 8)" -v n="$(stat_of "$mode" nginx 7) $(stat_of "$mode" nginx 8)" 'BEGIN {
+                split(a, x, " "); split(n, y, " "); print (x[1] + x[2]) / (y[1] + y[2]) }')"
+    done
+}
+
+main "$@"
