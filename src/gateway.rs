@@ -153,13 +153,14 @@ impl Gateway {
             triggers_rx,
             move |outcome: &ReloadOutcome| {
                 let current = reload_store.load();
-                if matches!(outcome, ReloadOutcome::Applied { .. }) {
+                let applied = matches!(outcome, ReloadOutcome::Applied { .. });
+                if applied {
                     reload_limiter.configure(&current);
-                    if let Some(w) = &reload_watcher {
-                        w.follow(&current.tls_files);
-                    }
                 }
                 reload_telemetry.reloaded(outcome, &current, reload_store.generation());
+                if let (true, Some(w)) = (applied, &reload_watcher) {
+                    w.follow(&current.tls_files);
+                }
             },
         ));
         if options.reload_on_sighup {
