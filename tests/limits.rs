@@ -333,19 +333,21 @@ async fn a_reload_keeps_unchanged_counters_and_applies_a_changed_limit_at_once()
     assert_eq!(entry["rate_limit"]["burst"], 5);
     assert!(entry["refused"]["rate_limited"].as_u64().unwrap() >= 3);
 
-    // The user deleted: its state goes with it.
+    // The user deleted: its state goes with it. The limiter follows the snapshot just after
+    // it is swapped in (the reload loop's callback), so its series are waited for too.
     gw.replace_config(&admin_config(5, &active("other@example.org", &other)));
+    let series_gone = || async {
+        let metrics = get(&format!("http://{admin}/metrics"), &[]).await;
+        !String::from_utf8_lossy(&metrics.body)
+            .contains("apiward_limit_refusals_total{user=\"reload@example.org\"")
+    };
     assert!(
         eventually(|| async {
             common::status(admin).await["rate_limits"]["limited_users"] == 1
                 && get_as(&url, &key).await.status == 401
+                && series_gone().await
         })
         .await
-    );
-    let metrics = get(&format!("http://{admin}/metrics"), &[]).await;
-    assert!(
-        !String::from_utf8_lossy(&metrics.body)
-            .contains("apiward_limit_refusals_total{user=\"reload@example.org\"")
     );
     gw.shutdown().await;
 }

@@ -607,7 +607,8 @@ async fn an_https_upstream_with_its_own_ca_is_verified_and_kept_alive() {
         let r = get(&gw.url(&format!("/supporters/{i}")), &key).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         assert_eq!(r.json()["path"], format!("/base/supporters/{i}"));
-        assert_eq!(r.upstream_header("host"), Some(vec![addr.to_string()]));
+        // The client's Host goes upstream (no `host` set); SNI and verification use server_name.
+        assert_eq!(r.upstream_header("host"), Some(vec![gw.addr.to_string()]));
     }
     assert_eq!(
         connections.load(Ordering::SeqCst),
