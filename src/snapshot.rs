@@ -16,7 +16,7 @@ use crate::auth::permission::Permission;
 mod routes;
 mod tables;
 mod upstreams;
-mod users;
+pub(crate) mod users;
 pub use routes::{Route, RouteTable};
 pub use tables::{KeyTable, UserTable};
 pub(crate) use tables::{KeyTableBuilder, shard_selector};
@@ -25,7 +25,7 @@ pub use upstreams::{
 };
 pub use users::{
     ApiKey, ApiUser, DigestHasher, DigestMap, KeyDigest, KeyPrefix, LimitOrigin, Quota, RateLimit,
-    UserIndex, UserLimits, UserStatus,
+    UserIndex, UserLimits, UserStatus, rfc3339,
 };
 
 /// `[rate_limits]`: where limit state is kept and what happens when it cannot be reached.
@@ -319,16 +319,4 @@ impl Snapshot {
         let ip = crate::auth::address::canonical(ip);
         self.server.trusted_proxies.iter().any(|b| b.contains(ip))
     }
-}
-
-/// Unix seconds as RFC 3339 in UTC (`2026-11-22T10:00:00Z`), as the configuration file writes
-/// them; the number itself if it is out of range.
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }

@@ -201,3 +201,15 @@ pub struct ApiKey {
     /// Unix seconds; the key is refused from this instant on.
     pub expires: Option<i64>,
 }
+
+/// Unix seconds as RFC 3339 in UTC (`2026-11-22T10:00:00Z`), as the configuration file writes
+/// them; the number itself if it is out of range.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}

@@ -9,8 +9,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::TlsError;
-use crate::snapshot::KeyDigest;
+use super::provider::TlsError;
+use crate::snapshot::users::KeyDigest;
 
 /// What `/status`, `check` and the metrics say of one loaded certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +98,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<LoadedPair, TlsErr
             "no private key (PKCS#8, PKCS#1 or SEC1 \"BEGIN … PRIVATE KEY\" block) could be read: {e}"
         ),
     })?;
-    let provider = super::provider();
+    let provider = super::provider::provider();
     let signing = provider
         .key_provider
         .load_private_key(key)

@@ -2,46 +2,16 @@
 //! and the verifying client that upstream connections use. Nothing here knows HTTP.
 
 mod material;
+mod provider;
 mod server;
 mod upstream;
-
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-
-use rustls::crypto::CryptoProvider;
 
 pub use material::{
     CertificateInfo, LoadedPair, fingerprint, load_pair, load_roots, read_certificates,
 };
+pub use provider::{TlsError, provider};
 pub use server::{CertificateStore, MinVersion, ServerTls, ServerTlsOptions};
 pub use upstream::{UpstreamProtocol, UpstreamStream, UpstreamTls};
-
-/// Why TLS material could not be loaded. Each names the file and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {reason}", path.display())]
-    Pem { path: PathBuf, reason: String },
-    #[error("{}: {reason}", path.display())]
-    Certificate { path: PathBuf, reason: String },
-    #[error("{}: {reason}", path.display())]
-    Key { path: PathBuf, reason: String },
-    #[error("{}: the key does not belong to the certificate {}", key.display(), cert.display())]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
-    #[error("{0}")]
-    Rustls(String),
-}
-
-/// The one cryptography provider of the process: ring (small, quick to build; no C toolchain
-/// beyond what ring itself needs).
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
-}
 
 /// What a client connection's TLS session tells the requests on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +19,7 @@ pub struct ClientSession {
     /// `TLSv1.2` or `TLSv1.3`, for the request log.
     pub version: &'static str,
     /// The fingerprint of the certificate the client presented, verified against `client_ca`.
-    pub certificate: Option<crate::snapshot::KeyDigest>,
+    pub certificate: Option<crate::snapshot::users::KeyDigest>,
 }
 
 impl ClientSession {

@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
 use super::material::{CertificateInfo, LoadedPair};
-use super::{TlsError, provider};
+use super::provider::{TlsError, provider};
 
 /// A certificate expiring within this many seconds (14 days) is warned about.
 pub const EXPIRY_WARNING: i64 = 14 * 86_400;
@@ -206,7 +206,7 @@ impl ServerTls {
         let mut warnings = Vec::new();
         for c in self.certificates.iter() {
             let what = format!("{} ({})", c.cert_file.display(), c.names.join(", "));
-            let not_after = crate::snapshot::rfc3339(c.not_after);
+            let not_after = crate::snapshot::users::rfc3339(c.not_after);
             if c.not_after <= now {
                 warnings.push(format!(
                     "{what} expired at {not_after}: clients refuse it; renew it"
@@ -220,7 +220,7 @@ impl ServerTls {
             if c.not_before > now {
                 warnings.push(format!(
                     "{what} is not valid before {}: clients refuse it until then",
-                    crate::snapshot::rfc3339(c.not_before)
+                    crate::snapshot::users::rfc3339(c.not_before)
                 ));
             }
         }

@@ -7,7 +7,7 @@ use http::uri::Authority;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 
-use super::{TlsError, provider};
+use super::provider::{TlsError, provider};
 
 /// `protocol` of an upstream: what is spoken to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
