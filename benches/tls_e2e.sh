@@ -262,8 +262,8 @@ EOF
         keepalive_requests 10000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
-        http2 on;
+        # "listen ... http2" rather than "http2 on;", which nginx knows only from 1.25.1 (Debian 12 has 1.22).
+        listen 127.0.0.1:$NGINX_PORT ssl http2 backlog=4096;
         ssl_certificate $WORK/server.pem;
         ssl_certificate_key $WORK/server.key;
         ssl_protocols TLSv1.2 TLSv1.3;
