@@ -17,7 +17,9 @@
 # the two logged gateways are compared in one run.
 # LIMITED=1 adds one row: apiward with a local rate_limit, quota and max_concurrent on every
 # user, generous enough that nothing is refused (apiward_limits), so that the limit step's cost
-# per request is apiward_limits against apiward in one run (#15: within 5 %).
+# per request is apiward_limits against apiward in one run (#15: within 5 %). With REDIS=URL as
+# well (a running Redis, e.g. redis://127.0.0.1:6390/0), one more row: the same limits kept in
+# that shared store (apiward_redis), for its req/s and p99 against the local store.
 # BASELINE=/path/to/apiward adds one row: that apiward binary (an older build, say) on the same
 # file (apiward_base), so that two builds are compared against nginx in one run. APIWARD=PATH runs
 # that binary as `apiward` instead of target/release/apiward (nothing is built then).
@@ -46,6 +48,7 @@ BIG_USERS=${BIG_USERS:-1000000}
 LOGGED=${LOGGED:-0}
 LIMITED=${LIMITED:-0}
 BASELINE=${BASELINE:-}
+REDIS=${REDIS:-}
 APIWARD=${APIWARD:-}
 WORKERS=${WORKERS:-1}
 if ((WORKERS > 1)); then
@@ -68,9 +71,11 @@ APIWARD_LOG_PORT=$((BASE_PORT + 6))
 NGINX_LOG_PORT=$((BASE_PORT + 7))
 APIWARD_LIMITS_PORT=$((BASE_PORT + 8))
 APIWARD_BASE_PORT=$((BASE_PORT + 9))
+APIWARD_REDIS_PORT=$((BASE_PORT + 10))
 TARGETS=(direct apiward nginx haproxy ceiling)
 if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
 if ((LIMITED)); then TARGETS+=(apiward_limits); fi
+if ((LIMITED)) && [[ -n $REDIS ]]; then TARGETS+=(apiward_redis); fi
 if [[ -n $BASELINE ]]; then TARGETS+=(apiward_base); fi
 REQUEST_PATH=/api/items/42
 BODY=01234567890123456789 # 20 bytes
@@ -440,7 +445,17 @@ EOF
         start_nginx gateway-log "$PROXY_CPUS" "$NGINX_LOG_PORT"
         nginx_log_workers=$(pgrep -P "$STARTED_PID" | tr '\n' ' ')
     fi
-    local apiward_limits_pid=""
+    local apiward_limits_pid="" apiward_redis_pid=""
+    if ((LIMITED)) && [[ -n $REDIS ]]; then
+        sed -e "s|^listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"|listen = \"127.0.0.1:$APIWARD_REDIS_PORT\"|" \
+            "$WORK/apiward-limits.toml" >"$WORK/apiward-redis.toml"
+        printf '\n[rate_limits]\nstore = "%s"\n' "$REDIS" >>"$WORK/apiward-redis.toml"
+        start_apiward "$WORK/apiward-redis.toml" "$APIWARD_REDIS_PORT" "$PROXY_CPUS"
+        apiward_redis_pid=$STARTED_PID
+        curl -sS -D - -o /dev/null -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" \
+            "http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH" | grep -qi '^ratelimit:' ||
+            { log "apiward_redis answered without RateLimit fields: its limits are not in force"; exit 1; }
+    fi
     if ((LIMITED)); then
         start_apiward "$WORK/apiward-limits.toml" "$APIWARD_LIMITS_PORT" "$PROXY_CPUS"
         apiward_limits_pid=$STARTED_PID
@@ -466,6 +481,7 @@ EOF
         [nginx_log]="$nginx_log_workers"
         [apiward_limits]="$apiward_limits_pid"
         [apiward_base]="$apiward_base_pid"
+        [apiward_redis]="$apiward_redis_pid"
     )
 
     local -A urls=(
@@ -478,6 +494,7 @@ EOF
         [nginx_log]="http://127.0.0.1:$NGINX_LOG_PORT$REQUEST_PATH"
         [apiward_limits]="http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH"
         [apiward_base]="http://127.0.0.1:$APIWARD_BASE_PORT$REQUEST_PATH"
+        [apiward_redis]="http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -569,6 +586,13 @@ report() {
             "$(awk -v a="$(cpu_of apiward_limits)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
             "$(awk -v a="$(stat_of apiward_limits 3)" -v b="$(stat_of apiward 3)" 'BEGIN { print a / b }')" \
             "$(stat_of apiward_limits 5)" "$(stat_of apiward 5)"
+    fi
+    if ((LIMITED)) && [[ -n $REDIS ]]; then
+        printf 'The same limits in Redis (%s): req/s **%.2f ×** the local store'"'"'s, p99 %.3f ms vs %.3f ms, CPU per request %.3f × (the gateway'"'"'s own; Redis'"'"' is not counted).\n' \
+            "$REDIS" \
+            "$(awk -v a="$(stat_of apiward_redis 3)" -v b="$(stat_of apiward_limits 3)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_redis 5)" "$(stat_of apiward_limits 5)" \
+            "$(awk -v a="$(cpu_of apiward_redis)" -v b="$(cpu_of apiward_limits)" 'BEGIN { print a / b }')"
     fi
     if [[ -n $BASELINE ]]; then
         printf 'The baseline build (%s): req/s vs nginx **%.2f ×** (this build: %.2f ×), CPU per request vs nginx %.2f × (this build: %.2f ×), p99 %.3f ms.\n' \
