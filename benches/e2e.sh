@@ -39,6 +39,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/support/keys_lua.sh
 source "$ROOT/benches/support/keys_lua.sh"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -316,12 +318,10 @@ main() {
         exit 1
     fi
     # The same file again, every user (all in [groups.bench]) under generous local limits.
-    sed -e 's|^\[groups.bench\]$|[groups.bench]\nrate_limit = { requests = 1_000_000, per = "1s", burst = 1_000_000 }\nquota = { requests = 1_000_000_000, per = "30d" }\nmax_concurrent = 10_000|' \
-        -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"|" \
-        "$WORK/apiward.toml" >"$WORK/apiward-limits.toml"
-    if ! grep -q '^max_concurrent = 10_000$' "$WORK/apiward-limits.toml" ||
-        ! grep -q "^listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"" "$WORK/apiward-limits.toml"; then
-        log "gen_config's [groups.bench] or listen line changed: apiward-limits.toml is not the limited copy"
+    limited_copy "$WORK/apiward.toml" "$WORK/apiward-limits.toml" \
+        "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"|" || exit 1
+    if ! grep -q "^listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"" "$WORK/apiward-limits.toml"; then
+        log "gen_config's listen line changed: apiward-limits.toml is not the limited copy"
         exit 1
     fi
     # HAProxy's maps: key -> user, and user:address -> allowed, from the keys file (user i holds
@@ -452,16 +452,14 @@ EOF
         printf '\n[rate_limits]\nstore = "%s"\n' "$REDIS" >>"$WORK/apiward-redis.toml"
         start_apiward "$WORK/apiward-redis.toml" "$APIWARD_REDIS_PORT" "$PROXY_CPUS"
         apiward_redis_pid=$STARTED_PID
-        curl -sS -D - -o /dev/null -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" \
-            "http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH" | grep -qi '^ratelimit:' ||
-            { log "apiward_redis answered without RateLimit fields: its limits are not in force"; exit 1; }
+        check_limited "http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH" "$(head -n 1 "$WORK/keys.txt")" \
+            apiward_redis || exit 1
     fi
     if ((LIMITED)); then
         start_apiward "$WORK/apiward-limits.toml" "$APIWARD_LIMITS_PORT" "$PROXY_CPUS"
         apiward_limits_pid=$STARTED_PID
-        curl -sS -D - -o /dev/null -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" \
-            "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" | grep -qi '^ratelimit:' ||
-            { log "apiward_limits answered without RateLimit fields: its limits are not in force"; exit 1; }
+        check_limited "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" "$(head -n 1 "$WORK/keys.txt")" \
+            apiward_limits || exit 1
     fi
     local apiward_base_pid=""
     if [[ -n $BASELINE ]]; then

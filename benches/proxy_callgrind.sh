@@ -114,9 +114,7 @@ measure() {
     limits)
         # Generous limits on the one group every user is in: the limit step runs on every request
         # (a GCRA cell, a quota count and an in-flight count per user) and refuses none.
-        sed 's|^\[groups.bench\]$|[groups.bench]\nrate_limit = { requests = 1_000_000, per = "1s", burst = 1_000_000 }\nquota = { requests = 1_000_000_000, per = "30d" }\nmax_concurrent = 10_000|' \
-            "$WORK/apiward.toml" >"$config"
-        grep -q '^max_concurrent = 10_000$' "$config" || { log "gen_config wrote no [groups.bench] to limit"; exit 1; }
+        limited_copy "$WORK/apiward.toml" "$config" || exit 1
         ;;
     *) cp "$WORK/apiward.toml" "$config" ;;
     esac
@@ -129,8 +127,7 @@ measure() {
     body=$(curl -sS -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" "$url")
     [[ $body == 01234567890123456789 ]] || { log "apiward ($mode) answered ${body:0:200}"; exit 1; }
     if [[ $mode == limits ]]; then
-        curl -sS -D - -o /dev/null -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" "$url" | grep -qi '^ratelimit:' \
-            || { log "apiward (limits) answered without RateLimit fields: the limits are not in force"; exit 1; }
+        check_limited "$url" "$(head -n 1 "$WORK/keys.txt")" "apiward (limits)" || exit 1
     fi
 
     log "$mode: warming up, then counting for $DURATION"
