@@ -224,6 +224,33 @@ async fn the_certificate_follows_sni_and_status_and_metrics_list_them() {
     assert!(text.contains("apiward_tls_handshakes_total{"), "{text}");
 }
 
+#[tokio::test]
+async fn handshakes_are_counted_as_full_or_resumed() {
+    let upstream = echo_upstream().await;
+    let pki = Pki::new();
+    let gw = tls_gateway(&pki, &upstream.url(), "", "").await;
+    let admin = gw.gateway().admin_addr().expect("admin");
+    // One client, two connections: the second resumes the session of the first (TLS 1.3
+    // tickets arrive after the handshake, so the first connection answers a request first).
+    let client = pki.client(&[b"http/1.1"]);
+    for _ in 0..2 {
+        let mut c = HttpConnection::tls(gw.addr, "api.example.org", Arc::clone(&client)).await;
+        assert_eq!(c.send("GET", "/supporters/1", &[], "").await.status, 401);
+    }
+    let metrics = get(&format!("http://{admin}/metrics"), &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let count = |session: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("apiward_tls_handshakes_total{")
+                    && l.contains(&format!("session=\"{session}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!((count("full"), count("resumed")), (1.0, 1.0), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_certificate_is_served_without_dropping_open_connections() {
     let upstream = echo_upstream().await;
@@ -400,62 +427,9 @@ async fn client_certificates_identify_api_users() {
     );
 }
 
-/// An h2c upstream that streams each request body frame back as it arrives, then trailers.
-async fn grpc_style_upstream() -> std::net::SocketAddr {
-    use hyper::body::{Body, Frame};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let te = req
-                            .headers()
-                            .get("te")
-                            .map(|v| v.to_str().unwrap_or("").to_string())
-                            .unwrap_or_default();
-                        let (mut tx, body) =
-                            http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
-                        let mut incoming = req.into_body();
-                        tokio::spawn(async move {
-                            while let Some(Ok(frame)) = std::future::poll_fn(|cx| {
-                                std::pin::Pin::new(&mut incoming).poll_frame(cx)
-                            })
-                            .await
-                            {
-                                if let Ok(data) = frame.into_data() {
-                                    let _ = tx.send(Frame::data(data)).await;
-                                }
-                            }
-                            let mut trailers = http::HeaderMap::new();
-                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                            trailers.insert("grpc-message", http::HeaderValue::from_static("done"));
-                            let _ = tx.send_trailers(trailers).await;
-                        });
-                        let response = http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .header("x-seen-te", te)
-                            .body(body)
-                            .expect("response");
-                        Ok::<_, Infallible>(response)
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_style_streams_and_trailers_cross_both_ways() {
-    let grpc = grpc_style_upstream().await;
+    let grpc = grpc_style_upstream(None).await;
     let pki = Pki::new();
     let toml = config("builtin:echo", &{
         let (good, far) = keys();

@@ -212,11 +212,17 @@ impl Metrics {
         self.protocols[index].increment(1);
     }
 
-    /// A completed TLS handshake.
-    pub fn tls_handshake(&self, version: &'static str, protocol: &'static str) {
+    /// A completed TLS handshake; `session` says whether it was `full` or `resumed` a session.
+    pub fn tls_handshake(
+        &self,
+        version: &'static str,
+        protocol: &'static str,
+        session: &'static str,
+    ) {
         let labels = vec![
             Label::from_static_parts("version", version),
             Label::from_static_parts("protocol", protocol),
+            Label::from_static_parts("session", session),
         ];
         self.recorder
             .register_counter(&Key::from_parts(TLS_HANDSHAKES, labels), &METADATA)

@@ -66,7 +66,12 @@ pub(super) async fn accept(
     let connection = stream.get_ref().1;
     let session = ClientSession::of(connection);
     let h2 = connection.alpn_protocol() == Some(b"h2");
-    metrics.tls_handshake(session.version, if h2 { "h2" } else { "h1" });
+    // A resumed session skips the certificate and its signature: the benchmarks count both kinds.
+    let kind = match connection.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    };
+    metrics.tls_handshake(session.version, if h2 { "h2" } else { "h1" }, kind);
     Some(Handshaken {
         stream,
         session,

@@ -31,8 +31,8 @@ impl UpstreamProtocol {
 #[derive(Debug)]
 pub struct UpstreamTls {
     config: Arc<ClientConfig>,
-    /// The same trust and name with ALPN `http/1.1` only: the health check speaks HTTP/1.1
-    /// whatever `protocol` says.
+    /// The same trust and name with ALPN `http/1.1` only, whatever `protocol` says: a WebSocket
+    /// handshake is HTTP/1.1's.
     http1_config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
 }
@@ -113,7 +113,8 @@ impl UpstreamTls {
             .await
     }
 
-    /// As `connect`, offering only `http/1.1` in ALPN (the health check).
+    /// As `connect`, offering only `http/1.1` in ALPN (a WebSocket handshake, an HTTP/1.1
+    /// health check).
     pub async fn connect_http1<S>(
         &self,
         stream: S,

@@ -151,6 +151,7 @@ impl Upstreams {
                                 &target.authority,
                                 host,
                                 target.tls.as_ref(),
+                                target.protocol,
                             );
                             kept.insert(Arc::clone(&target.id), Arc::clone(&state));
                         }

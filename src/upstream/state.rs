@@ -48,7 +48,9 @@ impl Transition {
 pub(super) struct Checker {
     pub(super) config: HealthCheck,
     pub(super) host: http::HeaderValue,
-    pub(super) tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The TLS settings it uses, replaced in place by a reload that changes only them.
+    pub(super) tls: Arc<arc_swap::ArcSwapOption<crate::tls::UpstreamTls>>,
+    pub(super) protocol: crate::tls::UpstreamProtocol,
     pub(super) task: tokio::task::AbortHandle,
 }
 

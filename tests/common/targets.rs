@@ -1,5 +1,6 @@
 //! Upstream targets for the balancing tests: real HTTP servers on loopback ports that say who
-//! they are, count what reached them, and can be made unhealthy, hung, killed and restarted.
+//! they are, count what reached them, and can be made unhealthy, hung, killed and restarted;
+//! plain HTTP/1.1, or HTTPS speaking HTTP/1.1 or HTTP/2 as ALPN agrees.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,8 +23,10 @@ pub struct Behaviour {
     pub unhealthy: AtomicBool,
     /// Every request is read and never answered.
     pub hang: AtomicBool,
-    /// The `Host` of the last health check received.
+    /// The `Host` (HTTP/2: `:authority`) of the last health check received.
     pub check_host: Mutex<String>,
+    /// The HTTP version of the last health check received.
+    pub check_version: Mutex<Option<http::Version>>,
     /// Connections open now (accepted and not yet closed by either side).
     pub open: AtomicUsize,
 }
@@ -43,12 +46,24 @@ pub struct Target {
     pub connections: Arc<AtomicUsize>,
     pub behaviour: Arc<Behaviour>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Set: the target speaks TLS only (`https://`), HTTP/1.1 or HTTP/2 by ALPN.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Target {
     pub async fn start(name: &'static str) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
-        Target::serve(name, listener)
+        Target::serve(name, listener, None)
+    }
+
+    /// An HTTPS target: TLS with `config` (its certificate and ALPN), then HTTP/1.1 or HTTP/2.
+    pub async fn start_tls(name: &'static str, config: Arc<rustls::ServerConfig>) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind target");
+        Target::serve(
+            name,
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+        )
     }
 
     /// Starts again on the address it had, after `kill`, counting on.
@@ -58,7 +73,11 @@ impl Target {
         self.accept(listener);
     }
 
-    fn serve(name: &'static str, listener: TcpListener) -> Target {
+    fn serve(
+        name: &'static str,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Target {
         let addr = listener.local_addr().expect("target address");
         let hits = Arc::new(AtomicUsize::new(0));
         let checks = Arc::new(AtomicUsize::new(0));
@@ -73,12 +92,14 @@ impl Target {
             connections,
             behaviour,
             tasks,
+            tls,
         };
         target.accept(listener);
         target
     }
 
     fn accept(&self, listener: TcpListener) {
+        let tls = self.tls.clone();
         let (name, hits, checks, connections, behaviour, tasks) = (
             self.name,
             Arc::clone(&self.hits),
@@ -100,6 +121,7 @@ impl Target {
                     Arc::clone(&behaviour),
                 );
                 behaviour.open.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let open = Arc::clone(&behaviour);
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -114,9 +136,22 @@ impl Target {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                            }
+                        }
+                    }
                     open.open.fetch_sub(1, Ordering::SeqCst);
                 });
                 registry
@@ -146,7 +181,10 @@ impl Target {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://{}", self.addr),
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -179,9 +217,14 @@ async fn answer(
         .headers()
         .get("host")
         .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     if path == "/healthz" {
         checks.fetch_add(1, Ordering::Relaxed);
+        *behaviour
+            .check_version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(req.version());
         *behaviour
             .check_host
             .lock()

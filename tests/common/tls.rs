@@ -113,6 +113,18 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A rustls server presenting `cert`, offering `alpn` (an independent server: an upstream).
+pub fn server_config(cert: &TestCert, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der.clone()], cert.key_der())
+        .expect("server certificate");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// A rustls client trusting `ca`, offering `alpn`, presenting `client` if given.
 pub fn client_config(
     ca: &TestCa,
@@ -402,4 +414,78 @@ impl Default for Pki {
     fn default() -> Self {
         Pki::new()
     }
+}
+
+/// An HTTP/2-only upstream that streams each request body frame back as it arrives, then
+/// trailers; h2c with prior knowledge, or over TLS with `tls` (whose ALPN should offer `h2`).
+/// Each response says the `te` it received (`x-seen-te`) and its HTTP version (`x-seen-version`).
+pub async fn grpc_style_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> std::net::SocketAddr {
+    use hyper::body::{Body, Frame};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let te = req
+                            .headers()
+                            .get("te")
+                            .map(|v| v.to_str().unwrap_or("").to_string())
+                            .unwrap_or_default();
+                        let version = format!("{:?}", req.version());
+                        let (mut tx, body) = http_body_util::channel::Channel::<
+                            bytes::Bytes,
+                            std::convert::Infallible,
+                        >::new(4);
+                        let mut incoming = req.into_body();
+                        tokio::spawn(async move {
+                            while let Some(Ok(frame)) = std::future::poll_fn(|cx| {
+                                std::pin::Pin::new(&mut incoming).poll_frame(cx)
+                            })
+                            .await
+                            {
+                                if let Ok(data) = frame.into_data() {
+                                    let _ = tx.send(Frame::data(data)).await;
+                                }
+                            }
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            trailers.insert("grpc-message", http::HeaderValue::from_static("done"));
+                            let _ = tx.send_trailers(trailers).await;
+                        });
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("x-seen-te", te)
+                            .header("x-seen-version", version)
+                            .body(body)
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let h2 =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = h2
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                            .await;
+                    }
+                    Some(config) => {
+                        if let Ok(stream) =
+                            tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                        {
+                            let _ = h2
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -12,6 +12,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A WebSocket echo server on a loopback port, counting the connections it accepted.
 pub async fn ws_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    echo_server(None).await
+}
+
+/// The echo server over TLS only (`wss://`), with `config`'s certificate and ALPN.
+pub async fn wss_echo_upstream(
+    config: Arc<rustls::ServerConfig>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    echo_server(Some(tokio_rustls::TlsAcceptor::from(config))).await
+}
+
+async fn echo_server(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let connections = Arc::new(AtomicUsize::new(0));
@@ -19,21 +30,36 @@ pub async fn ws_echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::Relaxed);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
+                match tls {
+                    None => echo(stream).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            echo(stream).await;
+                        }
                     }
-                    // A Close is answered by the library; the loop ends when the stream does.
                 }
             });
         }
     });
     (addr, connections)
+}
+
+/// Answers the handshake on `stream`, then sends back every text and binary message.
+async fn echo<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            return;
+        }
+        // A Close is answered by the library; the loop ends when the stream does.
+    }
 }
 
 /// A WebSocket to `path` through the gateway at `gateway`, with `key` in `X-Api-Key`; panics

@@ -1,8 +1,15 @@
 //! HTTP/2 upstreams (`protocol = "h2"`): one multiplexed connection per upstream address, over
 //! TLS with ALPN `h2` or as h2c with prior knowledge, opened on first use and again after it
 //! closes. Its connection task is hyper's own: HTTP/2 multiplexes streams of many requests.
+//!
+//! The pool holds one sending half per connection; the connection closes (GOAWAY) once that
+//! half and every request's are gone and its streams have ended. The sweep lets go of a
+//! connection no request has used for `upstream_keepalive_timeout`, and of one to an address no
+//! current target has (a target a reload removed): its requests in flight finish on it, then it
+//! closes.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{Request, Response};
@@ -15,10 +22,16 @@ use super::client::{
 use crate::proxy::upstream::Limits;
 use crate::tls::UpstreamTls;
 
-/// The open HTTP/2 connection of each upstream address.
+/// The open HTTP/2 connection of each upstream address, with when a request last took it.
 #[derive(Default)]
 pub struct H2Pool {
-    connections: Mutex<Vec<(Authority, http2::SendRequest<RequestBody>)>>,
+    connections: Mutex<Vec<Shared>>,
+}
+
+struct Shared {
+    key: Authority,
+    sender: http2::SendRequest<RequestBody>,
+    used: Instant,
 }
 
 impl H2Pool {
@@ -60,17 +73,45 @@ impl H2Pool {
 
     fn open(&self, key: &Authority) -> Option<http2::SendRequest<RequestBody>> {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        connections.retain(|(_, sender)| !sender.is_closed());
-        connections
-            .iter()
-            .find(|(k, _)| k.as_str() == key.as_str())
-            .map(|(_, sender)| sender.clone())
+        connections.retain(|c| !c.sender.is_closed());
+        let shared = connections
+            .iter_mut()
+            .find(|c| c.key.as_str() == key.as_str())?;
+        shared.used = Instant::now();
+        Some(shared.sender.clone())
     }
 
     fn keep(&self, key: &Authority, sender: http2::SendRequest<RequestBody>) {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        connections.retain(|(k, _)| k.as_str() != key.as_str());
-        connections.push((key.clone(), sender));
+        connections.retain(|c| c.key.as_str() != key.as_str());
+        connections.push(Shared {
+            key: key.clone(),
+            sender,
+            used: Instant::now(),
+        });
+    }
+
+    /// Lets go of the connections that have closed, those no request took for `idle`, and those
+    /// to an address `serves` rejects; each closes once its streams in flight have ended.
+    pub fn sweep(&self, serves: impl Fn(&Authority) -> bool, idle: Duration) {
+        let now = Instant::now();
+        let mut released = Vec::new();
+        {
+            let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            let mut i = 0;
+            while i < connections.len() {
+                let c = &connections[i];
+                if c.sender.is_closed()
+                    || !serves(&c.key)
+                    || now.saturating_duration_since(c.used) >= idle
+                {
+                    released.push(connections.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        drop(released);
     }
 
     async fn connect(

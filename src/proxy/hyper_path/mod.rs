@@ -73,9 +73,12 @@ impl HyperPath {
     }
 
     /// Closes expired idle upstream connections, those the upstream has closed, and those to
-    /// an authority `serves` rejects (a target removed by a reload).
+    /// an authority `serves` rejects (a target removed by a reload); lets go of HTTP/2 upstream
+    /// connections unused for `upstream_keepalive_timeout` or to such an authority.
     pub fn sweep_pool(&self, serves: impl Fn(&http::uri::Authority) -> bool) {
-        self.pool.sweep(serves);
+        self.pool.sweep(&serves);
+        let idle = self.policy.store.load().server.upstream_keepalive_timeout;
+        self.h2_pool.sweep(&serves, idle);
     }
 
     /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection;
