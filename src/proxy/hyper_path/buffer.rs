@@ -1,5 +1,6 @@
-//! The response buffer on hyper's path (`response_buffer`): a task of its own reads the
-//! upstream's body up to that many bytes ahead of the client, so that an answer that fits has
+//! The response buffer on hyper's path (`response_buffer`): a body that came whole with its head
+//! is kept as read; otherwise a task of its own reads the upstream's body up to that many bytes
+//! ahead of the client, so that an answer that fits has
 //! given its upstream connection back to the pool (and its `max_upstream_connections` place)
 //! whatever the client does, and a larger one streams with at most that much held. hyper's
 //! server polls a response body only when the client's socket takes more, which is why the
@@ -22,9 +23,13 @@ use super::client::{RelayError, UpstreamBody};
 const FRAMES: usize = 64;
 
 /// A response body as the client receives it: the upstream's directly (no buffer, or nothing
-/// left to read), or through the read-ahead task.
+/// left to read), all of it already read (one frame that ended it), or through the read-ahead
+/// task.
 pub enum Relayed {
     Direct(UpstreamBody),
+    /// The whole body, read before the response head went to the client (its connection is
+    /// back in the pool already): the frame, then the end.
+    Read(Option<Frame<Bytes>>),
     Buffered(Buffered),
 }
 
@@ -41,17 +46,42 @@ pub struct Buffered {
 impl Relayed {
     /// `body` relayed through a read-ahead of `ahead` bytes (none when 0, or when the body has
     /// already ended), bounded by `response_timeout` from now.
-    pub fn new(body: UpstreamBody, ahead: usize, response_timeout: Option<Duration>) -> Relayed {
+    ///
+    /// The body is polled once first: the common small answer arrived with its head and ends
+    /// with its first frame, and then it is kept here as read, with no task, channel or budget
+    /// for it.
+    pub async fn new(
+        mut body: UpstreamBody,
+        ahead: usize,
+        response_timeout: Option<Duration>,
+    ) -> Relayed {
         if ahead == 0 || body.is_end_stream() {
             return Relayed::Direct(body.within(response_timeout));
         }
+        // The whole body's, before its first frame is taken.
+        let hint = body.size_hint();
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        let first = match first {
+            Some(Some(Ok(frame))) if body.is_end_stream() && frame.is_data() => {
+                return Relayed::Read(Some(frame));
+            }
+            Some(None) => return Relayed::Read(None),
+            // An error, or trailers: the body goes on as it is, the frame first.
+            Some(frame) => frame,
+            None => None,
+        };
         let permits = u32::try_from(ahead)
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
         let budget = Arc::new(Semaphore::new(permits as usize));
         let (tx, rx) = mpsc::channel(FRAMES);
-        let hint = body.size_hint();
-        tokio::spawn(read_ahead(body, tx, Arc::clone(&budget), permits));
+        tokio::spawn(read_ahead(body, first, tx, Arc::clone(&budget), permits));
         Relayed::Buffered(Buffered {
             frames: rx,
             budget,
@@ -66,14 +96,18 @@ impl Relayed {
 /// dropped) ends it: the upstream body is dropped, which closes its connection mid-response.
 async fn read_ahead(
     mut body: UpstreamBody,
+    mut first: Option<Result<Frame<Bytes>, RelayError>>,
     tx: mpsc::Sender<(Result<Frame<Bytes>, RelayError>, u32)>,
     budget: Arc<Semaphore>,
     most: u32,
 ) {
     loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = tx.closed() => return,
+        let frame = match first.take() {
+            Some(frame) => Some(frame),
+            None => tokio::select! {
+                frame = body.frame() => frame,
+                () = tx.closed() => return,
+            },
         };
         let Some(frame) = frame else { return };
         let failed = frame.is_err();
@@ -112,6 +146,7 @@ impl Body for Relayed {
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         match self.get_mut() {
             Relayed::Direct(body) => Pin::new(body).poll_frame(cx),
+            Relayed::Read(frame) => Poll::Ready(frame.take().map(Ok)),
             Relayed::Buffered(b) => b.poll_frame(cx),
         }
     }
@@ -119,6 +154,7 @@ impl Body for Relayed {
     fn is_end_stream(&self) -> bool {
         match self {
             Relayed::Direct(body) => body.is_end_stream(),
+            Relayed::Read(frame) => frame.is_none(),
             Relayed::Buffered(b) => b.ended,
         }
     }
@@ -126,6 +162,12 @@ impl Body for Relayed {
     fn size_hint(&self) -> SizeHint {
         match self {
             Relayed::Direct(body) => body.size_hint(),
+            Relayed::Read(frame) => SizeHint::with_exact(
+                frame
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |data| data.len() as u64),
+            ),
             Relayed::Buffered(b) => b.hint,
         }
     }

@@ -120,9 +120,20 @@ impl HyperPath {
             },
             Err(refused) => refusal_response(refused, record.presented),
         };
-        response
-            .headers_mut()
-            .insert(&X_REQUEST_ID, record.request_id.clone());
+        let mut request_id = record.request_id.clone();
+        if record.protocol == "h2" {
+            // HPACK: a value that differs in every response is sent "never indexed". Indexed, it
+            // would only churn the encoder's table: each one inserted, evicting another, after a
+            // walk through every earlier value under the same name (h2 compares them all).
+            request_id.set_sensitive(true);
+            if let Some(state) = response
+                .headers_mut()
+                .get_mut(&crate::limits::fields::RATELIMIT)
+            {
+                state.set_sensitive(true);
+            }
+        }
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
         record.status = response.status().as_u16();
         let finish = Finish {
             policy: Arc::clone(&self.policy),
@@ -248,12 +259,21 @@ impl HyperPath {
                 .take()
                 .unwrap_or_else(|| Counted::new(Either::Right(Empty::new()), Arc::clone(bytes_in)));
             let path = forward.path_for(&target.base_path);
+            // Whether a failure of this attempt could be followed by another (to the next
+            // target); when it cannot, the request's head is given away instead of copied.
+            let may_try_again = forward.may_retry(&parts.method, attempts)
+                && (attempts as usize) < cluster.config().targets.len();
             let result = match target.protocol {
                 UpstreamProtocol::Http1 => {
                     // Origin form: the upstream is talked to directly, never as a proxy.
                     parts.uri = Uri::from(path);
                     parts.version = http::Version::HTTP_11;
-                    let upstream_request = Request::from_parts(parts.clone(), request_body);
+                    let head = if may_try_again {
+                        parts.clone()
+                    } else {
+                        std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                    };
+                    let upstream_request = Request::from_parts(head, request_body);
                     let sending = self.pool.send(
                         &target.authority,
                         target.tls.as_ref(),
@@ -300,11 +320,14 @@ impl HyperPath {
                             parts.version = http::Version::HTTP_11;
                             return Response::from_parts(
                                 parts,
-                                Either::Left(buffer::Relayed::new(
-                                    upstream_body.holding(attempt, place),
-                                    limits.response_buffer,
-                                    limits.response_timeout,
-                                )),
+                                Either::Left(
+                                    buffer::Relayed::new(
+                                        upstream_body.holding(attempt, place),
+                                        limits.response_buffer,
+                                        limits.response_timeout,
+                                    )
+                                    .await,
+                                ),
                             );
                         }
                         // Dropping the body closes its connection: it is never reused.
@@ -321,8 +344,7 @@ impl HyperPath {
             let resendable = unsent.is_some() || bodiless;
             let again = resendable
                 && failure.retryable()
-                && forward.may_retry(&parts.method, attempts)
-                && (attempts as usize) < cluster.config().targets.len()
+                && may_try_again
                 && tokio::time::Instant::now() < deadline;
             if !again {
                 let refusal = self.policy.upstream_failed(
@@ -410,7 +432,12 @@ pub async fn serve_h2<S>(
     let service = service_fn(move |request| {
         let path = Arc::clone(&path);
         let peer_text = peer_text.clone();
-        async move { Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await) }
+        // Boxed: hyper moves each stream's future several times on its way into the task it
+        // spawns for it (and tokio again as the task ends), and unboxed that is a copy of the
+        // whole request state, kilobytes, every time.
+        Box::pin(async move {
+            Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await)
+        })
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
