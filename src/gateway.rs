@@ -1,5 +1,5 @@
 //! A running gateway: binds the public and admin listeners, starts the reload pipeline, the
-//! proxy and the admin listener, and shuts them down in order.
+//! proxy's workers and the admin listener, and shuts them down in order.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::ConfigErrors;
@@ -27,6 +26,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Worker(proxy::WorkerError),
     #[error("cannot watch the configuration file: {0}")]
     Watch(#[from] notify::Error),
     #[error("cannot open access_log {target:?}: {source}")]
@@ -46,6 +47,23 @@ pub struct Options {
     /// Write the request log to `[server] access_log`, as `apiward run` does. Off by default, so
     /// that gateways embedded in tests and benchmarks write no lines to their stdout unasked.
     pub request_log: bool,
+    /// Where the public listener's connections are served.
+    pub runtimes: Runtimes,
+}
+
+/// Where the public listener's connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Runtimes {
+    /// On the runtime that calls `start`, whatever its kind (embedding and tests; `apiward run`
+    /// with one worker, or with `worker_runtime = "shared"`, for which it builds that runtime
+    /// with `workers` threads).
+    #[default]
+    Caller,
+    /// As `[server] workers` and `worker_runtime` say: with more than one worker and
+    /// `"per_worker"`, one thread per worker, each a current-thread runtime with its own
+    /// listening socket and upstream pools; the caller's runtime keeps the background work
+    /// (reloads, health checks, the admin listener, signals). Otherwise as `Caller`.
+    FromConfig,
 }
 
 impl Default for Options {
@@ -54,6 +72,7 @@ impl Default for Options {
             watch_config: true,
             reload_on_sighup: true,
             request_log: false,
+            runtimes: Runtimes::Caller,
         }
     }
 }
@@ -66,7 +85,7 @@ pub struct Gateway {
     admin: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
-    serving: JoinHandle<()>,
+    serving: proxy::Serving,
     reload_triggers: mpsc::UnboundedSender<ReloadTrigger>,
     _watcher: Option<Arc<reload::ConfigWatch>>,
 }
@@ -91,27 +110,29 @@ impl Gateway {
         let config_path = store.path().to_path_buf();
         let config_path = config_path.as_path();
         let settings = store.load().server.clone();
-        let listener = match listener {
-            Some(l) => {
-                l.set_nonblocking(true).map_err(|source| StartError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-                TcpListener::from_std(l)
+        let layout = match options.runtimes {
+            Runtimes::FromConfig
+                if settings.workers > 1
+                    && settings.worker_runtime == crate::snapshot::WorkerRuntime::PerWorker =>
+            {
+                proxy::Layout::Threads
             }
-            None => bind(settings.listen),
-        }
-        .map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+            Runtimes::FromConfig | Runtimes::Caller => proxy::Layout::Caller,
+        };
+        let sockets = match layout {
+            proxy::Layout::Threads => settings.workers,
+            proxy::Layout::Caller => 1,
+        };
+        let listeners =
+            proxy::Listeners::bind(settings.listen, listener, sockets).map_err(worker_error)?;
+        let local_addr = listeners.local_addr();
 
         let admin_listener = match settings.admin_listen {
-            Some(addr) => Some(bind(addr).map_err(|source| StartError::Bind { addr, source })?),
+            Some(addr) => Some(
+                proxy::bind(addr, false)
+                    .and_then(TcpListener::from_std)
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
             None => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -168,13 +189,14 @@ impl Gateway {
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (proxy, serving) = proxy::spawn(
+        let shared = proxy::Shared::new(
             Arc::clone(&store),
             Arc::clone(&telemetry),
             Arc::clone(&limiter),
-            listener,
-            shutdown_rx,
         );
+        let (proxy, serving) =
+            proxy::start(&shared, listeners, layout, &shutdown_rx).map_err(worker_error)?;
+        drop(shutdown_rx);
         // The admin listener outlives the public one during shutdown, so /readyz can say 503
         // while requests drain.
         let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
@@ -196,6 +218,12 @@ impl Gateway {
         }
         tracing::info!(
             listen = %local_addr,
+            workers = %match layout {
+                proxy::Layout::Threads => {
+                    format!("{sockets} threads, a runtime and a listening socket each")
+                }
+                proxy::Layout::Caller => "one runtime".to_string(),
+            },
             admin = %admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             config = %config_path.display(),
             users = store.load().users.len(),
@@ -242,7 +270,7 @@ impl Gateway {
     pub async fn shutdown(self) {
         self.admin.ready.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        let _ = self.serving.await;
+        self.serving.finished().await;
         // Every request has ended: its line is buffered; write them all out.
         let telemetry = Arc::clone(&self.admin.telemetry);
         let limit = self
@@ -256,21 +284,11 @@ impl Gateway {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    if addr.is_ipv6() {
-        // "[::]:8080" serves IPv4 clients too (as ::ffff:a.b.c.d), whatever the host's default.
-        socket.set_only_v6(false)?;
+fn worker_error(e: proxy::WorkerError) -> StartError {
+    match e {
+        proxy::WorkerError::Bind { addr, source } => StartError::Bind { addr, source },
+        e @ proxy::WorkerError::Start { .. } => StartError::Worker(e),
     }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
 }
 
 #[cfg(unix)]

@@ -18,7 +18,7 @@ pub mod suggest;
 pub mod tls;
 pub mod upstream;
 
-pub use gateway::{Gateway, Options, StartError};
+pub use gateway::{Gateway, Options, Runtimes, StartError};
 /// For the fuzz targets and property tests only: not a stable interface.
 #[doc(hidden)]
 pub use proxy::fuzzing;

@@ -15,7 +15,8 @@ use apiward::config;
 use apiward::config::reload::ConfigStore;
 use apiward::observe::Telemetry;
 use apiward::observe::logging::{self, DiagnosticsFormat};
-use apiward::{Gateway, Options, StartError};
+use apiward::snapshot::WorkerRuntime;
+use apiward::{Gateway, Options, Runtimes, StartError};
 
 #[derive(Parser)]
 #[command(
@@ -298,8 +299,11 @@ fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
     config::reload::warn_of_expiry(&store);
     // One worker runs on a current-thread runtime: the multi-thread scheduler's parking and
     // waking costs about 3 µs of kernel time per request even with a single worker
-    // (docs/benchmarks.md). Compiling a reloaded file still runs on the blocking pool.
-    let runtime = if server.workers == 1 {
+    // (docs/benchmarks.md). More workers are, by default, threads of their own, each with a
+    // current-thread runtime and a listening socket (the gateway starts them); this thread's
+    // runtime then keeps the background work. `worker_runtime = "shared"` runs them all on one
+    // multi-thread runtime instead. Compiling a reloaded file runs on the blocking pool.
+    let runtime = if server.workers == 1 || server.worker_runtime == WorkerRuntime::PerWorker {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -322,6 +326,7 @@ fn run(config: &ConfigPath, log_format: LogFormat) -> ExitCode {
         let usr1 = usr1_signal();
         let options = Options {
             request_log: true,
+            runtimes: Runtimes::FromConfig,
             ..Options::default()
         };
         let gateway = match Gateway::start_with_store(store, None, options).await {

@@ -101,6 +101,8 @@ pub struct ServerSettings {
     /// Other request headers that carry a credential (`credential_headers`): never forwarded.
     pub credential_headers: Arc<[HeaderName]>,
     pub workers: usize,
+    /// How `workers > 1` are run (`worker_runtime`).
+    pub worker_runtime: WorkerRuntime,
     pub organisation: Option<String>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
@@ -133,6 +135,28 @@ pub struct ConfigGuard {
     pub allow_empty: bool,
     /// The largest share of the users a reload may remove (0 to 1); `None`: any.
     pub max_user_drop: Option<f64>,
+}
+
+/// `[server] worker_runtime`: how `workers > 1` serve the public listener. With one worker both
+/// are one current-thread runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerRuntime {
+    /// One thread per worker, each a current-thread runtime with its own listening socket
+    /// (`SO_REUSEPORT`: the kernel spreads the connections) and its own upstream pools, as nginx's
+    /// worker processes are.
+    #[default]
+    PerWorker,
+    /// One multi-thread runtime of `workers` threads that steal work from each other.
+    Shared,
+}
+
+impl WorkerRuntime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerRuntime::PerWorker => "per_worker",
+            WorkerRuntime::Shared => "shared",
+        }
+    }
 }
 
 /// `[server] underscore_headers`: CGI, WSGI, PHP and Rack backends read `X_Apiward_User` as

@@ -15,7 +15,7 @@ use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::snapshot::{
     AccessLogTarget, AdminAccount, ApiKey, ApiUser, ConsoleSettings, DigestMap, Group, KeyDigest,
     KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, Snapshot, UnderscoreHeaders, Upstream,
-    UserStatus, UserTable,
+    UserStatus, UserTable, WorkerRuntime,
 };
 use checks::{
     check_key_header, check_route_prefix, did_you_mean, group_header, names, parse_digest,
@@ -262,6 +262,20 @@ impl Compiler<'_> {
                 }
             },
         };
+        let worker_runtime = match raw.worker_runtime.as_ref() {
+            None => WorkerRuntime::PerWorker,
+            Some(v) => match v.get_ref().as_str() {
+                "per_worker" => WorkerRuntime::PerWorker,
+                "shared" => WorkerRuntime::Shared,
+                other => {
+                    self.error(
+                        v.span(),
+                        format!("worker_runtime = {other:?}: use \"per_worker\" (the default: one single-threaded runtime per worker, each with its own listening socket) or \"shared\" (one multi-threaded runtime for all workers)"),
+                    );
+                    WorkerRuntime::PerWorker
+                }
+            },
+        };
         let max_header_bytes = match &raw.max_header_bytes {
             None => 32 * 1024,
             Some(m) => match usize::try_from(*m.get_ref()) {
@@ -333,6 +347,7 @@ impl Compiler<'_> {
             key_header,
             credential_headers,
             workers,
+            worker_runtime,
             organisation: raw.organisation.as_ref().map(|o| o.get_ref().clone()),
             connect_timeout: self.duration(raw.connect_timeout.as_ref(), "2s", true),
             upstream_timeout: self.duration(raw.upstream_timeout.as_ref(), "30s", true),

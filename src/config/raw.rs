@@ -61,6 +61,7 @@ pub struct RawServer {
     pub key_header: Option<Spanned<String>>,
     pub credential_headers: Option<Vec<Spanned<String>>>,
     pub workers: Option<Spanned<i64>>,
+    pub worker_runtime: Option<Spanned<String>>,
     pub organisation: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,

@@ -257,6 +257,9 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<&'static str> {
     if a.workers != b.workers {
         fields.push("workers");
     }
+    if a.worker_runtime != b.worker_runtime {
+        fields.push("worker_runtime");
+    }
     if a.access_log != b.access_log {
         fields.push("access_log");
     }

@@ -10,7 +10,6 @@ use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use super::conn_limit::{Admitted, ConnectionLimits};
 use super::h1::{self, Engine};
@@ -22,82 +21,115 @@ use crate::config::reload::ConfigStore;
 use crate::observe::Telemetry;
 use crate::tls::ClientSession;
 
-/// What `/status` reports of the proxy.
-pub trait ProxyStats: Send + Sync {
-    /// Idle upstream connections held in both pools.
-    fn idle_upstream_connections(&self) -> usize;
-    /// Requests the fast path answered (the rest went through hyper).
-    fn fast_path_requests(&self) -> u64;
-    /// Client connections the fast path gave to hyper for a request it does not serve.
-    fn connections_handed_over(&self) -> u64;
-    /// Every upstream target with its health, ejection and requests in flight.
-    fn upstream_targets(&self) -> Vec<crate::upstream::TargetStatus>;
+/// What every worker shares: the policy (configuration, limit and upstream state, telemetry)
+/// and the client connection limits, which count the connections of all workers together.
+pub(crate) struct Shared {
+    policy: Arc<Policy>,
+    connections: Arc<ConnectionLimits>,
 }
 
-/// Shared by every connection: the policy and the two transports behind it.
-struct Proxy {
+impl Shared {
+    /// Made once, on the runtime that keeps the gateway's background work: the upstreams' upkeep
+    /// (a reload's new targets and their health checks, ended ejections) runs there every
+    /// second, however many workers serve.
+    pub(crate) fn new(
+        store: Arc<ConfigStore>,
+        telemetry: Arc<Telemetry>,
+        limits: Arc<crate::limits::Limiter>,
+    ) -> Arc<Shared> {
+        let fd_limit = super::conn_limit::raise_fd_limit();
+        let default_max = super::conn_limit::default_max_connections(fd_limit);
+        let configured = store.load().server.limits.max_connections;
+        tracing::info!(
+            open_files_limit = fd_limit,
+            max_connections = configured.unwrap_or(default_max),
+            "client connections above max_connections are closed at once"
+        );
+        let policy = Arc::new(Policy::new(store, telemetry, limits));
+        tokio::spawn(upstream_upkeep(Arc::downgrade(&policy)));
+        Arc::new(Shared {
+            policy,
+            connections: ConnectionLimits::new(default_max),
+        })
+    }
+
+    pub(crate) fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+}
+
+/// One worker's proxy: the policy and the two transports behind it, with their upstream
+/// pools. Each worker has its own, so a worker's upstream connections are registered with its
+/// own runtime and never cross to another thread (nginx's workers keep theirs the same way).
+pub(crate) struct Proxy {
     policy: Arc<Policy>,
     engine: Engine,
     hyper: Arc<HyperPath>,
     /// Connections the engine handed to hyper (`/status`).
     handovers: AtomicU64,
-    /// `max_connections` and `max_connections_per_source`.
+    /// Client connections this worker accepted (`/status` `worker_connections`).
+    accepted: AtomicU64,
+    /// `max_connections` and `max_connections_per_source`, shared by every worker.
     connections: Arc<ConnectionLimits>,
 }
 
-impl ProxyStats for Proxy {
-    fn idle_upstream_connections(&self) -> usize {
+impl Proxy {
+    pub(crate) fn new(shared: &Shared) -> Arc<Proxy> {
+        let policy = Arc::clone(&shared.policy);
+        Arc::new(Proxy {
+            connections: Arc::clone(&shared.connections),
+            engine: Engine::new(Arc::clone(&policy)),
+            hyper: Arc::new(HyperPath::new(Arc::clone(&policy))),
+            policy,
+            handovers: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn idle_upstream_connections(&self) -> usize {
         self.engine.idle_upstream_connections() + self.hyper.idle_upstream_connections()
     }
 
-    fn fast_path_requests(&self) -> u64 {
+    pub(crate) fn fast_path_requests(&self) -> u64 {
         self.engine.requests_served()
     }
 
-    fn connections_handed_over(&self) -> u64 {
+    pub(crate) fn connections_handed_over(&self) -> u64 {
         self.handovers.load(Ordering::Relaxed)
     }
 
-    fn upstream_targets(&self) -> Vec<crate::upstream::TargetStatus> {
-        self.policy.upstreams.status()
+    pub(crate) fn connections_accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
-/// Starts serving the public `listener`: the accept loop, and the upkeep of the upstream
-/// pools. What it returns reports the proxy's counts (for `/status`) and ends when the
-/// listener has shut down (on `shutdown`) and its connections have finished.
-pub(crate) fn spawn(
-    store: Arc<ConfigStore>,
-    telemetry: Arc<Telemetry>,
-    limits: Arc<crate::limits::Limiter>,
+/// Serves the public `listener` with `proxy` on the current runtime until `shutdown`, then lets
+/// its connections finish (up to `shutdown_timeout`); the upkeep of the worker's upstream pools
+/// runs beside it.
+pub(crate) async fn serve(
+    proxy: Arc<Proxy>,
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
-) -> (Arc<dyn ProxyStats>, JoinHandle<()>) {
-    let fd_limit = super::conn_limit::raise_fd_limit();
-    let default_max = super::conn_limit::default_max_connections(fd_limit);
-    let configured = store.load().server.limits.max_connections;
-    tracing::info!(
-        open_files_limit = fd_limit,
-        max_connections = configured.unwrap_or(default_max),
-        "client connections above max_connections are closed at once"
-    );
-    let policy = Arc::new(Policy::new(store, telemetry, limits));
-    let proxy = Arc::new(Proxy {
-        connections: ConnectionLimits::new(default_max),
-        engine: Engine::new(Arc::clone(&policy)),
-        hyper: Arc::new(HyperPath::new(Arc::clone(&policy))),
-        policy,
-        handovers: AtomicU64::new(0),
-    });
+) {
     tokio::spawn(pool_upkeep(Arc::downgrade(&proxy)));
-    let stats = Arc::clone(&proxy) as Arc<dyn ProxyStats>;
-    (stats, tokio::spawn(accept_loop(proxy, listener, shutdown)))
+    accept_loop(proxy, listener, shutdown).await;
 }
 
-/// Every second, while the proxy lives: closes expired and closed idle upstream connections
-/// (and those to a target a reload removed, once its requests have given them back), and
-/// brings the targets' state in line with the configuration (a reload's new targets get their
-/// health checks, ended ejections are logged).
+/// Every second, while the policy lives: brings the targets' state in line with the
+/// configuration (a reload's new targets get their health checks, ended ejections are logged).
+async fn upstream_upkeep(policy: std::sync::Weak<Policy>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match policy.upgrade() {
+            Some(policy) => policy.upstreams.refresh_current(),
+            None => return,
+        }
+    }
+}
+
+/// Every second, while the worker's proxy lives: closes expired and closed idle upstream
+/// connections, and those to a target a reload removed, once its requests have given them back.
 async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -105,7 +137,6 @@ async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
         match proxy.upgrade() {
             Some(proxy) => {
                 let upstreams = &proxy.policy.upstreams;
-                upstreams.refresh_current();
                 proxy.hyper.sweep_pool(|a| upstreams.serves(a));
                 proxy.engine.sweep_pool(|a| upstreams.serves(a));
             }
@@ -142,6 +173,7 @@ async fn accept_loop(
                     };
                     match admitted {
                         Ok(place) => {
+                            proxy.accepted.fetch_add(1, Ordering::Relaxed);
                             let _ = stream.set_nodelay(true);
                             serve_connection(&proxy, stream, peer, shutdown.clone(), open.clone(), place);
                         }

@@ -22,7 +22,9 @@ use crate::tls::{UpstreamProtocol, UpstreamStream, UpstreamTls};
 
 /// Starts (or restarts, when its settings changed) the health check of `state`, or stops it
 /// when `check` is `None`. A reload that changes only the TLS settings (`ca`, `server_name`)
-/// hands them to the running check, which uses them from its next probe on.
+/// hands them to the running check, which uses them from its next probe on. It runs on
+/// `runtime` (the gateway's, whichever worker's request found the reload first), else on the
+/// current one.
 pub(super) fn ensure(
     state: &Arc<TargetState>,
     check: Option<&HealthCheck>,
@@ -30,6 +32,7 @@ pub(super) fn ensure(
     host: HeaderValue,
     tls: Option<&Arc<UpstreamTls>>,
     protocol: UpstreamProtocol,
+    runtime: Option<&tokio::runtime::Handle>,
 ) {
     let Some(check) = check else {
         state.stop_checker();
@@ -51,14 +54,18 @@ pub(super) fn ensure(
         r.task.abort();
     }
     let shared_tls = Arc::new(ArcSwapOption::new(tls.cloned()));
-    let task = tokio::spawn(run(
+    let checking = run(
         Arc::downgrade(state),
         check.clone(),
         authority.clone(),
         host.clone(),
         Arc::clone(&shared_tls),
         protocol,
-    ));
+    );
+    let task = match runtime {
+        Some(runtime) => runtime.spawn(checking),
+        None => tokio::spawn(checking),
+    };
     *running = Some(Checker {
         config: check.clone(),
         host,

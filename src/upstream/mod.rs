@@ -47,6 +47,9 @@ pub struct Upstreams {
     /// The authorities of the current snapshot's targets: the pools close idle connections to
     /// any other (`serves`).
     authorities: ArcSwap<std::collections::HashSet<Box<str>>>,
+    /// The runtime these were made on (the gateway's background work): health checks run there,
+    /// once, whichever worker's request starts one; `None` outside a runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Upstreams {
@@ -57,6 +60,7 @@ impl Upstreams {
             registry: Mutex::new(Registry::default()),
             resolved: ArcSwap::from_pointee(Vec::new()),
             authorities: ArcSwap::from_pointee(std::collections::HashSet::new()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         upstreams.refresh(&upstreams.store.load());
         upstreams
@@ -152,6 +156,7 @@ impl Upstreams {
                                 host,
                                 target.tls.as_ref(),
                                 target.protocol,
+                                self.runtime.as_ref(),
                             );
                             kept.insert(Arc::clone(&target.id), Arc::clone(&state));
                         }

@@ -299,6 +299,28 @@ impl TestGateway {
         }
     }
 
+    /// Starts as `apiward run` does: the workers `[server] workers` and `worker_runtime` ask
+    /// for (threads of their own with `per_worker`), listening where `listen` says (port 0:
+    /// one ephemeral port that every worker shares).
+    pub async fn start_with_workers(toml: &str) -> TestGateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("apiward.toml");
+        std::fs::write(&config_path, for_transport(toml)).expect("write config");
+        let options = Options {
+            runtimes: apiward::Runtimes::FromConfig,
+            ..Options::default()
+        };
+        let gateway = Gateway::start(&config_path, None, options)
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        TestGateway {
+            addr: gateway.local_addr(),
+            gateway: Some(gateway),
+            dir,
+            config_path,
+        }
+    }
+
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
     }

@@ -193,6 +193,11 @@ fn server_settings_are_validated() {
         ("key_header", "\"Authorization\"", "reserved"),
         ("key_header", "\"bad header\"", "not a valid HTTP header"),
         ("workers", "0", "workers"),
+        (
+            "worker_runtime",
+            "\"threads\"",
+            "worker_runtime = \"threads\"",
+        ),
         ("trusted_proxies", "[\"10.0.0.1/8\"]", "10.0.0.0/8"),
         ("max_header_bytes", "10", "max_header_bytes"),
         ("upstream_keepalive_timeout", "\"0s\"", "greater than zero"),

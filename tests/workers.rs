@@ -1,0 +1,297 @@
+//! `[server] workers` and `worker_runtime`: with `"per_worker"` (the default), each worker is a
+//! thread with a single-threaded runtime and a listening socket of its own on the one port
+//! (`SO_REUSEPORT`); with `"shared"`, one multi-threaded runtime serves them all. Either way
+//! every connection is answered, a reload reaches every connection, and shutdown drains them.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use common::process::GatewayProcess;
+use common::*;
+
+/// `toml` with two workers of `runtime` and an admin listener.
+fn two_workers(toml: &str, runtime: &str) -> String {
+    with_server_setting(
+        &with_server_setting(&with_admin(toml), "workers = 2"),
+        &format!("worker_runtime = \"{runtime}\""),
+    )
+}
+
+/// `n` keep-alive connections to `gw`, each answered once with `k`'s key: the answers' heads.
+async fn connections(addr: std::net::SocketAddr, k: &TestKey, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    for conn in &mut conns {
+        conn.write_all(get_with_key("/supporters/1", k).as_bytes())
+            .await
+            .expect("write");
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let answer = read_response(conn).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i} was answered {answer:?}"
+        );
+    }
+    conns
+}
+
+/// `/status` `worker_connections` of the gateway.
+async fn worker_connections(gw: &TestGateway) -> Vec<u64> {
+    let admin = gw.gateway().admin_addr().expect("admin listener");
+    status(admin).await["worker_connections"]
+        .as_array()
+        .expect("worker_connections in /status")
+        .iter()
+        .map(|n| n.as_u64().expect("a count"))
+        .collect()
+}
+
+both_transports! {
+    async fn per_worker_runtimes_share_one_port_and_each_takes_connections() {
+        let upstream = echo_upstream().await;
+        let k = TestKey::new("workers");
+        let gw = TestGateway::start_with_workers(&two_workers(
+            &one_user_config(&upstream.url(), "w@example.org", &k),
+            "per_worker",
+        ))
+        .await;
+        assert_ne!(gw.addr.port(), 0, "the workers listen on one ephemeral port");
+        // The kernel spreads new connections over the two sockets by their addresses and
+        // ports: with 64 of them, one socket getting none has a chance of 2⁻⁶³.
+        let conns = connections(gw.addr, &k, 64).await;
+        let per_worker = worker_connections(&gw).await;
+        assert_eq!(per_worker.len(), 2, "two workers: {per_worker:?}");
+        assert!(
+            per_worker.iter().all(|&n| n > 0),
+            "every worker took connections: {per_worker:?}"
+        );
+        assert_eq!(per_worker.iter().sum::<u64>(), 64, "{per_worker:?}");
+        drop(conns);
+        gw.shutdown().await;
+    }
+
+    async fn a_reload_reaches_the_connections_of_every_worker() {
+        let upstream = echo_upstream().await;
+        let (kept, revoked) = (TestKey::new("kept"), TestKey::new("revoked"));
+        let users = |keys: &[&TestKey]| {
+            config(
+                &upstream.url(),
+                &user("r@example.org", "active", "manage-supporters", "127.0.0.1", keys),
+            )
+        };
+        let gw = TestGateway::start_with_workers(&two_workers(&users(&[&kept, &revoked]), "per_worker"))
+            .await;
+        // 16 connections: both workers get some (all on one: a chance of 2⁻¹⁵), and 16 refusals
+        // stay under the failed-credential limiter's burst for one address.
+        let mut conns = connections(gw.addr, &revoked, 16).await;
+        let per_worker = worker_connections(&gw).await;
+        assert!(per_worker.iter().all(|&n| n > 0), "{per_worker:?}");
+
+        let generation = gw.gateway().store().generation();
+        gw.replace_config(&two_workers(&users(&[&kept]), "per_worker"));
+        assert!(
+            eventually(|| async { gw.gateway().store().generation() > generation }).await,
+            "the reload was not applied"
+        );
+        // The same connections, opened before the reload, on both workers: the key is refused
+        // on every one of them, and the key kept still works on each.
+        for (i, conn) in conns.iter_mut().enumerate() {
+            conn.write_all(get_with_key("/supporters/1", &revoked).as_bytes())
+                .await
+                .expect("write");
+            let answer = read_response(conn).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 401"),
+                "connection {i}: the revoked key got {answer:?}"
+            );
+            conn.write_all(get_with_key("/supporters/1", &kept).as_bytes())
+                .await
+                .expect("write");
+            let answer = read_response(conn).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "connection {i}: the kept key got {answer:?}"
+            );
+        }
+        gw.shutdown().await;
+    }
+
+    async fn shutdown_drains_the_requests_in_flight_on_every_worker() {
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&arrived);
+        let upstream = upstream_with(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Response::new(Full::new(Bytes::from_static(b"finished")))
+            }
+        })
+        .await;
+        let k = TestKey::new("drain");
+        let gw = TestGateway::start_with_workers(&two_workers(
+            &one_user_config(&upstream.url(), "d@example.org", &k),
+            "per_worker",
+        ))
+        .await;
+        let addr = gw.addr;
+        let admin = gw.gateway().admin_addr().expect("admin listener");
+        const IN_FLIGHT: usize = 32;
+        let mut conns = Vec::new();
+        for _ in 0..IN_FLIGHT {
+            let mut conn = TcpStream::connect(addr).await.expect("connect");
+            conn.write_all(get_with_key("/supporters/1", &k).as_bytes())
+                .await
+                .expect("write");
+            conns.push(conn);
+        }
+        assert!(
+            eventually(|| async { arrived.load(Ordering::SeqCst) == IN_FLIGHT }).await,
+            "only {} of {IN_FLIGHT} requests reached the upstream",
+            arrived.load(Ordering::SeqCst)
+        );
+        let per_worker: Vec<u64> = status(admin).await["worker_connections"]
+            .as_array()
+            .expect("worker_connections")
+            .iter()
+            .filter_map(|n| n.as_u64())
+            .collect();
+        assert!(
+            per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
+            "both workers hold requests in flight: {per_worker:?}"
+        );
+        let readers = conns
+            .into_iter()
+            .map(|mut conn| tokio::spawn(async move { read_response(&mut conn).await }))
+            .collect::<Vec<_>>();
+        gw.shutdown().await;
+        for (i, reader) in readers.into_iter().enumerate() {
+            let answer = reader.await.expect("reader");
+            assert!(
+                answer.starts_with("HTTP/1.1 200") && answer.ends_with("finished"),
+                "request {i} in flight at shutdown got {answer:?}"
+            );
+        }
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "a worker still accepts after shutdown"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_listen_port_another_socket_holds_fails_the_start_with_every_worker() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("apiward.toml");
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("taken");
+    std::fs::write(
+        &path,
+        two_workers(
+            &one_user_config(&upstream.url(), "t@example.org", &k),
+            "per_worker",
+        )
+        .replace("127.0.0.1:0\"\nupstream", &format!("{addr}\"\nupstream")),
+    )
+    .expect("write config");
+    let options = apiward::Options {
+        runtimes: apiward::Runtimes::FromConfig,
+        ..apiward::Options::default()
+    };
+    match apiward::Gateway::start(&path, None, options).await {
+        Err(apiward::StartError::Bind { addr: at, source }) => {
+            assert_eq!(at, addr);
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+        }
+        Err(e) => panic!("expected the port in use, got {e}"),
+        Ok(_) => panic!("the gateway started on a port another socket listens on"),
+    }
+}
+
+/// The real binary, as `apiward run` runs it: requests answered, `/status` showing how many
+/// runtimes accept, a reload that changes `worker_runtime` saying it needs a restart (the
+/// workers running keep serving), and SIGTERM ending it with status 0 after the drain.
+async fn run_serves_and_stops(runtime: &str, runtimes: usize, other: &str) {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("run");
+    let toml = one_user_config(&upstream.url(), "p@example.org", &k);
+    let mut gw = GatewayProcess::start(&two_workers(&toml, runtime), &[]);
+    for _ in 0..16 {
+        let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let admin = gw.admin.expect("admin listener");
+    let per_worker = status(admin).await["worker_connections"].clone();
+    assert_eq!(
+        per_worker.as_array().map(Vec::len),
+        Some(runtimes),
+        "worker_runtime = {runtime:?}: {per_worker}"
+    );
+    let worker_threads = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
+        .expect("the gateway's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("apiward-w"))
+        .count();
+    let expected = if runtimes > 1 { runtimes } else { 0 };
+    assert_eq!(
+        worker_threads, expected,
+        "threads of their own for worker_runtime = {runtime:?}"
+    );
+    replace_file(&gw.config_path, &two_workers(&toml, other));
+    assert!(
+        gw.stderr_line(|l| l.contains("worker_runtime changed"))
+            .is_some(),
+        "no restart warning for worker_runtime:\n{}",
+        gw.stderr_text()
+    );
+    let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
+    assert_eq!(r.status, 200);
+    let after = status(admin).await["worker_connections"].clone();
+    assert_eq!(after.as_array().map(Vec::len), Some(runtimes), "{after}");
+    gw.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = gw.child.try_wait().expect("wait") {
+            assert_eq!(status.code(), Some(0), "{}", gw.stderr_text());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not stop on SIGTERM:\n{}",
+            gw.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        gw.stderr_lines()
+            .iter()
+            .any(|l| l.contains("all connections closed") || l.contains("shutting down")),
+        "{}",
+        gw.stderr_text()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn apiward_run_with_per_worker_runtimes_serves_and_stops_on_sigterm() {
+    run_serves_and_stops("per_worker", 2, "shared").await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn apiward_run_with_one_shared_runtime_serves_and_stops_on_sigterm() {
+    run_serves_and_stops("shared", 1, "per_worker").await;
+}
