@@ -24,7 +24,11 @@
 # file (apiward_base), so that two builds are compared against nginx in one run. APIWARD=PATH runs
 # that binary as `apiward` instead of target/release/apiward (nothing is built then).
 # WORKERS=2 runs every gateway with two: apiward `workers = 2`, nginx `worker_processes 2`,
-# HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned.
+# HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned. apiward
+# then runs twice: `apiward` with its default `worker_runtime = "per_worker"` (a thread, a
+# current-thread runtime and an SO_REUSEPORT socket per worker) and `apiward_shared` with
+# `worker_runtime = "shared"` (one multi-thread runtime of two threads), so that the two are
+# compared in the same alternating run.
 #
 # Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
 #        LOGGED=1 benches/e2e.sh       LIMITED=1 benches/e2e.sh       WORKERS=2 benches/e2e.sh
@@ -74,7 +78,9 @@ NGINX_LOG_PORT=$((BASE_PORT + 7))
 APIWARD_LIMITS_PORT=$((BASE_PORT + 8))
 APIWARD_BASE_PORT=$((BASE_PORT + 9))
 APIWARD_REDIS_PORT=$((BASE_PORT + 10))
+APIWARD_SHARED_PORT=$((BASE_PORT + 11))
 TARGETS=(direct apiward nginx haproxy ceiling)
+if ((WORKERS > 1)); then TARGETS+=(apiward_shared); fi
 if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
 if ((LIMITED)); then TARGETS+=(apiward_limits); fi
 if ((LIMITED)) && [[ -n $REDIS ]]; then TARGETS+=(apiward_redis); fi
@@ -297,7 +303,7 @@ main() {
     PATH=$PATH:/usr/sbin
     local port
     for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT" "$CEILING_PORT" \
-        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT"; do
+        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT" "$APIWARD_SHARED_PORT"; do
         port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
     done
 
@@ -315,6 +321,15 @@ main() {
     if ! grep -q "^access_log = \"$WORK/apiward-requests.log\"" "$WORK/apiward-log.toml" ||
         ! grep -q "^listen = \"127.0.0.1:$APIWARD_LOG_PORT\"" "$WORK/apiward-log.toml"; then
         log "gen_config's access_log or listen line changed: apiward-log.toml is not the logged copy"
+        exit 1
+    fi
+    # The same file, its workers on one multi-thread runtime instead of a runtime each.
+    sed -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_SHARED_PORT\"|" \
+        -e "s|^workers = $WORKERS\$|workers = $WORKERS\nworker_runtime = \"shared\"|" \
+        "$WORK/apiward.toml" >"$WORK/apiward-shared.toml"
+    if ((WORKERS > 1)) && { ! grep -q '^worker_runtime = "shared"' "$WORK/apiward-shared.toml" ||
+        ! grep -q "^listen = \"127.0.0.1:$APIWARD_SHARED_PORT\"" "$WORK/apiward-shared.toml"; }; then
+        log "gen_config's workers or listen line changed: apiward-shared.toml is not the shared-runtime copy"
         exit 1
     fi
     # The same file again, every user (all in [groups.bench]) under generous local limits.
@@ -461,6 +476,11 @@ EOF
         check_limited "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" "$(head -n 1 "$WORK/keys.txt")" \
             apiward_limits || exit 1
     fi
+    local apiward_shared_pid=""
+    if ((WORKERS > 1)); then
+        start_apiward "$WORK/apiward-shared.toml" "$APIWARD_SHARED_PORT" "$PROXY_CPUS"
+        apiward_shared_pid=$STARTED_PID
+    fi
     local apiward_base_pid=""
     if [[ -n $BASELINE ]]; then
         sed "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_BASE_PORT\"|" \
@@ -480,6 +500,7 @@ EOF
         [apiward_limits]="$apiward_limits_pid"
         [apiward_base]="$apiward_base_pid"
         [apiward_redis]="$apiward_redis_pid"
+        [apiward_shared]="$apiward_shared_pid"
     )
 
     local -A urls=(
@@ -493,6 +514,7 @@ EOF
         [apiward_limits]="http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH"
         [apiward_base]="http://127.0.0.1:$APIWARD_BASE_PORT$REQUEST_PATH"
         [apiward_redis]="http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH"
+        [apiward_shared]="http://127.0.0.1:$APIWARD_SHARED_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -591,6 +613,15 @@ report() {
             "$(awk -v a="$(stat_of apiward_redis 3)" -v b="$(stat_of apiward_limits 3)" 'BEGIN { print a / b }')" \
             "$(stat_of apiward_redis 5)" "$(stat_of apiward_limits 5)" \
             "$(awk -v a="$(cpu_of apiward_redis)" -v b="$(cpu_of apiward_limits)" 'BEGIN { print a / b }')"
+    fi
+    if ((WORKERS > 1)); then
+        printf 'apiward with %s workers on one shared multi-thread runtime (apiward_shared) against a runtime and socket per worker (apiward, the default): req/s **%.2f ×**, CPU per request %.2f ×, p99 %.3f ms vs %.3f ms; apiward_shared / nginx: req/s %.2f ×, CPU per request %.2f ×.\n' \
+            "$WORKERS" \
+            "$(awk -v a="$(stat_of apiward_shared 3)" -v b="$(stat_of apiward 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward_shared)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_shared 5)" "$(stat_of apiward 5)" \
+            "$(awk -v a="$(stat_of apiward_shared 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward_shared)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')"
     fi
     if [[ -n $BASELINE ]]; then
         printf 'The baseline build (%s): req/s vs nginx **%.2f ×** (this build: %.2f ×), CPU per request vs nginx %.2f × (this build: %.2f ×), p99 %.3f ms.\n' \

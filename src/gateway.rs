@@ -216,14 +216,22 @@ impl Gateway {
                 admin_shutdown_rx,
             ));
         }
+        // What serves, as it is: `per_worker` threads, or the caller's runtime, which is the
+        // `shared` kind when it has several threads.
+        let (workers, worker_runtime) = match layout {
+            proxy::Layout::Threads => (sockets, "per_worker"),
+            proxy::Layout::Caller => {
+                let runtime = tokio::runtime::Handle::current();
+                match runtime.runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::CurrentThread => (1, "current_thread"),
+                    _ => (runtime.metrics().num_workers(), "shared"),
+                }
+            }
+        };
         tracing::info!(
             listen = %local_addr,
-            workers = %match layout {
-                proxy::Layout::Threads => {
-                    format!("{sockets} threads, a runtime and a listening socket each")
-                }
-                proxy::Layout::Caller => "one runtime".to_string(),
-            },
+            workers,
+            worker_runtime = %worker_runtime,
             admin = %admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             config = %config_path.display(),
             users = store.load().users.len(),

@@ -233,6 +233,13 @@ async fn run_serves_and_stops(runtime: &str, runtimes: usize, other: &str) {
         let r = get(&gw.url("/supporters/1"), &[("x-api-key", k.key.as_str())]).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
+    let serving = gw
+        .stderr_line(|l| l.contains("apiward is serving"))
+        .expect("the start-up line");
+    assert!(
+        serving.contains(&format!("workers=2 worker_runtime={runtime}")),
+        "{serving}"
+    );
     let admin = gw.admin.expect("admin listener");
     let per_worker = status(admin).await["worker_connections"].clone();
     assert_eq!(
