@@ -25,7 +25,7 @@ pub use upstreams::{
 };
 pub use users::{
     ApiKey, ApiUser, DigestHasher, DigestMap, KeyDigest, KeyPrefix, LimitOrigin, Quota, RateLimit,
-    UserIndex, UserLimits, UserStatus, rfc3339,
+    SharedLimits, UserIndex, UserLimits, UserStatus, rfc3339,
 };
 
 /// `[rate_limits]`: where limit state is kept and what happens when it cannot be reached.

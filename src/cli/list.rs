@@ -68,7 +68,7 @@ struct Limits<'s>(Option<&'s crate::snapshot::Snapshot>);
 impl Limits<'_> {
     /// `None` when the file does not compile (nothing certain can be said).
     fn of(&self, id: &str) -> Option<crate::snapshot::UserLimits> {
-        self.0.and_then(|s| s.user_by_id(id)).map(|u| u.limits)
+        self.0.and_then(|s| s.user_by_id(id)).map(|u| *u.limits)
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) struct Head {
     pub tls_files: Vec<std::path::PathBuf>,
     group_index: HashMap<String, u32>,
     /// Each group's limits, by group index: what its users get unless they set their own.
-    group_limits: Vec<crate::snapshot::UserLimits>,
+    group_limits: Vec<crate::snapshot::SharedLimits>,
     /// The defined group names, for the hints of an error that names another.
     group_names: Vec<String>,
 }
@@ -193,7 +193,7 @@ impl Compiler<'_> {
         let mut group_limits = Vec::with_capacity(raw.groups.len());
         let mut group_index = HashMap::new();
         for (name, group) in &raw.groups {
-            group_limits.push(self.group_limits(group));
+            group_limits.push(self.group_limits(group).into());
             let permissions = self.permissions(&group.allow);
             let shadow = self.shadow_allow(group);
             group_index.insert(name.get_ref().clone(), groups.len() as u32);
@@ -494,7 +494,7 @@ impl Compiler<'_> {
                     .password_hash
                     .as_ref()
                     .map(|h| h.get_ref().as_str().into()),
-                limits: limits::user_limits(head.group_limits[group as usize], own_rate),
+                limits: limits::user_limits(&head.group_limits[group as usize], own_rate),
             })
         };
         let user = if self.errors.is_empty() {

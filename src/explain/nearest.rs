@@ -12,13 +12,10 @@ const NEAREST_ENTRIES: usize = 3;
 /// leading bits they share with it. An entry that shares none (its first bit differs, or it is of
 /// the other address family) is near nothing and is left out.
 pub fn nearest_entries(whitelist: &SourceWhitelist, client: IpAddr) -> Vec<(AddressBlock, u32)> {
-    let SourceWhitelist::Blocks(blocks) = whitelist else {
-        return Vec::new();
-    };
     let client = canonical(client);
-    let mut ranked: Vec<(AddressBlock, u32)> = blocks
-        .iter()
-        .filter_map(|block| Some((*block, shared_leading_bits(*block, client)?)))
+    let mut ranked: Vec<(AddressBlock, u32)> = whitelist
+        .blocks()
+        .filter_map(|block| Some((block, shared_leading_bits(block, client)?)))
         .filter(|&(_, bits)| bits > 0)
         .collect();
     // Stable, so among equals the file's order is kept.
@@ -29,9 +26,7 @@ pub fn nearest_entries(whitelist: &SourceWhitelist, client: IpAddr) -> Vec<(Addr
 
 /// The first `NEAREST_ENTRIES` entries of a whitelist, for a source near none of them.
 pub(super) fn whitelist_entries(whitelist: &SourceWhitelist) -> String {
-    let SourceWhitelist::Blocks(blocks) = whitelist else {
-        return String::new();
-    };
+    let blocks: Vec<AddressBlock> = whitelist.blocks().collect();
     let mut shown: Vec<String> = blocks
         .iter()
         .take(NEAREST_ENTRIES)

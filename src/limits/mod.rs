@@ -84,7 +84,7 @@ pub struct LimitPlan {
 impl LimitPlan {
     pub fn of(user: &ApiUser, settings: &RateLimitSettings) -> LimitPlan {
         LimitPlan {
-            limits: user.limits,
+            limits: *user.limits,
             shared: matches!(settings.store, LimitStore::Redis { .. }),
             on_store_error: settings.on_store_error,
             forward_remaining: settings.forward_remaining,

@@ -438,6 +438,12 @@ mod tests {
         table.iter().map(|u| u.id.to_string()).collect()
     }
 
+    /// A user's entry is in every page at a million users: its size is a memory goal (#20).
+    #[test]
+    fn a_user_entry_stays_small() {
+        assert_eq!(std::mem::size_of::<Option<ApiUser>>(), 88);
+    }
+
     #[test]
     fn edits_keep_slots_and_id_order() {
         let base = UserTable::from_sorted((0..3000).map(|i| user(&format!("u{i:05}@x"))).collect());

@@ -103,7 +103,7 @@ pub struct ApiUser {
     pub sources: SourceWhitelist,
     pub password_hash: Option<Box<str>>,
     /// Rate, quota and concurrency limits, resolved from the user's own value or its group's.
-    pub limits: UserLimits,
+    pub limits: SharedLimits,
 }
 
 /// `rate_limit = { requests, per, burst }`: a steady rate of `requests` per `per`, and `burst`
@@ -139,8 +139,50 @@ pub struct UserLimits {
 }
 
 impl UserLimits {
+    pub const NONE: UserLimits = UserLimits {
+        rate: None,
+        quota: None,
+        max_concurrent: None,
+    };
+
     pub fn is_unlimited(&self) -> bool {
         self.rate.is_none() && self.quota.is_none() && self.max_concurrent.is_none()
+    }
+}
+
+/// A user's `UserLimits`, read through `Deref`: nothing for an unlimited user, and one
+/// allocation shared by every user of a group who takes the group's limits as they are, so a
+/// user carries 8 bytes of limits instead of 64 (at a million users, 56 MB).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SharedLimits(Option<std::sync::Arc<UserLimits>>);
+
+impl SharedLimits {
+    pub fn new(limits: UserLimits) -> SharedLimits {
+        if limits.is_unlimited() {
+            SharedLimits(None)
+        } else {
+            SharedLimits(Some(std::sync::Arc::new(limits)))
+        }
+    }
+}
+
+impl From<UserLimits> for SharedLimits {
+    fn from(limits: UserLimits) -> SharedLimits {
+        SharedLimits::new(limits)
+    }
+}
+
+impl std::ops::Deref for SharedLimits {
+    type Target = UserLimits;
+
+    fn deref(&self) -> &UserLimits {
+        self.0.as_deref().unwrap_or(&UserLimits::NONE)
+    }
+}
+
+impl std::fmt::Debug for SharedLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 

@@ -9,7 +9,8 @@ use super::compiler::Compiler;
 use crate::config::duration::parse_duration;
 use crate::config::raw::{RawGroup, RawQuota, RawRateLimit, RawRateLimits};
 use crate::snapshot::{
-    LimitOrigin, LimitStore, OnStoreError, Quota, RateLimit, RateLimitSettings, UserLimits,
+    LimitOrigin, LimitStore, OnStoreError, Quota, RateLimit, RateLimitSettings, SharedLimits,
+    UserLimits,
 };
 
 /// Bounds that keep every limit representable in the shared store (microsecond GCRA times,
@@ -159,11 +160,15 @@ impl Compiler<'_> {
     }
 }
 
-/// A user's effective limits: its own `rate_limit` if it has one, the rest from its group.
-pub(super) fn user_limits(group: UserLimits, own_rate: Option<RateLimit>) -> UserLimits {
-    UserLimits {
-        rate: own_rate.map(|r| (r, LimitOrigin::User)).or(group.rate),
-        ..group
+/// A user's effective limits: its own `rate_limit` if it has one, the rest from its group
+/// (without one, the group's own allocation, shared).
+pub(super) fn user_limits(group: &SharedLimits, own_rate: Option<RateLimit>) -> SharedLimits {
+    match own_rate {
+        None => group.clone(),
+        Some(rate) => SharedLimits::new(UserLimits {
+            rate: Some((rate, LimitOrigin::User)),
+            ..**group
+        }),
     }
 }
 

@@ -464,7 +464,7 @@ max_concurrent = 20"#,
         "[rate_limits]\nstore = \"redis://:pw@127.0.0.1:6379/0\"\non_store_error = \"deny\"",
     );
     let s = compile(Path::new("x.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-    let limits = s.user_by_id("a@example.org").unwrap().limits;
+    let limits = *s.user_by_id("a@example.org").unwrap().limits;
     let (rate, origin) = limits.rate.unwrap();
     assert_eq!(origin, crate::snapshot::LimitOrigin::User);
     assert_eq!(
@@ -654,4 +654,28 @@ fn client_certificates_identify_one_user_each() {
     );
     let e = errors(&base(&user("a@example.org", "abc")));
     assert!(e.iter().any(|e| e.message.contains("not 64")), "{e:#?}");
+}
+
+/// Users who take their group's limits as they are share one allocation of them; a user with
+/// its own rate limit has its own.
+#[test]
+fn users_share_their_groups_limits() {
+    let text = format!(
+        "{}\n[users.\"b@example.org\"]\nstatus = \"active\"\ngroup = \"partners\"\nremote_addresses = \"*\"\n\n[users.\"c@example.org\"]\nstatus = \"active\"\ngroup = \"partners\"\nremote_addresses = \"*\"\n",
+        limited(
+            "rate_limit = { requests = 100, per = \"1s\", burst = 50 }",
+            "rate_limit = { requests = 5, per = \"1s\", burst = 10 }",
+            ""
+        )
+    );
+    let s = compile(Path::new("x.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let [a, b, c] = ["a", "b", "c"].map(|u| {
+        let limits = &s.user_by_id(&format!("{u}@example.org")).unwrap().limits;
+        std::ptr::from_ref::<crate::snapshot::UserLimits>(limits)
+    });
+    assert_eq!(b, c);
+    assert_ne!(a, b);
+    let user = |u: &str| s.user_by_id(u).unwrap().limits.rate.unwrap().0.requests;
+    assert_eq!(user("a@example.org"), 5);
+    assert_eq!(user("b@example.org"), 100);
 }
