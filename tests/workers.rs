@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use common::process::GatewayProcess;
+use common::tls::{HttpConnection, Pki};
 use common::*;
 
 /// `toml` with two workers of `runtime` and an admin listener.
@@ -26,7 +27,7 @@ fn two_workers(toml: &str, runtime: &str) -> String {
     )
 }
 
-/// `n` keep-alive connections to `gw`, each answered once with `k`'s key: the answers' heads.
+/// `n` keep-alive connections to `addr`, each answered 200 once with `k`'s key, still open.
 async fn connections(addr: std::net::SocketAddr, k: &TestKey, n: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -45,6 +46,19 @@ async fn connections(addr: std::net::SocketAddr, k: &TestKey, n: usize) -> Vec<T
         );
     }
     conns
+}
+
+/// A listener on an ephemeral loopback port with `SO_REUSEPORT`, as another apiward with
+/// several workers holds its port.
+fn reuse_port_listener() -> std::net::TcpListener {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(128).expect("listen");
+    std::net::TcpListener::from(socket)
 }
 
 /// `/status` `worker_connections` of the gateway.
@@ -191,8 +205,104 @@ both_transports! {
 }
 
 #[tokio::test]
-async fn a_listen_port_another_socket_holds_fails_the_start_with_every_worker() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+async fn every_worker_serves_tls_with_http1_and_http2_and_plain_h2c() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("workerstls");
+    let header = [("x-api-key", k.key.as_str())];
+    let toml = one_user_config(&upstream.url(), "t@example.org", &k);
+    let pki = Pki::new();
+    let gw =
+        TestGateway::start_with_workers(&two_workers(&pki.with_tls(&toml, ""), "per_worker")).await;
+    for i in 0..32 {
+        let alpn: &[&[u8]] = if i % 2 == 0 { &[b"h2"] } else { &[b"http/1.1"] };
+        let mut conn = HttpConnection::tls(gw.addr, "api.example.org", pki.client(alpn)).await;
+        assert_eq!(conn.is_h2(), i % 2 == 0);
+        let r = conn.send("GET", "/supporters/1", &header, "").await;
+        assert_eq!(r.status, 200, "TLS connection {i}: {:?}", r.body);
+    }
+    let per_worker = worker_connections(&gw).await;
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
+        "every worker took TLS connections: {per_worker:?}"
+    );
+    gw.shutdown().await;
+
+    let gw = TestGateway::start_with_workers(&two_workers(&toml, "per_worker")).await;
+    for i in 0..32 {
+        let mut conn = HttpConnection::h2c(gw.addr).await;
+        let r = conn.send("GET", "/supporters/1", &header, "").await;
+        assert_eq!(r.status, 200, "h2c connection {i}: {:?}", r.body);
+    }
+    let per_worker = worker_connections(&gw).await;
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
+        "every worker took h2c connections: {per_worker:?}"
+    );
+    gw.shutdown().await;
+}
+
+/// A listener handed over to per-worker runtimes: one bound with `SO_REUSEPORT` is joined by a
+/// socket per further worker on its port; one without is shared, every worker accepting from it.
+#[tokio::test]
+async fn a_listener_handed_over_serves_every_worker_with_or_without_so_reuseport() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("handed");
+    let toml = two_workers(
+        &one_user_config(&upstream.url(), "h@example.org", &k),
+        "per_worker",
+    );
+    let options = || apiward::Options {
+        runtimes: apiward::Runtimes::FromConfig,
+        ..apiward::Options::default()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("apiward.toml");
+    std::fs::write(&path, &toml).expect("write config");
+
+    let joinable = reuse_port_listener();
+    let port = joinable.local_addr().expect("address").port();
+    let gw = apiward::Gateway::start(&path, Some(joinable), options())
+        .await
+        .expect("start");
+    assert_eq!(gw.local_addr().port(), port, "the port handed over");
+    drop(connections(gw.local_addr(), &k, 64).await);
+    let admin = gw.admin_addr().expect("admin listener");
+    let per_worker = status(admin).await["worker_connections"].clone();
+    let counts: Vec<u64> = per_worker
+        .as_array()
+        .expect("worker_connections")
+        .iter()
+        .filter_map(|n| n.as_u64())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts.iter().all(|&n| n > 0),
+        "SO_REUSEPORT: the kernel spread the connections over both workers: {counts:?}"
+    );
+    gw.shutdown().await;
+
+    let shared = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gw = apiward::Gateway::start(&path, Some(shared), options())
+        .await
+        .expect("start");
+    drop(connections(gw.local_addr(), &k, 64).await);
+    let admin = gw.admin_addr().expect("admin listener");
+    let counts = status(admin).await["worker_connections"].clone();
+    assert_eq!(
+        counts
+            .as_array()
+            .map(|c| c.iter().filter_map(|n| n.as_u64()).sum::<u64>()),
+        Some(64),
+        "one queue, two workers accepting from it, every connection answered: {counts}"
+    );
+    gw.shutdown().await;
+}
+
+/// Another process listening on the port with `SO_REUSEPORT` (an apiward still running, say)
+/// would share its connections with the workers' sockets if they just joined it: the start
+/// fails instead, as it does with one worker.
+#[tokio::test]
+async fn a_listen_port_another_process_holds_fails_the_start_even_with_so_reuseport() {
+    let taken = reuse_port_listener();
     let addr = taken.local_addr().expect("address");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("apiward.toml");
