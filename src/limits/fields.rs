@@ -2,7 +2,6 @@
 //! `RateLimit-Policy: "user";q=100;w=1` names each limit, `RateLimit: "user";r=37;t=1` says what
 //! is left of it and in how many seconds it is whole again.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -76,29 +75,61 @@ impl Fields {
         if self.is_empty() {
             return None;
         }
-        let mut policy = String::with_capacity(48);
-        let mut state = String::with_capacity(48);
-        for (i, s) in self.states().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(policy, "{sep}\"{}\";q={};w={}", s.name, s.quota, s.window);
-            let _ = write!(state, "{sep}\"{}\";r={};t={}", s.name, s.remaining, s.reset);
-        }
+        let mut policy = Vec::with_capacity(48);
+        let mut state = Vec::with_capacity(48);
+        self.write_policy(&mut policy);
+        self.write_state(&mut state);
         Some((
-            HeaderValue::from_str(&policy).ok()?,
-            HeaderValue::from_str(&state).ok()?,
+            HeaderValue::from_bytes(&policy).ok()?,
+            HeaderValue::from_bytes(&state).ok()?,
         ))
+    }
+
+    /// The `RateLimit-Policy` value: `"user";q=100;w=1, "quota";q=1000000;w=2592000`.
+    pub fn write_policy(&self, out: &mut Vec<u8>) {
+        self.write_items(out, b";q=", b";w=", |s| (s.quota, s.window));
+    }
+
+    /// The `RateLimit` value: `"user";r=37;t=1, "quota";r=999000;t=86400`.
+    pub fn write_state(&self, out: &mut Vec<u8>) {
+        self.write_items(out, b";r=", b";t=", |s| (s.remaining, s.reset));
+    }
+
+    /// One structured-field item per policy, `"name"` then two integer parameters, written
+    /// straight into `out` (this runs on every limited response: no `fmt`, no `String`).
+    fn write_items(
+        &self,
+        out: &mut Vec<u8>,
+        first: &[u8],
+        second: &[u8],
+        params: impl Fn(&PolicyState) -> (u64, u64),
+    ) {
+        let mut digits = itoa::Buffer::new();
+        for (i, s) in self.states().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            let (a, b) = params(s);
+            out.push(b'"');
+            out.extend_from_slice(s.name.as_bytes());
+            out.push(b'"');
+            out.extend_from_slice(first);
+            out.extend_from_slice(digits.format(a).as_bytes());
+            out.extend_from_slice(second);
+            out.extend_from_slice(digits.format(b).as_bytes());
+        }
     }
 
     /// Appends both fields to a response head being written by hand (the fast path).
     pub fn write_head(&self, out: &mut Vec<u8>) {
-        if let Some((policy, state)) = self.header_values() {
-            for (name, value) in [("RateLimit-Policy", policy), ("RateLimit", state)] {
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+        if self.is_empty() {
+            return;
         }
+        out.extend_from_slice(b"RateLimit-Policy: ");
+        self.write_policy(out);
+        out.extend_from_slice(b"\r\nRateLimit: ");
+        self.write_state(out);
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Sets both fields on a response.
@@ -153,6 +184,19 @@ mod tests {
         assert_eq!(policy, "\"user\";q=100;w=1, \"quota\";q=1000000;w=2592000");
         assert_eq!(state, "\"user\";r=37;t=1, \"quota\";r=999000;t=86400");
         assert!(Fields::default().header_values().is_none());
+        let mut head = Vec::new();
+        fields.write_head(&mut head);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            format!(
+                "RateLimit-Policy: {}\r\nRateLimit: {}\r\n",
+                policy.to_str().unwrap(),
+                state.to_str().unwrap()
+            )
+        );
+        let mut nothing = Vec::new();
+        Fields::default().write_head(&mut nothing);
+        assert!(nothing.is_empty());
     }
 
     #[test]
