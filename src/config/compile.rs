@@ -495,6 +495,7 @@ impl Compiler<'_> {
                     .as_ref()
                     .map(|h| h.get_ref().as_str().into()),
                 limits: limits::user_limits(&head.group_limits[group as usize], own_rate),
+                limit_state: Default::default(),
             })
         };
         let user = if self.errors.is_empty() {

@@ -148,7 +148,7 @@ pub fn whole_seconds(d: Duration) -> u64 {
 
 /// `q` requests per `w` whole seconds (the fields have no fractions): a sub-second or fractional
 /// window is scaled to the nearest whole one.
-fn per_whole_seconds(requests: u64, per: Duration) -> (u64, u64) {
+pub(super) fn per_whole_seconds(requests: u64, per: Duration) -> (u64, u64) {
     if per.subsec_nanos() == 0 {
         return (requests, per.as_secs().max(1));
     }

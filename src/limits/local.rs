@@ -1,22 +1,34 @@
-//! Limits kept in this process: a GCRA TAT changed by compare-and-swap, a quota window under a
-//! short lock. Used for `store = "local"`, and by every gateway on its own while the shared store
-//! is unreachable with `on_store_error = "allow"`.
+//! Limits kept in this process: a GCRA TAT changed by compare-and-swap, a quota counted by
+//! compare-and-swap (a short lock only to start each new window). Used for `store = "local"`,
+//! and by every gateway on its own while the shared store is unreachable with
+//! `on_store_error = "allow"`.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use super::fields::{PolicyState, QUOTA_POLICY, RATE_POLICY};
 use super::gcra::Gcra;
-use super::{LimitKind, Limiter, PolicyState, Step, UserState, retry_seconds};
-use crate::snapshot::{Quota, RateLimit};
+use super::state::{Counters, QuotaShape, RateShape, UserLimitState};
+use super::{LimitKind, Limiter, Step, retry_seconds};
 
 impl Limiter {
-    pub(super) fn local_rate(&self, state: &UserState, rate: &RateLimit) -> Step {
-        let gcra = Gcra::of(rate);
-        let now = self.now();
-        let mut tat = state.tat.load(Ordering::Relaxed);
+    /// One request against `rate` at `now` (nanoseconds after `Limiter::epoch`).
+    pub(super) fn local_rate(&self, state: &UserLimitState, rate: &RateShape, now: u64) -> Step {
+        let gcra = Gcra {
+            interval: rate.interval,
+            tolerance: rate.tolerance,
+        };
+        let tat_cell = &state.counters.tat;
+        let mut tat = tat_cell.load(Ordering::Relaxed);
         loop {
             let take = gcra.take(tat, now, 1);
-            let policy = PolicyState::rate(rate, take.remaining, Duration::from_nanos(take.reset));
+            let policy = PolicyState {
+                name: RATE_POLICY,
+                quota: rate.quota,
+                window: rate.window,
+                remaining: take.remaining,
+                reset: take.reset.div_ceil(1_000_000_000),
+            };
             if take.granted == 0 {
                 return Step::Refused(
                     LimitKind::Rate,
@@ -24,7 +36,7 @@ impl Limiter {
                     policy,
                 );
             }
-            match state.tat.compare_exchange_weak(
+            match tat_cell.compare_exchange_weak(
                 tat,
                 take.tat,
                 Ordering::Relaxed,
@@ -36,58 +48,138 @@ impl Limiter {
         }
     }
 
-    pub(super) fn local_quota(&self, state: &UserState, quota: &Quota) -> Step {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let (used, reset) = count_in_window(state, quota, now_ms);
+    /// One request against `quota` at `now_ms` (milliseconds since the Unix epoch).
+    pub(super) fn local_quota(
+        &self,
+        state: &UserLimitState,
+        quota: &QuotaShape,
+        now_ms: u64,
+    ) -> Step {
+        let (used, reset) = count_in_window(&state.counters, quota, now_ms);
+        let policy = |remaining| PolicyState {
+            name: QUOTA_POLICY,
+            quota: quota.quota,
+            window: quota.window,
+            remaining,
+            reset: reset.div_ceil(1_000),
+        };
         match used {
-            Some(used) => Step::Passed(PolicyState::quota(quota, quota.requests - used, reset)),
+            Some(used) => Step::Passed(policy(quota.requests - used)),
             None => Step::Refused(
                 LimitKind::Quota,
-                retry_seconds(reset),
-                PolicyState::quota(quota, 0, reset),
+                retry_seconds(Duration::from_millis(reset)),
+                policy(0),
             ),
         }
     }
 }
 
-/// Counts one request in the window `now_ms` falls in; `None` if the window is full. Windows
-/// are multiples of the period from the Unix epoch, as in the shared store.
-fn count_in_window(state: &UserState, quota: &Quota, now_ms: u64) -> (Option<u64>, Duration) {
-    let period = quota.per.as_millis().max(1) as u64;
-    let window = now_ms / period;
-    let reset = Duration::from_millis((window + 1) * period - now_ms);
-    // A poisoned lock only means a panic elsewhere while counting; the count is still a count.
-    let mut counted = state.quota.lock().unwrap_or_else(|p| p.into_inner());
-    if counted.0 != window {
-        *counted = (window, 0);
+/// Counts one request in the window `now_ms` falls in; `None` if the window is full. With it,
+/// the milliseconds until the window ends. Windows are multiples of the period from the Unix
+/// epoch, as in the shared store.
+///
+/// A request whose window is the one being counted costs one compare-and-swap. The first
+/// request of a new window starts it under `quota_turn`; a request racing it (its clock read
+/// just before the window turned) is counted in the new window, never lost.
+fn count_in_window(counters: &Counters, quota: &QuotaShape, now_ms: u64) -> (Option<u64>, u64) {
+    let period = quota.period_ms;
+    let start = now_ms - now_ms % period;
+    let reset = start + period - now_ms;
+    let counted = counters.quota_start.load(Ordering::Acquire);
+    // Not the counted window and not a request from just before it: a new window begins (also
+    // after a reload changed the period, whose windows start elsewhere).
+    if counted != start && now_ms >= counted {
+        // A poisoned lock only means a panic elsewhere while starting a window; it is still
+        // the one place where windows start.
+        let _turn = counters
+            .quota_turn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let counted = counters.quota_start.load(Ordering::Acquire);
+        if counted != start && now_ms >= counted {
+            counters.quota_used.store(0, Ordering::Relaxed);
+            counters.quota_start.store(start, Ordering::Release);
+        }
     }
-    if counted.1 >= quota.requests {
-        return (None, reset);
+    let mut used = counters.quota_used.load(Ordering::Relaxed);
+    loop {
+        if used >= quota.requests {
+            return (None, reset);
+        }
+        match counters.quota_used.compare_exchange_weak(
+            used,
+            used + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return (Some(used + 1), reset),
+            Err(current) => used = current,
+        }
     }
-    counted.1 += 1;
-    (Some(counted.1), reset)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn quota(requests: u64, period_ms: u64) -> QuotaShape {
+        QuotaShape {
+            requests,
+            period_ms,
+            quota: requests,
+            window: period_ms / 1000,
+        }
+    }
+
     #[test]
     fn a_quota_counts_per_window_and_starts_again_in_the_next() {
-        let state = UserState::default();
-        let quota = Quota {
-            requests: 3,
-            per: Duration::from_secs(10),
-        };
+        let counters = Counters::default();
+        let quota = quota(3, 10_000);
         let base = 1_000_000_000_000; // a multiple of 10 s
         for n in 1..=3 {
-            assert_eq!(count_in_window(&state, &quota, base + 100).0, Some(n));
+            assert_eq!(count_in_window(&counters, &quota, base + 100).0, Some(n));
         }
-        let (refused, reset) = count_in_window(&state, &quota, base + 9_000);
+        let (refused, reset) = count_in_window(&counters, &quota, base + 9_000);
         assert_eq!(refused, None);
-        assert_eq!(reset, Duration::from_millis(1_000));
-        assert_eq!(count_in_window(&state, &quota, base + 10_000).0, Some(1));
+        assert_eq!(reset, 1_000);
+        assert_eq!(count_in_window(&counters, &quota, base + 10_000).0, Some(1));
+        // A request whose clock was read just before the window turned counts in the new one.
+        assert_eq!(count_in_window(&counters, &quota, base + 9_999).0, Some(2));
+        assert_eq!(count_in_window(&counters, &quota, base + 10_001).0, Some(3));
+        assert_eq!(count_in_window(&counters, &quota, base + 10_002).0, None);
+    }
+
+    #[test]
+    fn a_changed_period_starts_a_window_of_its_own() {
+        let counters = Counters::default();
+        let base = 1_000_000_000_000; // a multiple of 10 s and of 4 s
+        assert_eq!(
+            count_in_window(&counters, &quota(5, 10_000), base + 6_000).0,
+            Some(1)
+        );
+        // Raised to 10 per 4 s: its window began at base + 4 s.
+        let (used, reset) = count_in_window(&counters, &quota(10, 4_000), base + 6_000);
+        assert_eq!((used, reset), (Some(1), 2_000));
+    }
+
+    #[test]
+    fn counts_made_on_many_threads_at_once_are_all_kept_and_never_exceed_the_quota() {
+        let counters = Counters::default();
+        let quota = quota(10_000, 3_600_000);
+        let base = 1_000_000_000_000 - 1_000_000_000_000 % 3_600_000;
+        let admitted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..3_000 {
+                        if count_in_window(&counters, &quota, base + 5).0.is_some() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 10_000);
+        assert_eq!(counters.quota_used.load(Ordering::Relaxed), 10_000);
     }
 }

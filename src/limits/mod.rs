@@ -1,30 +1,37 @@
-//! Per-user rate limits, quotas and concurrency limits: their state, kept outside the snapshot
-//! and keyed by user id, locally or shared through Redis; and the failed-authentication limiter.
+//! Per-user rate limits, quotas and concurrency limits: their state, owned here by user id and
+//! hung on each user's snapshot entry, kept locally or shared through Redis; and the
+//! failed-authentication limiter.
 //!
-//! A reload never rebuilds this state: a user whose limits did not change keeps its counters, a
-//! changed limit applies from the next request (the limit's parameters come from the snapshot
-//! on every call, only the counters live here), and a user that left the file is forgotten
-//! (`configure`). Users without limits are never looked up.
+//! A reload never rebuilds this state: a user whose limits did not change keeps its state, a
+//! user whose limits changed gets a new state around the same counters (so the new limit applies
+//! from the next request), and a user that left the file, or is no longer limited, is forgotten
+//! (`configure`). A request reads its user's state from the snapshot entry (`state::LimitCell`):
+//! no lookup, no lock; only the first request of an entry without one looks it up by id. Users
+//! without limits are never looked up.
 
 pub mod describe;
 pub mod failed_auth;
 pub mod fields;
 pub mod gcra;
+mod lease;
 mod local;
 mod redis_store;
 mod shared;
+pub(crate) mod state;
 mod step;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 
-use crate::snapshot::{ApiUser, LimitStore, OnStoreError, RateLimitSettings, Snapshot};
+use crate::snapshot::{ApiUser, LimitStore, OnStoreError, RateLimitSettings, Snapshot, UserLimits};
 pub use fields::{Fields, PolicyState};
+use gcra::Gcra;
 pub use redis_store::{RedisStore, StoreStats};
+use state::{Counters, QuotaShape, RateShape, UserLimitState};
 pub use step::LimitKind;
 use step::{Step, retry_seconds};
 
@@ -34,7 +41,25 @@ use step::{Step, retry_seconds};
 #[must_use = "dropping it ends the request's place among the user's requests in flight"]
 pub struct Admitted {
     pub fields: Fields,
-    _in_flight: Option<InFlight>,
+    /// `None` for a user without limits.
+    hold: Option<Hold>,
+}
+
+impl Admitted {
+    /// Appends `RateLimit-Policy` and `RateLimit` to a response head being written by hand (the
+    /// engine's path), the policy as worked out when the user's limits were loaded.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        match &self.hold {
+            Some(hold) if !self.fields.is_empty() => {
+                out.extend_from_slice(b"RateLimit-Policy: ");
+                out.extend_from_slice(&hold.state.policy);
+                out.extend_from_slice(b"\r\nRateLimit: ");
+                self.fields.write_state(out);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => self.fields.write_head(out),
+        }
+    }
 }
 
 /// A request the limits refused.
@@ -70,8 +95,8 @@ impl Limited {
 }
 
 /// What the limit step needs of one request, taken from the snapshot with the decision (so
-/// the snapshot is not held while the shared store answers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the snapshot is not held while the shared store answers): `Limiter::plan`.
+#[derive(Debug, Clone, Default)]
 pub struct LimitPlan {
     pub limits: crate::snapshot::UserLimits,
     /// Whether `[rate_limits] store` is Redis.
@@ -79,49 +104,38 @@ pub struct LimitPlan {
     pub on_store_error: OnStoreError,
     /// `[rate_limits] forward_remaining`.
     pub forward_remaining: bool,
+    /// The user's state, from its snapshot entry; `None` for a user without limits.
+    state: Option<Arc<UserLimitState>>,
 }
 
 impl LimitPlan {
-    pub fn of(user: &ApiUser, settings: &RateLimitSettings) -> LimitPlan {
+    /// The plan for the limit step, which takes the user's state with it (into the `Admitted`,
+    /// which holds it until the request ends); what stays is what the rest of the request reads.
+    pub fn take(&mut self) -> LimitPlan {
         LimitPlan {
-            limits: *user.limits,
-            shared: matches!(settings.store, LimitStore::Redis { .. }),
-            on_store_error: settings.on_store_error,
-            forward_remaining: settings.forward_remaining,
+            state: self.state.take(),
+            ..*self
         }
     }
 }
 
-/// The per-user state. Every counter starts as "at rest".
-#[derive(Debug, Default)]
-struct UserState {
-    /// Local GCRA: the TAT in nanoseconds after `Limiter::epoch`.
-    tat: AtomicU64,
-    /// Local quota: (window number, requests counted in it).
-    quota: Mutex<(u64, u64)>,
-    in_flight: AtomicU32,
-    refused: [AtomicU64; 5],
-    /// Shared store: the leases this gateway holds.
-    leases: shared::Leases,
-    /// The limits of the last request, to notice a reload that changed them.
-    seen: Mutex<Option<crate::snapshot::UserLimits>>,
-}
-
-/// One place among a user's requests in flight, given back on drop.
+/// A user with state here: the limits its current state was made for.
 #[derive(Debug)]
-struct InFlight(Arc<UserState>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
+struct Tracked {
+    limits: crate::snapshot::UserLimits,
+    state: Arc<UserLimitState>,
 }
 
 /// All limit state of one gateway.
 pub struct Limiter {
-    users: DashMap<Arc<str>, Arc<UserState>>,
+    /// Every limited user with state, by id: what a reload carries over (or forgets), and what
+    /// metrics and `/status` read. Requests find their state on their snapshot entry instead.
+    users: DashMap<Arc<str>, Tracked>,
     /// Local times are nanoseconds after this.
     epoch: Instant,
+    /// `epoch` in milliseconds since the Unix epoch: local quota windows, like the shared
+    /// store's, are multiples of their period from the Unix epoch.
+    epoch_unix_ms: u64,
     store: ArcSwapOption<RedisStore>,
     pub failed_auth: failed_auth::FailedAuthLimiter,
 }
@@ -134,17 +148,24 @@ impl Default for Limiter {
 
 impl Limiter {
     pub fn new() -> Limiter {
+        let epoch = Instant::now();
+        let epoch_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Limiter {
             users: DashMap::new(),
-            epoch: Instant::now(),
+            epoch,
+            epoch_unix_ms,
             store: ArcSwapOption::empty(),
             failed_auth: failed_auth::FailedAuthLimiter::default(),
         }
     }
 
     /// Follows a (re)loaded snapshot: connects to a new store URL (keeping the connection if the
-    /// URL did not change) and forgets the state of users that are gone or no longer limited.
-    /// Call it for the first load and after every applied reload.
+    /// URL did not change), forgets the state of users that are gone or no longer limited, makes
+    /// a new state around the same counters for users whose limits changed, and hangs every
+    /// kept state on its user's new snapshot entry. Call it for the first load and after every
+    /// applied reload.
     pub fn configure(&self, snapshot: &Snapshot) {
         match &snapshot.rate_limits.store {
             LimitStore::Local => self.store.store(None),
@@ -163,79 +184,135 @@ impl Limiter {
                 }
             }
         }
-        self.users.retain(|id, _| {
-            snapshot
-                .user_by_id(id)
-                .is_some_and(|u| !u.limits.is_unlimited())
+        let mut kept = Vec::new();
+        self.users.retain(|id, tracked| {
+            let Some(user) = snapshot.user_by_id(id).filter(|u| !u.limits.is_unlimited()) else {
+                return false;
+            };
+            if tracked.limits != *user.limits {
+                *tracked = Tracked::new(*user.limits, Arc::clone(&tracked.state.counters));
+            }
+            kept.push((user, Arc::clone(&tracked.state)));
+            true
         });
+        // Outside the map's locks: a request filling a cell takes one of them.
+        for (user, state) in kept {
+            user.limit_state.fill(&state);
+        }
+    }
+
+    /// What the limit step needs of `user`'s request, its state taken from the user's snapshot
+    /// entry (resolved by id, once per entry, when the entry has none yet).
+    pub fn plan(&self, user: &ApiUser, settings: &RateLimitSettings) -> LimitPlan {
+        let state = if user.limits.is_unlimited() {
+            None
+        } else {
+            Some(Arc::clone(match user.limit_state.get() {
+                Some(state) => state,
+                None => user.limit_state.fill(&self.resolve(&user.id, *user.limits)),
+            }))
+        };
+        LimitPlan {
+            limits: *user.limits,
+            shared: matches!(settings.store, LimitStore::Redis { .. }),
+            on_store_error: settings.on_store_error,
+            forward_remaining: settings.forward_remaining,
+            state,
+        }
+    }
+
+    /// The state of user `id` under `limits`: the one kept here if it was made for them, else a
+    /// new one around the user's counters (or new counters, for a user not seen yet).
+    fn resolve(&self, id: &Arc<str>, limits: UserLimits) -> Arc<UserLimitState> {
+        let mut tracked = self
+            .users
+            .entry(Arc::clone(id))
+            .or_insert_with(|| Tracked::new(limits, Arc::default()));
+        if tracked.limits != limits {
+            *tracked = Tracked::new(limits, Arc::clone(&tracked.state.counters));
+        }
+        Arc::clone(&tracked.state)
     }
 
     /// The user's limits for one request that passed authentication, status, source and
-    /// permission checks. Users without limits return at once; local limits never wait; the
-    /// shared store is asked only when this gateway's lease is spent.
-    pub async fn admit(&self, user: &Arc<str>, plan: LimitPlan) -> Result<Admitted, Limited> {
-        let limits = plan.limits;
-        if limits.is_unlimited() {
+    /// permission checks (`plan` is `Limiter::plan`'s). Users without limits return at once;
+    /// local limits never wait, take no lock and look nothing up; the shared store is asked
+    /// only when this gateway's lease is spent.
+    pub async fn admit(&self, user: &Arc<str>, mut plan: LimitPlan) -> Result<Admitted, Limited> {
+        if plan.limits.is_unlimited() {
             return Ok(Admitted::default());
         }
-        let state = self.state(user);
-        {
-            let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen != Some(limits) {
-                // Leases taken under the old limits are not spent under the new ones.
-                state.leases.clear();
-                *seen = Some(limits);
-            }
-        }
-        let in_flight = match limits.max_concurrent {
-            None => None,
-            Some(max) => match acquire(&state, max) {
-                Some(place) => Some(place),
-                None => {
-                    return Err(self.refused(&state, LimitKind::Concurrency, Fields::default(), 1));
-                }
-            },
+        let state = match plan.state.take() {
+            Some(state) => state,
+            None => self.resolve(user, plan.limits),
         };
+        let mut in_flight = false;
+        if let Some(max) = state.max_concurrent {
+            if state.counters.in_flight.fetch_add(1, Ordering::Relaxed) >= max {
+                state.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                return Err(self.refused(&state, LimitKind::Concurrency, Fields::default(), 1));
+            }
+            in_flight = true;
+        }
+        // From here on, a refusal, or this future dropped while the store answers, drops the
+        // hold and so gives the place back.
+        let hold = Hold { state, in_flight };
+        let fields = self.rate_and_quota(user, &plan, &hold.state).await?;
+        Ok(Admitted {
+            fields,
+            hold: Some(hold),
+        })
+    }
+
+    async fn rate_and_quota(
+        &self,
+        user: &str,
+        plan: &LimitPlan,
+        state: &UserLimitState,
+    ) -> Result<Fields, Limited> {
         let shared = if plan.shared {
             self.store.load_full()
         } else {
             None
         };
+        // One clock read for both local limits; a fallback after a failed store call reads
+        // the clock again.
+        let now = if shared.is_none() { self.now() } else { 0 };
+        let clock = || if shared.is_none() { now } else { self.now() };
         let mut fields = Fields::default();
-        if let Some((rate, _)) = limits.rate {
-            let outcome = match &shared {
-                None => Ok(self.local_rate(&state, &rate)),
-                Some(store) => shared::rate(store, &state.leases, user, &rate).await,
+        if let Some(shape) = &state.rate {
+            let local = || self.local_rate(state, shape, clock());
+            let outcome = match (&shared, &plan.limits.rate) {
+                (Some(store), Some((rate, _))) => {
+                    shared::rate(store, state.leases(), user, rate).await
+                }
+                _ => Ok(local()),
             };
-            match self.settle(outcome, plan.on_store_error, || {
-                self.local_rate(&state, &rate)
-            }) {
+            match self.settle(outcome, plan.on_store_error, local) {
                 Ok(s) => fields.rate = Some(s),
                 Err((kind, retry, s)) => {
                     fields.rate = s;
-                    return Err(self.refused(&state, kind, fields, retry));
+                    return Err(self.refused(state, kind, fields, retry));
                 }
             }
         }
-        if let Some(quota) = limits.quota {
-            let outcome = match &shared {
-                None => Ok(self.local_quota(&state, &quota)),
-                Some(store) => shared::quota(store, &state.leases, user, &quota).await,
+        if let Some(shape) = &state.quota {
+            let local = || self.local_quota(state, shape, self.unix_ms(clock()));
+            let outcome = match (&shared, &plan.limits.quota) {
+                (Some(store), Some(quota)) => {
+                    shared::quota(store, state.leases(), user, quota).await
+                }
+                _ => Ok(local()),
             };
-            match self.settle(outcome, plan.on_store_error, || {
-                self.local_quota(&state, &quota)
-            }) {
+            match self.settle(outcome, plan.on_store_error, local) {
                 Ok(s) => fields.quota = Some(s),
                 Err((kind, retry, s)) => {
                     fields.quota = s;
-                    return Err(self.refused(&state, kind, fields, retry));
+                    return Err(self.refused(state, kind, fields, retry));
                 }
             }
         }
-        Ok(Admitted {
-            fields,
-            _in_flight: in_flight,
-        })
+        Ok(fields)
     }
 
     /// A store outcome, or what `on_store_error` makes of a failed one.
@@ -260,8 +337,14 @@ impl Limiter {
         }
     }
 
-    fn refused(&self, state: &UserState, kind: LimitKind, fields: Fields, retry: u64) -> Limited {
-        state.refused[kind.index()].fetch_add(1, Ordering::Relaxed);
+    fn refused(
+        &self,
+        state: &UserLimitState,
+        kind: LimitKind,
+        fields: Fields,
+        retry: u64,
+    ) -> Limited {
+        state.counters.refused[kind.index()].fetch_add(1, Ordering::Relaxed);
         Limited {
             kind,
             fields,
@@ -269,15 +352,14 @@ impl Limiter {
         }
     }
 
-    fn state(&self, id: &Arc<str>) -> Arc<UserState> {
-        if let Some(s) = self.users.get(id) {
-            return Arc::clone(s.value());
-        }
-        Arc::clone(self.users.entry(Arc::clone(id)).or_default().value())
-    }
-
+    /// Nanoseconds since `epoch`.
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// `now` (nanoseconds since `epoch`) in milliseconds since the Unix epoch.
+    fn unix_ms(&self, now: u64) -> u64 {
+        self.epoch_unix_ms + now / 1_000_000
     }
 
     /// The shared store in use, if any.
@@ -287,10 +369,11 @@ impl Limiter {
 
     /// Requests in flight and refusals by kind, of one user with state here.
     pub fn user_counts(&self, id: &str) -> Option<(u32, [u64; 5])> {
-        self.users.get(id).map(|s| {
+        self.users.get(id).map(|t| {
+            let counters = &t.state.counters;
             (
-                s.in_flight.load(Ordering::Relaxed),
-                std::array::from_fn(|i| s.refused[i].load(Ordering::Relaxed)),
+                counters.in_flight.load(Ordering::Relaxed),
+                std::array::from_fn(|i| counters.refused[i].load(Ordering::Relaxed)),
             )
         })
     }
@@ -307,17 +390,16 @@ impl Limiter {
             .users
             .iter()
             .map(|e| {
-                let state = e.value();
-                let concurrent = state
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some_and(|l| l.max_concurrent.is_some());
+                let counters = &e.value().state.counters;
                 render::UserSeries {
                     id: Arc::clone(e.key()),
                     refused: LimitKind::PER_USER
-                        .map(|kind| state.refused[kind.index()].load(Ordering::Relaxed)),
-                    in_flight: concurrent.then(|| state.in_flight.load(Ordering::Relaxed)),
+                        .map(|kind| counters.refused[kind.index()].load(Ordering::Relaxed)),
+                    in_flight: e
+                        .value()
+                        .limits
+                        .max_concurrent
+                        .map(|_| counters.in_flight.load(Ordering::Relaxed)),
                 }
             })
             .collect();
@@ -326,17 +408,74 @@ impl Limiter {
     }
 }
 
-pub mod render;
-
-fn acquire(state: &Arc<UserState>, max: u32) -> Option<InFlight> {
-    let before = state.in_flight.fetch_add(1, Ordering::Relaxed);
-    let place = InFlight(Arc::clone(state));
-    if before >= max {
-        drop(place);
-        return None;
-    }
-    Some(place)
+/// An admitted request's hold on its user's state, and on a place among the user's requests in
+/// flight if it counts there: given back on drop.
+#[derive(Debug)]
+struct Hold {
+    state: Arc<UserLimitState>,
+    in_flight: bool,
 }
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.in_flight {
+            self.state
+                .counters
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Tracked {
+    /// A state for `limits` around `counters`: the limits' numbers and `RateLimit-Policy`
+    /// worked out here, once, instead of on every request.
+    fn new(limits: UserLimits, counters: Arc<Counters>) -> Tracked {
+        let rate = limits.rate.map(|(rate, _)| {
+            let gcra = Gcra::of(&rate);
+            let (quota, window) = fields::per_whole_seconds(u64::from(rate.requests), rate.per);
+            RateShape {
+                interval: gcra.interval,
+                tolerance: gcra.tolerance,
+                quota,
+                window,
+            }
+        });
+        let quota = limits.quota.map(|q| {
+            let (quota, window) = fields::per_whole_seconds(q.requests, q.per);
+            QuotaShape {
+                requests: q.requests,
+                period_ms: (q.per.as_millis() as u64).max(1),
+                quota,
+                window,
+            }
+        });
+        // The policy as every response writes it (`Fields::write_policy`): it names the
+        // limits, and what is left of them does not enter it.
+        let policy_of = Fields {
+            rate: limits
+                .rate
+                .map(|(r, _)| PolicyState::rate(&r, 0, Duration::ZERO)),
+            quota: limits
+                .quota
+                .map(|q| PolicyState::quota(&q, 0, Duration::ZERO)),
+        };
+        let mut policy = Vec::new();
+        policy_of.write_policy(&mut policy);
+        Tracked {
+            limits,
+            state: Arc::new(UserLimitState::new(
+                counters,
+                rate,
+                quota,
+                limits.max_concurrent,
+                policy.into_boxed_slice(),
+            )),
+        }
+    }
+}
+
+pub mod render;
 
 #[cfg(test)]
 mod tests;

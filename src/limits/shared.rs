@@ -3,11 +3,11 @@
 //! wait for its answer instead of asking too).
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::fields::PolicyState;
 use super::gcra::Gcra;
+use super::lease::{Lease, Leases};
 use super::redis_store::{Leased, RedisStore, StoreError};
 use super::step::{LimitKind, Step, retry_seconds};
 use crate::snapshot::{Quota, RateLimit};
@@ -21,40 +21,6 @@ pub const MAX_LEASE: u32 = 32;
 /// A gateway refused by the store answers from memory for at most this long before asking
 /// again, so that a quota raised by a reload, or budget freed elsewhere, is seen soon.
 const QUOTA_REFUSAL_MEMORY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Default)]
-pub(super) struct Leases {
-    rate: Lease,
-    quota: Lease,
-}
-
-impl Leases {
-    /// Drops whatever is held (after the user's limits changed in a reload).
-    pub(super) fn clear(&self) {
-        for lease in [&self.rate, &self.quota] {
-            *lease.held.lock().unwrap_or_else(|p| p.into_inner()) = Held::default();
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Lease {
-    held: Mutex<Held>,
-    /// Held by the one request asking the store for this lease.
-    refill: tokio::sync::Mutex<()>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Held {
-    tokens: u32,
-    expires: Option<Instant>,
-    /// What the store had left after the last lease.
-    shared_remaining: u64,
-    reset_at: Option<Instant>,
-    /// The store refused; until then this gateway refuses without asking.
-    denied_until: Option<Instant>,
-    retry_at: Option<Instant>,
-}
 
 /// How many requests of a GCRA limit to lease: about 100 ms of the rate, at most a quarter of
 /// the burst (so one gateway cannot hold a client's whole burst), at most `MAX_LEASE`.

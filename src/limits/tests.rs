@@ -45,7 +45,7 @@ async fn count_admitted(limiter: &Limiter, s: &Snapshot, n: usize) -> usize {
     let mut admitted = 0;
     for _ in 0..n {
         if limiter
-            .admit(&limited(s).id, LimitPlan::of(limited(s), &s.rate_limits))
+            .admit(&limited(s).id, limiter.plan(limited(s), &s.rate_limits))
             .await
             .is_ok()
         {
@@ -64,7 +64,7 @@ async fn a_burst_passes_then_the_next_request_is_refused_with_retry_after() {
     let limiter = Limiter::new();
     limiter.configure(&s);
     let first = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap();
     let (policy, state) = first.fields.header_values().unwrap();
@@ -72,7 +72,7 @@ async fn a_burst_passes_then_the_next_request_is_refused_with_retry_after() {
     assert_eq!(state, "\"user\";r=3;t=30");
     assert_eq!(count_admitted(&limiter, &s, 10).await, 3);
     let refused = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     assert_eq!(refused.kind, LimitKind::Rate);
@@ -91,7 +91,7 @@ async fn users_without_limits_are_not_tracked() {
     let free = s.user_by_id("free@example.org").unwrap();
     for _ in 0..100 {
         let admitted = limiter
-            .admit(&free.id, LimitPlan::of(free, &s.rate_limits))
+            .admit(&free.id, limiter.plan(free, &s.rate_limits))
             .await
             .unwrap();
         assert!(admitted.fields.is_empty());
@@ -114,22 +114,22 @@ async fn concurrency_is_given_back_when_the_admission_is_dropped() {
     let s = snapshot("max_concurrent = 2", "");
     let limiter = Limiter::new();
     let a = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap();
     let b = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap();
     let refused = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     assert_eq!(refused.kind, LimitKind::Concurrency);
     assert_eq!(limiter.user_counts("limited@example.org").unwrap().0, 2);
     drop(a);
     let c = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap();
     drop((b, c));
@@ -142,7 +142,7 @@ async fn a_quota_refuses_once_spent_and_says_when_it_comes_back() {
     let limiter = Limiter::new();
     assert_eq!(count_admitted(&limiter, &s, 5).await, 3);
     let refused = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     assert_eq!(refused.kind, LimitKind::Quota);
@@ -193,11 +193,11 @@ max_concurrent = 5"#,
     let limiter = Limiter::new();
     limiter.configure(&s);
     let _held = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap();
     let _ = limiter
-        .admit(&limited(&s).id, LimitPlan::of(limited(&s), &s.rate_limits))
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
         .await
         .unwrap_err();
     let mut text = String::new();
@@ -214,4 +214,79 @@ max_concurrent = 5"#,
             && text.contains("apiward_limit_store_round_trips_total 0\n"),
         "the local store is always up and makes no round trips: {text}"
     );
+}
+
+#[tokio::test]
+async fn each_snapshot_entry_holds_its_users_state_kept_across_reloads_and_freed_with_the_user() {
+    let limit = r#"rate_limit = { requests = 1, per = "1h", burst = 1 }"#;
+    let before = snapshot(limit, "");
+    let limiter = Limiter::new();
+    limiter.configure(&before);
+    assert!(
+        limited(&before).limit_state.get().is_none(),
+        "no state before the user's first request"
+    );
+    assert_eq!(count_admitted(&limiter, &before, 1).await, 1);
+    let first = Arc::clone(limited(&before).limit_state.get().expect("resolved"));
+
+    // Unchanged: the new entry is given the very same state by the reload.
+    let same = snapshot(limit, "");
+    limiter.configure(&same);
+    let kept = limited(&same).limit_state.get().expect("carried over");
+    assert!(Arc::ptr_eq(&first, kept));
+
+    // Changed: a new state, around the same counters.
+    let raised = snapshot(
+        r#"rate_limit = { requests = 1, per = "1h", burst = 5 }"#,
+        "",
+    );
+    limiter.configure(&raised);
+    let changed = limited(&raised).limit_state.get().expect("carried over");
+    assert!(!Arc::ptr_eq(&first, changed));
+    assert!(Arc::ptr_eq(&first.counters, &changed.counters));
+
+    // Deleted: once the snapshots that named the user are gone, so is every part of its state.
+    let counters = Arc::downgrade(&first.counters);
+    drop(first);
+    let gone = snapshot("", "");
+    limiter.configure(&gone);
+    assert_eq!(limiter.tracked_users(), 0);
+    drop((before, same, raised));
+    assert!(counters.upgrade().is_none(), "the state outlived its user");
+}
+
+#[tokio::test]
+async fn the_engines_fields_are_byte_for_byte_the_fields_of_hyper_s_path() {
+    let s = snapshot(
+        r#"rate_limit = { requests = 10, per = "1500ms", burst = 4 }
+quota = { requests = 1000, per = "1d" }
+max_concurrent = 3"#,
+        "",
+    );
+    let limiter = Limiter::new();
+    let admitted = limiter
+        .admit(&limited(&s).id, limiter.plan(limited(&s), &s.rate_limits))
+        .await
+        .unwrap();
+    let mut engine = Vec::new();
+    admitted.write_head(&mut engine);
+    let (policy, state) = admitted.fields.header_values().unwrap();
+    assert_eq!(
+        String::from_utf8(engine).unwrap(),
+        format!(
+            "RateLimit-Policy: {}\r\nRateLimit: {}\r\n",
+            policy.to_str().unwrap(),
+            state.to_str().unwrap()
+        )
+    );
+    // 10 per 1.5 s is 13 per whole 2 s.
+    assert_eq!(policy, "\"user\";q=13;w=2, \"quota\";q=1000;w=86400");
+    let until_tomorrow = admitted.fields.quota.unwrap().reset;
+    assert_eq!(
+        state,
+        format!("\"user\";r=4;t=1, \"quota\";r=999;t={until_tomorrow}").as_str()
+    );
+    assert_eq!(limiter.user_counts("limited@example.org").unwrap().0, 1);
+    drop(admitted);
+    assert_eq!(limiter.user_counts("limited@example.org").unwrap().0, 0);
 }

@@ -103,7 +103,11 @@ pub struct ApiUser {
     pub sources: SourceWhitelist,
     pub password_hash: Option<Box<str>>,
     /// Rate, quota and concurrency limits, resolved from the user's own value or its group's.
+    /// Never changed once compiled: `limit_state` is the state for exactly these.
     pub limits: SharedLimits,
+    /// The limits' state of this user, hung here by `crate::limits` so that a request finds it
+    /// without a lookup; empty for a user without limits (and until first resolved).
+    pub limit_state: crate::limits::state::LimitCell,
 }
 
 /// `rate_limit = { requests, per, burst }`: a steady rate of `requests` per `per`, and `burst`

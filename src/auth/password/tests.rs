@@ -28,6 +28,7 @@ fn user(hash: Option<String>) -> ApiUser {
         sources: SourceWhitelist::Any,
         password_hash: hash.map(Into::into),
         limits: Default::default(),
+        limit_state: Default::default(),
     }
 }
 

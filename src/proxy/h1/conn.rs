@@ -265,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             self.session,
         );
         drop(snapshot);
-        let forward = match outcome {
+        let mut forward = match outcome {
             Ok(forward) => forward,
             Err(refusal) => return self.refuse(refusal, &mut record, head.close).await,
         };
@@ -279,7 +279,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             return Step::HandOver;
         };
         // The limit step, here and not before the hand-over, so that hyper's path counts it once.
-        let admitted = match self.policy.limit(&forward, &mut record).await {
+        let admitted = match self
+            .policy
+            .limit(&mut forward.limit_plan, &mut record)
+            .await
+        {
             Ok(admitted) => admitted,
             Err(limited) => return self.refuse(limited, &mut record, head.close).await,
         };
@@ -331,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                             &mut record,
                             (&target.authority, forward.limits, place),
                             received,
-                            &admitted.fields,
+                            &admitted,
                         )
                         .await;
                 }

@@ -16,7 +16,7 @@ use super::chunked::{BadChunk, ChunkTracker, body_part};
 use super::codec::{Framing, Lines, ResponseHead, http_date, push_header};
 use super::conn::{Conn, Head, Step};
 
-use crate::limits::Fields;
+use crate::limits::Admitted;
 use crate::observe::RequestRecord;
 use crate::observe::request_line::write_u64;
 use crate::proxy::policy::headers::{Known, OnRequest, accepts_trailers};
@@ -141,7 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         record: &mut RequestRecord,
         (authority, limits, place): (&Authority, Limits, Slot),
         received: Instant,
-        limit_fields: &Fields,
+        admitted: &Admitted,
     ) -> Step {
         let upstream = &Upstream { authority, limits };
         let close = client_close || response.framing == Framing::UntilClose || self.shutting_down();
@@ -163,7 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
                 .extend_from_slice(&self.up_buf[response.status_line.clone()]);
             lines.out.extend_from_slice(b"\r\n");
         }
-        let ours = !limit_fields.is_empty();
+        let ours = !admitted.fields.is_empty();
         for (name, value) in &self.resp_headers {
             // The gateway's RateLimit fields replace an upstream's, as `insert` does on hyper's path.
             if ours && is_ratelimit_field(&self.up_buf[name.clone()]) {
@@ -173,7 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         }
         lines.flush();
         push_header(rebuilt, b"x-request-id", record.request_id.as_bytes());
-        limit_fields.write_head(rebuilt);
+        admitted.write_head(rebuilt);
         if !response.has_date {
             push_header(rebuilt, b"date", &http_date());
         }

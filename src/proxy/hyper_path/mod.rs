@@ -106,7 +106,11 @@ impl HyperPath {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut admitted = None;
         let mut response = match outcome {
-            Ok(forward) => match self.policy.limit(&forward, &mut record).await {
+            Ok(mut forward) => match self
+                .policy
+                .limit(&mut forward.limit_plan, &mut record)
+                .await
+            {
                 Ok(admission) => {
                     let fields = admission.fields;
                     admitted = Some(admission);

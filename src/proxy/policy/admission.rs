@@ -310,7 +310,7 @@ impl Policy {
                 credential_headers: (!snapshot.server.credential_headers.is_empty())
                     .then(|| Arc::clone(&snapshot.server.credential_headers)),
                 strip_authorization: super::headers::authorization_is_ours(request_headers),
-                limit_plan: LimitPlan::of(user, &snapshot.rate_limits),
+                limit_plan: self.limits.plan(user, &snapshot.rate_limits),
                 websocket,
                 idle_timeout: snapshot.server.idle_timeout,
                 underscore_headers: snapshot.server.underscore_headers,

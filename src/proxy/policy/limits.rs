@@ -5,7 +5,7 @@
 
 use super::admission::Forward;
 use super::context::Policy;
-use crate::limits::{Admitted, Fields, Limited};
+use crate::limits::{Admitted, Fields, LimitPlan, Limited};
 use crate::observe::RequestRecord;
 
 /// Why the gateway answered instead of the upstream: a refusal of the decision or of the
@@ -13,19 +13,20 @@ use crate::observe::RequestRecord;
 impl Policy {
     /// The user's limits for an admitted request. Hold the `Admitted` until the response has
     /// ended or the client has gone (it is the request's place among the user's requests in
-    /// flight); write its `fields` on the response head.
+    /// flight); write its fields on the response head. `plan` is the `Forward`'s: the user's
+    /// limit state moves from it into the `Admitted`.
     pub async fn limit(
         &self,
-        forward: &Forward,
+        plan: &mut LimitPlan,
         record: &mut RequestRecord,
     ) -> Result<Admitted, Limited> {
-        if forward.limit_plan.limits.is_unlimited() {
+        if plan.limits.is_unlimited() {
             return Ok(Admitted::default());
         }
         let Some(user) = &record.user else {
             return Ok(Admitted::default());
         };
-        let outcome = self.limits.admit(user, forward.limit_plan).await;
+        let outcome = self.limits.admit(user, plan.take()).await;
         let fields = match &outcome {
             Ok(admitted) => {
                 record.limit = Some("admitted");
