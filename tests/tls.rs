@@ -619,3 +619,181 @@ async fn an_https_upstream_with_its_own_ca_is_verified_and_kept_alive() {
         (502, "upstream_unavailable".into())
     );
 }
+
+/// An HTTP/1.1 upstream written by hand, to answer with each framing a body can have: `whole`
+/// (a length, all at once), `long` (a length, in pieces with pauses), `chunked` (in pieces, with
+/// a trailer), `close` (to the end of the connection), `early` (a 103 first), `bye` (closes the
+/// connection after answering, without saying so). Counts its connections.
+async fn framing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut more = [0u8; 4096];
+                        match tcp.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let mut line = head.split(' ');
+                    let method = line.next().unwrap_or_default().to_string();
+                    let path = line.next().unwrap_or_default().to_string();
+                    let pieces: Vec<&[u8]> = match path.as_str() {
+                        "/supporters/whole" if method == "HEAD" => {
+                            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\n"]
+                        }
+                        "/supporters/whole" | "/supporters/bye" => vec![
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Up: 1\r\n\r\nhello",
+                        ],
+                        "/supporters/long" => vec![
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 30000\r\n\r\n",
+                            &[b'a'; 10000],
+                            &[b'b'; 10000],
+                            &[b'c'; 10000],
+                        ],
+                        "/supporters/chunked" => vec![
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhel",
+                            b"lo\r\n6;ext=1\r\n world\r\n",
+                            b"0\r\nx-checksum: 42\r\n\r\n",
+                        ],
+                        "/supporters/close" => {
+                            vec![b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the ", b"end"]
+                        }
+                        "/supporters/early" => vec![
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                        ],
+                        _ => vec![b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"],
+                    };
+                    for piece in pieces {
+                        if tcp.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    if path == "/supporters/close" || path == "/supporters/bye" {
+                        let _ = tcp.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_http2_requests_reach_a_plain_http1_upstream_whatever_its_framing() {
+    let (upstream, connections) = framing_upstream().await;
+    let gw = TestGateway::start(&config(&format!("http://{upstream}"), &{
+        let (good, far) = keys();
+        good_and_far_users(&good, &far)
+    }))
+    .await;
+    let (good, _) = keys();
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    let origin = format!("http://{}", gw.addr);
+    let mut send = async |method: &str, path: &str| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{origin}{path}"))
+            .version(http::Version::HTTP_2)
+            .header("x-api-key", &good.key)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sender.send_request(request),
+        )
+        .await
+        .expect("a response in time")
+        .expect("a response");
+        let (parts, body) = response.into_parts();
+        let collected = tokio::time::timeout(std::time::Duration::from_secs(10), body.collect())
+            .await
+            .expect("the body in time")
+            .expect("the body");
+        let trailers = collected.trailers().cloned();
+        (parts, collected.to_bytes(), trailers)
+    };
+
+    let (head, body, _) = send("GET", "/supporters/whole").await;
+    assert_eq!((head.status.as_u16(), &body[..]), (200, &b"hello"[..]));
+    assert_eq!(head.headers["x-up"], "1");
+    assert!(
+        !head.headers.contains_key("connection"),
+        "no connection-specific header crosses into HTTP/2"
+    );
+    let (head, body, _) = send("GET", "/supporters/whole").await;
+    assert_eq!((head.status.as_u16(), &body[..]), (200, &b"hello"[..]));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the upstream connection is kept and reused"
+    );
+
+    let (head, body, _) = send("HEAD", "/supporters/whole").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-length"], "5");
+    assert!(body.is_empty(), "HEAD: no body");
+
+    let (head, body, _) = send("GET", "/supporters/long").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(body.len(), 30000, "a body in pieces arrives whole");
+    assert_eq!((body[0], body[15000], body[29999]), (b'a', b'b', b'c'));
+
+    let (head, body, trailers) = send("GET", "/supporters/chunked").await;
+    assert_eq!(
+        (head.status.as_u16(), &body[..]),
+        (200, &b"hello world"[..])
+    );
+    assert!(!head.headers.contains_key("transfer-encoding"));
+    assert_eq!(
+        trailers.expect("the trailer crosses")["x-checksum"],
+        "42",
+        "a chunked body's trailer crosses"
+    );
+
+    let (head, body, _) = send("GET", "/supporters/close").await;
+    assert_eq!((head.status.as_u16(), &body[..]), (200, &b"to the end"[..]));
+
+    let (head, body, _) = send("GET", "/supporters/early").await;
+    assert_eq!(
+        (head.status.as_u16(), &body[..]),
+        (200, &b"ok"[..]),
+        "a 103 is skipped"
+    );
+
+    // The upstream closes the connection it answered on; the next request gets a new one.
+    let (head, _, _) = send("GET", "/supporters/bye").await;
+    assert_eq!(head.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (head, body, _) = send("GET", "/supporters/whole").await;
+    assert_eq!((head.status.as_u16(), &body[..]), (200, &b"hello"[..]));
+
+    let (head, _, _) = send("GET", "/supporters/missing").await;
+    assert_eq!(head.status, 404, "the upstream's own answer");
+}

@@ -201,21 +201,21 @@ pub(super) fn read_request_head(
 
 /// How a response body ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
     UntilClose,
 }
 
-pub(super) struct ResponseHead {
-    pub(super) status: u16,
-    pub(super) head_len: usize,
+pub(crate) struct ResponseHead {
+    pub(crate) status: u16,
+    pub(crate) head_len: usize,
     /// `200 OK`: the status line after the version.
     pub(super) status_line: std::ops::Range<usize>,
     pub(super) has_date: bool,
-    pub(super) framing: Framing,
-    pub(super) upstream_closes: bool,
+    pub(crate) framing: Framing,
+    pub(crate) upstream_closes: bool,
 }
 
 /// A `Content-Length` value: `1*DIGIT` (RFC 9110, 8.6) between optional spaces or tabs, that fits
@@ -234,7 +234,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Parses a response head; the headers to pass on go to `kept` as ranges of `buf`.
-pub(super) fn parse_response_head(
+pub(crate) fn parse_response_head(
     buf: &[u8],
     method: &Method,
     kept: &mut Vec<(Range<usize>, Range<usize>)>,

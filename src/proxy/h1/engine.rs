@@ -15,7 +15,7 @@ use crate::upstream::IdlePool;
 pub type RawPool = IdlePool<TcpStream>;
 
 /// An idle connection is open when reading from it would block: no end of stream, no stray bytes.
-pub(super) fn is_open(stream: &TcpStream) -> bool {
+pub(crate) fn is_open(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }

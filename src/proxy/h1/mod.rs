@@ -30,5 +30,8 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 
+// hyper's path sends bodiless HTTP/2 requests to plain upstreams the engine's way (`hyper_path/raw.rs`).
+pub(crate) use codec::{Framing, parse_response_head};
 pub use conn::{Outcome, serve};
 pub use engine::Engine;
+pub(crate) use engine::{RawPool, is_open};

@@ -18,6 +18,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::client::{RelayError, UpstreamBody};
+use super::raw::RawBody;
 
 /// Frames in the channel at most, whatever their size (the byte budget bounds the memory).
 const FRAMES: usize = 64;
@@ -27,6 +28,8 @@ const FRAMES: usize = 64;
 /// task.
 pub enum Relayed {
     Direct(UpstreamBody),
+    /// Read from its socket the HTTP/1 engine's way (`raw.rs`), with no buffer.
+    Raw(RawBody),
     /// The whole body, read before the response head went to the client (its connection is
     /// back in the pool already): the frame, then the end.
     Read(Option<Frame<Bytes>>),
@@ -44,6 +47,42 @@ pub struct Buffered {
 }
 
 impl Relayed {
+    /// A body read from its socket (`raw.rs`), through a read-ahead of `ahead` bytes unless 0.
+    pub fn raw(body: RawBody, ahead: usize, response_timeout: Option<Duration>) -> Relayed {
+        if ahead == 0 {
+            return Relayed::Raw(body);
+        }
+        let hint = body.size_hint();
+        Relayed::read_ahead(body, None, hint, ahead, response_timeout)
+    }
+
+    /// `body` (and first `first`, a frame already taken from it) through a read-ahead task;
+    /// `hint` is the whole body's.
+    fn read_ahead<B>(
+        body: B,
+        first: Option<Result<Frame<Bytes>, RelayError>>,
+        hint: SizeHint,
+        ahead: usize,
+        response_timeout: Option<Duration>,
+    ) -> Relayed
+    where
+        B: Body<Data = Bytes, Error = RelayError> + Send + Unpin + 'static,
+    {
+        let permits = u32::try_from(ahead)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let budget = Arc::new(Semaphore::new(permits as usize));
+        let (tx, rx) = mpsc::channel(FRAMES);
+        tokio::spawn(read_ahead(body, first, tx, Arc::clone(&budget), permits));
+        Relayed::Buffered(Buffered {
+            frames: rx,
+            budget,
+            hint,
+            ended: false,
+            deadline: response_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+        })
+    }
+
     /// `body` relayed through a read-ahead of `ahead` bytes (none when 0, or when the body has
     /// already ended), bounded by `response_timeout` from now.
     ///
@@ -76,26 +115,14 @@ impl Relayed {
             Some(frame) => frame,
             None => None,
         };
-        let permits = u32::try_from(ahead)
-            .unwrap_or(u32::MAX)
-            .min(Semaphore::MAX_PERMITS as u32);
-        let budget = Arc::new(Semaphore::new(permits as usize));
-        let (tx, rx) = mpsc::channel(FRAMES);
-        tokio::spawn(read_ahead(body, first, tx, Arc::clone(&budget), permits));
-        Relayed::Buffered(Buffered {
-            frames: rx,
-            budget,
-            hint,
-            ended: false,
-            deadline: response_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
-        })
+        Relayed::read_ahead(body, first, hint, ahead, response_timeout)
     }
 }
 
 /// Reads `body` into the channel while the budget allows. The client going away (the receiver
 /// dropped) ends it: the upstream body is dropped, which closes its connection mid-response.
-async fn read_ahead(
-    mut body: UpstreamBody,
+async fn read_ahead<B: Body<Data = Bytes, Error = RelayError> + Unpin>(
+    mut body: B,
     mut first: Option<Result<Frame<Bytes>, RelayError>>,
     tx: mpsc::Sender<(Result<Frame<Bytes>, RelayError>, u32)>,
     budget: Arc<Semaphore>,
@@ -146,6 +173,7 @@ impl Body for Relayed {
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         match self.get_mut() {
             Relayed::Direct(body) => Pin::new(body).poll_frame(cx),
+            Relayed::Raw(body) => Pin::new(body).poll_frame(cx),
             Relayed::Read(frame) => Poll::Ready(frame.take().map(Ok)),
             Relayed::Buffered(b) => b.poll_frame(cx),
         }
@@ -154,6 +182,7 @@ impl Body for Relayed {
     fn is_end_stream(&self) -> bool {
         match self {
             Relayed::Direct(body) => body.is_end_stream(),
+            Relayed::Raw(body) => body.is_end_stream(),
             Relayed::Read(frame) => frame.is_none(),
             Relayed::Buffered(b) => b.ended,
         }
@@ -162,6 +191,7 @@ impl Body for Relayed {
     fn size_hint(&self) -> SizeHint {
         match self {
             Relayed::Direct(body) => body.size_hint(),
+            Relayed::Raw(body) => body.size_hint(),
             Relayed::Read(frame) => SizeHint::with_exact(
                 frame
                     .as_ref()

@@ -358,6 +358,10 @@ pub enum RelayError {
     Upstream(#[from] hyper::Error),
     #[error("the response was not relayed within response_timeout")]
     ResponseTimeout,
+    #[error("the upstream connection closed before the end of the response")]
+    Closed,
+    #[error("the response's chunked framing is malformed")]
+    Malformed,
 }
 
 impl UpstreamBody {

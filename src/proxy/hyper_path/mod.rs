@@ -9,6 +9,7 @@ mod client;
 mod client_h2;
 mod echo;
 mod idle;
+mod raw;
 mod response;
 mod websocket;
 
@@ -31,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::observe::RequestRecord;
+use crate::proxy::h1::{RawPool, is_open};
 use crate::proxy::policy::headers;
 use crate::proxy::policy::{
     Forward, HeadChecked, Policy, UpstreamFailure, X_REQUEST_ID, check_response_framing,
@@ -39,8 +41,10 @@ use crate::refusal::Refusal;
 use crate::tls::{ClientSession, UpstreamProtocol};
 use crate::upstream::{Outcome as Attempted, Tried};
 use body::{Counted, Finish, Logged};
+use buffer::Relayed;
 use client::Pool;
 use client_h2::H2Pool;
+use hyper::body::Frame;
 
 pub use response::ResponseBody;
 use response::refusal_response;
@@ -56,6 +60,8 @@ pub struct HyperPath {
     pool: Arc<Pool>,
     /// HTTP/2 upstreams (`protocol = "h2"`): one multiplexed connection per address.
     h2_pool: H2Pool,
+    /// Plain sockets to HTTP/1.1 upstreams for bodiless HTTP/2 requests (`raw.rs`).
+    raw: Arc<RawPool>,
 }
 
 impl HyperPath {
@@ -64,12 +70,13 @@ impl HyperPath {
             policy,
             pool: Pool::new(),
             h2_pool: H2Pool::default(),
+            raw: Arc::new(RawPool::default()),
         }
     }
 
     /// Idle upstream connections in hyper's pool.
     pub fn idle_upstream_connections(&self) -> usize {
-        self.pool.idle_connections()
+        self.pool.idle_connections() + self.raw.idle_connections()
     }
 
     /// Closes expired idle upstream connections, those the upstream has closed, and those to
@@ -79,6 +86,7 @@ impl HyperPath {
         self.pool.sweep(&serves);
         let idle = self.policy.store.load().server.upstream_keepalive_timeout;
         self.h2_pool.sweep(&serves, idle);
+        self.raw.sweep(&serves, |s| is_open(s));
     }
 
     /// `peer_text` is `peer`'s address as sent in `X-Forwarded-For`, made once per connection;
@@ -267,6 +275,63 @@ impl HyperPath {
             // target); when it cannot, the request's head is given away instead of copied.
             let may_try_again = forward.may_retry(&parts.method, attempts)
                 && (attempts as usize) < cluster.config().targets.len();
+            if record.protocol == "h2"
+                && bodiless
+                && matches!(target.protocol, UpstreamProtocol::Http1)
+                && target.tls.is_none()
+                && raw::serves(&parts.method)
+            {
+                // A bodiless request from an HTTP/2 client to a plain HTTP/1.1 target: sent the
+                // HTTP/1 engine's way (`raw.rs`), not through hyper's client.
+                drop(request_body);
+                let exchanged = tokio::time::timeout_at(
+                    deadline,
+                    raw::exchange(
+                        &self.raw,
+                        &target.authority,
+                        limits,
+                        &parts.method,
+                        &path,
+                        &parts.headers,
+                    ),
+                )
+                .await;
+                record.upstream_time = Some(sent.elapsed());
+                let failure = match exchanged {
+                    Ok(Ok(raw::Answer::Whole(response))) => {
+                        attempt.report(Attempted::Answered(response.status().as_u16()));
+                        // Read to its end: the connection is back in the pool, the place free.
+                        return response
+                            .map(|body| Either::Left(Relayed::Read(body.map(Frame::data))));
+                    }
+                    Ok(Ok(raw::Answer::Streamed(response))) => {
+                        attempt.report(Attempted::Answered(response.status().as_u16()));
+                        return (*response).map(|body| {
+                            Either::Left(Relayed::raw(
+                                body.holding(attempt, place),
+                                limits.response_buffer,
+                                limits.response_timeout,
+                            ))
+                        });
+                    }
+                    Ok(Err(failure)) => failure,
+                    Err(_) => UpstreamFailure::Timeout,
+                };
+                tracing::debug!(error = %failure, upstream = record.upstream.as_deref().unwrap_or_default(), target = &*target.url, "upstream request failed");
+                attempt.report(Attempted::Failed(&failure.to_string()));
+                if !(failure.retryable() && may_try_again && tokio::time::Instant::now() < deadline)
+                {
+                    let refusal = self.policy.upstream_failed(
+                        record,
+                        target.authority.as_str(),
+                        failure,
+                        attempt.fallback,
+                    );
+                    return refusal_response(refusal, record.presented);
+                }
+                self.policy.retrying(record);
+                continue;
+            }
             let result = match target.protocol {
                 UpstreamProtocol::Http1 => {
                     // Origin form: the upstream is talked to directly, never as a proxy.

@@ -1,0 +1,434 @@
+//! hyper's path to a plain HTTP/1.1 upstream for a bodiless request that came over HTTP/2: the
+//! HTTP/1 engine's kind of exchange (a pooled socket, the head written straight from the header
+//! map, the answer's head read with the engine's codec) instead of hyper's client, whose
+//! dispatcher writes and parses through a channel and a oneshot per request and keeps a copy of
+//! the head to resend. The common small answer, whole with its head, is handed back as read and
+//! its connection is in the pool again before the client has its first byte.
+//!
+//! Only what needs no request body is sent here (GET, HEAD, DELETE, OPTIONS, ended with their
+//! headers), as on the engine; a reused connection that closed before any byte of the answer
+//! gets the request once more on a new one.
+
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::client::RelayError;
+use crate::proxy::h1::{Framing, RawPool, is_open, parse_response_head};
+use crate::proxy::policy::{ConnectError, InvalidResponse, UpstreamFailure};
+use crate::proxy::upstream::Limits;
+use crate::upstream::{Attempt, Slot, connect_tcp};
+
+/// What a response head is read into at first (a larger one grows it).
+const HEAD_BUFFER: usize = 8 * 1024;
+
+/// The methods sent this way: never with a body here, and idempotent (a stale connection's
+/// request is sent again).
+pub fn serves(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    )
+}
+
+/// The answer: its head as hyper's server sends it on, and its body, whole or still to read.
+pub enum Answer {
+    Whole(Response<Option<Bytes>>),
+    Streamed(Box<Response<RawBody>>),
+}
+
+/// Sends `method path` with `headers` (already by the policy's rules, `Host` set) to
+/// `authority` and reads the response head.
+pub async fn exchange(
+    pool: &Arc<RawPool>,
+    authority: &Authority,
+    limits: Limits,
+    method: &Method,
+    path: &PathAndQuery,
+    headers: &HeaderMap,
+) -> Result<Answer, UpstreamFailure> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut may_reuse = true;
+    let mut kept = Vec::new();
+    loop {
+        let pooled = if may_reuse {
+            pool.take(authority, Instant::now(), |s| is_open(s))
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut stream = match pooled {
+            Some(stream) => stream,
+            None => {
+                match tokio::time::timeout(limits.connect_timeout, connect_tcp(authority, false))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return Err(UpstreamFailure::Connect(ConnectError::from_io(&e))),
+                    Err(_) => return Err(UpstreamFailure::Connect(ConnectError::TimedOut)),
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if stream.write_all(&out).await.is_err() {
+            if reused {
+                may_reuse = false;
+                continue;
+            }
+            return Err(UpstreamFailure::Reset);
+        }
+        let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+        let head = 'read: loop {
+            match tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) if buf.is_empty() => break None,
+                Ok(0) | Err(_) => return Err(UpstreamFailure::Broken),
+                Ok(_) => {}
+            }
+            loop {
+                match parse_response_head(&buf, method, &mut kept, limits.response_head)? {
+                    Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
+                        // An interim response (103 Early Hints): skipped, the final one follows.
+                        buf.advance(head.head_len);
+                    }
+                    Some(head) if head.status == 101 => {
+                        return Err(InvalidResponse::UnaskedUpgrade.into());
+                    }
+                    Some(head) => break 'read Some(head),
+                    None => break,
+                }
+            }
+            if buf.len() > limits.response_head.bytes {
+                return Err(InvalidResponse::TooLarge.into());
+            }
+        };
+        let Some(head) = head else {
+            if reused {
+                may_reuse = false;
+                continue;
+            }
+            return Err(UpstreamFailure::Reset);
+        };
+        let status = StatusCode::from_u16(head.status).map_err(|_| InvalidResponse::Malformed)?;
+        let mut response_headers = HeaderMap::with_capacity(kept.len());
+        for (name, value) in &kept {
+            let name = HeaderName::from_bytes(&buf[name.clone()])
+                .map_err(|_| InvalidResponse::Malformed)?;
+            if name == http::header::TRANSFER_ENCODING {
+                // The body is decoded here; HTTP/2 frames it itself.
+                continue;
+            }
+            let value = HeaderValue::from_bytes(&buf[value.clone()])
+                .map_err(|_| InvalidResponse::Malformed)?;
+            response_headers.append(name, value);
+        }
+        buf.advance(head.head_len);
+        let checkin = Checkin {
+            pool: Arc::downgrade(pool),
+            authority: authority.clone(),
+            limits,
+        };
+        let whole = match head.framing {
+            Framing::None => Some(None),
+            Framing::Length(n) if buf.len() as u64 >= n => {
+                Some(Some(buf.split_to(n as usize).freeze()))
+            }
+            _ => None,
+        };
+        if let Some(body) = whole {
+            // Stray bytes after the answer: the connection is not reused.
+            if !head.upstream_closes && buf.is_empty() {
+                checkin.put(stream);
+            }
+            return Ok(Answer::Whole(respond(status, response_headers, body)));
+        }
+        let framing = match head.framing {
+            Framing::Length(n) => Reading::Length(n),
+            Framing::Chunked => Reading::Chunked(Chunk::Size),
+            _ => Reading::UntilClose,
+        };
+        return Ok(Answer::Streamed(Box::new(respond(
+            status,
+            response_headers,
+            RawBody {
+                stream: Some(stream),
+                buf,
+                reading: framing,
+                reuse: !head.upstream_closes,
+                checkin: Some(checkin),
+                attempt: None,
+                place: None,
+                deadline: limits
+                    .response_timeout
+                    .map(|t| Box::pin(tokio::time::sleep(t))),
+            },
+        ))));
+    }
+}
+
+fn respond<B>(status: StatusCode, headers: HeaderMap, body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Where a connection goes back to once its answer has been read.
+struct Checkin {
+    pool: Weak<RawPool>,
+    authority: Authority,
+    limits: Limits,
+}
+
+impl Checkin {
+    fn put(self, stream: TcpStream) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(
+                &self.authority,
+                stream,
+                self.limits.keepalive(),
+                Instant::now(),
+            );
+        }
+    }
+}
+
+/// How the rest of a body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// Where a chunked body's decoding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    /// This many bytes of the chunk still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then the empty line.
+    Trailers,
+}
+
+/// A response body read from its upstream socket as the client takes it; when it ends, the
+/// socket goes back to the pool (unless the upstream said it closes), and when it is dropped
+/// before that the socket is closed.
+pub struct RawBody {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    reading: Reading,
+    reuse: bool,
+    checkin: Option<Checkin>,
+    /// The request's attempt on its target: outstanding there until the body is done with.
+    attempt: Option<Attempt>,
+    /// The request's place at its upstream, given back with the body.
+    place: Option<Slot>,
+    /// `response_timeout`: when the relay of this body must have ended.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl RawBody {
+    /// Keeps `attempt` outstanding on its target, and `place` taken, until the body ends.
+    pub fn holding(mut self, attempt: Attempt, place: Slot) -> Self {
+        self.attempt = Some(attempt);
+        self.place = Some(place);
+        self
+    }
+
+    fn finish(&mut self) {
+        self.reading = Reading::Done;
+        self.attempt = None;
+        self.place = None;
+        if let (Some(stream), Some(checkin)) = (self.stream.take(), self.checkin.take()) {
+            if self.reuse && self.buf.is_empty() {
+                checkin.put(stream);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: RelayError) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        self.reading = Reading::Done;
+        self.stream = None;
+        self.attempt = None;
+        self.place = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// The next frame from what has been read, if there is one yet.
+    fn decode(&mut self) -> Result<Option<Frame<Bytes>>, RelayError> {
+        loop {
+            match self.reading {
+                Reading::Done => return Ok(None),
+                Reading::Length(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = left.min(self.buf.len() as u64);
+                    let data = self.buf.split_to(n as usize).freeze();
+                    self.reading = Reading::Length(left - n);
+                    return Ok(Some(Frame::data(data)));
+                }
+                Reading::UntilClose => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Frame::data(self.buf.split().freeze())));
+                }
+                Reading::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, 0))) => {
+                        self.buf.advance(used);
+                        self.reading = Reading::Chunked(Chunk::Trailers);
+                    }
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        self.reading = Reading::Chunked(Chunk::Data(size));
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(RelayError::Malformed),
+                },
+                Reading::Chunked(Chunk::Data(left)) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = left.min(self.buf.len() as u64);
+                    let data = self.buf.split_to(n as usize).freeze();
+                    self.reading = Reading::Chunked(if n == left {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    return Ok(Some(Frame::data(data)));
+                }
+                Reading::Chunked(Chunk::DataEnd) => {
+                    if self.buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(RelayError::Malformed);
+                    }
+                    self.buf.advance(2);
+                    self.reading = Reading::Chunked(Chunk::Size);
+                }
+                Reading::Chunked(Chunk::Trailers) => {
+                    let mut fields = [httparse::EMPTY_HEADER; 64];
+                    match httparse::parse_headers(&self.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for field in fields {
+                                if let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(field.name.as_bytes()),
+                                    HeaderValue::from_bytes(field.value),
+                                ) {
+                                    trailers.append(name, value);
+                                }
+                            }
+                            self.buf.advance(used);
+                            self.finish();
+                            return Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers)));
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(None),
+                        Err(_) => return Err(RelayError::Malformed),
+                    }
+                }
+            }
+        }
+    }
+
+    fn ended(&self) -> bool {
+        matches!(self.reading, Reading::Done | Reading::Length(0))
+    }
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        let this = &mut *self;
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() && !this.ended() {
+                this.deadline = None;
+                return this.fail(RelayError::ResponseTimeout);
+            }
+        }
+        loop {
+            if this.reading == Reading::Length(0) {
+                this.finish();
+            }
+            if this.reading == Reading::Done {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            match this.decode() {
+                Ok(Some(frame)) => {
+                    if this.reading == Reading::Length(0) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if this.reading == Reading::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => return this.fail(e),
+            }
+            let Some(stream) = this.stream.as_mut() else {
+                return this.fail(RelayError::Closed);
+            };
+            this.buf.reserve(16 * 1024);
+            match stream.try_read_buf(&mut this.buf) {
+                Ok(0) if this.reading == Reading::UntilClose => {
+                    this.reuse = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(RelayError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match stream.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return this.fail(RelayError::Closed),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(_) => return this.fail(RelayError::Closed),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reading {
+            Reading::Length(left) => SizeHint::with_exact(left),
+            Reading::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
