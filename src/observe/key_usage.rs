@@ -47,7 +47,12 @@ impl KeyUsage {
         password_of: Option<&Arc<str>>,
     ) {
         if let Some(entry) = self.last_used.get(digest) {
-            which(&entry).store(now, Ordering::Relaxed);
+            // Written once a second at most: a read leaves the cache line shared by the workers
+            // that use the key, where a store on every request would move it between cores.
+            let time = which(&entry);
+            if time.load(Ordering::Relaxed) != now {
+                time.store(now, Ordering::Relaxed);
+            }
             return;
         }
         let times = Times {
