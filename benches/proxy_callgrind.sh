@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, counted by callgrind: apiward (10,000 users,
 # workers = 1) runs under valgrind in front of an nginx upstream; wrk sends the e2e benchmark's
-# requests (1,024 keys rotating); counters are zeroed after a warm-up and dumped after a fixed
-# run, and the total is divided by the requests wrk completed. Unlike req/s on a shared VM, this
-# barely moves between runs (±1 %), so it shows what a hot-path change did to apiward's own code.
-# Kernel time (the syscalls) is not counted: see docs/benchmarks.md for that part. With objdump and
-# python3 present it also counts the atomic read-modify-write instructions (benches/support/atomics.py).
+# requests (1,024 keys rotating) with keep-alive. After a warm-up, two runs are counted, of
+# DURATION and of twice that, each with new connections: the difference of their totals divided
+# by the difference of their requests is the cost of a request, and what each run does once
+# (opening its CONNECTIONS connections, and their TLS handshakes with TLS=1) cancels out; the
+# longer run's own total per request is reported too. Unlike req/s on a shared VM, this barely
+# moves between runs (±1 %), so it shows what a hot-path change did to apiward's own code. Kernel
+# time (the syscalls) is not counted: see docs/benchmarks.md for that part. With objdump and
+# python3 present it also counts the atomic read-modify-write instructions
+# (benches/support/atomics.py), and the heap allocations and reallocations per request with the
+# functions that ask for them (benches/support/allocs.py: callgrind's call counts of the
+# allocator's entry points; apiward's global allocator is mimalloc).
+#
+# TLS=1: apiward terminates TLS (a P-256 certificate made here with openssl, for 127.0.0.1) and
+# wrk speaks HTTPS to it, keep-alive; the upstream stays plain HTTP. Everything else as without.
 #
 # MODES says which variants are measured, one apiward run each, in one invocation (so their
 # ratios come from one build and one machine state):
@@ -16,7 +25,7 @@
 # e.g. MODES="off file limits"; each variant after the first is also given as a ratio to the first.
 #
 # Usage: benches/proxy_callgrind.sh     (about 1 minute a mode; OUT=FILE also writes the table)
-# Knobs: USERS=10000 DURATION=5s CONNECTIONS=16 BASE_PORT=18380 MODES=off
+# Knobs: USERS=10000 DURATION=5s (whole seconds) CONNECTIONS=16 BASE_PORT=18380 MODES=off TLS=
 #   TARGETS=1 (3: the upstream is three targets on three nginx ports, balanced round robin, to
 #   measure what balancing costs against one target)
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -32,6 +41,8 @@ BASE_PORT=${BASE_PORT:-18380}
 OUT=${OUT:-}
 TARGETS=${TARGETS:-1}
 MODES=${MODES:-off}
+TLS=${TLS:-}
+[[ $DURATION =~ ^[1-9][0-9]*s$ ]] || { echo "DURATION: $DURATION is not whole seconds (5s)" >&2; exit 2; }
 for mode in $MODES; do
     [[ $mode == off || $mode == file || $mode == limits ]] \
         || { echo "MODES: $mode is none of off, file, limits" >&2; exit 2; }
@@ -55,6 +66,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 need wrk nginx valgrind curl
+[[ -z $TLS ]] || need openssl
 
 (cd "$ROOT" && cargo build --release --quiet --bin apiward --example gen_config)
 "$ROOT/target/release/examples/gen_config" --users "$USERS" --out "$WORK/apiward.toml" --workers 1 \
@@ -64,6 +76,23 @@ if ((TARGETS > 1)); then
     entries=$(printf '{ url = "http://127.0.0.1:%s" }, ' "${TARGET_PORTS[@]}")
     sed -i "s|^url = \"http://127.0.0.1:$UPSTREAM_PORT\"\$|targets = [${entries%, }]|" "$WORK/apiward.toml"
     grep -q '^targets = ' "$WORK/apiward.toml" || { log "could not write the targets"; exit 1; }
+fi
+SCHEME=http
+if [[ -n $TLS ]]; then
+    SCHEME=https
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
+        -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench.local" \
+        -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\n' >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+        -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+    # [server.tls] right before the first table after [server]; curl (here and in lib.sh) trusts the CA.
+    awk -v tls="[server.tls]\ncertificates = [ { cert = \"$WORK/server.pem\", key = \"$WORK/server.key\" } ]\n" '
+        !done && /^\[/ && !/^\[server\]/ { print tls; done = 1 } { print }' "$WORK/apiward.toml" >"$WORK/apiward.tls.toml"
+    mv "$WORK/apiward.tls.toml" "$WORK/apiward.toml"
+    grep -q '^\[server.tls\]$' "$WORK/apiward.toml" || { log "could not write [server.tls]"; exit 1; }
+    export CURL_CA_BUNDLE="$WORK/ca.pem"
 fi
 keys_lua "$WORK/keys.txt" "$USERS" /api/items/42 >"$WORK/keys.lua"
 cat >"$WORK/upstream.conf" <<EOF
@@ -122,35 +151,42 @@ measure() {
         "$ROOT/target/release/apiward" run --config "$config" >"$WORK/apiward.$mode.log" 2>&1 &
     local valgrind_pid=$!
     PIDS+=("$valgrind_pid")
-    wait_for "http://127.0.0.1:$APIWARD_PORT/" "$valgrind_pid"
-    local url="http://127.0.0.1:$APIWARD_PORT/api/items/42" body
+    wait_for "$SCHEME://127.0.0.1:$APIWARD_PORT/" "$valgrind_pid"
+    local url="$SCHEME://127.0.0.1:$APIWARD_PORT/api/items/42" body
     body=$(curl -sS -H "X-Api-Key: $(head -n 1 "$WORK/keys.txt")" "$url")
     [[ $body == 01234567890123456789 ]] || { log "apiward ($mode) answered ${body:0:200}"; exit 1; }
     if [[ $mode == limits ]]; then
         check_limited "$url" "$(head -n 1 "$WORK/keys.txt")" "apiward (limits)" || exit 1
     fi
 
-    log "$mode: warming up, then counting for $DURATION"
+    local seconds=${DURATION%s}
+    log "$mode: warming up, then counting a run of ${seconds}s and one of $((2 * seconds))s"
     wrk -t1 -c"$CONNECTIONS" -d2s -s "$WORK/keys.lua" "$url" >/dev/null
-    callgrind_control -z "$valgrind_pid" >/dev/null
-    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/keys.lua" "$url" >"$WORK/wrk.$mode.txt"
-    callgrind_control -d "$valgrind_pid" >/dev/null
-    if grep -q -E 'Non-2xx|Socket errors' "$WORK/wrk.$mode.txt"; then cat "$WORK/wrk.$mode.txt" >&2; exit 1; fi
-    local requests total
-    requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.$mode.txt")
-    for _ in $(seq 50); do [[ -s $out.1 ]] && break; sleep 0.1; done
-    sleep 1
-    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
-    INSTRUCTIONS=$(awk -v t="$total" -v n="$requests" 'BEGIN { printf "%.0f", t / n }')
+    local run requests=() totals=()
+    for run in 1 2; do
+        callgrind_control -z "$valgrind_pid" >/dev/null
+        wrk -t1 -c"$CONNECTIONS" -d"$((run * seconds))s" -s "$WORK/keys.lua" "$url" >"$WORK/wrk.$mode.$run.txt"
+        callgrind_control -d "$valgrind_pid" >/dev/null
+        if grep -q -E 'Non-2xx|Socket errors' "$WORK/wrk.$mode.$run.txt"; then cat "$WORK/wrk.$mode.$run.txt" >&2; exit 1; fi
+        requests+=("$(awk '/requests in/ { print $1 }' "$WORK/wrk.$mode.$run.txt")")
+        for _ in $(seq 50); do [[ -s $out.$run ]] && break; sleep 0.1; done
+        sleep 1
+        totals+=("$(awk '/^(summary|totals):/ { print $2; exit }' "$out.$run")")
+    done
+    INSTRUCTIONS=$(awk -v a="${totals[0]}" -v b="${totals[1]}" -v m="${requests[0]}" -v n="${requests[1]}" \
+        'BEGIN { printf "%.0f", (b - a) / (n - m) }')
+    local whole_run
+    whole_run=$(awk -v t="${totals[1]}" -v n="${requests[1]}" 'BEGIN { printf "%.0f", t / n }')
     kill "$valgrind_pid" 2>/dev/null || true
     wait "$valgrind_pid" 2>/dev/null || true
+    local requests_total=$((requests[0] + requests[1]))
     if [[ $mode == file ]]; then
         # Every request of both wrk runs and the checks has its line, each a JSON object.
         local lines
         lines=$(wc -l <"$log")
         python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$log" \
             || { log "the request log has a line that is not JSON"; exit 1; }
-        ((lines > requests)) || { log "only $lines log lines for $requests counted requests"; exit 1; }
+        ((lines > requests_total)) || { log "only $lines log lines for $requests_total counted requests"; exit 1; }
     fi
     {
         case $mode in
@@ -158,14 +194,22 @@ measure() {
         limits) echo "With a local \`rate_limit\`, \`quota\` and \`max_concurrent\` on every user (none reached), no request log:" ;;
         *) echo "With no request log (\`access_log = \"off\"\`) and no limits:" ;;
         esac
-        echo "$TARGETS upstream target(s), $USERS users, wrk -t1 -c$CONNECTIONS -d$DURATION after a 2 s warm-up, $requests requests counted:"
-        printf '**%s** instructions per request, everything the apiward process ran.\n' "$INSTRUCTIONS"
+        local over=HTTP
+        [[ -z $TLS ]] || over="HTTPS (apiward terminating TLS, keep-alive)"
+        echo "Over $over; $TARGETS upstream target(s), $USERS users, wrk -t1 -c$CONNECTIONS after a 2 s warm-up, then"
+        echo "runs of ${seconds}s and $((2 * seconds))s (${requests[0]} and ${requests[1]} requests), new connections each:"
+        printf '**%s** instructions per request, everything the apiward process ran (the runs'"'"' difference;\n' "$INSTRUCTIONS"
+        printf 'the longer run alone, its %s connections opened included: %s).\n' "$CONNECTIONS" "$whole_run"
+        if command -v python3 >/dev/null; then
+            echo
+            python3 "$ROOT/benches/support/allocs.py" "$out.2" "${requests[1]}" 10 "$out.1" "${requests[0]}"
+        fi
         if command -v objdump >/dev/null; then
             echo
             echo "Atomic read-modify-write instructions among them (\`benches/support/atomics.py\`): each counts"
             echo "as one instruction above but costs about 20 cycles, even uncontended:"
             python3 "$ROOT/benches/support/atomics.py" "$ROOT/target/release/apiward" \
-                "$out.1" "$requests" 8
+                "$out.2" "${requests[1]}" 8 "$out.1" "${requests[0]}"
         fi
     } >"$WORK/report.$mode"
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Atomic read-modify-write instructions per request, from a callgrind profile.
 
-Usage: atomics.py BINARY CALLGRIND_OUT REQUESTS [TOP]
+Usage: atomics.py BINARY CALLGRIND_OUT REQUESTS [TOP] [BASE_OUT BASE_REQUESTS]
 
 The profile must have been taken with --dump-instr=yes. The atomic instructions are the
 binary's lock-prefixed instructions and its xchg with a memory operand (implicitly locked),
 found with objdump; their execution counts are summed from the profile, per function. Only
-the binary's own code is counted (the C library runs none on the request path).
+the binary's own code is counted (the C library runs none on the request path). With BASE_OUT
+and BASE_REQUESTS, that shorter run's counts are subtracted first (what both runs did once,
+such as opening their connections, cancels out).
 
 Callgrind counts instructions, and an atomic read-modify-write counts as one, but it costs
 about 20 cycles on this machine even uncontended: that is why this figure is reported apart.
@@ -36,6 +38,21 @@ def main():
     binary, profile, requests = sys.argv[1], sys.argv[2], int(sys.argv[3])
     top = int(sys.argv[4]) if len(sys.argv) > 4 else 5
     atomics = atomic_addresses(binary)
+    per_fn = count(binary, profile, atomics)
+    if len(sys.argv) > 6:
+        per_fn.subtract(count(binary, sys.argv[5], atomics))
+        requests -= int(sys.argv[6])
+    total = sum(per_fn.values())
+    print(f"**{total / requests:.0f}** per request; the functions that run the most of them:")
+    print()
+    print("```")
+    for name, n in per_fn.most_common(top):
+        print(f"{n / requests:5.1f}  {(name or '?')[:110]}")
+    print("```")
+
+
+def count(binary, profile, atomics):
+    """Executions of the atomic instructions in `profile`, per function."""
     names = {}
     obj = fn = None
     last = 0
@@ -80,13 +97,7 @@ def main():
             continue
         if obj == binary and addr in atomics and len(fields) > 2:
             per_fn[fn] += int(fields[2])
-    total = sum(per_fn.values())
-    print(f"**{total / requests:.0f}** per request; the functions that run the most of them:")
-    print()
-    print("```")
-    for name, count in per_fn.most_common(top):
-        print(f"{count / requests:5.1f}  {(name or '?')[:110]}")
-    print("```")
+    return per_fn
 
 
 if __name__ == "__main__":
