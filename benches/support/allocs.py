@@ -64,9 +64,10 @@ def callers_of(counted):
     return by_callee
 
 
-def attribute(counted, entry_points, top_depth=6):
-    """Calls into entry_points from outside the allocator, by the first non-wrapper caller."""
-    by_callee = callers_of(counted)
+def attribute(counted, graph, entry_points, top_depth=6):
+    """Calls into entry_points from outside the allocator, by the first non-wrapper caller (the
+    callers of a wrapper share its calls as they share the calls into it in `graph`)."""
+    by_callee = callers_of(graph)
     result = collections.Counter()
     total = 0
 
@@ -76,6 +77,9 @@ def attribute(counted, entry_points, top_depth=6):
             return
         callers = by_callee[name]
         into = sum(callers.values())
+        if into <= 0:
+            result[name] += n
+            return
         for caller, k in callers.items():
             up(caller, n * k / into, depth + 1)
 
@@ -89,16 +93,23 @@ def attribute(counted, entry_points, top_depth=6):
 def main():
     profile, requests = sys.argv[1], int(sys.argv[2])
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    counted = calls(profile)
+    graph = calls(profile)
+    counted = collections.Counter(graph)
     if len(sys.argv) > 5:
-        base = calls(sys.argv[4])
+        counted.subtract(calls(sys.argv[4]))
         requests -= int(sys.argv[5])
-        counted.subtract(base)
-    allocs, by_caller = attribute(counted, ALLOC)
-    reallocs, _ = attribute(counted, REALLOC)
+    allocs, by_caller = attribute(counted, graph, ALLOC)
+    reallocs, _ = attribute(counted, graph, REALLOC)
+    # A difference below zero: the shorter run grew something once that the longer did not; no
+    # request reallocates.
+    realloc_text = (
+        f"**{reallocs / requests:.2f}** reallocations"
+        if reallocs >= 0
+        else f"no reallocations (the runs' difference is {reallocs / requests:.2f}: growth done once)"
+    )
     print(
-        f"**{allocs / requests:.2f}** heap allocations and **{reallocs / requests:.2f}** "
-        "reallocations per request; what asks for the allocations:"
+        f"**{allocs / requests:.2f}** heap allocations and {realloc_text} per request; what asks "
+        "for the allocations:"
     )
     print()
     print("```")
