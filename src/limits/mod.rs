@@ -51,6 +51,7 @@ impl Admitted {
     pub fn write_head(&self, out: &mut Vec<u8>) {
         match &self.hold {
             Some(hold) if !self.fields.is_empty() => {
+                out.reserve(hold.state.policy.len() + 96);
                 out.extend_from_slice(b"RateLimit-Policy: ");
                 out.extend_from_slice(&hold.state.policy);
                 out.extend_from_slice(b"\r\nRateLimit: ");
@@ -236,12 +237,54 @@ impl Limiter {
 
     /// The user's limits for one request that passed authentication, status, source and
     /// permission checks (`plan` is `Limiter::plan`'s). Users without limits return at once;
-    /// local limits never wait, take no lock and look nothing up; the shared store is asked
-    /// only when this gateway's lease is spent.
+    /// the shared store is asked only when this gateway's lease is spent. With the local store
+    /// this is `admit_local` at the present time.
     pub async fn admit(&self, user: &Arc<str>, mut plan: LimitPlan) -> Result<Admitted, Limited> {
+        let store = if plan.shared {
+            self.store.load_full()
+        } else {
+            None
+        };
+        let Some(store) = store else {
+            return self.admit_local(user, plan, Instant::now());
+        };
         if plan.limits.is_unlimited() {
             return Ok(Admitted::default());
         }
+        // From here on, a refusal, or this future dropped while the store answers, drops the
+        // hold and so gives the place back.
+        let hold = self.hold(user, &mut plan)?;
+        let fields = self.shared_steps(user, &plan, &hold.state, &store).await?;
+        Ok(Admitted {
+            fields,
+            hold: Some(hold),
+        })
+    }
+
+    /// `admit` with the local store, as of `arrived` (when the request arrived: its time is
+    /// the request's, and the clock is not read again). Never waits, takes no lock and looks
+    /// nothing up.
+    pub fn admit_local(
+        &self,
+        user: &Arc<str>,
+        mut plan: LimitPlan,
+        arrived: Instant,
+    ) -> Result<Admitted, Limited> {
+        if plan.limits.is_unlimited() {
+            return Ok(Admitted::default());
+        }
+        let hold = self.hold(user, &mut plan)?;
+        let now = arrived.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let fields = self.local_steps(&hold.state, now)?;
+        Ok(Admitted {
+            fields,
+            hold: Some(hold),
+        })
+    }
+
+    /// The user's state, and its place among the user's requests in flight if it has
+    /// `max_concurrent` (a refusal if there is none left).
+    fn hold(&self, user: &Arc<str>, plan: &mut LimitPlan) -> Result<Hold, Limited> {
         let state = match plan.state.take() {
             Some(state) => state,
             None => self.resolve(user, plan.limits),
@@ -254,40 +297,46 @@ impl Limiter {
             }
             in_flight = true;
         }
-        // From here on, a refusal, or this future dropped while the store answers, drops the
-        // hold and so gives the place back.
-        let hold = Hold { state, in_flight };
-        let fields = self.rate_and_quota(user, &plan, &hold.state).await?;
-        Ok(Admitted {
-            fields,
-            hold: Some(hold),
-        })
+        Ok(Hold { state, in_flight })
     }
 
-    async fn rate_and_quota(
+    /// The local rate limit and quota at `now` (nanoseconds after `epoch`).
+    fn local_steps(&self, state: &UserLimitState, now: u64) -> Result<Fields, Limited> {
+        let mut fields = Fields::default();
+        if let Some(shape) = &state.rate {
+            match self.local_rate(state, shape, now) {
+                Step::Passed(s) => fields.rate = Some(s),
+                Step::Refused(kind, retry, s) => {
+                    fields.rate = Some(s);
+                    return Err(self.refused(state, kind, fields, retry));
+                }
+            }
+        }
+        if let Some(shape) = &state.quota {
+            match self.local_quota(state, shape, self.unix_ms(now)) {
+                Step::Passed(s) => fields.quota = Some(s),
+                Step::Refused(kind, retry, s) => {
+                    fields.quota = Some(s);
+                    return Err(self.refused(state, kind, fields, retry));
+                }
+            }
+        }
+        Ok(fields)
+    }
+
+    /// The rate limit and quota through the shared store; where it fails, what
+    /// `on_store_error` says (the local limits, as of the moment it failed, or a refusal).
+    async fn shared_steps(
         &self,
         user: &str,
         plan: &LimitPlan,
         state: &UserLimitState,
+        store: &RedisStore,
     ) -> Result<Fields, Limited> {
-        let shared = if plan.shared {
-            self.store.load_full()
-        } else {
-            None
-        };
-        // One clock read for both local limits; a fallback after a failed store call reads
-        // the clock again.
-        let now = if shared.is_none() { self.now() } else { 0 };
-        let clock = || if shared.is_none() { now } else { self.now() };
         let mut fields = Fields::default();
-        if let Some(shape) = &state.rate {
-            let local = || self.local_rate(state, shape, clock());
-            let outcome = match (&shared, &plan.limits.rate) {
-                (Some(store), Some((rate, _))) => {
-                    shared::rate(store, state.leases(), user, rate).await
-                }
-                _ => Ok(local()),
-            };
+        if let (Some(shape), Some((rate, _))) = (&state.rate, &plan.limits.rate) {
+            let outcome = shared::rate(store, state.leases(), user, rate).await;
+            let local = || self.local_rate(state, shape, self.now());
             match self.settle(outcome, plan.on_store_error, local) {
                 Ok(s) => fields.rate = Some(s),
                 Err((kind, retry, s)) => {
@@ -296,14 +345,9 @@ impl Limiter {
                 }
             }
         }
-        if let Some(shape) = &state.quota {
-            let local = || self.local_quota(state, shape, self.unix_ms(clock()));
-            let outcome = match (&shared, &plan.limits.quota) {
-                (Some(store), Some(quota)) => {
-                    shared::quota(store, state.leases(), user, quota).await
-                }
-                _ => Ok(local()),
-            };
+        if let (Some(shape), Some(quota)) = (&state.quota, &plan.limits.quota) {
+            let outcome = shared::quota(store, state.leases(), user, quota).await;
+            let local = || self.local_quota(state, shape, self.unix_ms(self.now()));
             match self.settle(outcome, plan.on_store_error, local) {
                 Ok(s) => fields.quota = Some(s),
                 Err((kind, retry, s)) => {

@@ -26,7 +26,13 @@ impl Policy {
         let Some(user) = &record.user else {
             return Ok(Admitted::default());
         };
-        let outcome = self.limits.admit(user, plan.take()).await;
+        let plan = plan.take();
+        // The local store never waits: no future for it (the request's arrival is its time).
+        let outcome = if plan.shared {
+            self.limits.admit(user, plan).await
+        } else {
+            self.limits.admit_local(user, plan, record.started)
+        };
         let fields = match &outcome {
             Ok(admitted) => {
                 record.limit = Some("admitted");
