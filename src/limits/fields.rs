@@ -15,6 +15,9 @@ pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimi
 pub const RATE_POLICY: &str = "user";
 /// The policy name of a user's quota.
 pub const QUOTA_POLICY: &str = "quota";
+/// How each policy's item in `RateLimit` begins (`write_state`).
+const RATE_STATE: &[u8] = b"\"user\";r=";
+const QUOTA_STATE: &[u8] = b"\"quota\";r=";
 
 /// One limit as a client sees it after this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +93,27 @@ impl Fields {
         self.write_items(out, b";q=", b";w=", |s| (s.quota, s.window));
     }
 
-    /// The `RateLimit` value: `"user";r=37;t=1, "quota";r=999000;t=86400`.
+    /// The `RateLimit` value: `"user";r=37;t=1, "quota";r=999000;t=86400`. On every limited
+    /// response, so written piece by piece with the names as constants (each piece is then a
+    /// few moves, not a copy of unknown length); `write_policy` writes the same names.
     pub fn write_state(&self, out: &mut Vec<u8>) {
-        self.write_items(out, b";r=", b";t=", |s| (s.remaining, s.reset));
+        let mut digits = itoa::Buffer::new();
+        out.reserve(64);
+        if let Some(s) = &self.rate {
+            out.extend_from_slice(RATE_STATE);
+            out.extend_from_slice(digits.format(s.remaining).as_bytes());
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(digits.format(s.reset).as_bytes());
+        }
+        if let Some(s) = &self.quota {
+            if self.rate.is_some() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(QUOTA_STATE);
+            out.extend_from_slice(digits.format(s.remaining).as_bytes());
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(digits.format(s.reset).as_bytes());
+        }
     }
 
     /// One structured-field item per policy, `"name"` then two integer parameters, written
@@ -197,6 +218,12 @@ mod tests {
         let mut nothing = Vec::new();
         Fields::default().write_head(&mut nothing);
         assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn the_state_items_begin_with_the_policy_names() {
+        assert_eq!(RATE_STATE, format!("\"{RATE_POLICY}\";r=").as_bytes());
+        assert_eq!(QUOTA_STATE, format!("\"{QUOTA_POLICY}\";r=").as_bytes());
     }
 
     #[test]
