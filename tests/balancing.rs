@@ -7,50 +7,10 @@
 
 mod common;
 
-use common::targets::{Target, cluster_config, entries, three_targets};
+use common::targets::{
+    BOTH, Path, Target, cluster_config, entries, get_via, target_of, target_status, three_targets,
+};
 use common::*;
-
-/// Which of the gateway's two request paths a request takes.
-#[derive(Debug, Clone, Copy)]
-enum Path {
-    Fast,
-    Hyper,
-}
-
-const BOTH: [Path; 2] = [Path::Fast, Path::Hyper];
-
-async fn get_via(path: Path, url: &str, key: &TestKey) -> Reply {
-    match path {
-        Path::Fast => get(url, &[("x-api-key", &key.key)]).await,
-        Path::Hyper => {
-            get(
-                url,
-                &[
-                    ("x-api-key", &key.key),
-                    ("connection", "x-hop"),
-                    ("x-hop", "1"),
-                ],
-            )
-            .await
-        }
-    }
-}
-
-fn target_of(reply: &Reply) -> String {
-    String::from_utf8_lossy(&reply.body).into_owned()
-}
-
-/// The `/status` entry of the target at `url`.
-async fn target_status(admin: std::net::SocketAddr, url: &str) -> serde_json::Value {
-    let s = status(admin).await;
-    s["upstream_targets"]
-        .as_array()
-        .expect("upstream_targets")
-        .iter()
-        .find(|t| t["url"] == url)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_requests_by_weight() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use common::targets::{Target, cluster_config, entries};
+use common::targets::{BOTH, Target, cluster_config, entries, get_via, target_of, target_status};
 use common::tls::*;
 use common::websocket::{ws_connect, wss_echo_upstream};
 use common::*;
@@ -52,48 +52,6 @@ impl TargetPki {
 }
 
 const H2_AND_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
-
-/// Which of the gateway's two request paths a request takes.
-#[derive(Debug, Clone, Copy)]
-enum Path {
-    Fast,
-    Hyper,
-}
-
-const BOTH: [Path; 2] = [Path::Fast, Path::Hyper];
-
-async fn get_via(path: Path, url: &str, key: &TestKey) -> Reply {
-    match path {
-        Path::Fast => get(url, &[("x-api-key", &key.key)]).await,
-        // A `Connection` header naming another header: the engine hands the request to hyper.
-        Path::Hyper => {
-            get(
-                url,
-                &[
-                    ("x-api-key", &key.key),
-                    ("connection", "x-hop"),
-                    ("x-hop", "1"),
-                ],
-            )
-            .await
-        }
-    }
-}
-
-fn target_of(reply: &Reply) -> String {
-    String::from_utf8_lossy(&reply.body).into_owned()
-}
-
-/// The `/status` entry of the target at `url`.
-async fn target_status(admin: std::net::SocketAddr, url: &str) -> serde_json::Value {
-    status(admin).await["upstream_targets"]
-        .as_array()
-        .expect("upstream_targets")
-        .iter()
-        .find(|t| t["url"] == url)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_balanced_over_two_https_targets_on_kept_alive_connections() {

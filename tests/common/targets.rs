@@ -306,3 +306,47 @@ pub fn entries(targets: &[&Target], weights: &[u32]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Which of the gateway's two request paths a request takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Path {
+    Fast,
+    Hyper,
+}
+
+pub const BOTH: [Path; 2] = [Path::Fast, Path::Hyper];
+
+/// GET `url` with `key` by `path`.
+pub async fn get_via(path: Path, url: &str, key: &super::TestKey) -> super::Reply {
+    match path {
+        Path::Fast => super::get(url, &[("x-api-key", &key.key)]).await,
+        // A `Connection` header naming another header: the engine hands the request to hyper.
+        Path::Hyper => {
+            super::get(
+                url,
+                &[
+                    ("x-api-key", &key.key),
+                    ("connection", "x-hop"),
+                    ("x-hop", "1"),
+                ],
+            )
+            .await
+        }
+    }
+}
+
+/// The name a target answered with (its body).
+pub fn target_of(reply: &super::Reply) -> String {
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+/// The `/status` entry of the target at `url`.
+pub async fn target_status(admin: SocketAddr, url: &str) -> serde_json::Value {
+    super::status(admin).await["upstream_targets"]
+        .as_array()
+        .expect("upstream_targets")
+        .iter()
+        .find(|t| t["url"] == url)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
