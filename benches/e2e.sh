@@ -108,25 +108,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pin() { # pin CPUS command...: runs the command pinned to CPUS, or unpinned when CPUS is empty
-    local cpus=$1
-    shift
-    if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
-}
-
-start_pinned() { # start_pinned CPUS PORT SECONDS LOG command...: runs the command in the background,
-    # pinned to CPUS, its output appended to LOG, stopped on exit; waits at most SECONDS for PORT to
-    # listen. Sets STARTED_PID (taskset and env exec the command, so that is the command's pid).
-    local cpus=$1 port=$2 seconds=$3 log=$4
-    shift 4
-    local -a pin=()
-    if [[ -n $cpus ]]; then pin=(taskset -c "$cpus"); fi
-    "${pin[@]}" "$@" >>"$log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    wait_for_port "$port" "$seconds" "$STARTED_PID"
-}
-
 install_tools() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
@@ -139,17 +120,6 @@ install_tools() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_for_port() { # wait_for_port PORT SECONDS PID
-    local deadline=$((SECONDS + $2))
-    while port_free "$1"; do
-        if ((SECONDS > deadline)); then log "nothing listens on 127.0.0.1:$1 after $2 s"; return 1; fi
-        if ! kill -0 "$3" 2>/dev/null; then log "the process meant to listen on $1 exited"; return 1; fi
-        sleep 0.1
-    done
 }
 
 nginx_common() { # nginx_common NAME [WORKERS]: the parts of every nginx configuration that are the same
@@ -171,12 +141,6 @@ http {
     keepalive_timeout 75s;
     default_type text/plain;
 EOF
-}
-
-start_nginx() { # start_nginx NAME CPUS PORT: runs nginx with $WORK/NAME.conf in the foreground, sets STARTED_PID
-    local name=$1
-    nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
-    start_pinned "$2" "$3" 10 "$WORK/$name.out" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
 }
 
 start_haproxy() { # start_haproxy CONFIG PORT CPUS: runs haproxy in the foreground, sets STARTED_PID
@@ -208,14 +172,6 @@ busy_pct() { # busy_pct BEFORE AFTER: the share of the ticks between two cpu_tim
         t = y[2] - x[2]; printf "%.0f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }'
 }
 
-cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these processes
-    local pid
-    for pid in "$@"; do
-        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-        sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'
-    done | awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
-}
-
 start_apiward() { # start_apiward CONFIG PORT CPUS [BINARY]: sets STARTED_PID
     start_pinned "$3" "$2" 600 "$WORK/apiward.log" env APIWARD_LOG=warn "${4:-${APIWARD:-$ROOT/target/release/apiward}}" \
         run --config "$1"
@@ -228,14 +184,6 @@ check_target() { # check_target URL: the request the benchmark sends must get th
         log "$1 answered ${body:0:300} instead of the upstream's body"
         return 1
     fi
-}
-
-to_ms() { # wrk prints 812.00us, 1.23ms or 1.02s
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
-        else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
 }
 
 run_wrk() { # run_wrk NAME URL ROUND PID...: appends "name round rps p50 p99 user_us sys_us
@@ -270,8 +218,6 @@ run_wrk() { # run_wrk NAME URL ROUND PID...: appends "name round rps p50 p99 use
     log "$(printf '%-8s round %s: %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  CPU %5.2f + %5.2f us/req  busy %s%% + %s%%' \
         "$name" "$round" "$rps" "$p50" "$p99" "$user_us" "$sys_us" "$proxy_busy" "$load_busy")"
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 stat_of() { # stat_of NAME COLUMN: the median over the rounds
     awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$WORK/results.txt" | median
@@ -369,21 +315,7 @@ EOF
     server {
         listen 127.0.0.1:$2 backlog=4096;
         $3
-        location / { return 404; }
-        location /api/ {
-            if (\$api_user = "") { return 401; }
-            if (\$api_allowed != 1) { return 403; }
-            limit_except GET POST { deny all; }
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Api-Key "";
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Apiward-User \$api_user;
-            proxy_set_header X-Apiward-Group bench;
-        }
+$(nginx_api_location)
     }
 }
 EOF

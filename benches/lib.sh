@@ -47,3 +47,84 @@ check_limited() {
     curl -sS -D - -o /dev/null -H "X-Api-Key: $2" "$1" | grep -qi '^ratelimit:' ||
         { log "$3 answered without RateLimit fields: its limits are not in force"; return 1; }
 }
+
+# nginx_api_location: the locations of nginx acting as the gateway, for an nginx.conf heredoc: the
+# key must name a user ($api_user, from a map) and the user:address pair be allowed ($api_allowed),
+# GET and POST only, then proxied to the upstream "bench" with the headers apiward sets. The same in
+# every benchmark, so nginx checks what apiward checks.
+nginx_api_location() {
+    cat <<EOF
+        location / { return 404; }
+        location /api/ {
+            if (\$api_user = "") { return 401; }
+            if (\$api_allowed != 1) { return 403; }
+            limit_except GET POST { deny all; }
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Api-Key "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Apiward-User \$api_user;
+            proxy_set_header X-Apiward-Group bench;
+        }
+EOF
+}
+
+# What the end-to-end scripts share for running servers and reading wrk and /proc: each sets
+# PIDS=() (stopped on exit) and WORK; start_nginx runs $WORK/NAME.conf.
+
+pin() { # pin CPUS command...: runs the command pinned to CPUS, or unpinned when CPUS is empty
+    local cpus=$1
+    shift
+    if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() { # wait_for_port PORT SECONDS PID
+    local deadline=$((SECONDS + $2))
+    while port_free "$1"; do
+        if ((SECONDS > deadline)); then log "nothing listens on 127.0.0.1:$1 after $2 s"; return 1; fi
+        if ! kill -0 "$3" 2>/dev/null; then log "the process meant to listen on $1 exited"; return 1; fi
+        sleep 0.1
+    done
+}
+
+start_pinned() { # start_pinned CPUS PORT SECONDS LOG command...: runs the command in the background,
+    # pinned to CPUS, its output appended to LOG, stopped on exit; waits at most SECONDS for PORT to
+    # listen. Sets STARTED_PID (taskset and env exec the command, so that is the command's pid).
+    local cpus=$1 port=$2 seconds=$3 log=$4
+    shift 4
+    local -a pin=()
+    if [[ -n $cpus ]]; then pin=(taskset -c "$cpus"); fi
+    "${pin[@]}" "$@" >>"$log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_for_port "$port" "$seconds" "$STARTED_PID"
+}
+
+cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these processes
+    local pid
+    for pid in "$@"; do
+        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+        sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'
+    done | awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
+}
+
+to_ms() { # wrk prints 812.00us, 1.23ms or 1.02s
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+        else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+start_nginx() { # start_nginx NAME CPUS PORT: runs nginx with $WORK/NAME.conf in the foreground, sets STARTED_PID
+    local name=$1
+    nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
+    start_pinned "$2" "$3" 10 "$WORK/$name.out" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
+}

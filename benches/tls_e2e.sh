@@ -32,6 +32,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/support/keys_lua.sh
 source "$ROOT/benches/support/keys_lua.sh"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -72,12 +74,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pin() { # pin CPUS command...
-    local cpus=$1
-    shift
-    if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
-}
-
 install_tools() {
     local missing=()
     command -v wrk >/dev/null || missing+=(wrk)
@@ -93,28 +89,6 @@ install_tools() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]/nghttp2-client/}" >/dev/null
     fi
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_for_port() { # wait_for_port PORT SECONDS PID
-    local deadline=$((SECONDS + $2))
-    while port_free "$1"; do
-        if ((SECONDS > deadline)); then log "nothing listens on 127.0.0.1:$1 after $2 s"; return 1; fi
-        if ! kill -0 "$3" 2>/dev/null; then log "the process meant to listen on $1 exited"; return 1; fi
-        sleep 0.1
-    done
-}
-
-start_pinned() { # start_pinned CPUS PORT SECONDS LOG command...: sets STARTED_PID
-    local cpus=$1 port=$2 seconds=$3 log=$4
-    shift 4
-    local -a pin=()
-    if [[ -n $cpus ]]; then pin=(taskset -c "$cpus"); fi
-    "${pin[@]}" "$@" >>"$log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-    wait_for_port "$port" "$seconds" "$STARTED_PID"
 }
 
 nginx_common() {
@@ -138,30 +112,11 @@ http {
 EOF
 }
 
-start_nginx() { # start_nginx NAME CPUS PORT
-    local name=$1
-    nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
-    start_pinned "$2" "$3" 10 "$WORK/$name.out" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
-}
-
-cpu_ticks() { # cpu_ticks PID...: "user system" clock ticks used so far by these processes
-    local pid
-    for pid in "$@"; do sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'; done |
-        awk '{ u += $1; s += $2 } END { print u + 0, s + 0 }'
-}
-
 per_request() { # per_request BEFORE AFTER REQUESTS: "user_us sys_us" of CPU per request
     awk -v b="$1" -v a="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
         split(b, x, " "); split(a, y, " ")
         if (n <= 0) { print "0 0"; exit }
         printf "%.2f %.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }'
-}
-
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
 }
 
 make_certificate() { # a CA and a certificate for bench.local and 127.0.0.1, P-256 as rustls prefers
@@ -291,8 +246,6 @@ run_h2load() { # run_h2load NAME URL ROUND PID...
     log "$(printf 'h2        %-7s round %s: %10.0f req/s  CPU %s us/req (user sys)' "$name" "$round" "$rps" "$cpu")"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 has_rows() { grep -q "^$1 $2 " "$WORK/results.txt"; } # has_rows MODE NAME
 
 stat_of() { # stat_of MODE NAME COLUMN: the median over the rounds
@@ -354,21 +307,7 @@ EOF
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         access_log $WORK/handshakes.log handshake buffer=64k flush=1s if=\$bench_handshake;
-        location / { return 404; }
-        location /api/ {
-            if (\$api_user = "") { return 401; }
-            if (\$api_allowed != 1) { return 403; }
-            limit_except GET POST { deny all; }
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Api-Key "";
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
-            proxy_set_header X-Apiward-User \$api_user;
-            proxy_set_header X-Apiward-Group bench;
-        }
+$(nginx_api_location)
     }
 }
 EOF
