@@ -118,6 +118,17 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(name), png).expect("write screenshot");
 }
 
+/// Finds the element (it must be there) and clicks it.
+async fn click(browser: &Client, locator: Locator<'_>) {
+    browser
+        .find(locator)
+        .await
+        .unwrap_or_else(|e| panic!("no {locator:?} to click: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {locator:?}: {e}"));
+}
+
 /// The text of the first `css` element, waiting for it while a navigation ends.
 async fn text_of(browser: &Client, css: &str) -> String {
     let mut last = String::new();
@@ -266,13 +277,7 @@ async fn an_admin_manages_a_user_from_the_console_in_a_real_browser() {
     assert_eq!(scripts, serde_json::json!(1), "only /assets/console.js");
 
     // Add a user; its key is on the page, once.
-    browser
-        .find(Locator::LinkText("Add API user"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::LinkText("Add API user")).await;
     let form = browser
         .form(Locator::Css("form[action='/users']"))
         .await
@@ -325,26 +330,14 @@ async fn an_admin_manages_a_user_from_the_console_in_a_real_browser() {
         .goto(&format!("{base}/users/crm-sync@example.org"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("form[action$='/status'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::Css("form[action$='/status'] button")).await;
     expect_text(&browser, ".notice", "set to inactive").await;
     let refused = public(&gw, &key).await;
     assert_eq!(
         (refused.status.as_u16(), refused.error_code().as_str()),
         (403, "user_inactive")
     );
-    browser
-        .find(Locator::Css("form[action$='/status'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::Css("form[action$='/status'] button")).await;
     expect_text(&browser, ".notice", "set to active").await;
     for _ in 0..4 {
         assert_eq!(public(&gw, &key).await.status, 200);
@@ -406,13 +399,7 @@ async fn an_admin_manages_a_user_from_the_console_in_a_real_browser() {
         .select_by_value("1h")
         .await
         .unwrap();
-    browser
-        .find(Locator::Css("form[action$='/rotate'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::Css("form[action$='/rotate'] button")).await;
     let new_key = text_of(&browser, "#new-key").await;
     assert_ne!(new_key, key);
     assert!(
@@ -430,13 +417,7 @@ async fn an_admin_manages_a_user_from_the_console_in_a_real_browser() {
         .await
         .unwrap();
     assert!(text_of(&browser, ".error").await.contains("fails at once"));
-    browser
-        .find(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::Css("button.danger")).await;
     expect_text(&browser, ".notice", "was revoked").await;
     assert_eq!(public(&gw, &key).await.status, 401);
     assert_eq!(public(&gw, &new_key).await.status, 200);
@@ -469,26 +450,14 @@ async fn an_admin_manages_a_user_from_the_console_in_a_real_browser() {
         .goto(&format!("{base}/users/crm-sync@example.org"))
         .await
         .unwrap();
-    browser
-        .find(Locator::LinkText("Delete"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::LinkText("Delete")).await;
     expect_heading(
         &browser,
         |h| h.starts_with("Delete API user"),
         "Delete API user ...",
     )
     .await;
-    browser
-        .find(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::Css("button.danger")).await;
     expect_heading(&browser, |h| h == "API users", "API users").await;
     assert_eq!(public(&gw, &new_key).await.status, 401);
     assert!(
