@@ -51,10 +51,8 @@ impl Admitted {
     pub fn write_head(&self, out: &mut Vec<u8>) {
         match &self.hold {
             Some(hold) if !self.fields.is_empty() => {
-                out.reserve(hold.state.policy.len() + 96);
-                out.extend_from_slice(b"RateLimit-Policy: ");
-                out.extend_from_slice(&hold.state.policy);
-                out.extend_from_slice(b"\r\nRateLimit: ");
+                out.reserve(hold.state.head.len() + fields::STATE_MAX + 2);
+                out.extend_from_slice(&hold.state.head);
                 self.fields.write_state(out);
                 out.extend_from_slice(b"\r\n");
             }
@@ -494,7 +492,7 @@ impl Tracked {
                 window,
             }
         });
-        // The policy as every response writes it (`Fields::write_policy`): it names the
+        // The policy line as every response writes it (`Fields::write_head`): it names the
         // limits, and what is left of them does not enter it.
         let policy_of = Fields {
             rate: limits
@@ -504,8 +502,9 @@ impl Tracked {
                 .quota
                 .map(|q| PolicyState::quota(&q, 0, Duration::ZERO)),
         };
-        let mut policy = Vec::new();
-        policy_of.write_policy(&mut policy);
+        let mut head = b"RateLimit-Policy: ".to_vec();
+        policy_of.write_policy(&mut head);
+        head.extend_from_slice(b"\r\nRateLimit: ");
         Tracked {
             limits,
             state: Arc::new(UserLimitState::new(
@@ -513,7 +512,7 @@ impl Tracked {
                 rate,
                 quota,
                 limits.max_concurrent,
-                policy.into_boxed_slice(),
+                head.into_boxed_slice(),
             )),
         }
     }

@@ -59,8 +59,9 @@ pub(crate) struct UserLimitState {
     pub(super) rate: Option<RateShape>,
     pub(super) quota: Option<QuotaShape>,
     pub(super) max_concurrent: Option<u32>,
-    /// The `RateLimit-Policy` value, which only these limits decide.
-    pub(super) policy: Box<[u8]>,
+    /// `RateLimit-Policy: <value>\r\nRateLimit: `: the policy line, which only these limits
+    /// decide, and the start of the state line, written with one copy on every response.
+    pub(super) head: Box<[u8]>,
     /// The shared store's leases, taken under exactly these limits (so none survives a change
     /// of them); made on first use, as only the shared store needs them.
     leases: OnceLock<Box<Leases>>,
@@ -72,14 +73,14 @@ impl UserLimitState {
         rate: Option<RateShape>,
         quota: Option<QuotaShape>,
         max_concurrent: Option<u32>,
-        policy: Box<[u8]>,
+        head: Box<[u8]>,
     ) -> UserLimitState {
         UserLimitState {
             counters,
             rate,
             quota,
             max_concurrent,
-            policy,
+            head,
             leases: OnceLock::new(),
         }
     }

@@ -18,6 +18,7 @@ use super::codec::{RequestHead, http_date, push_header, read_request_head};
 use super::deadline::{Read, StopWatch, Timer, Written, read_until, write_until};
 use super::engine::Engine;
 use crate::config::reload::ConfigStore;
+use crate::limits::Admitted;
 use crate::observe::RequestRecord;
 use crate::proxy::policy::headers::Known;
 use crate::proxy::policy::{HeadChecked, Policy, Refused};
@@ -278,12 +279,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
             self.buf = unread;
             return Step::HandOver;
         };
-        // The limit step, here and not before the hand-over, so that hyper's path counts it once.
-        let admitted = match self
-            .policy
-            .limit(&mut forward.limit_plan, &mut record)
-            .await
-        {
+        // The limit step, here and not before the hand-over, so that hyper's path counts it
+        // once. A user without limits skips it; the local store's needs no future.
+        let plan = &mut forward.limit_plan;
+        let limited = if plan.limits.is_unlimited() {
+            Ok(Admitted::default())
+        } else if plan.shared {
+            self.policy.limit(plan, &mut record).await
+        } else {
+            self.policy.limit_local(plan, &mut record)
+        };
+        let admitted = match limited {
             Ok(admitted) => admitted,
             Err(limited) => return self.refuse(limited, &mut record, head.close).await,
         };

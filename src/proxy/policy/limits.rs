@@ -14,8 +14,29 @@ impl Policy {
     /// The user's limits for an admitted request. Hold the `Admitted` until the response has
     /// ended or the client has gone (it is the request's place among the user's requests in
     /// flight); write its fields on the response head. `plan` is the `Forward`'s: the user's
-    /// limit state moves from it into the `Admitted`.
+    /// limit state moves from it into the `Admitted`. With the local store this is
+    /// `limit_local`, which a caller may call instead, without a future.
     pub async fn limit(
+        &self,
+        plan: &mut LimitPlan,
+        record: &mut RequestRecord,
+    ) -> Result<Admitted, Limited> {
+        if !plan.shared {
+            return self.limit_local(plan, record);
+        }
+        if plan.limits.is_unlimited() {
+            return Ok(Admitted::default());
+        }
+        let Some(user) = &record.user else {
+            return Ok(Admitted::default());
+        };
+        let outcome = self.limits.admit(user, plan.take()).await;
+        note(record, outcome)
+    }
+
+    /// `limit` for a plan whose store is local (`!plan.shared`): it never waits, and the
+    /// request's arrival is its time.
+    pub fn limit_local(
         &self,
         plan: &mut LimitPlan,
         record: &mut RequestRecord,
@@ -26,27 +47,29 @@ impl Policy {
         let Some(user) = &record.user else {
             return Ok(Admitted::default());
         };
-        let plan = plan.take();
-        // The local store never waits: no future for it (the request's arrival is its time).
-        let outcome = if plan.shared {
-            self.limits.admit(user, plan).await
-        } else {
-            self.limits.admit_local(user, plan, record.started)
-        };
-        let fields = match &outcome {
-            Ok(admitted) => {
-                record.limit = Some("admitted");
-                admitted.fields
-            }
-            Err(limited) => {
-                record.limit = Some(limited.kind.as_str());
-                record.decision = limited.refusal().code();
-                limited.fields
-            }
-        };
-        record.limit_remaining = least_remaining(&fields);
-        outcome
+        let outcome = self.limits.admit_local(user, plan.take(), record.started);
+        note(record, outcome)
     }
+}
+
+/// What the limit step said, in the request's record.
+fn note(
+    record: &mut RequestRecord,
+    outcome: Result<Admitted, Limited>,
+) -> Result<Admitted, Limited> {
+    let fields = match &outcome {
+        Ok(admitted) => {
+            record.limit = Some("admitted");
+            &admitted.fields
+        }
+        Err(limited) => {
+            record.limit = Some(limited.kind.as_str());
+            record.decision = limited.refusal().code();
+            &limited.fields
+        }
+    };
+    record.limit_remaining = least_remaining(fields);
+    outcome
 }
 
 impl Forward {
