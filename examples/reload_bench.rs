@@ -66,7 +66,7 @@ fn reload_cost(users: usize, rounds: usize) {
     spec.access_log = Some("off");
     let full = support::config_text(&spec);
     let previous = apiward::config::compile(&path, &full).expect("the file compiles");
-    let (mut reads, mut compiles) = (Vec::new(), Vec::new());
+    let (mut reads, mut compiles, mut streams) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let victim = 1 + round * ((users - 1) / (rounds + 1));
         let digest = KeyDigest::of(&support::key(victim)).to_hex();
@@ -95,15 +95,33 @@ fn reload_cost(users: usize, rounds: usize) {
                 .contains_key(&KeyDigest::of(&support::key(victim)))
         );
         drop((text, compiled));
-        println!("round {round}: read {read:?}, compile after the previous snapshot {compile:?}");
+        // What a reload does now: the file streamed, only its changed tables kept and compiled.
+        let started = Instant::now();
+        let streamed = apiward::config::incremental::reload_streamed(&path, &previous);
+        let stream = started.elapsed();
+        let apiward::config::incremental::Streamed::Compiled(streamed) = streamed else {
+            panic!("streamed and compiled incrementally");
+        };
+        assert!(
+            !streamed
+                .snapshot
+                .keys
+                .contains_key(&KeyDigest::of(&support::key(victim)))
+        );
+        drop(streamed);
+        println!(
+            "round {round}: read {read:?}, compile after the previous snapshot {compile:?}; streamed read and compile {stream:?}"
+        );
         reads.push(read);
         compiles.push(compile);
+        streams.push(stream);
     }
     println!(
-        "reload cost at {users} users ({:.1} MiB), {rounds} rounds: read median {:?}, compile median {:?}",
+        "reload cost at {users} users ({:.1} MiB), {rounds} rounds: read median {:?}, compile median {:?}; streamed (read and compile, what a reload does) median {:?}",
         full.len() as f64 / (1024.0 * 1024.0),
         median(&mut reads),
-        median(&mut compiles)
+        median(&mut compiles),
+        median(&mut streams)
     );
 }
 

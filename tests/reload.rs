@@ -400,3 +400,74 @@ fn undoing_a_refused_edit_clears_the_reload_error() {
     assert_eq!(store.generation(), 1, "nothing was applied");
     assert!(matches!(store.reload(), ReloadOutcome::Unchanged));
 }
+
+/// A reload streams the file and keeps only the tables that changed; a broken table among
+/// thousands (more than the buffer the file is read through) is still refused at its exact
+/// line and column, as the whole file's compile reports it, and the last good file keeps serving.
+#[test]
+fn a_broken_table_in_a_large_file_is_refused_at_its_line() {
+    use apiward::config::reload::{ConfigStore, ReloadOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apiward.toml");
+    let ids: Vec<String> = (0..12_000).map(|i| format!("u{i}@example.org")).collect();
+    let keys: Vec<TestKey> = (0..ids.len())
+        .map(|i| TestKey::new(&format!("big{i}")))
+        .collect();
+    let file = |status_of_7777: &str, revoked: Option<usize>| {
+        let mut users = String::new();
+        for (i, id) in ids.iter().enumerate() {
+            let status = if i == 7777 { status_of_7777 } else { "active" };
+            let k: Vec<&TestKey> = if revoked == Some(i) {
+                vec![]
+            } else {
+                vec![&keys[i]]
+            };
+            users.push_str(&user(id, status, "manage-supporters", "*", &k));
+        }
+        config("http://127.0.0.1:9", &users)
+    };
+    let good = file("active", None);
+    assert!(good.len() > 2 << 20, "larger than the streaming buffer");
+    std::fs::write(&path, &good).unwrap();
+    let store = ConfigStore::open(&path).unwrap();
+
+    let broken = file("on", None);
+    std::fs::write(&path, &broken).unwrap();
+    let ReloadOutcome::Refused(errors) = store.reload() else {
+        panic!("the broken table was not refused");
+    };
+    let at = broken.find("status = \"on\"").unwrap();
+    let line = broken[..at].matches('\n').count() + 1;
+    assert_eq!(
+        (errors.0[0].line, errors.0[0].column),
+        (line, 10),
+        "{errors}"
+    );
+    assert_eq!(
+        errors,
+        apiward::config::compile(&path, &broken).unwrap_err(),
+        "the errors of one parse of the whole file"
+    );
+    let digest = apiward::snapshot::KeyDigest::of(&keys[7777].key);
+    assert!(
+        store.load().keys.contains_key(&digest),
+        "the last good file serves"
+    );
+    assert_eq!(store.generation(), 1);
+
+    // Back to the good file: nothing to apply, the stale error is cleared.
+    std::fs::write(&path, &good).unwrap();
+    assert!(matches!(store.reload(), ReloadOutcome::BackInLine));
+
+    // A key revoked deep in the file: only its table is compiled again.
+    std::fs::write(&path, file("active", Some(9000))).unwrap();
+    let ReloadOutcome::Applied { changes, .. } = store.reload() else {
+        panic!("the revocation was not applied");
+    };
+    assert_eq!(changes.users_changed, vec![ids[9000].clone()]);
+    assert_eq!(changes.keys_revoked, 1);
+    let revoked = apiward::snapshot::KeyDigest::of(&keys[9000].key);
+    assert!(!store.load().keys.contains_key(&revoked));
+    assert!(store.load().keys.contains_key(&digest));
+    assert!(matches!(store.reload(), ReloadOutcome::Unchanged));
+}

@@ -79,6 +79,185 @@ pub fn reload_after(
     })
 }
 
+/// What a reload that streams the file (`reload_streamed`) found.
+pub enum Streamed {
+    /// The file is, table for table, the one the snapshot serving was compiled from.
+    Same,
+    Compiled(Box<Compiled>),
+    /// Only the whole text can say (the head changed, a table is not one user, an error
+    /// anywhere, no user table, the file could not be read): read it whole and compile it with
+    /// `reload_after`, which gives the errors with their lines.
+    Whole,
+}
+
+/// The buffer a streamed reload reads the file through (it grows for a table larger than it).
+const STREAM_BUFFER: usize = 1 << 20;
+
+/// `reload_after` without the whole text in memory: the file is read through a small buffer,
+/// cut into tables and each table digested and matched with the previous file's as it goes;
+/// only the text of the head and of the tables that changed is kept. So a revocation among a
+/// million users allocates and validates (as UTF-8) a few tables, not the file. The file is
+/// read, not mapped: a mapping would fault (SIGBUS) if the file were truncated in place.
+pub fn reload_streamed(file: &Path, previous: &Snapshot) -> Streamed {
+    stream_with(file, previous, STREAM_BUFFER)
+}
+
+fn stream_with(file: &Path, previous: &Snapshot, buffer: usize) -> Streamed {
+    let Some(index) = previous.source_index.as_ref() else {
+        return Streamed::Whole;
+    };
+    let Ok(Some(kept)) = stream_tables(file, index, buffer) else {
+        return Streamed::Whole;
+    };
+    let Kept {
+        head,
+        digests,
+        matched,
+        found,
+        text,
+        tables,
+    } = kept;
+    // A file without user tables may be blank, which the whole-text path refuses as such.
+    if digests.is_empty() {
+        return Streamed::Whole;
+    }
+    // Tables whose digest is the previous file's are that file's text, which was valid UTF-8;
+    // a cut is before an ASCII `[`, so the kept pieces are valid exactly when the file is.
+    let (Ok(head), Ok(text)) = (String::from_utf8(head), String::from_utf8(text)) else {
+        return Streamed::Whole;
+    };
+    let changed = tables
+        .iter()
+        .map(|(start, range)| (*start, &text[range.clone()]))
+        .collect();
+    let cut = Cut {
+        head: &head,
+        digests,
+        matched,
+        found,
+        changed,
+    };
+    match compile_changed(file, cut, previous) {
+        Some(Incremental::Same) => Streamed::Same,
+        Some(Incremental::Compiled(compiled)) => Streamed::Compiled(compiled),
+        None => Streamed::Whole,
+    }
+}
+
+/// What `stream_tables` keeps of a file.
+struct Kept {
+    head: Vec<u8>,
+    digests: Vec<u128>,
+    matched: Vec<Option<usize>>,
+    found: Vec<bool>,
+    /// The changed tables' text, one after the other.
+    text: Vec<u8>,
+    /// Each changed table: where it starts in the file, and where its text is in `text`.
+    tables: Vec<(usize, Range<usize>)>,
+}
+
+/// Reads the file through a buffer of `buffer` bytes, cutting it as `tables` does; `None` as
+/// soon as the head is not the previous file's (then nothing more is read).
+fn stream_tables(file: &Path, index: &SourceIndex, buffer: usize) -> std::io::Result<Option<Kept>> {
+    use std::io::Read;
+
+    let mut reader = std::fs::File::open(file)?;
+    let finder = memmem::Finder::new(TABLE_START);
+    let mut buf = vec![0u8; buffer.max(TABLE_START.len())];
+    let mut cutter = Cutter {
+        index,
+        matcher: Matcher::new(&index.tables),
+        in_head: true,
+        kept: Kept {
+            head: Vec::new(),
+            digests: Vec::with_capacity(index.tables.len() + 16),
+            matched: Vec::with_capacity(index.tables.len() + 16),
+            found: Vec::new(),
+            text: Vec::new(),
+            tables: Vec::new(),
+        },
+    };
+    // `buf[..filled]` holds the file from `base`; the piece being cut starts at `start`, and
+    // its end is searched for from `search`.
+    let (mut filled, mut base, mut start, mut search) = (0, 0, 0, 0);
+    let mut eof = false;
+    let mut first = true;
+    loop {
+        while filled < buf.len() && !eof {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => eof = true,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A file that starts with a table has an empty head.
+        if first {
+            first = false;
+            if buf[..filled].starts_with(&TABLE_START[1..]) && !cutter.piece(&[], 0) {
+                return Ok(None);
+            }
+        }
+        while let Some(i) = finder.find(&buf[search..filled]) {
+            let end = search + i + 1;
+            if !cutter.piece(&buf[start..end], base + start) {
+                return Ok(None);
+            }
+            start = end;
+            search = end;
+        }
+        if eof {
+            if !cutter.piece(&buf[start..filled], base + start) {
+                return Ok(None);
+            }
+            let Cutter {
+                matcher, mut kept, ..
+            } = cutter;
+            kept.found = matcher.used;
+            return Ok(Some(kept));
+        }
+        // The piece not yet ended moves to the front; the buffer grows when it fills it alone.
+        search = filled.saturating_sub(TABLE_START.len() - 1).max(start) - start;
+        buf.copy_within(start..filled, 0);
+        base += start;
+        filled -= start;
+        start = 0;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+/// Takes the pieces of a streamed file one by one: the head, then each table.
+struct Cutter<'a> {
+    index: &'a SourceIndex,
+    matcher: Matcher<'a>,
+    in_head: bool,
+    kept: Kept,
+}
+
+impl Cutter<'_> {
+    /// The next piece, which starts at `start` in the file; false when the head is not the
+    /// previous file's.
+    fn piece(&mut self, piece: &[u8], start: usize) -> bool {
+        if self.in_head {
+            self.in_head = false;
+            self.kept.head = piece.to_vec();
+            return xxhash_rust::xxh3::xxh3_128(piece) == self.index.head;
+        }
+        let d = xxhash_rust::xxh3::xxh3_128(piece);
+        let m = self.matcher.next(d);
+        self.kept.digests.push(d);
+        self.kept.matched.push(m);
+        if m.is_none() {
+            let at = self.kept.text.len();
+            self.kept.text.extend_from_slice(piece);
+            self.kept.tables.push((start, at..self.kept.text.len()));
+        }
+        true
+    }
+}
+
 fn digest(text: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
@@ -208,8 +387,8 @@ fn head_of(loc: &Locator<'_>, head: &str) -> Option<(Head, Vec<ConfigError>, Raw
 
 /// One user table parsed on its own, its spans moved to where it stands in the whole text;
 /// `None` unless it is exactly one user table.
-fn parse_table(text: &str, range: &Range<usize>) -> Option<(Spanned<String>, Spanned<RawUser>)> {
-    let raw: RawConfig = toml::from_str(&text[range.clone()]).ok()?;
+fn parse_table(table: &str, start: usize) -> Option<(Spanned<String>, Spanned<RawUser>)> {
+    let raw: RawConfig = toml::from_str(table).ok()?;
     let RawConfig {
         server: None,
         upstreams,
@@ -232,18 +411,14 @@ fn parse_table(text: &str, range: &Range<usize>) -> Option<(Spanned<String>, Spa
     }
     let (id, user) = users.into_iter().next()?;
     Some((
-        super::parse::shift(id, range.start),
-        super::parse::shift_user(user, range.start),
+        super::parse::shift(id, start),
+        super::parse::shift_user(user, start),
     ))
 }
 
-fn table_piece(
-    loc: &Locator<'_>,
-    head: &Head,
-    text: &str,
-    range: &Range<usize>,
-) -> Option<UserPiece> {
-    let (id, user) = parse_table(text, range)?;
+/// One user table compiled: `table` is its text, `start` where it starts in the file.
+fn table_piece(loc: &Locator<'_>, head: &Head, table: &str, start: usize) -> Option<UserPiece> {
+    let (id, user) = parse_table(table, start)?;
     Some(compile_user(loc, head, &id, &user))
 }
 
@@ -256,7 +431,10 @@ fn by_tables(file: &Path, text: &str) -> Option<Result<Snapshot, ConfigErrors>> 
         digests,
     } = tables(text);
     let (head, mut errors, raw_head) = head_of(&loc, &text[..head_end])?;
-    let pieces = spread(ranges.len(), |i| table_piece(&loc, &head, text, &ranges[i]));
+    let pieces = spread(ranges.len(), |i| {
+        let range = &ranges[i];
+        table_piece(&loc, &head, &text[range.clone()], range.start)
+    });
     let pieces: Vec<UserPiece> = pieces.into_iter().collect::<Option<_>>()?;
     let mut key_index = KeyIndex::with_capacity(pieces.len());
     for piece in &pieces {
@@ -310,37 +488,61 @@ const LOOK_AHEAD: usize = 8;
 /// new: a table that moved is otherwise simply compiled again (what it is, not where it was,
 /// is what the result depends on).
 fn match_tables(old: &[u128], new: &[u128]) -> (Vec<Option<usize>>, Vec<bool>) {
-    let mut used = vec![false; old.len()];
-    let mut by_digest: Option<HashMap<u128, usize, BuildHasherDefault<TableHasher>>> = None;
-    let mut next = 0;
-    let mut misses = 0;
-    let mut matched = Vec::with_capacity(new.len());
-    for &d in new {
+    let mut matcher = Matcher::new(old);
+    let matched = new.iter().map(|&d| matcher.next(d)).collect();
+    (matched, matcher.used)
+}
+
+/// `match_tables` one table at a time, in file order: a table's match depends only on the
+/// tables before it, so it is known as soon as the table is read.
+struct Matcher<'a> {
+    old: &'a [u128],
+    /// Which of `old` were matched.
+    used: Vec<bool>,
+    by_digest: Option<HashMap<u128, usize, BuildHasherDefault<TableHasher>>>,
+    next: usize,
+    misses: usize,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(old: &'a [u128]) -> Matcher<'a> {
+        Matcher {
+            old,
+            used: vec![false; old.len()],
+            by_digest: None,
+            next: 0,
+            misses: 0,
+        }
+    }
+
+    /// The match of the next table, whose digest is `d`.
+    fn next(&mut self, d: u128) -> Option<usize> {
+        let old = self.old;
         let window = |from: usize, used: &[bool]| {
             (from..(from + LOOK_AHEAD).min(old.len())).find(|&j| !used[j] && old[j] == d)
         };
-        let mut found = window(next, &used).or_else(|| window(next + misses, &used));
-        if found.is_none() && misses >= LOOK_AHEAD {
-            let map = by_digest.get_or_insert_with(|| {
+        let mut found =
+            window(self.next, &self.used).or_else(|| window(self.next + self.misses, &self.used));
+        if found.is_none() && self.misses >= LOOK_AHEAD {
+            let map = self.by_digest.get_or_insert_with(|| {
                 let mut map = HashMap::with_capacity_and_hasher(old.len(), Default::default());
                 for (j, &o) in old.iter().enumerate().rev() {
                     map.insert(o, j);
                 }
                 map
             });
-            found = map.get(&d).copied().filter(|&j| !used[j]);
+            found = map.get(&d).copied().filter(|&j| !self.used[j]);
         }
         match found {
             Some(j) => {
-                used[j] = true;
-                next = j + 1;
-                misses = 0;
+                self.used[j] = true;
+                self.next = j + 1;
+                self.misses = 0;
             }
-            None => misses += 1,
+            None => self.misses += 1,
         }
-        matched.push(found);
+        found
     }
-    (matched, used)
 }
 
 /// A table digest is already uniform: its low 64 bits are the hash.
@@ -382,27 +584,68 @@ fn only_changed_tables(file: &Path, text: &str, previous: &Snapshot) -> Option<I
     let Tables {
         head_end,
         ranges,
-        digests: tables,
+        digests,
     } = tables(text);
     if digest(&text[..head_end]) != index.head {
         return None;
     }
-    let (matched, found) = match_tables(&index.tables, &tables);
+    let (matched, found) = match_tables(&index.tables, &digests);
+    let changed = ranges
+        .iter()
+        .zip(&matched)
+        .filter(|(_, m)| m.is_none())
+        .map(|(r, _)| (r.start, &text[r.clone()]))
+        .collect();
+    let cut = Cut {
+        head: &text[..head_end],
+        digests,
+        matched,
+        found,
+        changed,
+    };
+    compile_changed(file, cut, previous)
+}
+
+/// A file cut into tables and matched with the previous file's: what the incremental compile
+/// needs of it (the text of the head and of the changed tables only).
+struct Cut<'t> {
+    /// Everything before the first table; its digest is the previous file's.
+    head: &'t str,
+    /// Every table's digest, in file order.
+    digests: Vec<u128>,
+    /// Each table's match among the previous file's (`match_tables`).
+    matched: Vec<Option<usize>>,
+    /// Which of the previous file's tables were matched.
+    found: Vec<bool>,
+    /// The tables matched with none, in order: where each starts in the file, and its text.
+    changed: Vec<(usize, &'t str)>,
+}
+
+/// The incremental compile of a file cut by `tables` or read by `stream_tables`. Errors are
+/// never reported from here (any error is `None`, and the whole text is compiled instead), so
+/// only the head's text is needed to locate them.
+fn compile_changed(file: &Path, cut: Cut<'_>, previous: &Snapshot) -> Option<Incremental> {
+    let index = previous.source_index.as_ref()?;
+    let Cut {
+        head: head_text,
+        digests: tables,
+        matched,
+        found,
+        changed,
+    } = cut;
     let same = tables.len() == index.tables.len()
         && matched.iter().enumerate().all(|(i, m)| *m == Some(i));
     if same {
         return Some(Incremental::Same);
     }
-    let loc = Locator::new(file, text);
-    let (head, head_errors, raw_head) = head_of(&loc, &text[..head_end])?;
+    let loc = Locator::new(file, head_text);
+    let (head, head_errors, raw_head) = head_of(&loc, head_text)?;
     if !head_errors.is_empty() {
         return None;
     }
-    let changed: Vec<usize> = (0..tables.len())
-        .filter(|&i| matched[i].is_none())
-        .collect();
     let pieces = spread(changed.len(), |c| {
-        table_piece(&loc, &head, text, &ranges[changed[c]])
+        let (start, table) = changed[c];
+        table_piece(&loc, &head, table, start)
     });
     let mut fresh = Vec::with_capacity(pieces.len());
     for piece in pieces {

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::diff::ChangeSummary;
 use super::error::{ConfigErrors, whole_file};
 use super::guard::{self, Baseline};
+use super::incremental::Streamed;
 use crate::snapshot::Snapshot;
 
 /// What one reload did.
@@ -125,15 +126,7 @@ impl ConfigStore {
     /// async workers (`spawn_blocking`), since a large file takes a while to compile.
     pub fn reload(&self) -> ReloadOutcome {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let text = match read_retrying(&self.path) {
-            Ok(t) => t,
-            Err(ReadError::Missing) => return ReloadOutcome::Missing,
-            Err(ReadError::Invalid(e)) => return self.refused(e),
-        };
         let current = self.current.load_full();
-        // A snapshot with a source index says itself whether the text is the one it was
-        // compiled from (its head and every table's digest); only without one is the whole
-        // text digested for that, before compiling it in full anyway.
         // The PEM files it read ([server.tls], upstream `ca`s): changed, the file is compiled
         // again although its text is the same (a renewed certificate).
         let files_same = files_digest(&current.tls_files)
@@ -141,26 +134,23 @@ impl ConfigStore {
                 .loaded_files_digest
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-        if current.source_index.is_none() && files_same {
-            let digest = text_digest(&text);
-            if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
-                return self.unchanged();
-            }
-        }
-        if let Err(e) = guard::refuse_blank(&self.path, &text) {
-            return self.refused(e);
-        }
-        // Only the user tables whose text changed are compiled; the rest is taken from the
-        // snapshot serving now (`incremental`).
-        let compiled = if files_same {
-            super::incremental::reload_after(&self.path, &text, &current)
+        // A snapshot with a source index says itself whether the file is the one it was
+        // compiled from (its head and every table's digest), and which tables changed: the file
+        // is streamed through a small buffer and only those tables are kept and compiled
+        // (`incremental::reload_streamed`). Whatever that cannot settle exactly (an error
+        // above all, to be reported with its line) reads the whole text.
+        let streamed = if files_same && current.source_index.is_some() {
+            super::incremental::reload_streamed(&self.path, &current)
         } else {
-            super::incremental::compile_after(&self.path, &text, &current).map(Some)
+            Streamed::Whole
         };
-        let (snapshot, changes) = match compiled {
-            Ok(Some(c)) => (c.snapshot, c.changes),
-            Ok(None) => return self.unchanged(),
-            Err(e) => return self.refused(e),
+        let (snapshot, changes, text) = match streamed {
+            Streamed::Same => return self.unchanged(),
+            Streamed::Compiled(c) => (c.snapshot, c.changes, None),
+            Streamed::Whole => match self.compile_text(&current, files_same) {
+                Ok((snapshot, changes, text)) => (snapshot, changes, Some(text)),
+                Err(outcome) => return outcome,
+            },
         };
         // A file that would serve nothing, or lose most users, keeps the current one serving.
         let admitted = guard::admit(&self.path, &snapshot, &Baseline::of(&current), || {
@@ -179,8 +169,8 @@ impl ConfigStore {
         // no source index.
         let snapshot = Arc::new(snapshot);
         let previous = self.current.swap(Arc::clone(&snapshot));
-        if snapshot.source_index.is_none() {
-            *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = text_digest(&text);
+        if let (None, Some(text)) = (&snapshot.source_index, &text) {
+            *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = text_digest(text);
         }
         *self
             .loaded_files_digest
@@ -203,6 +193,42 @@ impl ConfigStore {
             generation,
             changes,
             restart_required,
+        }
+    }
+
+    /// The whole text read and compiled (after `current`, taking its unchanged user tables);
+    /// `Err` is the outcome when there is nothing to swap in.
+    fn compile_text(
+        &self,
+        current: &Snapshot,
+        files_same: bool,
+    ) -> Result<(Snapshot, Option<ChangeSummary>, String), ReloadOutcome> {
+        let text = match read_retrying(&self.path) {
+            Ok(t) => t,
+            Err(ReadError::Missing) => return Err(ReloadOutcome::Missing),
+            Err(ReadError::Invalid(e)) => return Err(self.refused(e)),
+        };
+        // Without a source index, the whole text's digest says whether it is the one loaded.
+        if current.source_index.is_none() && files_same {
+            let digest = text_digest(&text);
+            if *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) == digest {
+                return Err(self.unchanged());
+            }
+        }
+        if let Err(e) = guard::refuse_blank(&self.path, &text) {
+            return Err(self.refused(e));
+        }
+        // Only the user tables whose text changed are compiled; the rest is taken from the
+        // snapshot serving now (`incremental`).
+        let compiled = if files_same {
+            super::incremental::reload_after(&self.path, &text, current)
+        } else {
+            super::incremental::compile_after(&self.path, &text, current).map(Some)
+        };
+        match compiled {
+            Ok(Some(c)) => Ok((c.snapshot, c.changes, text)),
+            Ok(None) => Err(self.unchanged()),
+            Err(e) => Err(self.refused(e)),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::{compile_after, compile_full, reload_after};
+use super::{Streamed, compile_after, compile_full, reload_after, stream_with};
 use crate::config::diff::ChangeSummary;
 use crate::config::whole::compile_whole;
 use crate::snapshot::{KeyDigest, Snapshot, UserIndex};
@@ -294,8 +294,12 @@ proptest! {
     fn an_incremental_reload_is_exactly_a_full_compile(
         base in base_strategy(),
         edits in proptest::collection::vec(edit_strategy(), 1..6),
+        buffer in 8usize..600,
     ) {
-        let path = Path::new("apiward.toml");
+        // A real file too, for the reload that streams it (through a buffer small enough that
+        // tables straddle its refills, and larger ones grow it).
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = &dir.path().join("apiward.toml");
         let mut file = base;
         let mut previous = compile_full(path, &file.text()).expect("the base file is valid");
         prop_assert_eq!(canonical(&previous), canonical(&compile_whole(path, &file.text()).unwrap()));
@@ -305,10 +309,18 @@ proptest! {
             let whole = compile_whole(path, &text);
             let tables = compile_full(path, &text);
             let after = compile_after(path, &text, &previous);
+            std::fs::write(path, &text).expect("write");
+            let streamed = stream_with(path, &previous, buffer);
+            let unchanged = matches!(reload_after(path, &text, &previous), Ok(None));
+            // (A file without user tables is always read whole: it may be blank.)
+            let same = matches!(streamed, Streamed::Same);
+            prop_assert!(same == unchanged || (unchanged && file.users.is_empty()), "{}", text);
             match whole {
                 Err(errors) => {
                     prop_assert_eq!(&tables.err(), &Some(errors.clone()), "{}", text);
                     prop_assert_eq!(after.err(), Some(errors), "{}", text);
+                    // An error is only ever reported from the whole text, with its lines.
+                    prop_assert!(matches!(streamed, Streamed::Whole), "{}", text);
                 }
                 Ok(whole) => {
                     let after = after.expect("valid");
@@ -322,7 +334,22 @@ proptest! {
                         .changes
                         .clone()
                         .unwrap_or_else(|| ChangeSummary::between(&previous, &after.snapshot));
-                    prop_assert_eq!(sorted(changes), expected);
+                    prop_assert_eq!(sorted(changes), expected.clone());
+                    match streamed {
+                        Streamed::Compiled(c) => {
+                            prop_assert_eq!(canonical(&c.snapshot), canonical(&whole), "{}", text);
+                            prop_assert_eq!(index_is_true(&c.snapshot), Ok(()), "{}", text);
+                            let changes = c.changes.expect("streamed: always incremental");
+                            prop_assert_eq!(sorted(changes), expected);
+                            prop_assert!(after.changes.is_some(), "{}", text);
+                        }
+                        // Only where the in-memory incremental compile also gave up (or there
+                        // is no user table).
+                        Streamed::Whole => {
+                            prop_assert!(after.changes.is_none() || file.users.is_empty(), "{}", text)
+                        }
+                        Streamed::Same => {}
+                    }
                     if after.changes.is_some() {
                         // Every user still in the file kept its slot.
                         for (slot, u) in previous.users.slots() {
@@ -481,4 +508,101 @@ fn a_reload_of_the_same_text_builds_nothing() {
             .unwrap()
             .is_some()
     );
+}
+
+#[test]
+fn the_streamed_cut_finds_the_tables_the_cut_in_memory_finds() {
+    use crate::snapshot::SourceIndex;
+    let mut text = String::from("[server]\nlisten = \"127.0.0.1:8080\"\n");
+    let mut n = 0;
+    while text.len() < (3 << 20) {
+        let _ = write!(text, "[users.\"u{n}@x\"]\nstatus = \"active\"\n");
+        for _ in 0..(n % 7) {
+            text.push_str("# [users. is not a table here\n");
+        }
+        n += 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apiward.toml");
+    let index = |head: &str, tables: Vec<u128>| SourceIndex {
+        head: super::digest(head),
+        slots: vec![0; tables.len()].into_boxed_slice(),
+        key_ends: vec![0; tables.len()].into_boxed_slice(),
+        tables: tables.into_boxed_slice(),
+        key_selectors: Box::new([]),
+    };
+    for whole in [text.as_str(), &text[text.find("[users.").unwrap()..]] {
+        std::fs::write(&path, whole).unwrap();
+        let found = super::tables(whole);
+        let head = &whole[..found.head_end];
+        for buffer in [8, 1000, 1 << 20] {
+            // Every table the previous file's: nothing kept but the head.
+            let same = index(head, found.digests.clone());
+            let kept = super::stream_tables(&path, &same, buffer).unwrap().unwrap();
+            assert_eq!(kept.head, head.as_bytes());
+            assert_eq!(kept.digests, found.digests);
+            assert!(kept.tables.is_empty() && kept.text.is_empty());
+            assert!(kept.found.iter().all(|f| *f));
+            // None of them: every table kept, where it is in the file.
+            let none = index(head, Vec::new());
+            let kept = super::stream_tables(&path, &none, buffer).unwrap().unwrap();
+            assert_eq!(kept.digests, found.digests);
+            assert_eq!(kept.tables.len(), found.ranges.len());
+            for ((start, in_kept), range) in kept.tables.iter().zip(&found.ranges) {
+                assert_eq!(*start, range.start);
+                assert_eq!(&kept.text[in_kept.clone()], whole[range.clone()].as_bytes());
+            }
+            // Another head: nothing more is read.
+            let other = index("[server]\n", Vec::new());
+            assert!(
+                super::stream_tables(&path, &other, buffer)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_streamed_reload_keeps_only_what_a_full_compile_reads_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apiward.toml");
+    let mut file = File {
+        users: (0..30)
+            .map(|id| User {
+                id,
+                status: 0,
+                group: 0,
+                addresses: 1,
+                keys: vec![id as u8],
+                display_name: None,
+                style: 0,
+            })
+            .collect(),
+        third_group: false,
+        late_group: false,
+    };
+    let before = compile_full(&path, &file.text()).unwrap();
+    std::fs::write(&path, file.text()).unwrap();
+    assert!(matches!(stream_with(&path, &before, 64), Streamed::Same));
+    file.users[12].keys = vec![201];
+    std::fs::write(&path, file.text()).unwrap();
+    let Streamed::Compiled(after) = stream_with(&path, &before, 64) else {
+        panic!("one table changed: streamed");
+    };
+    assert_eq!(
+        after.changes.unwrap().users_changed,
+        vec!["u12@example.org".to_string()]
+    );
+    // A broken table, a table that is not valid UTF-8, a file missing: the whole text says.
+    file.users[12].status = 3;
+    std::fs::write(&path, file.text()).unwrap();
+    assert!(matches!(stream_with(&path, &before, 64), Streamed::Whole));
+    let mut bytes = file.text().into_bytes();
+    let at = bytes.len() - 10;
+    bytes[at] = 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(stream_with(&path, &before, 64), Streamed::Whole));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(stream_with(&path, &before, 64), Streamed::Whole));
 }
