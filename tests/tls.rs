@@ -797,3 +797,54 @@ async fn bodiless_http2_requests_reach_a_plain_http1_upstream_whatever_its_frami
     let (head, _, _) = send("GET", "/supporters/missing").await;
     assert_eq!(head.status, 404, "the upstream's own answer");
 }
+
+/// A response's last chunk is handed to h2 whole, whatever the client's window (the patch in
+/// vendor/hyper's `PipeToSendStream`): h2 must then send it in pieces as the client's
+/// WINDOW_UPDATEs come, not all at once and not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_chunk_larger_than_the_clients_window_arrives_whole_as_the_window_opens() {
+    let (upstream, _) = framing_upstream().await;
+    let gw = TestGateway::start(&config(&format!("http://{upstream}"), &{
+        let (good, far) = keys();
+        good_and_far_users(&good, &far)
+    }))
+    .await;
+    let (good, _) = keys();
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(1024)
+            .initial_connection_window_size(1024)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2c");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let request = http::Request::builder()
+            .uri(format!("http://{}/supporters/long", gw.addr))
+            .version(http::Version::HTTP_2)
+            .header("x-api-key", &good.key)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sender.send_request(request),
+        )
+        .await
+        .expect("a response in time")
+        .expect("a response");
+        assert_eq!(response.status(), 200);
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            response.into_body().collect(),
+        )
+        .await
+        .expect("the body in time")
+        .expect("the body")
+        .to_bytes();
+        assert_eq!(body.len(), 30000, "every piece, the last one too, arrives");
+        assert_eq!((body[0], body[15000], body[29999]), (b'a', b'b', b'c'));
+    }
+}

@@ -128,19 +128,21 @@ pub async fn exchange(
             return Err(UpstreamFailure::Reset);
         };
         let status = StatusCode::from_u16(head.status).map_err(|_| InvalidResponse::Malformed)?;
+        // The values are slices of the head as read, not copies: one shared buffer instead of
+        // an allocation per header.
+        let head_bytes = buf.split_to(head.head_len).freeze();
         let mut response_headers = HeaderMap::with_capacity(kept.len());
         for (name, value) in &kept {
-            let name = HeaderName::from_bytes(&buf[name.clone()])
+            let name = HeaderName::from_bytes(&head_bytes[name.clone()])
                 .map_err(|_| InvalidResponse::Malformed)?;
             if name == http::header::TRANSFER_ENCODING {
                 // The body is decoded here; HTTP/2 frames it itself.
                 continue;
             }
-            let value = HeaderValue::from_bytes(&buf[value.clone()])
+            let value = HeaderValue::from_maybe_shared(head_bytes.slice(value.clone()))
                 .map_err(|_| InvalidResponse::Malformed)?;
             response_headers.append(name, value);
         }
-        buf.advance(head.head_len);
         let checkin = Checkin {
             pool: Arc::downgrade(pool),
             authority: authority.clone(),

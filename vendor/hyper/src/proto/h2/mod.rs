@@ -200,11 +200,16 @@ where
                         let len = chunk.remaining();
                         trace!("send body chunk: {} bytes, eos={}", len, is_eos);
 
-                        if len == 0 {
-                            // Zero-length data frames need no capacity; send
-                            // them straight through so trailing empty frames
-                            // (e.g. an explicit end-of-stream marker) are
-                            // delivered.
+                        // apiward patch: the last chunk (and a zero-length
+                        // one, which needs no capacity) is handed to h2 as it
+                        // is. h2 requests the capacity it lacks itself and
+                        // sends the frame when the window allows; waiting for
+                        // capacity here bounds what a streaming body buffers,
+                        // and after the last chunk nothing more can be
+                        // buffered. Saves the common one-chunk answer a
+                        // reservation, a capacity check and a reset check
+                        // (each a lock of h2's stream store).
+                        if len == 0 || is_eos {
                             let buf = SendBuf::Buf(chunk);
                             me.body_tx
                                 .send_data(buf, is_eos)
