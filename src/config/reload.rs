@@ -57,11 +57,17 @@ pub struct ConfigStore {
     reloads_failed: AtomicU64,
     /// Serialises reloads: a SIGHUP and a file event must not compile the same file twice at once.
     reload_lock: Mutex<()>,
+    /// The file as the last load or reload opened it, kept open until the next reload has
+    /// finished. A file renamed over it then does not free the replaced file's pages and blocks
+    /// inside that rename (about 150 ms for 243 MiB on ext4, while the new file waits to be
+    /// read) but here, once its successor is serving.
+    held: Mutex<Option<std::fs::File>>,
 }
 
 impl ConfigStore {
     /// The first load. It runs the same read-and-compile pipeline as every reload.
     pub fn open(path: &Path) -> Result<Arc<ConfigStore>, ConfigErrors> {
+        let held = std::fs::File::open(path).ok();
         let (text_digest, snapshot) = match read_and_compile(path) {
             Ok(v) => v,
             Err(ReadError::Missing) => {
@@ -85,6 +91,7 @@ impl ConfigStore {
             reloads_applied: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
+            held: Mutex::new(held),
         };
         Ok(Arc::new(store))
     }
@@ -126,6 +133,20 @@ impl ConfigStore {
     /// async workers (`spawn_blocking`), since a large file takes a while to compile.
     pub fn reload(&self) -> ReloadOutcome {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let opened = std::fs::File::open(&self.path).ok();
+        let outcome = self.reload_serialised();
+        // The file the last reload read is let go only now: if it was replaced, freeing it
+        // happens here, after the swap, not in the rename that replaced it (`held`).
+        let replaced = std::mem::replace(
+            &mut *self.held.lock().unwrap_or_else(|p| p.into_inner()),
+            opened,
+        );
+        drop(replaced);
+        outcome
+    }
+
+    /// `reload`, with the reload lock held.
+    fn reload_serialised(&self) -> ReloadOutcome {
         let current = self.current.load_full();
         // The PEM files it read ([server.tls], upstream `ca`s): changed, the file is compiled
         // again although its text is the same (a renewed certificate).
