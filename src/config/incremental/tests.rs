@@ -87,6 +87,25 @@ struct File {
 }
 
 impl File {
+    /// `users` active users in the first group, one address and one key each.
+    fn plain(users: usize) -> File {
+        File {
+            users: (0..users)
+                .map(|id| User {
+                    id,
+                    status: 0,
+                    group: 0,
+                    addresses: 1,
+                    keys: vec![id as u8],
+                    display_name: None,
+                    style: 0,
+                })
+                .collect(),
+            third_group: false,
+            late_group: false,
+        }
+    }
+
     fn text(&self) -> String {
         let mut out = String::from(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.api]\nurl = \"builtin:echo\"\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[groups.g0]\nallow = [{ path = \"/**\", verbs = [\"view\"] }]\n\n[groups.g1]\nallow = []\n\n",
@@ -368,21 +387,7 @@ proptest! {
 #[test]
 fn a_reload_that_changes_one_user_reuses_every_other_table() {
     let path = Path::new("apiward.toml");
-    let mut file = File {
-        users: (0..40)
-            .map(|id| User {
-                id,
-                status: 0,
-                group: 0,
-                addresses: 1,
-                keys: vec![id as u8],
-                display_name: None,
-                style: 0,
-            })
-            .collect(),
-        third_group: false,
-        late_group: false,
-    };
+    let mut file = File::plain(40);
     let before = compile_full(path, &file.text()).unwrap();
     assert!(
         before.source_index.is_some(),
@@ -483,21 +488,7 @@ fn the_cut_on_every_core_finds_the_tables_one_thread_finds() {
 #[test]
 fn a_reload_of_the_same_text_builds_nothing() {
     let path = Path::new("apiward.toml");
-    let file = File {
-        users: (0..5)
-            .map(|id| User {
-                id,
-                status: 0,
-                group: 0,
-                addresses: 1,
-                keys: vec![id as u8],
-                display_name: None,
-                style: 0,
-            })
-            .collect(),
-        third_group: false,
-        late_group: false,
-    };
+    let file = File::plain(5);
     let text = file.text();
     let before = compile_full(path, &text).unwrap();
     assert!(reload_after(path, &text, &before).unwrap().is_none());
@@ -567,21 +558,7 @@ fn the_streamed_cut_finds_the_tables_the_cut_in_memory_finds() {
 fn a_streamed_reload_keeps_only_what_a_full_compile_reads_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apiward.toml");
-    let mut file = File {
-        users: (0..30)
-            .map(|id| User {
-                id,
-                status: 0,
-                group: 0,
-                addresses: 1,
-                keys: vec![id as u8],
-                display_name: None,
-                style: 0,
-            })
-            .collect(),
-        third_group: false,
-        late_group: false,
-    };
+    let mut file = File::plain(30);
     let before = compile_full(&path, &file.text()).unwrap();
     std::fs::write(&path, file.text()).unwrap();
     assert!(matches!(stream_with(&path, &before, 64), Streamed::Same));
