@@ -696,15 +696,22 @@ async fn framing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, connections)
 }
 
+/// The gateway in front of `framing_upstream` with the good and far users; the good user's key
+/// and the upstream's count of connections.
+async fn framing_gateway() -> (TestGateway, TestKey, Arc<AtomicUsize>) {
+    let (upstream, connections) = framing_upstream().await;
+    let (good, far) = keys();
+    let gw = TestGateway::start(&config(
+        &format!("http://{upstream}"),
+        &good_and_far_users(&good, &far),
+    ))
+    .await;
+    (gw, good, connections)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_http2_requests_reach_a_plain_http1_upstream_whatever_its_framing() {
-    let (upstream, connections) = framing_upstream().await;
-    let gw = TestGateway::start(&config(&format!("http://{upstream}"), &{
-        let (good, far) = keys();
-        good_and_far_users(&good, &far)
-    }))
-    .await;
-    let (good, _) = keys();
+    let (gw, good, connections) = framing_gateway().await;
     let tcp = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
@@ -803,13 +810,7 @@ async fn bodiless_http2_requests_reach_a_plain_http1_upstream_whatever_its_frami
 /// WINDOW_UPDATEs come, not all at once and not never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_chunk_larger_than_the_clients_window_arrives_whole_as_the_window_opens() {
-    let (upstream, _) = framing_upstream().await;
-    let gw = TestGateway::start(&config(&format!("http://{upstream}"), &{
-        let (good, far) = keys();
-        good_and_far_users(&good, &far)
-    }))
-    .await;
-    let (good, _) = keys();
+    let (gw, good, _) = framing_gateway().await;
     let tcp = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
