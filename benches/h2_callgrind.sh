@@ -68,17 +68,11 @@ fi
 # The key of a user in the middle of the table, as tls_e2e.sh's h2load rows send it.
 KEY=$(sed -n "$((USERS / 2 + 1))p" "$WORK/keys.txt")
 
-# A CA and a certificate for 127.0.0.1, P-256 as tls_e2e.sh makes it; [server.tls] goes right
-# before the first table after [server].
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
-    -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench.local" \
-    -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\n' >"$WORK/san.ext"
-openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
-    -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
-awk -v tls="[server.tls]\ncertificates = [ { cert = \"$WORK/server.pem\", key = \"$WORK/server.key\" } ]\n" '
-    !done && /^\[/ && !/^\[server\]/ { print tls; done = 1 } { print }' "$WORK/apiward.toml" >"$WORK/apiward.tls.toml"
+# A CA and a certificate for 127.0.0.1, as tls_e2e.sh makes it; [server.tls] goes right before
+# the first table after [server]; curl trusts the CA.
+make_certificate
+export CURL_CA_BUNDLE="$WORK/ca.pem"
+before_first_table "$WORK/apiward.toml" "$WORK/apiward.tls.toml" "$(server_tls)"
 grep -q '^\[server.tls\]$' "$WORK/apiward.tls.toml" || { log "could not add [server.tls]"; exit 1; }
 
 cat >"$WORK/upstream.conf" <<EOF
@@ -102,16 +96,6 @@ http {
     }
 }
 EOF
-
-wait_for() { # wait_for URL PID
-    for _ in $(seq 600); do
-        curl -sk -o /dev/null "$1" && return 0
-        kill -0 "$2" 2>/dev/null || { log "the process meant to serve $1 exited"; return 1; }
-        sleep 0.1
-    done
-    log "nothing answers at $1"
-    return 1
-}
 
 nginx -p "$WORK" -e "$WORK/upstream.error.log" -c "$WORK/upstream.conf" &
 PIDS+=($!)

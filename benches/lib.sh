@@ -128,3 +128,38 @@ start_nginx() { # start_nginx NAME CPUS PORT: runs nginx with $WORK/NAME.conf in
     nginx -t -q -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
     start_pinned "$2" "$3" 10 "$WORK/$name.out" nginx -p "$WORK" -e "$WORK/$name.error.log" -c "$WORK/$name.conf"
 }
+
+# make_certificate: a CA ($WORK/ca.pem) and a certificate for bench.local and 127.0.0.1
+# ($WORK/server.pem, $WORK/server.key), P-256 as rustls prefers.
+make_certificate() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
+        -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench.local" \
+        -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\n' >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+        -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+}
+
+# server_tls: the [server.tls] table of make_certificate's certificate, with awk's \n escapes.
+server_tls() {
+    printf '[server.tls]\\ncertificates = [ { cert = "%s", key = "%s" } ]\\n' "$WORK/server.pem" "$WORK/server.key"
+}
+
+# before_first_table IN OUT TEXT: IN with TEXT (awk's \n escapes allowed) right before the first
+# table after [server], written to OUT.
+before_first_table() {
+    awk -v text="$3" '!done && /^\[/ && !/^\[server\]/ { print text; done = 1 } { print }' "$1" >"$2"
+}
+
+# wait_for URL PID: waits up to 60 s for URL to answer (curl, so CURL_CA_BUNDLE applies), failing
+# at once if PID, the process meant to serve it, exits.
+wait_for() {
+    for _ in $(seq 600); do
+        curl -s -o /dev/null "$1" && return 0
+        kill -0 "$2" 2>/dev/null || { log "the process meant to serve $1 exited"; return 1; }
+        sleep 0.1
+    done
+    log "nothing answers at $1"
+    return 1
+}

@@ -80,16 +80,9 @@ fi
 SCHEME=http
 if [[ -n $TLS ]]; then
     SCHEME=https
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
-        -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench.local" \
-        -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\n' >"$WORK/san.ext"
-    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
-        -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+    make_certificate
     # [server.tls] right before the first table after [server]; curl (here and in lib.sh) trusts the CA.
-    awk -v tls="[server.tls]\ncertificates = [ { cert = \"$WORK/server.pem\", key = \"$WORK/server.key\" } ]\n" '
-        !done && /^\[/ && !/^\[server\]/ { print tls; done = 1 } { print }' "$WORK/apiward.toml" >"$WORK/apiward.tls.toml"
+    before_first_table "$WORK/apiward.toml" "$WORK/apiward.tls.toml" "$(server_tls)"
     mv "$WORK/apiward.tls.toml" "$WORK/apiward.toml"
     grep -q '^\[server.tls\]$' "$WORK/apiward.toml" || { log "could not write [server.tls]"; exit 1; }
     export CURL_CA_BUNDLE="$WORK/ca.pem"
@@ -116,16 +109,6 @@ $(printf '        listen 127.0.0.1:%s;\n' "${TARGET_PORTS[@]}")
     }
 }
 EOF
-
-wait_for() { # wait_for URL PID
-    for _ in $(seq 600); do
-        curl -s -o /dev/null "$1" && return 0
-        kill -0 "$2" 2>/dev/null || { log "the process meant to serve $1 exited"; return 1; }
-        sleep 0.1
-    done
-    log "nothing answers at $1"
-    return 1
-}
 
 nginx -p "$WORK" -e "$WORK/upstream.error.log" -c "$WORK/upstream.conf" &
 PIDS+=($!)

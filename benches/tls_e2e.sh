@@ -119,16 +119,6 @@ per_request() { # per_request BEFORE AFTER REQUESTS: "user_us sys_us" of CPU per
         printf "%.2f %.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }'
 }
 
-make_certificate() { # a CA and a certificate for bench.local and 127.0.0.1, P-256 as rustls prefers
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=bench CA" \
-        -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench.local" \
-        -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:bench.local,IP:127.0.0.1\n' >"$WORK/san.ext"
-    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
-        -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
-}
-
 check_target() { # check_target URL: the benchmark's request must get the upstream's body over TLS
     local body key
     key=$(sed -n "$((USERS / 2 + 1))p" "$WORK/keys.txt")
@@ -275,10 +265,8 @@ main() {
         --keys "$WORK/keys.txt" --nginx-maps "$WORK/maps.conf"
     # An admin listener (its /metrics counts the handshakes) and [server.tls] right before the
     # first table after [server].
-    awk -v tls="[server.tls]\ncertificates = [ { cert = \"$WORK/server.pem\", key = \"$WORK/server.key\" } ]\n" \
-        -v admin="admin_listen = \"127.0.0.1:$ADMIN_PORT\"" '
-        !done && /^\[/ && !/^\[server\]/ { print admin; print ""; print tls; done = 1 } { print }' \
-        "$WORK/apiward.toml" >"$WORK/apiward.tls.toml"
+    before_first_table "$WORK/apiward.toml" "$WORK/apiward.tls.toml" \
+        "admin_listen = \"127.0.0.1:$ADMIN_PORT\"\n\n$(server_tls)"
     "$bin/apiward" check --config "$WORK/apiward.tls.toml" >/dev/null
     keys_lua "$WORK/keys.txt" "$USERS" "$REQUEST_PATH" >"$WORK/keys.lua"
 
