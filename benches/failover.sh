@@ -79,20 +79,10 @@ start_target() { # start_target N: sets TARGET_PIDS[N]
     TARGET_PIDS[$1]=$!
 }
 
-wait_for() { # wait_for URL PID
-    for _ in $(seq 300); do
-        curl -s -o /dev/null "$1" && return 0
-        kill -0 "$2" 2>/dev/null || { log "the process meant to serve $1 exited"; return 1; }
-        sleep 0.1
-    done
-    log "nothing answers at $1"
-    return 1
-}
-
 for i in 0 1 2; do
     target_conf "$i" "${TARGET_PORTS[$i]}"
     start_target "$i"
-    wait_for "http://127.0.0.1:${TARGET_PORTS[$i]}/healthz" "${TARGET_PIDS[$i]}"
+    wait_for "http://127.0.0.1:${TARGET_PORTS[$i]}/healthz" "${TARGET_PIDS[$i]}" 30
 done
 
 DIGEST=$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)
@@ -129,7 +119,7 @@ EOF
 
 APIWARD_LOG=info "$APIWARD" run --config "$WORK/apiward.toml" >"$WORK/apiward.log" 2>&1 &
 PIDS+=($!)
-wait_for "http://127.0.0.1:$ADMIN_PORT/healthz" "${PIDS[-1]}"
+wait_for "http://127.0.0.1:$ADMIN_PORT/healthz" "${PIDS[-1]}" 30
 URL="http://127.0.0.1:$APIWARD_PORT/api/items/42"
 body=$(curl -sS -H "X-Api-Key: $KEY" "$URL")
 [[ $body == target* ]] || { log "apiward answered ${body:0:200}"; exit 1; }

@@ -152,10 +152,10 @@ before_first_table() {
     awk -v text="$3" '!done && /^\[/ && !/^\[server\]/ { print text; done = 1 } { print }' "$1" >"$2"
 }
 
-# wait_for URL PID: waits up to 60 s for URL to answer (curl, so CURL_CA_BUNDLE applies), failing
-# at once if PID, the process meant to serve it, exits.
+# wait_for URL PID [SECONDS]: waits up to SECONDS (60) for URL to answer (curl, so CURL_CA_BUNDLE
+# applies), failing at once if PID, the process meant to serve it, exits.
 wait_for() {
-    for _ in $(seq 600); do
+    for _ in $(seq $((${3:-60} * 10))); do
         curl -s -o /dev/null "$1" && return 0
         kill -0 "$2" 2>/dev/null || { log "the process meant to serve $1 exited"; return 1; }
         sleep 0.1
