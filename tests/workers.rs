@@ -62,6 +62,17 @@ fn reuse_port_listener() -> std::net::TcpListener {
 }
 
 /// `/status` `worker_connections` of the gateway.
+/// `/status`'s connections per worker, which must be two workers that each took some (`what`
+/// says which connections, for the message).
+async fn every_worker_took(gw: &TestGateway, what: &str) -> Vec<u64> {
+    let per_worker = worker_connections(gw).await;
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
+        "every worker took {what}: {per_worker:?}"
+    );
+    per_worker
+}
+
 async fn worker_connections(gw: &TestGateway) -> Vec<u64> {
     let admin = gw.gateway().admin_addr().expect("admin listener");
     status(admin).await["worker_connections"]
@@ -85,12 +96,7 @@ both_transports! {
         // The kernel spreads new connections over the two sockets by their addresses and
         // ports: with 64 of them, one socket getting none has a chance of 2⁻⁶³.
         let conns = connections(gw.addr, &k, 64).await;
-        let per_worker = worker_connections(&gw).await;
-        assert_eq!(per_worker.len(), 2, "two workers: {per_worker:?}");
-        assert!(
-            per_worker.iter().all(|&n| n > 0),
-            "every worker took connections: {per_worker:?}"
-        );
+        let per_worker = every_worker_took(&gw, "connections").await;
         assert_eq!(per_worker.iter().sum::<u64>(), 64, "{per_worker:?}");
         drop(conns);
         gw.shutdown().await;
@@ -110,8 +116,7 @@ both_transports! {
         // 16 connections: both workers get some (all on one: a chance of 2⁻¹⁵), and 16 refusals
         // stay under the failed-credential limiter's burst for one address.
         let mut conns = connections(gw.addr, &revoked, 16).await;
-        let per_worker = worker_connections(&gw).await;
-        assert!(per_worker.iter().all(|&n| n > 0), "{per_worker:?}");
+        every_worker_took(&gw, "connections").await;
 
         let generation = gw.gateway().store().generation();
         gw.replace_config(&two_workers(&users(&[&kept]), "per_worker"));
@@ -220,11 +225,7 @@ async fn every_worker_serves_tls_with_http1_and_http2_and_plain_h2c() {
         let r = conn.send("GET", "/supporters/1", &header, "").await;
         assert_eq!(r.status, 200, "TLS connection {i}: {:?}", r.body);
     }
-    let per_worker = worker_connections(&gw).await;
-    assert!(
-        per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
-        "every worker took TLS connections: {per_worker:?}"
-    );
+    every_worker_took(&gw, "TLS connections").await;
     gw.shutdown().await;
 
     let gw = TestGateway::start_with_workers(&two_workers(&toml, "per_worker")).await;
@@ -233,11 +234,7 @@ async fn every_worker_serves_tls_with_http1_and_http2_and_plain_h2c() {
         let r = conn.send("GET", "/supporters/1", &header, "").await;
         assert_eq!(r.status, 200, "h2c connection {i}: {:?}", r.body);
     }
-    let per_worker = worker_connections(&gw).await;
-    assert!(
-        per_worker.len() == 2 && per_worker.iter().all(|&n| n > 0),
-        "every worker took h2c connections: {per_worker:?}"
-    );
+    every_worker_took(&gw, "h2c connections").await;
     gw.shutdown().await;
 }
 

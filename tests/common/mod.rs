@@ -642,3 +642,72 @@ pub async fn admin_api(
     )
     .await
 }
+
+/// The next frame of a response body, within 10 s.
+pub async fn next_frame(body: &mut Incoming) -> hyper::body::Frame<Bytes> {
+    tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("a frame in time")
+        .expect("a frame")
+        .expect("not an error")
+}
+
+/// A gRPC-style exchange over HTTP/2 on `io` (the gateway's connection, plain or TLS): a
+/// streaming POST of two messages to `uri` with `key` and `TE: trailers`. The upstream must see
+/// `TE: trailers`, the first message must come back before the second is sent (streamed, not
+/// buffered), and the body must end with the upstream's grpc trailers.
+pub async fn grpc_style_exchange<T>(io: T, uri: &str, key: &str)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let (mut body_tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+    let request = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", key)
+        .body(body)
+        .expect("request");
+    body_tx
+        .send_data(Bytes::from_static(b"one"))
+        .await
+        .expect("send one");
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("response head in time")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-seen-te"],
+        "trailers",
+        "TE: trailers reaches the upstream"
+    );
+    let mut body = response.into_body();
+    assert_eq!(
+        next_frame(&mut body).await.into_data().expect("data"),
+        "one"
+    );
+    body_tx
+        .send_data(Bytes::from_static(b"two"))
+        .await
+        .expect("send two");
+    assert_eq!(
+        next_frame(&mut body).await.into_data().expect("data"),
+        "two"
+    );
+    drop(body_tx);
+    let trailers = next_frame(&mut body)
+        .await
+        .into_trailers()
+        .expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "done");
+}
