@@ -103,6 +103,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How `workers > 1` are run (`worker_runtime`).
     pub worker_runtime: WorkerRuntime,
+    /// Which per-worker runtime serves each accepted connection (`connection_balance`).
+    pub connection_balance: ConnectionBalance,
     pub organisation: Option<String>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
@@ -148,6 +150,29 @@ pub enum WorkerRuntime {
     PerWorker,
     /// One multi-thread runtime of `workers` threads that steal work from each other.
     Shared,
+}
+
+/// `[server] connection_balance`: which of the per-worker runtimes serves a connection one of
+/// them accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionBalance {
+    /// The worker serving the fewest connections at that moment (the one that accepted it on a
+    /// tie), as HAProxy's threads and Envoy's `exact_balance` share theirs: long-lived
+    /// keep-alive connections end up evenly spread.
+    #[default]
+    Exact,
+    /// The worker whose socket the kernel's `SO_REUSEPORT` hash put it on (no hand-over; 64
+    /// connections often split 29 / 35 or 26 / 38).
+    Kernel,
+}
+
+impl ConnectionBalance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionBalance::Exact => "exact",
+            ConnectionBalance::Kernel => "kernel",
+        }
+    }
 }
 
 impl WorkerRuntime {

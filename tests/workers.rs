@@ -2,6 +2,8 @@
 //! thread with a single-threaded runtime and a listening socket of its own on the one port
 //! (`SO_REUSEPORT`); with `"shared"`, one multi-threaded runtime serves them all. Either way
 //! every connection is answered, a reload reaches every connection, and shutdown drains them.
+//! `connection_balance = "exact"` (the default) moves each new connection to the per-worker
+//! runtime serving the fewest.
 
 mod common;
 
@@ -74,13 +76,91 @@ async fn every_worker_took(gw: &TestGateway, what: &str) -> Vec<u64> {
 }
 
 async fn worker_connections(gw: &TestGateway) -> Vec<u64> {
+    per_worker(gw, "worker_connections").await
+}
+
+/// `/status`'s `field`, one count per worker.
+async fn per_worker(gw: &TestGateway, field: &str) -> Vec<u64> {
     let admin = gw.gateway().admin_addr().expect("admin listener");
-    status(admin).await["worker_connections"]
+    status(admin).await[field]
         .as_array()
-        .expect("worker_connections in /status")
+        .unwrap_or_else(|| panic!("{field} in /status"))
         .iter()
         .map(|n| n.as_u64().expect("a count"))
         .collect()
+}
+
+/// `n` keep-alive connections opened one after the other, each answered before the next
+/// opens, so that no two workers accept at the same instant.
+async fn connections_one_by_one(
+    addr: std::net::SocketAddr,
+    k: &TestKey,
+    n: usize,
+) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.extend(connections(addr, k, 1).await);
+    }
+    conns
+}
+
+#[tokio::test]
+async fn exact_balance_spreads_keep_alive_connections_evenly_and_a_reload_switches_it() {
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("balance");
+    let toml = |balance: &str| {
+        with_server_setting(
+            &two_workers(
+                &one_user_config(&upstream.url(), "b@example.org", &k),
+                "per_worker",
+            ),
+            &format!("connection_balance = \"{balance}\""),
+        )
+    };
+    let gw = TestGateway::start_with_workers(&toml("kernel")).await;
+    // The kernel's SO_REUSEPORT hash puts each connection where it falls; nothing moves.
+    let mut conns = connections_one_by_one(gw.addr, &k, 64).await;
+    let open = per_worker(&gw, "worker_open_connections").await;
+    assert_eq!(open.iter().sum::<u64>(), 64, "{open:?}");
+    assert_eq!(open, worker_connections(&gw).await, "nothing closed yet");
+    let kernel = open;
+
+    let generation = gw.gateway().store().generation();
+    gw.replace_config(&toml("exact"));
+    assert!(
+        eventually(|| async { gw.gateway().store().generation() > generation }).await,
+        "the reload was not applied"
+    );
+    // From now on each new connection goes to the worker serving the fewest: 64 more even the
+    // two out, however the kernel had spread the first 64 (and wherever it puts these).
+    conns.extend(connections_one_by_one(gw.addr, &k, 64).await);
+    assert_eq!(
+        per_worker(&gw, "worker_open_connections").await,
+        [64, 64],
+        "after the kernel's {kernel:?}"
+    );
+    // Every connection, moved or not, still serves.
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.write_all(get_with_key("/supporters/1", &k).as_bytes())
+            .await
+            .expect("write");
+        let answer = read_response(conn).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i} was answered {answer:?}"
+        );
+    }
+    // The counts follow the connections that end.
+    drop(conns);
+    assert!(
+        eventually(|| async { per_worker(&gw, "worker_open_connections").await == [0, 0] }).await,
+        "the closed connections are still counted: {:?}",
+        per_worker(&gw, "worker_open_connections").await
+    );
+    let exact = connections_one_by_one(gw.addr, &k, 10).await;
+    assert_eq!(per_worker(&gw, "worker_open_connections").await, [5, 5]);
+    drop(exact);
+    gw.shutdown().await;
 }
 
 both_transports! {

@@ -165,6 +165,7 @@ fn status(state: &AdminState) -> serde_json::Value {
         "fast_path_requests": state.proxy.fast_path_requests(),
         "connections_handed_to_hyper": state.proxy.connections_handed_over(),
         "worker_connections": state.proxy.worker_connections(),
+        "worker_open_connections": state.proxy.worker_open_connections(),
         "rate_limits": crate::limits::describe::status(&state.limits, &snapshot),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "tls": snapshot.tls.as_ref().map(|tls| serde_json::json!({

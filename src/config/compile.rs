@@ -13,9 +13,9 @@ use super::error::{ConfigError, Locator};
 use super::raw::{RawAddresses, RawConfig, RawServer, RawUser};
 use crate::auth::address::{AddressBlock, SourceWhitelist};
 use crate::snapshot::{
-    AccessLogTarget, AdminAccount, ApiKey, ApiUser, ConsoleSettings, DigestMap, Group, KeyDigest,
-    KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, Snapshot, UnderscoreHeaders, Upstream,
-    UserStatus, UserTable, WorkerRuntime,
+    AccessLogTarget, AdminAccount, ApiKey, ApiUser, ConnectionBalance, ConsoleSettings, DigestMap,
+    Group, KeyDigest, KeyPrefix, KeyTable, Route, RouteTable, ServerSettings, Snapshot,
+    UnderscoreHeaders, Upstream, UserStatus, UserTable, WorkerRuntime,
 };
 use checks::{
     check_key_header, check_route_prefix, did_you_mean, group_header, names, parse_digest,
@@ -276,6 +276,20 @@ impl Compiler<'_> {
                 }
             },
         };
+        let connection_balance = match raw.connection_balance.as_ref() {
+            None => ConnectionBalance::Exact,
+            Some(v) => match v.get_ref().as_str() {
+                "exact" => ConnectionBalance::Exact,
+                "kernel" => ConnectionBalance::Kernel,
+                other => {
+                    self.error(
+                        v.span(),
+                        format!("connection_balance = {other:?}: use \"exact\" (the default: each connection goes to the worker serving the fewest) or \"kernel\" (each stays with the worker whose socket the kernel chose)"),
+                    );
+                    ConnectionBalance::Exact
+                }
+            },
+        };
         let max_header_bytes = match &raw.max_header_bytes {
             None => 32 * 1024,
             Some(m) => match usize::try_from(*m.get_ref()) {
@@ -348,6 +362,7 @@ impl Compiler<'_> {
             credential_headers,
             workers,
             worker_runtime,
+            connection_balance,
             organisation: raw.organisation.as_ref().map(|o| o.get_ref().clone()),
             connect_timeout: self.duration(raw.connect_timeout.as_ref(), "2s", true),
             upstream_timeout: self.duration(raw.upstream_timeout.as_ref(), "30s", true),

@@ -62,6 +62,7 @@ pub struct RawServer {
     pub credential_headers: Option<Vec<Spanned<String>>>,
     pub workers: Option<Spanned<i64>>,
     pub worker_runtime: Option<Spanned<String>>,
+    pub connection_balance: Option<Spanned<String>>,
     pub organisation: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,

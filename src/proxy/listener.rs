@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use super::balance::{Assigned, Balance, Handed, Slot};
 use super::conn_limit::{Admitted, ConnectionLimits};
 use super::h1::{self, Engine};
 use super::https;
@@ -67,14 +68,21 @@ pub(crate) struct Proxy {
     hyper: Arc<HyperPath>,
     /// Connections the engine handed to hyper (`/status`).
     handovers: AtomicU64,
-    /// Client connections this worker accepted (`/status` `worker_connections`).
+    /// Client connections this worker accepted, or was handed by another
+    /// (`/status` `worker_connections`).
     accepted: AtomicU64,
+    /// Client connections this worker serves now (`/status` `worker_open_connections`).
+    open: AtomicUsize,
     /// `max_connections` and `max_connections_per_source`, shared by every worker.
     connections: Arc<ConnectionLimits>,
+    /// This worker's number, and the balance it shares with the other per-worker runtimes
+    /// (`None` when it is the only one, or on the shared runtime).
+    worker: usize,
+    balance: Option<Arc<Balance>>,
 }
 
 impl Proxy {
-    pub(crate) fn new(shared: &Shared) -> Arc<Proxy> {
+    pub(crate) fn new(shared: &Shared, worker: usize, balance: Option<Arc<Balance>>) -> Arc<Proxy> {
         let policy = Arc::clone(&shared.policy);
         Arc::new(Proxy {
             connections: Arc::clone(&shared.connections),
@@ -83,6 +91,9 @@ impl Proxy {
             policy,
             handovers: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            worker,
+            balance,
         })
     }
 
@@ -101,18 +112,24 @@ impl Proxy {
     pub(crate) fn connections_accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
+
+    pub(crate) fn connections_open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed) as u64
+    }
 }
 
 /// Serves the public `listener` with `proxy` on the current runtime until `shutdown`, then lets
 /// its connections finish (up to `shutdown_timeout`); the upkeep of the worker's upstream pools
-/// runs beside it.
+/// runs beside it. `inbox` brings the connections other workers accepted for this one
+/// (`connection_balance`).
 pub(crate) async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    inbox: Option<mpsc::UnboundedReceiver<Handed>>,
     shutdown: watch::Receiver<bool>,
 ) {
     tokio::spawn(pool_upkeep(Arc::downgrade(&proxy)));
-    accept_loop(proxy, listener, shutdown).await;
+    accept_loop(proxy, listener, inbox, shutdown).await;
 }
 
 /// Every second, while the policy lives: brings the targets' state in line with the
@@ -146,36 +163,51 @@ async fn pool_upkeep(proxy: std::sync::Weak<Proxy>) {
 }
 
 /// Graceful shutdown's view of the open connections: each one's task holds a clone of `tx`
-/// (when the last is gone, the receiver ends), and `count` says how many there are.
+/// (when the last is gone, the receiver ends); the worker's `open` counts them.
 #[derive(Clone)]
 struct OpenConnections {
     tx: mpsc::Sender<()>,
-    count: Arc<AtomicUsize>,
 }
 
 async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    mut inbox: Option<mpsc::UnboundedReceiver<Handed>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut all_closed) = mpsc::channel::<()>(1);
-    let open = OpenConnections {
-        tx,
-        count: Arc::new(AtomicUsize::new(0)),
-    };
+    let open = OpenConnections { tx };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let admitted = {
+                    let (admitted, balance) = {
                         let snapshot = proxy.policy.store.load();
-                        proxy.connections.admit(&snapshot, crate::auth::address::canonical(peer.ip()))
+                        let admitted = proxy
+                            .connections
+                            .admit(&snapshot, crate::auth::address::canonical(peer.ip()));
+                        (admitted, snapshot.server.connection_balance)
                     };
                     match admitted {
                         Ok(place) => {
-                            proxy.accepted.fetch_add(1, Ordering::Relaxed);
                             let _ = stream.set_nodelay(true);
-                            serve_connection(&proxy, stream, peer, shutdown.clone(), open.clone(), place);
+                            let slot = match &proxy.balance {
+                                None => None,
+                                Some(b) => match b.assign(proxy.worker, balance) {
+                                    Assigned::Here(slot) => Some(slot),
+                                    Assigned::There(slot) => {
+                                        match hand_over(b, stream, peer, place, slot) {
+                                            None => continue,
+                                            Some((stream, place)) => {
+                                                let slot = b.slot(proxy.worker);
+                                                serve_here(&proxy, stream, peer, &shutdown, &open, place, Some(slot));
+                                                continue;
+                                            }
+                                        }
+                                    }
+                                },
+                            };
+                            serve_here(&proxy, stream, peer, &shutdown, &open, place, slot);
                         }
                         Err(refused) => {
                             // Closed at once, before a byte is read: no task, no buffer.
@@ -190,22 +222,93 @@ async fn accept_loop(
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
+            Some(handed) = next_handed(&mut inbox) => {
+                let Handed { stream, peer, place, slot } = handed;
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve_here(&proxy, stream, peer, &shutdown, &open, place, Some(slot)),
+                    Err(e) => tracing::warn!(error = %e, %peer, "a connection handed over by another worker could not join this one's poller; closed"),
+                }
+            }
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
     proxy.engine.begin_shutdown();
-    let OpenConnections { tx, count } = open;
+    let OpenConnections { tx } = open;
     drop(tx);
     let grace = proxy.policy.store.load().server.shutdown_timeout;
     tracing::info!(
-        open_connections = count.load(Ordering::Relaxed),
+        open_connections = proxy.open.load(Ordering::Relaxed),
         "shutting down: no new connections, letting requests finish"
     );
     tokio::select! {
         _ = all_closed.recv() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown_timeout reached with requests still in flight; closing them"),
     }
+}
+
+/// The next connection another worker handed to this one; never, for a worker without an inbox.
+async fn next_handed(inbox: &mut Option<mpsc::UnboundedReceiver<Handed>>) -> Option<Handed> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Gives an accepted connection to the worker `slot` counts it on; gives it back (`Some`) when
+/// it cannot leave this runtime's poller or that worker has stopped taking connections.
+fn hand_over(
+    balance: &Balance,
+    stream: TcpStream,
+    peer: SocketAddr,
+    place: Admitted,
+    slot: Slot,
+) -> Option<(TcpStream, Admitted)> {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, %peer, "an accepted connection could not leave its worker's poller; closed");
+            return None;
+        }
+    };
+    let handed = Handed {
+        stream,
+        peer,
+        place,
+        slot,
+    };
+    match balance.hand(handed) {
+        Ok(()) => None,
+        Err(back) => {
+            let Handed { stream, place, .. } = back;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => Some((stream, place)),
+                Err(_) => None,
+            }
+        }
+    }
+}
+
+/// Counts a connection this worker serves (`/status`) and serves it.
+fn serve_here(
+    proxy: &Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+    open: &OpenConnections,
+    place: Admitted,
+    slot: Option<Slot>,
+) {
+    proxy.accepted.fetch_add(1, Ordering::Relaxed);
+    serve_connection(
+        proxy,
+        stream,
+        peer,
+        shutdown.clone(),
+        open.clone(),
+        place,
+        slot,
+    );
 }
 
 /// Serves one client connection: on the TLS listener, the handshake first (`https.rs`); then
@@ -219,13 +322,14 @@ fn serve_connection(
     shutdown: watch::Receiver<bool>,
     open: OpenConnections,
     place: Admitted,
+    slot: Option<Slot>,
 ) {
     let proxy = Arc::clone(proxy);
     let peer_text = HeaderValue::from_str(&crate::auth::address::canonical(peer.ip()).to_string())
         .expect("an IP address is a valid header value");
     let gauge = proxy.policy.telemetry.metrics.open_connections();
     gauge.increment(1.0);
-    open.count.fetch_add(1, Ordering::Relaxed);
+    proxy.open.fetch_add(1, Ordering::Relaxed);
     // Read once per connection: a reload that adds or removes [server.tls], or changes
     // fast_path, applies to the connections accepted after it.
     let (tls, handshake_timeout, idle_timeout, fast_path) = {
@@ -296,8 +400,9 @@ fn serve_connection(
         };
         served.await;
         gauge.decrement(1.0);
-        open.count.fetch_sub(1, Ordering::Relaxed);
+        proxy.open.fetch_sub(1, Ordering::Relaxed);
         drop(place);
+        drop(slot);
         drop(open);
     });
 }

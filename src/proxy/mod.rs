@@ -4,6 +4,7 @@
 //! each request gets. No transport imports the other; the listener joins them with the stream
 //! the engine hands over (`io.rs`).
 
+mod balance;
 pub mod conn_limit;
 mod h1;
 mod https;

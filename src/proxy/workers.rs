@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::balance::Balance;
 use super::listener::{self, Proxy, Shared};
 
 /// What `/status` reports of the proxy.
@@ -26,6 +27,8 @@ pub trait ProxyStats: Send + Sync {
     /// Client connections each worker's runtime accepted, in worker order (one entry when every
     /// connection is served on one runtime).
     fn worker_connections(&self) -> Vec<u64>;
+    /// Client connections each worker serves now, in worker order.
+    fn worker_open_connections(&self) -> Vec<u64>;
     /// Every upstream target with its health, ejection and requests in flight.
     fn upstream_targets(&self) -> Vec<crate::upstream::TargetStatus>;
 }
@@ -60,6 +63,10 @@ impl ProxyStats for Workers {
             .iter()
             .map(|p| p.connections_accepted())
             .collect()
+    }
+
+    fn worker_open_connections(&self) -> Vec<u64> {
+        self.proxies.iter().map(|p| p.connections_open()).collect()
     }
 
     fn upstream_targets(&self) -> Vec<crate::upstream::TargetStatus> {
@@ -240,11 +247,12 @@ pub(crate) fn start(
                         addr: local_addr,
                         source,
                     })?;
-                let proxy = Proxy::new(shared);
+                let proxy = Proxy::new(shared, proxies.len(), None);
                 proxies.push(Arc::clone(&proxy));
                 ends.push(End::Task(tokio::spawn(listener::serve(
                     proxy,
                     listener,
+                    None,
                     shutdown.clone(),
                 ))));
             }
@@ -265,8 +273,16 @@ pub(crate) fn start(
                 };
                 prepared.push((worker, runtime, listener));
             }
-            for (worker, runtime, listener) in prepared {
-                let proxy = Proxy::new(shared);
+            // Several workers share one balance (`connection_balance`); each has an inbox.
+            let (balance, inboxes) = match prepared.len() {
+                1 => (None, vec![None]),
+                n => {
+                    let (balance, inboxes) = Balance::new(n);
+                    (Some(balance), inboxes.into_iter().map(Some).collect())
+                }
+            };
+            for ((worker, runtime, listener), inbox) in prepared.into_iter().zip(inboxes) {
+                let proxy = Proxy::new(shared, worker, balance.clone());
                 proxies.push(Arc::clone(&proxy));
                 let shutdown = shutdown.clone();
                 let (tell_done, done) = oneshot::channel();
@@ -275,7 +291,7 @@ pub(crate) fn start(
                     // names (`top -H`, `/proc/PID/task/*/comm`).
                     .name(format!("apiward-w{worker}"))
                     .spawn(move || {
-                        runtime.block_on(listener::serve(proxy, listener, shutdown));
+                        runtime.block_on(listener::serve(proxy, listener, inbox, shutdown));
                         // What is left after the drain (connections shutdown_timeout closed) is
                         // dropped with the runtime; a blocking task gets a moment to end.
                         runtime.shutdown_timeout(Duration::from_secs(1));

@@ -198,6 +198,11 @@ fn server_settings_are_validated() {
             "\"threads\"",
             "worker_runtime = \"threads\"",
         ),
+        (
+            "connection_balance",
+            "\"round_robin\"",
+            "connection_balance = \"round_robin\"",
+        ),
         ("trusted_proxies", "[\"10.0.0.1/8\"]", "10.0.0.0/8"),
         ("max_header_bytes", "10", "max_header_bytes"),
         ("upstream_keepalive_timeout", "\"0s\"", "greater than zero"),
