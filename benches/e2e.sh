@@ -27,8 +27,10 @@
 # HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned. apiward
 # then runs twice: `apiward` with its default `worker_runtime = "per_worker"` (a thread, a
 # current-thread runtime and an SO_REUSEPORT socket per worker) and `apiward_shared` with
-# `worker_runtime = "shared"` (one multi-thread runtime of two threads), so that the two are
-# compared in the same alternating run.
+# `worker_runtime = "shared"` (one multi-thread runtime of two threads), and a third time as
+# `apiward_kernel`, per_worker with `connection_balance = "kernel"` (each connection stays on the
+# worker the SO_REUSEPORT hash chose, instead of going to the one serving the fewest), so that
+# the three are compared in the same alternating run.
 #
 # Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
 #        LOGGED=1 benches/e2e.sh       LIMITED=1 benches/e2e.sh       WORKERS=2 benches/e2e.sh
@@ -79,8 +81,9 @@ APIWARD_LIMITS_PORT=$((BASE_PORT + 8))
 APIWARD_BASE_PORT=$((BASE_PORT + 9))
 APIWARD_REDIS_PORT=$((BASE_PORT + 10))
 APIWARD_SHARED_PORT=$((BASE_PORT + 11))
+APIWARD_KERNEL_PORT=$((BASE_PORT + 12))
 TARGETS=(direct apiward nginx haproxy ceiling)
-if ((WORKERS > 1)); then TARGETS+=(apiward_shared); fi
+if ((WORKERS > 1)); then TARGETS+=(apiward_shared apiward_kernel); fi
 if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
 if ((LIMITED)); then TARGETS+=(apiward_limits); fi
 if ((LIMITED)) && [[ -n $REDIS ]]; then TARGETS+=(apiward_redis); fi
@@ -249,7 +252,7 @@ main() {
     PATH=$PATH:/usr/sbin
     local port
     for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT" "$CEILING_PORT" \
-        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT" "$APIWARD_SHARED_PORT"; do
+        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT" "$APIWARD_SHARED_PORT" "$APIWARD_KERNEL_PORT"; do
         port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
     done
 
@@ -276,6 +279,15 @@ main() {
     if ((WORKERS > 1)) && { ! grep -q '^worker_runtime = "shared"' "$WORK/apiward-shared.toml" ||
         ! grep -q "^listen = \"127.0.0.1:$APIWARD_SHARED_PORT\"" "$WORK/apiward-shared.toml"; }; then
         log "gen_config's workers or listen line changed: apiward-shared.toml is not the shared-runtime copy"
+        exit 1
+    fi
+    # The same file, each connection kept where the kernel's SO_REUSEPORT hash put it.
+    sed -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_KERNEL_PORT\"|" \
+        -e "s|^workers = $WORKERS\$|workers = $WORKERS\nconnection_balance = \"kernel\"|" \
+        "$WORK/apiward.toml" >"$WORK/apiward-kernel.toml"
+    if ((WORKERS > 1)) && { ! grep -q '^connection_balance = "kernel"' "$WORK/apiward-kernel.toml" ||
+        ! grep -q "^listen = \"127.0.0.1:$APIWARD_KERNEL_PORT\"" "$WORK/apiward-kernel.toml"; }; then
+        log "gen_config's workers or listen line changed: apiward-kernel.toml is not the kernel-balance copy"
         exit 1
     fi
     # The same file again, every user (all in [groups.bench]) under generous local limits.
@@ -408,10 +420,12 @@ EOF
         check_limited "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" "$(head -n 1 "$WORK/keys.txt")" \
             apiward_limits || exit 1
     fi
-    local apiward_shared_pid=""
+    local apiward_shared_pid="" apiward_kernel_pid=""
     if ((WORKERS > 1)); then
         start_apiward "$WORK/apiward-shared.toml" "$APIWARD_SHARED_PORT" "$PROXY_CPUS"
         apiward_shared_pid=$STARTED_PID
+        start_apiward "$WORK/apiward-kernel.toml" "$APIWARD_KERNEL_PORT" "$PROXY_CPUS"
+        apiward_kernel_pid=$STARTED_PID
     fi
     local apiward_base_pid=""
     if [[ -n $BASELINE ]]; then
@@ -433,6 +447,7 @@ EOF
         [apiward_base]="$apiward_base_pid"
         [apiward_redis]="$apiward_redis_pid"
         [apiward_shared]="$apiward_shared_pid"
+        [apiward_kernel]="$apiward_kernel_pid"
     )
 
     local -A urls=(
@@ -447,6 +462,7 @@ EOF
         [apiward_base]="http://127.0.0.1:$APIWARD_BASE_PORT$REQUEST_PATH"
         [apiward_redis]="http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH"
         [apiward_shared]="http://127.0.0.1:$APIWARD_SHARED_PORT$REQUEST_PATH"
+        [apiward_kernel]="http://127.0.0.1:$APIWARD_KERNEL_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -554,6 +570,11 @@ report() {
             "$(stat_of apiward_shared 5)" "$(stat_of apiward 5)" \
             "$(awk -v a="$(stat_of apiward_shared 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')" \
             "$(awk -v a="$(cpu_of apiward_shared)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')"
+        printf 'The same per-worker runtimes with `connection_balance = "kernel"` (apiward_kernel: each connection stays where the SO_REUSEPORT hash put it) against the default `"exact"` (apiward): req/s **%.2f ×**, CPU per request %.2f ×, p99 %.3f ms vs %.3f ms; apiward_kernel / nginx: req/s %.2f ×.\n' \
+            "$(awk -v a="$(stat_of apiward_kernel 3)" -v b="$(stat_of apiward 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward_kernel)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_kernel 5)" "$(stat_of apiward 5)" \
+            "$(awk -v a="$(stat_of apiward_kernel 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')"
     fi
     if [[ -n $BASELINE ]]; then
         printf 'The baseline build (%s): req/s vs nginx **%.2f ×** (this build: %.2f ×), CPU per request vs nginx %.2f × (this build: %.2f ×), p99 %.3f ms.\n' \
