@@ -23,7 +23,7 @@ pub use key_usage::KeyUsage;
 pub use metrics::Metrics;
 pub use recent::RecentRequests;
 use record::RequestIds;
-pub use record::RequestRecord;
+pub use record::{LoggedPrefix, RequestRecord};
 pub use request_log::RequestLog;
 
 /// Shared by every request of one gateway.
@@ -138,13 +138,20 @@ impl Telemetry {
         self.sampled.fetch_add(1, Ordering::Relaxed) % every == 0
     }
 
-    /// Records a finished request: metrics always, a log line unless sampled out.
-    pub fn finish(&self, record: &RequestRecord, bytes_in: u64, bytes_out: u64) {
+    /// Records a finished request: metrics always, a log line unless sampled out. The record's
+    /// path is handed over to the recent-requests ring: a record is finished once.
+    pub fn finish(&self, record: &mut RequestRecord, bytes_in: u64, bytes_out: u64) {
         self.finish_at(record, Instant::now(), bytes_in, bytes_out);
     }
 
     /// `finish` for a caller that has just read the clock: `now` is when the request ended.
-    pub fn finish_at(&self, record: &RequestRecord, now: Instant, bytes_in: u64, bytes_out: u64) {
+    pub fn finish_at(
+        &self,
+        record: &mut RequestRecord,
+        now: Instant,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
         let total = now.saturating_duration_since(record.started);
         self.metrics.request(
             record.user.as_ref(),
@@ -154,8 +161,23 @@ impl Telemetry {
             total,
             record.upstream_time,
         );
-        self.recent.record(record, total);
         self.metrics.protocol(record.protocol, record.tls.is_some());
+        // One wall-clock read for the ring's time and the line's timestamp.
+        let at = SystemTime::now();
+        self.log_line(record, at, total, bytes_in, bytes_out);
+        // The line is written: the ring takes the path over instead of copying it.
+        let path = std::mem::take(&mut record.path);
+        self.recent.record(record, path, total, at);
+    }
+
+    fn log_line(
+        &self,
+        record: &RequestRecord,
+        at: SystemTime,
+        total: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
         let Some(log) = &self.request_log else {
             return;
         };
@@ -169,9 +191,8 @@ impl Telemetry {
             bytes_out,
             total,
         };
-        let now = SystemTime::now();
         log.append(|pending| {
-            request_line::write_line(&mut pending.bytes, &mut pending.clock, now, record, &facts)
+            request_line::write_line(&mut pending.bytes, &mut pending.clock, at, record, &facts)
         });
     }
 }

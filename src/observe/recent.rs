@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use http::HeaderValue;
 
-use super::record::RequestRecord;
+use super::record::{LoggedPrefix, RequestRecord};
 use crate::auth::address::ClientAddress;
 use crate::snapshot::Snapshot;
 
@@ -35,7 +35,7 @@ pub struct RecentRequest {
     pub client: ClientAddress,
     pub latency: Duration,
     pub request_id: HeaderValue,
-    pub key_prefix: Option<Box<str>>,
+    pub key_prefix: Option<LoggedPrefix>,
 }
 
 /// Allowed and refused requests of one hour.
@@ -73,9 +73,8 @@ impl Default for RecentRequests {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -109,25 +108,32 @@ impl RecentRequests {
         }
     }
 
-    /// Remembers a finished request: in its user's ring, or, refused without a user, overall.
-    pub fn record(&self, record: &RequestRecord, latency: Duration) {
-        let at_unix_ms = now_ms();
+    /// Remembers a finished request, ended at `at`: in its user's ring, or, refused without a
+    /// user, overall. `path` is the record's path, handed over rather than copied (the request
+    /// log has written its line by now); empty when the request log is off.
+    pub fn record(&self, record: &RequestRecord, path: String, latency: Duration, at: SystemTime) {
+        let at_unix_ms = unix_ms(at);
         let refused = record.decision != "allowed";
         let make = || {
-            let mut end = record.path.len().min(MAX_PATH);
-            while !record.path.is_char_boundary(end) {
-                end -= 1;
+            let mut path = path;
+            if path.len() > MAX_PATH {
+                let mut end = MAX_PATH;
+                while !path.is_char_boundary(end) {
+                    end -= 1;
+                }
+                path.truncate(end);
             }
             RecentRequest {
                 at_unix_ms,
                 method: record.method.clone(),
-                path: record.path[..end].into(),
+                // No copy: the record's path was made to its length.
+                path: path.into_boxed_str(),
                 status: record.status,
                 decision: record.decision,
                 client: record.client,
                 latency,
                 request_id: record.request_id.clone(),
-                key_prefix: record.key_prefix.clone(),
+                key_prefix: record.key_prefix,
             }
         };
         match &record.user {
@@ -176,7 +182,7 @@ impl RecentRequests {
 
     /// The user's counts for each of the last 24 hours, oldest first, the current hour last.
     pub fn hours_of_user(&self, id: &str) -> [HourCount; 24] {
-        let now_hour = now_ms().div_euclid(3_600_000);
+        let now_hour = unix_ms(SystemTime::now()).div_euclid(3_600_000);
         let mut out = [HourCount::default(); 24];
         for (i, slot) in out.iter_mut().enumerate() {
             slot.hour = now_hour - 23 + i as i64;
@@ -214,7 +220,7 @@ mod tests {
             request_id: HeaderValue::from_static("r1"),
             client: ClientAddress::Ip("192.0.2.7".parse().unwrap()),
             user: user.map(Arc::from),
-            key_prefix: Some("aw_AbCdE".into()),
+            key_prefix: Some(LoggedPrefix::new("aw_AbCdE")),
             presented: crate::refusal::Presented::Key,
             method: http::Method::GET,
             path: path.into(),
@@ -233,21 +239,24 @@ mod tests {
         }
     }
 
+    /// Records `r` as `Telemetry::finish_at` does, handing its path over.
+    fn keep(recent: &RecentRequests, mut r: RequestRecord) {
+        let path = std::mem::take(&mut r.path);
+        recent.record(&r, path, Duration::ZERO, SystemTime::now());
+    }
+
     #[test]
     fn rings_are_bounded_newest_first_and_count_the_hour() {
         let recent = RecentRequests::default();
         recent.per_user.store(3, Ordering::Relaxed);
         recent.refusals_kept.store(2, Ordering::Relaxed);
         for i in 0..5 {
-            recent.record(
-                &record(Some("a@x.org"), "allowed", &format!("/p/{i}")),
-                Duration::ZERO,
+            keep(
+                &recent,
+                record(Some("a@x.org"), "allowed", &format!("/p/{i}")),
             );
         }
-        recent.record(
-            &record(Some("a@x.org"), "user_inactive", "/p/x"),
-            Duration::ZERO,
-        );
+        keep(&recent, record(Some("a@x.org"), "user_inactive", "/p/x"));
         let of_a = recent.of_user("a@x.org");
         assert_eq!(
             of_a.iter().map(|r| &*r.path).collect::<Vec<_>>(),
@@ -256,12 +265,12 @@ mod tests {
         assert_eq!(recent.last_24h("a@x.org"), (5, 1));
         assert_eq!(recent.hours_of_user("a@x.org")[23].allowed, 5);
         for i in 0..3 {
-            recent.record(
-                &record(None, "invalid_credentials", &format!("/u/{i}")),
-                Duration::ZERO,
+            keep(
+                &recent,
+                record(None, "invalid_credentials", &format!("/u/{i}")),
             );
         }
-        recent.record(&record(None, "allowed", "/not-kept"), Duration::ZERO);
+        keep(&recent, record(None, "allowed", "/not-kept"));
         let refusals = recent.refusals();
         assert_eq!(refusals.len(), 2);
         assert_eq!(&*refusals[0].path, "/u/2");
@@ -272,7 +281,7 @@ mod tests {
     fn a_long_path_is_cut_at_a_character_boundary() {
         let recent = RecentRequests::default();
         let path = format!("/{}", "é".repeat(300));
-        recent.record(&record(Some("a@x.org"), "allowed", &path), Duration::ZERO);
+        keep(&recent, record(Some("a@x.org"), "allowed", &path));
         let kept = &recent.of_user("a@x.org")[0].path;
         assert!(kept.len() <= MAX_PATH && path.starts_with(&**kept));
     }

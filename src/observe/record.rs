@@ -14,7 +14,7 @@ pub struct RequestRecord {
     pub request_id: HeaderValue,
     pub client: crate::auth::address::ClientAddress,
     pub user: Option<Arc<str>>,
-    pub key_prefix: Option<Box<str>>,
+    pub key_prefix: Option<LoggedPrefix>,
     /// What the request presented to identify itself (the log's `credential`).
     pub presented: crate::refusal::Presented,
     pub method: http::Method,
@@ -39,6 +39,68 @@ pub struct RequestRecord {
     pub protocol: &'static str,
     /// The TLS version of the client's connection (`TLSv1.3`), `None` for plain TCP.
     pub tls: Option<&'static str>,
+}
+
+/// A key's prefix as a request's log line and its recent-requests entry show it, kept inline so
+/// that a logged request allocates nothing for it: what `credential::key_prefix` gives is at most
+/// `KEY_PREFIX_LEN` characters of at most 4 bytes, and a configured prefix (`KeyPrefix`) at most
+/// 16 bytes, so both always fit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LoggedPrefix {
+    len: u8,
+    bytes: [u8; LoggedPrefix::MAX],
+}
+
+impl LoggedPrefix {
+    pub const MAX: usize = 4 * crate::auth::credential::KEY_PREFIX_LEN;
+
+    /// `text`, cut at a character boundary if longer than `MAX` bytes (which no key prefix is).
+    pub fn new(text: &str) -> LoggedPrefix {
+        let mut end = text.len().min(LoggedPrefix::MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; LoggedPrefix::MAX];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        LoggedPrefix {
+            len: end as u8,
+            bytes,
+        }
+    }
+
+    /// The UTF-8 bytes, without checking them again (the log line writes them as they are).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl From<crate::snapshot::users::KeyPrefix> for LoggedPrefix {
+    fn from(prefix: crate::snapshot::users::KeyPrefix) -> LoggedPrefix {
+        let text = prefix.as_bytes();
+        let mut bytes = [0u8; LoggedPrefix::MAX];
+        // `KeyPrefix::MAX` (16) is less than `MAX`, and its bytes are valid UTF-8.
+        let len = text.len().min(LoggedPrefix::MAX);
+        bytes[..len].copy_from_slice(&text[..len]);
+        LoggedPrefix {
+            len: len as u8,
+            bytes,
+        }
+    }
+}
+
+impl std::ops::Deref for LoggedPrefix {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Built from a whole `&str` cut at a character boundary: valid UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for LoggedPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", &**self)
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter, unique without coordination.
@@ -118,7 +180,30 @@ fn request_id_text(prefix: u64, n: u64, out: &mut [u8; 32]) -> usize {
 
 #[cfg(test)]
 mod request_id_tests {
-    use super::{ID_BLOCK, RequestIds, request_id_text};
+    use super::{ID_BLOCK, LoggedPrefix, RequestIds, request_id_text};
+
+    #[test]
+    fn a_logged_prefix_holds_every_key_prefix_whole() {
+        use crate::auth::credential::key_prefix;
+        // A presented key is visible ASCII (`HeaderValue::to_str`); eight characters of four
+        // bytes fit as well.
+        let widest = "𝄞".repeat(20);
+        for prefix in [
+            key_prefix("aw_AbCdEfGhIjKlMnOp"),
+            key_prefix("a"),
+            "𝄞".repeat(8).as_str(),
+        ] {
+            assert_eq!(&*LoggedPrefix::new(prefix), prefix);
+        }
+        let configured = crate::snapshot::users::KeyPrefix::new("aw_0123456789abc").unwrap();
+        assert_eq!(&*LoggedPrefix::from(configured), "aw_0123456789abc");
+        // Longer than any key prefix: cut at a character boundary.
+        let cut = LoggedPrefix::new(&widest);
+        assert_eq!(cut.len(), LoggedPrefix::MAX);
+        assert!(widest.starts_with(&*cut));
+        let odd = format!("a{}", "é".repeat(20));
+        assert!(odd.starts_with(&*LoggedPrefix::new(&odd)));
+    }
 
     #[test]
     fn request_ids_are_unique_across_threads_and_increase_on_each() {

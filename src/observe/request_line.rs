@@ -68,7 +68,9 @@ pub fn write_line(
         plain_field(out, b",\"credential\":\"", credential);
     }
     if let Some(prefix) = &record.key_prefix {
-        string_field(out, b",\"key_prefix\":\"", prefix);
+        out.extend_from_slice(b",\"key_prefix\":\"");
+        escape_into(out, prefix.as_bytes());
+        out.push(b'"');
     }
     // A method is an HTTP token and a decision one of a fixed set of codes: neither holds a
     // character JSON escapes.

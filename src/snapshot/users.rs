@@ -214,6 +214,11 @@ impl KeyPrefix {
             bytes,
         })
     }
+
+    /// The prefix's bytes (valid UTF-8), without checking them again.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl std::ops::Deref for KeyPrefix {
@@ -221,7 +226,7 @@ impl std::ops::Deref for KeyPrefix {
 
     fn deref(&self) -> &str {
         // Built from a whole `&str`, so these bytes are valid UTF-8.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 }
 

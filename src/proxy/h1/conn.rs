@@ -430,7 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
 
     /// A request answered by the engine at `now`: counted for `/status`, and recorded
     /// (metrics, log).
-    pub(super) fn answered(&mut self, record: &RequestRecord, bytes_out: u64, now: Instant) {
+    pub(super) fn answered(&mut self, record: &mut RequestRecord, bytes_out: u64, now: Instant) {
         self.engine.served.fetch_add(1, Ordering::Relaxed);
         self.policy.finish(record, now, 0, bytes_out);
         self.last_active = now;
@@ -438,7 +438,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
 
     /// The response could not be completed: record it and close the client connection, which
     /// is how a client learns that a response it started receiving was cut short.
-    pub(super) fn abort(&mut self, record: &RequestRecord, bytes_out: u64) -> Step {
+    pub(super) fn abort(&mut self, record: &mut RequestRecord, bytes_out: u64) -> Step {
         self.policy.finish(record, Instant::now(), 0, bytes_out);
         Step::Close
     }

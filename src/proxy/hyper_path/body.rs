@@ -81,9 +81,9 @@ impl<B> Logged<B> {
     }
 
     fn complete(&mut self) {
-        if let Some(f) = self.finish.take() {
+        if let Some(mut f) = self.finish.take() {
             f.policy.finish(
-                &f.record,
+                &mut f.record,
                 std::time::Instant::now(),
                 f.bytes_in.load(Ordering::Relaxed),
                 self.bytes_out,

@@ -17,7 +17,7 @@ use super::refused::Refused;
 use crate::auth::{self, Outcome, RequestFacts, credential};
 use crate::config::reload;
 use crate::limits::{LimitPlan, Limited};
-use crate::observe::RequestRecord;
+use crate::observe::{LoggedPrefix, RequestRecord};
 use crate::proxy::upstream::Limits;
 use crate::refusal::{Presented, Refusal};
 use crate::snapshot::{AccessLogTarget, Route, Snapshot, UnderscoreHeaders};
@@ -222,7 +222,7 @@ impl Policy {
                 record.limit = Some(limited.kind.as_str());
                 if record.log {
                     record.path = uri.path().to_string();
-                    record.key_prefix = presented_prefix.map(Into::into);
+                    record.key_prefix = presented_prefix.map(LoggedPrefix::new);
                 }
                 return (Err(limited.into()), record);
             }
@@ -239,8 +239,8 @@ impl Policy {
             // Only the request log reads it.
             record.key_prefix = decision
                 .key
-                .and_then(|k| k.prefix.map(|p| Box::from(&*p)))
-                .or_else(|| presented_prefix.map(Into::into));
+                .and_then(|k| k.prefix.map(LoggedPrefix::from))
+                .or_else(|| presented_prefix.map(LoggedPrefix::new));
         }
         // A known key's last use counts admitted requests only; a refusal is kept apart.
         if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {

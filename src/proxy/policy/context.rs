@@ -43,8 +43,8 @@ impl Policy {
     }
 
     /// Records a finished request at `now` (when it ended): metrics always, a log line unless
-    /// sampled out.
-    pub fn finish(&self, record: &RequestRecord, now: Instant, bytes_in: u64, bytes_out: u64) {
+    /// sampled out. The record's path is handed over to the recent-requests ring.
+    pub fn finish(&self, record: &mut RequestRecord, now: Instant, bytes_in: u64, bytes_out: u64) {
         self.telemetry.finish_at(record, now, bytes_in, bytes_out);
     }
 }
