@@ -182,3 +182,59 @@ async fn an_upgrade_is_refused_where_not_allowed_and_with_a_bad_key() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_place_under_max_upstream_connections() {
+    let (upstream, connections) = ws_echo_upstream().await;
+    let key = TestKey::new("wsplaces");
+    let gw = TestGateway::start(&with_server_setting(
+        &ws_config(upstream, &key, "60s"),
+        "max_upstream_connections = 1\nconnect_timeout = \"300ms\"",
+    ))
+    .await;
+    let good_nonce = "dGhlIHNhbXBsZSBub25jZQ==";
+    let mut first = ws_connect(gw.addr, "/ws/one", &key.key).await;
+    first.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(
+        first.next().await.unwrap().unwrap(),
+        Message::Text("hello".into())
+    );
+    // The one place is the open tunnel's: a second handshake waits connect_timeout, then 503,
+    // and never reaches the upstream.
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(handshake("/ws/two", &key.key, good_nonce).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("upstream_busy"), "{answer}");
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        1,
+        "only the first tunnel"
+    );
+    // The tunnel still works; once it is closed, its place is free again.
+    first.send(Message::Text("still".into())).await.unwrap();
+    assert_eq!(
+        first.next().await.unwrap().unwrap(),
+        Message::Text("still".into())
+    );
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), first.next())
+        .await
+        .expect("the close completes")
+    {}
+    drop(first);
+    assert!(
+        eventually(|| async {
+            let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+            conn.write_all(handshake("/ws/three", &key.key, good_nonce).as_bytes())
+                .await
+                .unwrap();
+            read_response(&mut conn).await.starts_with("HTTP/1.1 101 ")
+        })
+        .await,
+        "the place the closed tunnel held was not given back"
+    );
+    gw.shutdown().await;
+}

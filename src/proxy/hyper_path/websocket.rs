@@ -1,8 +1,9 @@
 //! WebSocket relaying, for a handshake the policy allowed: the handshake goes to a target on a
 //! connection of its own; on its `101 Switching Protocols` both connections are taken over
 //! from hyper and bytes are relayed both ways until both sides have closed, or nothing has
-//! passed for `idle_timeout`. Counted as a connection with its duration; any other answer is
-//! relayed as an ordinary response.
+//! passed for `idle_timeout`. Counted as a connection with its duration, and as one of the
+//! upstream's `max_upstream_connections` for as long as it lasts; any other answer is relayed as
+//! an ordinary response.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,8 +41,24 @@ pub(super) async fn relay(
         let refusal = policy.upstream_failed(record, "", UpstreamFailure::Broken, false);
         return refusal_response(refusal, record.presented);
     };
+    // A place at the upstream, as any request takes, held until the tunnel ends: a flood of
+    // handshakes opens no more upstream connections than `max_upstream_connections`.
+    let limits = forward.limits;
+    let place = match cluster
+        .place(limits.max_upstream_connections, limits.connect_timeout)
+        .await
+    {
+        Ok(place) => place,
+        Err(_busy) => {
+            let refusal = crate::refusal::Refusal::UpstreamBusy;
+            record.decision = refusal.code();
+            return refusal_response(refusal, record.presented);
+        }
+    };
     let Some(attempt) = cluster.pick(record.user.as_deref(), Tried::default()) else {
-        return refusal_response(crate::refusal::Refusal::NoHealthyUpstream, record.presented);
+        let refusal = crate::refusal::Refusal::NoHealthyUpstream;
+        record.decision = refusal.code();
+        return refusal_response(refusal, record.presented);
     };
     let target = attempt.target();
     // The upstream's `host`, else the client's `Host` as it came, else the target's.
@@ -131,8 +148,10 @@ pub(super) async fn relay(
             .telemetry
             .metrics
             .websocket_closed(&route, opened.elapsed());
-        // Outstanding on its target for as long as the tunnel lasted.
+        // Outstanding on its target, and holding its place at the upstream, for as long as the
+        // tunnel lasted.
         drop(attempt);
+        drop(place);
     });
     Response::from_parts(head, Either::Right(Full::new(Bytes::new())))
 }
