@@ -147,6 +147,7 @@ impl ConfigStore {
 
     /// `reload`, with the reload lock held.
     fn reload_serialised(&self) -> ReloadOutcome {
+        let started = Instant::now();
         let current = self.current.load_full();
         // The PEM files it read ([server.tls], upstream `ca`s): changed, the file is compiled
         // again although its text is the same (a renewed certificate).
@@ -189,7 +190,14 @@ impl ConfigStore {
         // being enforced; so is the digest of the text, needed only when the new snapshot has
         // no source index.
         let snapshot = Arc::new(snapshot);
+        let compiled = started.elapsed();
         let previous = self.current.swap(Arc::clone(&snapshot));
+        tracing::debug!(
+            streamed = text.is_none(),
+            compiled_us = compiled.as_micros() as u64,
+            swapped_us = started.elapsed().as_micros() as u64,
+            "reload: new snapshot serving"
+        );
         if let (None, Some(text)) = (&snapshot.source_index, &text) {
             *self.loaded_digest.lock().unwrap_or_else(|p| p.into_inner()) = text_digest(text);
         }
@@ -385,6 +393,9 @@ pub fn now_unix() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadTrigger {
     FileEvent,
+    /// A file renamed into place (or a symlink swapped there): complete at once, so the reload
+    /// starts without waiting for the events of a save to settle.
+    FileRenamed,
     Signal,
     /// An edit through the admin API or console, answered only once it is serving.
     AdminEdit,
@@ -515,7 +526,7 @@ pub fn watch_file(
     path: &Path,
     triggers: mpsc::UnboundedSender<ReloadTrigger>,
 ) -> notify::Result<ConfigWatch> {
-    use notify::event::{AccessKind, AccessMode, EventKind};
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
     use notify::{RecursiveMode, Watcher};
     use std::sync::RwLock;
 
@@ -525,6 +536,9 @@ pub fn watch_file(
     let (notes, notes_rx) = std::sync::mpsc::channel();
     let event_names = Arc::clone(&names);
     let event_notes = notes.clone();
+    // The rename last reported as one into place: inotify follows its `To` event with a `Both`
+    // event for the same rename, which must not reload a second time.
+    let mut renamed_into_place: Option<usize> = None;
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         let relevant_kind = match event.kind {
@@ -534,10 +548,23 @@ pub fn watch_file(
             _ => true,
         };
         let names = event_names.read().unwrap_or_else(|p| p.into_inner());
-        if relevant_kind && Watched::concerns(&names, &event) {
-            let _ = triggers.send(ReloadTrigger::FileEvent);
-            let _ = event_notes.send(Note::Changed);
+        if !relevant_kind || !Watched::concerns(&names, &event) {
+            return;
         }
+        let trigger = match event.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                renamed_into_place = event.tracker();
+                ReloadTrigger::FileRenamed
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                if event.tracker().is_some() && event.tracker() == renamed_into_place =>
+            {
+                return;
+            }
+            _ => ReloadTrigger::FileEvent,
+        };
+        let _ = triggers.send(trigger);
+        let _ = event_notes.send(Note::Changed);
     })?;
     // The link's own directory must be watchable; the others are followed as far as they exist.
     let mut dirs = first_dirs.iter();
@@ -624,19 +651,29 @@ pub async fn reload_loop(
     while let Some(first) = triggers.recv().await {
         let mut trigger = first;
         let started = Instant::now();
-        loop {
+        // A file renamed into place is whole: the reload starts at once (with what was already
+        // reported taken in), without waiting for a save's events to settle; events after it,
+        // if any, reload again.
+        let mut whole = first == ReloadTrigger::FileRenamed;
+        while !whole {
             let remaining = MAX_DEBOUNCE.saturating_sub(started.elapsed());
             match tokio::time::timeout(QUIET.min(remaining), triggers.recv()).await {
                 Ok(Some(t)) => {
                     if t == ReloadTrigger::Signal {
                         trigger = t;
                     }
+                    whole = t == ReloadTrigger::FileRenamed;
                     if remaining.is_zero() {
                         break;
                     }
                 }
                 Ok(None) => return,
                 Err(_) => break,
+            }
+        }
+        while let Ok(t) = triggers.try_recv() {
+            if t == ReloadTrigger::Signal {
+                trigger = t;
             }
         }
         let store = Arc::clone(&store);
@@ -665,7 +702,7 @@ pub fn warn_of_expiry(store: &ConfigStore) {
 fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutcome) {
     let file = store.path().display().to_string();
     let trigger = match trigger {
-        ReloadTrigger::FileEvent => "file change",
+        ReloadTrigger::FileEvent | ReloadTrigger::FileRenamed => "file change",
         ReloadTrigger::Signal => "SIGHUP",
         ReloadTrigger::AdminEdit => "admin API edit",
     };
@@ -705,3 +742,6 @@ fn log_outcome(store: &ConfigStore, trigger: ReloadTrigger, outcome: &ReloadOutc
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
