@@ -29,6 +29,13 @@ use apiward::config::reload::{ConfigStore, ReloadOutcome};
 use apiward::snapshot::KeyDigest;
 
 fn main() {
+    // RUST_LOG=apiward::config=debug: each reload's phases (the scan, the compile, the swap).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -70,6 +77,7 @@ fn reload_cost(users: usize, rounds: usize) {
     let full = support::config_text(&spec);
     let previous = apiward::config::compile(&path, &full).expect("the file compiles");
     let (mut reads, mut compiles, mut streams) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpus = Vec::new();
     for round in 0..rounds {
         let victim = 1 + round * ((users - 1) / (rounds + 1));
         let digest = KeyDigest::of(&support::key(victim)).to_hex();
@@ -100,8 +108,10 @@ fn reload_cost(users: usize, rounds: usize) {
         drop((text, compiled));
         // What a reload does now: the file streamed, only its changed tables kept and compiled.
         let started = Instant::now();
+        let cpu_before = cpu_ms();
         let streamed = apiward::config::incremental::reload_streamed(&path, &previous);
         let stream = started.elapsed();
+        let stream_cpu = cpu_ms() - cpu_before;
         let apiward::config::incremental::Streamed::Compiled(streamed) = streamed else {
             panic!("streamed and compiled incrementally");
         };
@@ -113,18 +123,21 @@ fn reload_cost(users: usize, rounds: usize) {
         );
         drop(streamed);
         println!(
-            "round {round}: read {read:?}, compile after the previous snapshot {compile:?}; streamed read and compile {stream:?}"
+            "round {round}: read {read:?}, compile after the previous snapshot {compile:?}; streamed read and compile {stream:?} ({stream_cpu} ms of CPU, user and system, all threads)"
         );
+        cpus.push(stream_cpu);
         reads.push(read);
         compiles.push(compile);
         streams.push(stream);
     }
+    cpus.sort_unstable();
     println!(
-        "reload cost at {users} users ({:.1} MiB), {rounds} rounds: read median {:?}, compile median {:?}; streamed (read and compile, what a reload does) median {:?}",
+        "reload cost at {users} users ({:.1} MiB), {rounds} rounds: read median {:?}, compile median {:?}; streamed (read and compile, what a reload does) median {:?}, CPU median {} ms",
         full.len() as f64 / (1024.0 * 1024.0),
         median(&mut reads),
         median(&mut compiles),
-        median(&mut streams)
+        median(&mut streams),
+        cpus[cpus.len() / 2]
     );
 }
 
@@ -365,6 +378,25 @@ fn status(conn: &mut TcpStream, request: &str) -> u16 {
             }
         }
     }
+}
+
+/// The process's CPU time so far, user and system, every thread (in clock ticks of 10 ms:
+/// rough for one reload, which the median over rounds evens out).
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (tick(11) + tick(12)) * 10
 }
 
 fn rss_kib() -> u64 {

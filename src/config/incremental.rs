@@ -90,25 +90,42 @@ pub enum Streamed {
     Whole,
 }
 
-/// The buffer a streamed reload reads the file through (it grows for a table larger than it).
+/// The buffer each part of a streamed reload reads the file through (it grows for a table
+/// larger than it).
 const STREAM_BUFFER: usize = 1 << 20;
 
-/// `reload_after` without the whole text in memory: the file is read through a small buffer,
-/// cut into tables and each table digested and matched with the previous file's as it goes;
-/// only the text of the head and of the tables that changed is kept. So a revocation among a
-/// million users allocates and validates (as UTF-8) a few tables, not the file. The file is
-/// read, not mapped: a mapping would fault (SIGBUS) if the file were truncated in place.
+/// A file smaller than this is read by one thread: splitting it would cost more than it saves.
+const PARALLEL_FROM: usize = 4 << 20;
+
+/// `reload_after` without the whole text in memory: the file is read through small buffers, cut
+/// into tables and each table digested as it goes, by one thread per core, each over its own
+/// part of the file; the digests are then matched with the previous file's, and only the text
+/// of the head and of the tables that changed is read again and kept. So a revocation among a
+/// million users allocates and validates (as UTF-8) a few tables, not the file, and the read
+/// (the kernel's copy of 243 MiB, most of the time) is spread over the cores. The file is read,
+/// not mapped: a mapping would fault (SIGBUS) if the file were truncated in place.
 pub fn reload_streamed(file: &Path, previous: &Snapshot) -> Streamed {
-    stream_with(file, previous, STREAM_BUFFER)
+    // (Only how many threads read it: the file may be replaced again before it is opened.)
+    let len = std::fs::metadata(file).map_or(0, |m| m.len() as usize);
+    let parts = if len < PARALLEL_FROM {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(8)
+    };
+    stream_with(file, previous, STREAM_BUFFER, parts)
 }
 
-fn stream_with(file: &Path, previous: &Snapshot, buffer: usize) -> Streamed {
+fn stream_with(file: &Path, previous: &Snapshot, buffer: usize, parts: usize) -> Streamed {
     let Some(index) = previous.source_index.as_ref() else {
         return Streamed::Whole;
     };
-    let Ok(Some(kept)) = stream_tables(file, index, buffer) else {
+    let started = std::time::Instant::now();
+    let Ok(Some(kept)) = stream_tables(file, index, buffer, parts) else {
         return Streamed::Whole;
     };
+    let scanned = started.elapsed();
     let Kept {
         head,
         digests,
@@ -137,11 +154,21 @@ fn stream_with(file: &Path, previous: &Snapshot, buffer: usize) -> Streamed {
         found,
         changed,
     };
-    match compile_changed(file, cut, previous) {
+    let compiling = thread_cpu_ns();
+    let outcome = match compile_changed(file, cut, previous) {
         Some(Incremental::Same) => Streamed::Same,
         Some(Incremental::Compiled(compiled)) => Streamed::Compiled(compiled),
         None => Streamed::Whole,
-    }
+    };
+    tracing::debug!(
+        parts,
+        tables_changed = tables.len(),
+        scan_and_match_us = scanned.as_micros() as u64,
+        compile_us = (started.elapsed() - scanned).as_micros() as u64,
+        compile_cpu_us = thread_cpu_ns().saturating_sub(compiling) / 1000,
+        "streamed reload"
+    );
+    outcome
 }
 
 /// What `stream_tables` keeps of a file.
@@ -156,105 +183,255 @@ struct Kept {
     tables: Vec<(usize, Range<usize>)>,
 }
 
-/// Reads the file through a buffer of `buffer` bytes, cutting it as `tables` does; `None` as
-/// soon as the head is not the previous file's (then nothing more is read).
-fn stream_tables(file: &Path, index: &SourceIndex, buffer: usize) -> std::io::Result<Option<Kept>> {
-    use std::io::Read;
+/// Reads the file in `parts` parts at once, each through a buffer of `buffer` bytes, cutting it
+/// as `tables` does; `None` as soon as the head is not the previous file's (then the parts stop
+/// reading), or when the parts do not fit together (the file changed while it was read: its
+/// next event reloads it again).
+fn stream_tables(
+    file: &Path,
+    index: &SourceIndex,
+    buffer: usize,
+    parts: usize,
+) -> std::io::Result<Option<Kept>> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    let mut reader = std::fs::File::open(file)?;
-    let finder = memmem::Finder::new(TABLE_START);
-    let mut buf = vec![0u8; buffer.max(TABLE_START.len())];
-    let mut cutter = Cutter {
-        index,
-        matcher: Matcher::new(&index.tables),
-        in_head: true,
-        kept: Kept {
-            head: Vec::new(),
-            digests: Vec::with_capacity(index.tables.len() + 16),
-            matched: Vec::with_capacity(index.tables.len() + 16),
-            found: Vec::new(),
-            text: Vec::new(),
-            tables: Vec::new(),
-        },
+    let reader = std::fs::File::open(file)?;
+    let len = reader.metadata()?.len() as usize;
+    let parts = parts.max(1);
+    let each = len.div_ceil(parts).max(1);
+    let stop = AtomicBool::new(false);
+    let scan = |t: usize| -> std::io::Result<Part> {
+        let lo = (t * each).min(len);
+        let hi = if t + 1 == parts {
+            usize::MAX
+        } else {
+            ((t + 1) * each).min(len)
+        };
+        let cpu = thread_cpu_ns();
+        let mut part = scan_part(&reader, lo, hi, buffer, &stop)?;
+        part.cpu_ns = thread_cpu_ns().saturating_sub(cpu);
+        if t == 0 && part.head.as_deref().map(xxhash_rust::xxh3::xxh3_128) != Some(index.head) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        Ok(part)
     };
-    // `buf[..filled]` holds the file from `base`; the piece being cut starts at `start`, and
-    // its end is searched for from `search`.
-    let (mut filled, mut base, mut start, mut search) = (0, 0, 0, 0);
+    let scanned: Vec<std::io::Result<Part>> = if parts == 1 {
+        vec![scan(0)]
+    } else {
+        std::thread::scope(|scope| {
+            let scan = &scan;
+            let handles: Vec<_> = (1..parts).map(|t| scope.spawn(move || scan(t))).collect();
+            let mut all = vec![scan(0)];
+            all.extend(handles.into_iter().map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }));
+            all
+        })
+    };
+    if stop.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let mut scanned = scanned
+        .into_iter()
+        .collect::<std::io::Result<Vec<Part>>>()?;
+    let Some(head) = scanned[0].head.take() else {
+        return Ok(None);
+    };
+    // The parts fit together: each part's first table starts where the one before ended (the
+    // head's end, for the first), and the last ends where the file did.
+    let mut end = head.len();
+    let count = scanned.iter().map(|p| p.starts.len()).sum();
+    let scan_cpu_ns: u64 = scanned.iter().map(|p| p.cpu_ns).sum();
+    let matching = thread_cpu_ns();
+    let mut starts = Vec::with_capacity(count + 1);
+    let mut digests = Vec::with_capacity(count);
+    for part in scanned {
+        if let Some(&first) = part.starts.first() {
+            if first != end {
+                return Ok(None);
+            }
+            end = part.end;
+            starts.extend(part.starts);
+            digests.extend(part.digests);
+        }
+    }
+    if !scanned_to_the_end(end, &reader)? {
+        return Ok(None);
+    }
+    starts.push(end);
+
+    let mut matcher = Matcher::new(&index.tables);
+    let matched: Vec<Option<usize>> = digests.iter().map(|&d| matcher.next(d)).collect();
+    // The changed tables' text, read again: few tables, each checked against its digest.
+    let mut text = Vec::new();
+    let mut tables = Vec::new();
+    for (i, m) in matched.iter().enumerate() {
+        if m.is_some() {
+            continue;
+        }
+        let (start, stop) = (starts[i], starts[i + 1]);
+        let at = text.len();
+        text.resize(at + (stop - start), 0);
+        reader.read_exact_at(&mut text[at..], start as u64)?;
+        if xxhash_rust::xxh3::xxh3_128(&text[at..]) != digests[i] {
+            return Ok(None);
+        }
+        tables.push((start, at..text.len()));
+    }
+    tracing::debug!(
+        parts,
+        scan_cpu_us = scan_cpu_ns / 1000,
+        match_cpu_us = thread_cpu_ns().saturating_sub(matching) / 1000,
+        "streamed reload: the file read, cut, digested and matched"
+    );
+    Ok(Some(Kept {
+        head,
+        digests,
+        matched,
+        found: matcher.used,
+        text,
+        tables,
+    }))
+}
+
+/// Whether the file ends at `end` (it did not grow or shrink while it was read).
+fn scanned_to_the_end(end: usize, reader: &std::fs::File) -> std::io::Result<bool> {
+    Ok(reader.metadata()?.len() as usize == end)
+}
+
+/// What one part of a streamed reload found.
+struct Part {
+    /// The first part's: everything before the first table.
+    head: Option<Vec<u8>>,
+    /// Where each table that starts in the part starts, and its digest.
+    starts: Vec<usize>,
+    digests: Vec<u128>,
+    /// Where its last table ends (past the part's end, where the next table starts or the
+    /// file ends).
+    end: usize,
+    /// The CPU time its thread took (with debug logging on only, else 0).
+    cpu_ns: u64,
+}
+
+/// The calling thread's CPU time so far, user and system, in nanoseconds, when debug logging
+/// is on (for the reload's timing line); 0 otherwise.
+fn thread_cpu_ns() -> u64 {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return 0;
+    }
+    // The first field of schedstat: time spent on the CPU.
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The tables that start in `lo..hi` of the file, each read to its end (which may lie past
+/// `hi`) and digested; for `lo == 0`, the head too. A table starts at 0 when the file does with
+/// `[users.`, or after a newline.
+fn scan_part(
+    reader: &std::fs::File,
+    lo: usize,
+    hi: usize,
+    buffer: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<Part> {
+    use std::os::unix::fs::FileExt;
+
+    let finder = memmem::Finder::new(TABLE_START);
+    let mut buf = vec![0u8; buffer.max(2 * TABLE_START.len())];
+    let mut part = Part {
+        head: None,
+        starts: Vec::new(),
+        digests: Vec::new(),
+        end: lo,
+        cpu_ns: 0,
+    };
+    // `buf[..filled]` holds the file from `base`. The piece being cut (the head, or a table
+    // that starts in the part) starts at `open`; cuts are searched for from `search` (offsets
+    // in `buf`). Reading starts a byte early, to see the newline before a table at `lo`.
+    let mut base = lo.saturating_sub(1);
+    let (mut filled, mut search) = (0, 0);
+    let mut open: Option<usize> = None;
     let mut eof = false;
     let mut first = true;
     loop {
         while filled < buf.len() && !eof {
-            match reader.read(&mut buf[filled..]) {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(part);
+            }
+            match reader.read_at(&mut buf[filled..], (base + filled) as u64) {
                 Ok(0) => eof = true,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        // A file that starts with a table has an empty head.
         if first {
             first = false;
-            if buf[..filled].starts_with(&TABLE_START[1..]) && !cutter.piece(&[], 0) {
-                return Ok(None);
+            if lo == 0 {
+                if buf[..filled].starts_with(&TABLE_START[1..]) {
+                    part.head = Some(Vec::new());
+                    open = Some(0);
+                    part.starts.push(0);
+                } else {
+                    open = Some(0);
+                }
             }
         }
         while let Some(i) = finder.find(&buf[search..filled]) {
-            let end = search + i + 1;
-            if !cutter.piece(&buf[start..end], base + start) {
-                return Ok(None);
+            let cut = search + i + 1;
+            search = cut;
+            let at = base + cut;
+            if at < lo {
+                continue;
             }
-            start = end;
-            search = end;
+            if let Some(from) = open {
+                close(&mut part, &buf[from..cut], lo);
+            }
+            if at >= hi {
+                part.end = at;
+                return Ok(part);
+            }
+            part.starts.push(at);
+            open = Some(cut);
         }
         if eof {
-            if !cutter.piece(&buf[start..filled], base + start) {
-                return Ok(None);
+            if let Some(from) = open {
+                close(&mut part, &buf[from..filled], lo);
             }
-            let Cutter {
-                matcher, mut kept, ..
-            } = cutter;
-            kept.found = matcher.used;
-            return Ok(Some(kept));
+            part.end = base + filled;
+            return Ok(part);
         }
-        // The piece not yet ended moves to the front; the buffer grows when it fills it alone.
-        search = filled.saturating_sub(TABLE_START.len() - 1).max(start) - start;
-        buf.copy_within(start..filled, 0);
-        base += start;
-        filled -= start;
-        start = 0;
+        // What is still needed moves to the front: the open piece, or the bytes a cut
+        // straddling the refill could start in; the buffer grows when the piece fills it.
+        let keep = open
+            .unwrap_or(filled)
+            .min(filled.saturating_sub(TABLE_START.len() - 1));
+        let keep = keep.min(search);
+        buf.copy_within(keep..filled, 0);
+        base += keep;
+        filled -= keep;
+        search = filled
+            .saturating_sub(TABLE_START.len() - 1)
+            .max(search - keep);
+        if let Some(from) = open.as_mut() {
+            *from -= keep;
+        }
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
     }
 }
 
-/// Takes the pieces of a streamed file one by one: the head, then each table.
-struct Cutter<'a> {
-    index: &'a SourceIndex,
-    matcher: Matcher<'a>,
-    in_head: bool,
-    kept: Kept,
-}
-
-impl Cutter<'_> {
-    /// The next piece, which starts at `start` in the file; false when the head is not the
-    /// previous file's.
-    fn piece(&mut self, piece: &[u8], start: usize) -> bool {
-        if self.in_head {
-            self.in_head = false;
-            self.kept.head = piece.to_vec();
-            return xxhash_rust::xxh3::xxh3_128(piece) == self.index.head;
-        }
-        let d = xxhash_rust::xxh3::xxh3_128(piece);
-        let m = self.matcher.next(d);
-        self.kept.digests.push(d);
-        self.kept.matched.push(m);
-        if m.is_none() {
-            let at = self.kept.text.len();
-            self.kept.text.extend_from_slice(piece);
-            self.kept.tables.push((start, at..self.kept.text.len()));
-        }
-        true
+/// Ends the piece being cut: the head (for the part at 0, before its first table), or a table.
+fn close(part: &mut Part, piece: &[u8], lo: usize) {
+    if lo == 0 && part.head.is_none() {
+        part.head = Some(piece.to_vec());
+    } else {
+        part.digests.push(xxhash_rust::xxh3::xxh3_128(piece));
     }
 }
 
@@ -466,6 +643,21 @@ impl KeyIndex {
     fn push(&mut self, selectors: impl IntoIterator<Item = u32>) {
         self.selectors.extend(selectors);
         self.ends.push(self.selectors.len() as u32);
+    }
+
+    /// The keys of `index`'s tables `tables`, as the next tables.
+    fn extend_from(&mut self, index: &SourceIndex, tables: Range<usize>) {
+        let from = if tables.start == 0 {
+            0
+        } else {
+            index.key_ends[tables.start - 1]
+        };
+        let to = index.key_ends[tables.end - 1];
+        let shift = self.selectors.len() as u32;
+        self.selectors
+            .extend_from_slice(&index.key_selectors[from as usize..to as usize]);
+        self.ends
+            .extend(index.key_ends[tables].iter().map(|&end| end - from + shift));
     }
 
     fn finish(self, head: u128, tables: Vec<u128>, slots: Vec<UserIndex>) -> SourceIndex {
@@ -732,13 +924,22 @@ fn compile_changed(file: &Path, cut: Cut<'_>, previous: &Snapshot) -> Option<Inc
     let mut slots = Vec::with_capacity(tables.len());
     let mut key_index = KeyIndex::with_capacity(tables.len());
     let mut next_fresh = 0;
-    for m in &matched {
-        match m {
+    let mut i = 0;
+    while i < matched.len() {
+        match matched[i] {
+            // A run of the previous file's tables in their order: copied as slices.
             Some(j) => {
-                slots.push(index.slots[*j]);
-                key_index.push(index.selectors(*j).iter().copied());
+                let run = 1 + matched[i + 1..]
+                    .iter()
+                    .zip(j + 1..)
+                    .take_while(|(m, k)| **m == Some(*k))
+                    .count();
+                slots.extend_from_slice(&index.slots[j..j + run]);
+                key_index.extend_from(index, j..j + run);
+                i += run;
             }
             None => {
+                i += 1;
                 slots.push(piece_slots[next_fresh]);
                 key_index.push(
                     fresh[next_fresh]

@@ -314,9 +314,11 @@ proptest! {
         base in base_strategy(),
         edits in proptest::collection::vec(edit_strategy(), 1..6),
         buffer in 8usize..600,
+        parts in 1usize..5,
     ) {
         // A real file too, for the reload that streams it (through a buffer small enough that
-        // tables straddle its refills, and larger ones grow it).
+        // tables straddle its refills, and larger ones grow it; in parts read at once, whose
+        // edges fall anywhere).
         let dir = tempfile::tempdir().expect("temp dir");
         let path = &dir.path().join("apiward.toml");
         let mut file = base;
@@ -329,7 +331,7 @@ proptest! {
             let tables = compile_full(path, &text);
             let after = compile_after(path, &text, &previous);
             std::fs::write(path, &text).expect("write");
-            let streamed = stream_with(path, &previous, buffer);
+            let streamed = stream_with(path, &previous, buffer, parts);
             let unchanged = matches!(reload_after(path, &text, &previous), Ok(None));
             // (A file without user tables is always read whole: it may be blank.)
             let same = matches!(streamed, Streamed::Same);
@@ -526,17 +528,28 @@ fn the_streamed_cut_finds_the_tables_the_cut_in_memory_finds() {
         std::fs::write(&path, whole).unwrap();
         let found = super::tables(whole);
         let head = &whole[..found.head_end];
-        for buffer in [8, 1000, 1 << 20] {
+        for (buffer, parts) in [
+            (8, 1),
+            (1000, 1),
+            (1 << 20, 1),
+            (8, 3),
+            (1000, 2),
+            (4096, 7),
+        ] {
             // Every table the previous file's: nothing kept but the head.
             let same = index(head, found.digests.clone());
-            let kept = super::stream_tables(&path, &same, buffer).unwrap().unwrap();
+            let kept = super::stream_tables(&path, &same, buffer, parts)
+                .unwrap()
+                .unwrap();
             assert_eq!(kept.head, head.as_bytes());
             assert_eq!(kept.digests, found.digests);
             assert!(kept.tables.is_empty() && kept.text.is_empty());
             assert!(kept.found.iter().all(|f| *f));
             // None of them: every table kept, where it is in the file.
             let none = index(head, Vec::new());
-            let kept = super::stream_tables(&path, &none, buffer).unwrap().unwrap();
+            let kept = super::stream_tables(&path, &none, buffer, parts)
+                .unwrap()
+                .unwrap();
             assert_eq!(kept.digests, found.digests);
             assert_eq!(kept.tables.len(), found.ranges.len());
             for ((start, in_kept), range) in kept.tables.iter().zip(&found.ranges) {
@@ -546,7 +559,7 @@ fn the_streamed_cut_finds_the_tables_the_cut_in_memory_finds() {
             // Another head: nothing more is read.
             let other = index("[server]\n", Vec::new());
             assert!(
-                super::stream_tables(&path, &other, buffer)
+                super::stream_tables(&path, &other, buffer, parts)
                     .unwrap()
                     .is_none()
             );
@@ -561,10 +574,10 @@ fn a_streamed_reload_keeps_only_what_a_full_compile_reads_exactly() {
     let mut file = File::plain(30);
     let before = compile_full(&path, &file.text()).unwrap();
     std::fs::write(&path, file.text()).unwrap();
-    assert!(matches!(stream_with(&path, &before, 64), Streamed::Same));
+    assert!(matches!(stream_with(&path, &before, 64, 2), Streamed::Same));
     file.users[12].keys = vec![201];
     std::fs::write(&path, file.text()).unwrap();
-    let Streamed::Compiled(after) = stream_with(&path, &before, 64) else {
+    let Streamed::Compiled(after) = stream_with(&path, &before, 64, 2) else {
         panic!("one table changed: streamed");
     };
     assert_eq!(
@@ -574,12 +587,21 @@ fn a_streamed_reload_keeps_only_what_a_full_compile_reads_exactly() {
     // A broken table, a table that is not valid UTF-8, a file missing: the whole text says.
     file.users[12].status = 3;
     std::fs::write(&path, file.text()).unwrap();
-    assert!(matches!(stream_with(&path, &before, 64), Streamed::Whole));
+    assert!(matches!(
+        stream_with(&path, &before, 64, 2),
+        Streamed::Whole
+    ));
     let mut bytes = file.text().into_bytes();
     let at = bytes.len() - 10;
     bytes[at] = 0xff;
     std::fs::write(&path, bytes).unwrap();
-    assert!(matches!(stream_with(&path, &before, 64), Streamed::Whole));
+    assert!(matches!(
+        stream_with(&path, &before, 64, 2),
+        Streamed::Whole
+    ));
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(stream_with(&path, &before, 64), Streamed::Whole));
+    assert!(matches!(
+        stream_with(&path, &before, 64, 2),
+        Streamed::Whole
+    ));
 }
