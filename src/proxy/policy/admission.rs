@@ -192,11 +192,13 @@ impl Policy {
                 Presented::Nothing
             }
         };
-        // Only the request log reads it.
-        let presented_prefix = match credential {
-            credential::Credential::Key(k) if record.log => Some(credential::key_prefix(k)),
+        // Only the request log reads its prefix, and only when the key is no known key's.
+        let presented_key = match credential {
+            credential::Credential::Key(k) if record.log => Some(k),
             _ => None,
         };
+        let presented_prefix =
+            || presented_key.map(|k| LoggedPrefix::new(credential::key_prefix(k)));
         let facts = RequestFacts {
             method,
             path: uri.path(),
@@ -222,7 +224,7 @@ impl Policy {
                 record.limit = Some(limited.kind.as_str());
                 if record.log {
                     record.path = uri.path().to_string();
-                    record.key_prefix = presented_prefix.map(LoggedPrefix::new);
+                    record.key_prefix = presented_prefix();
                 }
                 return (Err(limited.into()), record);
             }
@@ -240,7 +242,7 @@ impl Policy {
             record.key_prefix = decision
                 .key
                 .and_then(|k| k.prefix.map(LoggedPrefix::from))
-                .or_else(|| presented_prefix.map(LoggedPrefix::new));
+                .or_else(presented_prefix);
         }
         // A known key's last use counts admitted requests only; a refusal is kept apart.
         if let (Some(_), Some(digest)) = (decision.key, decision.key_digest.as_ref()) {
