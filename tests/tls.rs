@@ -789,3 +789,74 @@ async fn a_last_chunk_larger_than_the_clients_window_arrives_whole_as_the_window
         assert_eq!((body[0], body[15000], body[29999]), (b'a', b'b', b'c'));
     }
 }
+
+/// A bodiless HTTP/2 request to a plain HTTP/1.1 upstream has its upstream head written straight
+/// from the client's headers (`hyper_path/raw.rs`), not through the header map the other paths
+/// change: what reaches the upstream is the same as from an HTTP/1.1 client, header for header,
+/// from an untrusted peer and from a trusted proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_requests_upstream_head_has_the_same_headers_as_an_http1_requests() {
+    let upstream = echo_upstream().await;
+    let (good, far) = keys();
+    for trusted in [false, true] {
+        let mut text = config(&upstream.url(), &good_and_far_users(&good, &far));
+        if trusted {
+            text = text.replacen(
+                "upstream_timeout = \"2s\"",
+                "upstream_timeout = \"2s\"\ntrusted_proxies = [\"127.0.0.1/32\"]",
+                1,
+            );
+        }
+        let gw = TestGateway::start(&text).await;
+        let headers = [
+            ("x-api-key", good.key.as_str()),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "elsewhere.example.org"),
+            ("x-apiward-user", "forged@example.org"),
+            ("x-apiward-group", "forged"),
+            ("x-apiward-ratelimit-remaining", "999"),
+            ("x-request-id", "chosen-by-the-client"),
+            ("x_apiward_user", "forged@example.org"),
+            ("x_custom", "underscored"),
+            ("x-custom", "one"),
+            ("x-custom", "two"),
+            ("accept", "application/json"),
+            ("te", "trailers"),
+        ];
+        let seen = |reply: &Reply| {
+            assert_eq!(reply.status, 200, "trusted {trusted}: {:?}", reply.body);
+            let mut json = reply.json()["headers"].clone();
+            let id = json
+                .as_object_mut()
+                .expect("headers")
+                .remove("x-request-id");
+            assert_eq!(
+                id.and_then(|v| v[0].as_str().map(str::to_string))
+                    .as_deref(),
+                reply.headers["x-request-id"].to_str().ok(),
+                "trusted {trusted}: the request's own id goes upstream"
+            );
+            json
+        };
+        let h1 = seen(&send("GET", &gw.url("/supporters/3?a=b"), &headers, "").await);
+        let mut h2c = HttpConnection::h2c(gw.addr).await;
+        let h2 = seen(&h2c.send("GET", "/supporters/3?a=b", &headers, "").await);
+        assert_eq!(h2, h1, "trusted {trusted}");
+        assert_eq!(h2["x-custom"], serde_json::json!(["one", "two"]));
+        assert_eq!(h2["te"], serde_json::json!(["trailers"]));
+        assert!(h2.get("x-api-key").is_none() && h2.get("x_apiward_user").is_none());
+        let chain = if trusted {
+            "127.0.0.1, 127.0.0.1"
+        } else {
+            "127.0.0.1"
+        };
+        assert_eq!(h2["x-forwarded-for"], serde_json::json!([chain]));
+        let proto = if trusted { "https" } else { "http" };
+        assert_eq!(h2["x-forwarded-proto"], serde_json::json!([proto]));
+        assert_eq!(
+            h2["x-apiward-user"],
+            serde_json::json!(["good@example.org"])
+        );
+    }
+}

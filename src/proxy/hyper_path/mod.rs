@@ -178,48 +178,32 @@ impl HyperPath {
             .get_all(http::header::TE)
             .iter()
             .any(|v| headers::accepts_trailers(v.as_bytes()));
-        headers::strip_request(
-            &mut parts.headers,
-            &forward.key_header,
-            forward.credential_headers.as_deref().unwrap_or_default(),
-            forward.strip_authorization,
-            forward.peer_is_trusted,
-            forward.underscore_headers,
-        );
-        headers::add_forwarding(
-            &mut parts.headers,
-            original_host,
-            headers::Forwarded {
-                peer: peer_text,
-                peer_is_trusted: forward.peer_is_trusted,
-                proto: forward.proto,
-                user: HeaderValue::try_from(record.user.as_deref().unwrap_or_default())
-                    .expect("checked by is_header_value when decided"),
-                group: forward.group.clone(),
-            },
-        );
-        parts
-            .headers
-            .insert(&X_REQUEST_ID, record.request_id.clone());
-        if let Some(left) = forward.remaining_for_upstream(record) {
-            parts.headers.insert(
-                &headers::X_APIWARD_RATELIMIT_REMAINING,
-                HeaderValue::from(left),
-            );
-        }
-        if trailers_accepted {
-            parts
-                .headers
-                .insert(http::header::TE, HeaderValue::from_static("trailers"));
-        }
+        // The policy's header rules are applied to the map only for a request that goes through
+        // hyper's client (or the echo, or a WebSocket relay); a bodiless HTTP/2 request to a plain
+        // HTTP/1.1 target has its head written straight from the client's map (`raw.rs`).
+        let mut unapplied = Some((original_host, peer_text));
         let sent = Instant::now();
         let Some(cluster) = forward.cluster.as_ref() else {
+            apply_header_rules(
+                &mut parts,
+                unapplied.take(),
+                &forward,
+                record,
+                trailers_accepted,
+            );
             parts.uri = Uri::from(forward.path_and_query);
             let response = echo::respond(Request::from_parts(parts, body)).await;
             record.upstream_time = Some(sent.elapsed());
             return response.map(|b| Either::Right(Full::new(b)));
         };
         if forward.websocket {
+            apply_header_rules(
+                &mut parts,
+                unapplied.take(),
+                &forward,
+                record,
+                trailers_accepted,
+            );
             return websocket::relay(
                 &self.policy,
                 parts,
@@ -264,9 +248,6 @@ impl HyperPath {
                 .or(client_host.as_ref())
                 .cloned()
                 .or_else(|| HeaderValue::from_str(target.authority.as_str()).ok());
-            if let Some(host) = host {
-                parts.headers.insert(HOST, host);
-            }
             let request_body = body
                 .take()
                 .unwrap_or_else(|| Counted::new(Either::Right(Empty::new()), Arc::clone(bytes_in)));
@@ -284,16 +265,33 @@ impl HyperPath {
                 // A bodiless request from an HTTP/2 client to a plain HTTP/1.1 target: sent the
                 // HTTP/1 engine's way (`raw.rs`), not through hyper's client.
                 drop(request_body);
+                let mut head = Vec::with_capacity(512);
+                match &unapplied {
+                    Some((original_host, peer)) => raw::ClientHead {
+                        method: &parts.method,
+                        path: &path,
+                        host: host.as_ref().map(HeaderValue::as_bytes),
+                        headers: &parts.headers,
+                        forward: &forward,
+                        peer,
+                        original_host: original_host.as_ref(),
+                        user: record.user.as_deref().unwrap_or_default(),
+                        request_id: &record.request_id,
+                        remaining: forward.remaining_for_upstream(record),
+                        trailers_accepted,
+                    }
+                    .write(&mut head),
+                    // An earlier attempt went through hyper's client: the map has the rules applied.
+                    None => {
+                        if let Some(host) = host {
+                            parts.headers.insert(HOST, host);
+                        }
+                        raw::head_from_map(&mut head, &parts.method, &path, &parts.headers);
+                    }
+                }
                 let exchanged = tokio::time::timeout_at(
                     deadline,
-                    raw::exchange(
-                        &self.raw,
-                        &target.authority,
-                        limits,
-                        &parts.method,
-                        &path,
-                        &parts.headers,
-                    ),
+                    raw::exchange(&self.raw, &target.authority, limits, &parts.method, &head),
                 )
                 .await;
                 record.upstream_time = Some(sent.elapsed());
@@ -331,6 +329,16 @@ impl HyperPath {
                 }
                 self.policy.retrying(record);
                 continue;
+            }
+            apply_header_rules(
+                &mut parts,
+                unapplied.take(),
+                &forward,
+                record,
+                trailers_accepted,
+            );
+            if let Some(host) = host {
+                parts.headers.insert(HOST, host);
             }
             let result = match target.protocol {
                 UpstreamProtocol::Http1 => {
@@ -427,6 +435,55 @@ impl HyperPath {
             self.policy.retrying(record);
             body = unsent.map(Request::into_body);
         }
+    }
+}
+
+/// The policy's header rules on the request's map, once (`unapplied` is the host the request is
+/// for and the peer as text, until they are applied): what must not reach the upstream removed
+/// (`headers::strip_request`), then the gateway's own added. `Host` is each attempt's.
+fn apply_header_rules(
+    parts: &mut http::request::Parts,
+    unapplied: Option<(Option<HeaderValue>, HeaderValue)>,
+    forward: &Forward,
+    record: &RequestRecord,
+    trailers_accepted: bool,
+) {
+    let Some((original_host, peer_text)) = unapplied else {
+        return;
+    };
+    headers::strip_request(
+        &mut parts.headers,
+        &forward.key_header,
+        forward.credential_headers.as_deref().unwrap_or_default(),
+        forward.strip_authorization,
+        forward.peer_is_trusted,
+        forward.underscore_headers,
+    );
+    headers::add_forwarding(
+        &mut parts.headers,
+        original_host,
+        headers::Forwarded {
+            peer: peer_text,
+            peer_is_trusted: forward.peer_is_trusted,
+            proto: forward.proto,
+            user: HeaderValue::try_from(record.user.as_deref().unwrap_or_default())
+                .expect("checked by is_header_value when decided"),
+            group: forward.group.clone(),
+        },
+    );
+    parts
+        .headers
+        .insert(&X_REQUEST_ID, record.request_id.clone());
+    if let Some(left) = forward.remaining_for_upstream(record) {
+        parts.headers.insert(
+            &headers::X_APIWARD_RATELIMIT_REMAINING,
+            HeaderValue::from(left),
+        );
+    }
+    if trailers_accepted {
+        parts
+            .headers
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
 }
 

@@ -22,8 +22,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::client::RelayError;
+use crate::observe::request_line::write_u64;
 use crate::proxy::h1::{Framing, RawPool, is_open, parse_response_head};
-use crate::proxy::policy::{ConnectError, InvalidResponse, UpstreamFailure};
+use crate::proxy::policy::headers::{self, OnRequest};
+use crate::proxy::policy::{ConnectError, Forward, InvalidResponse, UpstreamFailure};
 use crate::proxy::upstream::Limits;
 use crate::upstream::{Attempt, Slot, connect_tcp};
 
@@ -45,28 +47,148 @@ pub enum Answer {
     Streamed(Box<Response<RawBody>>),
 }
 
-/// Sends `method path` with `headers` (already by the policy's rules, `Host` set) to
+/// The request head for a plain HTTP/1.1 target, written straight from the client's HTTP/2
+/// header map by the policy's rules (`Known::on_request`), as the HTTP/1 engine writes it from the
+/// client's head (`h1/forward.rs`): what `headers::strip_request` would drop is skipped and what
+/// `headers::add_forwarding` would add is appended, without a map to change first.
+pub struct ClientHead<'a> {
+    pub method: &'a Method,
+    pub path: &'a PathAndQuery,
+    /// `Host`: the upstream's `host`, else the client's, else the target's authority.
+    pub host: Option<&'a [u8]>,
+    /// The client's headers, as hyper's server received them.
+    pub headers: &'a HeaderMap,
+    pub forward: &'a Forward,
+    /// The TCP peer as sent in `X-Forwarded-For`.
+    pub peer: &'a HeaderValue,
+    /// The host the request is for (`Forward::host`), as sent in `X-Forwarded-Host`.
+    pub original_host: Option<&'a HeaderValue>,
+    pub user: &'a str,
+    pub request_id: &'a HeaderValue,
+    /// `X-Apiward-Ratelimit-Remaining`, when forwarded.
+    pub remaining: Option<u64>,
+    /// The client sent `TE: trailers`: the one TE that crosses.
+    pub trailers_accepted: bool,
+}
+
+impl ClientHead<'_> {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let forward = self.forward;
+        let trusted = forward.peer_is_trusted;
+        let credential_headers = forward.credential_headers.as_deref().unwrap_or_default();
+        head_line(out, self.method, self.path);
+        if let Some(host) = self.host {
+            push_header(out, b"host", host);
+        }
+        // Headers a `Connection` line names go too (HTTP/2 forbids `Connection`, so this is
+        // empty but for a client that broke the rule and a server that let it).
+        let mut named = Vec::new();
+        if self.headers.contains_key(http::header::CONNECTION) {
+            headers::connection_named(self.headers.get_all(http::header::CONNECTION), &mut named);
+        }
+        let mut forwarded_for: Vec<&str> = Vec::new();
+        let (mut has_proto, mut has_host) = (false, false);
+        for (name, value) in self.headers {
+            if *name == forward.key_header || credential_headers.contains(name) {
+                continue;
+            }
+            let bytes = name.as_str().as_bytes();
+            if headers::has_underscore(bytes)
+                && !headers::forwards_underscore_name(
+                    bytes,
+                    &forward.key_header,
+                    credential_headers,
+                    forward.underscore_headers,
+                )
+            {
+                continue;
+            }
+            if !named.is_empty() && named.contains(name) {
+                continue;
+            }
+            match headers::classify(bytes).on_request(trusted, forward.strip_authorization) {
+                OnRequest::Keep | OnRequest::Framing => {}
+                OnRequest::Drop | OnRequest::DropWithNamed | OnRequest::Host => continue,
+                OnRequest::ForwardedFor => {
+                    // A trusted proxy's chain goes on with the peer appended (the lines that are
+                    // text, as `add_forwarding` joins them); anyone else's is replaced.
+                    if trusted {
+                        if let Ok(text) = value.to_str() {
+                            forwarded_for.push(text);
+                        }
+                    }
+                    continue;
+                }
+                OnRequest::TrustedProto => has_proto = true,
+                OnRequest::TrustedHost => has_host = true,
+            }
+            push_header(out, bytes, value.as_bytes());
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for previous in &forwarded_for {
+            out.extend_from_slice(previous.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.peer.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !has_proto {
+            push_header(out, b"x-forwarded-proto", forward.proto.as_bytes());
+        }
+        if !has_host {
+            if let Some(host) = self.original_host {
+                push_header(out, b"x-forwarded-host", host.as_bytes());
+            }
+        }
+        push_header(out, b"x-apiward-user", self.user.as_bytes());
+        push_header(out, b"x-apiward-group", forward.group.as_bytes());
+        push_header(out, b"x-request-id", self.request_id.as_bytes());
+        if let Some(left) = self.remaining {
+            out.extend_from_slice(b"x-apiward-ratelimit-remaining: ");
+            write_u64(out, left);
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.trailers_accepted {
+            out.extend_from_slice(b"te: trailers\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The request head from `headers` as they are: the map the policy's rules were already applied
+/// to (`headers::strip_request`, `headers::add_forwarding`, `Host` set), as for an attempt after
+/// one through hyper's client.
+pub fn head_from_map(out: &mut Vec<u8>, method: &Method, path: &PathAndQuery, headers: &HeaderMap) {
+    head_line(out, method, path);
+    for (name, value) in headers {
+        push_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn head_line(out: &mut Vec<u8>, method: &Method, path: &PathAndQuery) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `head` (a whole request head, `ClientHead` or `head_from_map`) for `method` to
 /// `authority` and reads the response head.
 pub async fn exchange(
     pool: &Arc<RawPool>,
     authority: &Authority,
     limits: Limits,
     method: &Method,
-    path: &PathAndQuery,
-    headers: &HeaderMap,
+    head: &[u8],
 ) -> Result<Answer, UpstreamFailure> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_str().as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let out = head;
     let mut may_reuse = true;
     let mut kept = Vec::new();
     loop {
@@ -89,7 +211,7 @@ pub async fn exchange(
             }
         };
         let _ = stream.set_nodelay(true);
-        if stream.write_all(&out).await.is_err() {
+        if stream.write_all(out).await.is_err() {
             if reused {
                 may_reuse = false;
                 continue;
@@ -131,7 +253,9 @@ pub async fn exchange(
         // The values are slices of the head as read, not copies: one shared buffer instead of
         // an allocation per header.
         let head_bytes = buf.split_to(head.head_len).freeze();
-        let mut response_headers = HeaderMap::with_capacity(kept.len());
+        // Room for what hyper's path adds (`X-Request-Id`, the two RateLimit fields) without
+        // growing the map.
+        let mut response_headers = HeaderMap::with_capacity(kept.len() + 3);
         for (name, value) in &kept {
             let name = HeaderName::from_bytes(&head_bytes[name.clone()])
                 .map_err(|_| InvalidResponse::Malformed)?;

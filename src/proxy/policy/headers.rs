@@ -315,7 +315,10 @@ pub fn authorization_is_ours(headers: &HeaderMap) -> bool {
 
 /// The header names a `Connection` value lists besides `close` and `keep-alive` (a `Keep-Alive`
 /// header goes anyway: it is hop-by-hop), in a form `HeaderMap::remove` takes.
-fn connection_named(values: http::header::GetAll<'_, HeaderValue>, out: &mut Vec<HeaderName>) {
+pub(crate) fn connection_named(
+    values: http::header::GetAll<'_, HeaderValue>,
+    out: &mut Vec<HeaderName>,
+) {
     let named = values
         .iter()
         .filter_map(|v| v.to_str().ok())
