@@ -59,7 +59,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 pub struct Logged<B> {
     inner: B,
     bytes_out: u64,
-    finish: Option<Finish>,
+    /// Boxed: the record is large, and the response this body is in moves by value several times
+    /// on its way through hyper's HTTP/2 server; a pointer moves instead.
+    finish: Option<Box<Finish>>,
 }
 
 pub struct Finish {
@@ -76,7 +78,7 @@ impl<B> Logged<B> {
         Logged {
             inner,
             bytes_out: 0,
-            finish: Some(finish),
+            finish: Some(Box::new(finish)),
         }
     }
 

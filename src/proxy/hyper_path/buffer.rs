@@ -26,10 +26,14 @@ const FRAMES: usize = 64;
 /// A response body as the client receives it: the upstream's directly (no buffer, or nothing
 /// left to read), all of it already read (one frame that ended it), or through the read-ahead
 /// task.
+///
+/// The bodies that hold a connection are boxed: a response moves by value several times on its
+/// way through hyper's HTTP/2 server and into the stream's task, and this keeps what moves small
+/// for the common answer that was read whole.
 pub enum Relayed {
-    Direct(UpstreamBody),
+    Direct(Box<UpstreamBody>),
     /// Read from its socket the HTTP/1 engine's way (`raw.rs`), with no buffer.
-    Raw(RawBody),
+    Raw(Box<RawBody>),
     /// The whole body, read before the response head went to the client (its connection is
     /// back in the pool already): the frame, then the end.
     Read(Option<Frame<Bytes>>),
@@ -50,7 +54,7 @@ impl Relayed {
     /// A body read from its socket (`raw.rs`), through a read-ahead of `ahead` bytes unless 0.
     pub fn raw(body: RawBody, ahead: usize, response_timeout: Option<Duration>) -> Relayed {
         if ahead == 0 {
-            return Relayed::Raw(body);
+            return Relayed::Raw(Box::new(body));
         }
         let hint = body.size_hint();
         Relayed::read_ahead(body, None, hint, ahead, response_timeout)
@@ -95,7 +99,7 @@ impl Relayed {
         response_timeout: Option<Duration>,
     ) -> Relayed {
         if ahead == 0 || body.is_end_stream() {
-            return Relayed::Direct(body.within(response_timeout));
+            return Relayed::Direct(Box::new(body.within(response_timeout)));
         }
         // The whole body's, before its first frame is taken.
         let hint = body.size_hint();
@@ -172,8 +176,8 @@ impl Body for Relayed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         match self.get_mut() {
-            Relayed::Direct(body) => Pin::new(body).poll_frame(cx),
-            Relayed::Raw(body) => Pin::new(body).poll_frame(cx),
+            Relayed::Direct(body) => Pin::new(&mut **body).poll_frame(cx),
+            Relayed::Raw(body) => Pin::new(&mut **body).poll_frame(cx),
             Relayed::Read(frame) => Poll::Ready(frame.take().map(Ok)),
             Relayed::Buffered(b) => b.poll_frame(cx),
         }

@@ -114,11 +114,14 @@ impl HyperPath {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut admitted = None;
         let mut response = match outcome {
-            Ok(mut forward) => match self
-                .policy
-                .limit(&mut forward.limit_plan, &mut record)
-                .await
-            {
+            Ok(mut forward) => match if forward.limit_plan.shared {
+                // Boxed: the shared store's exchange is a large future, and this one would carry
+                // it inline for every request.
+                Box::pin(self.policy.limit(&mut forward.limit_plan, &mut record)).await
+            } else {
+                self.policy
+                    .limit_local(&mut forward.limit_plan, &mut record)
+            } {
                 Ok(admission) => {
                     let fields = admission.fields;
                     admitted = Some(admission);
@@ -204,14 +207,17 @@ impl HyperPath {
                 record,
                 trailers_accepted,
             );
-            return websocket::relay(
+            // Boxed, as the other rare large futures here (hyper's client, the HTTP/2 upstream
+            // pool): inline, every request's future would be as large as the largest of them,
+            // and it is moved whole into its box and task (see `serve_h2`).
+            return Box::pin(websocket::relay(
                 &self.policy,
                 parts,
                 client_upgrade,
                 &forward,
                 cluster,
                 record,
-            )
+            ))
             .await;
         }
         let deadline = tokio::time::Instant::from_std(sent) + forward.upstream_timeout;
@@ -351,12 +357,12 @@ impl HyperPath {
                         std::mem::replace(&mut parts, Request::new(()).into_parts().0)
                     };
                     let upstream_request = Request::from_parts(head, request_body);
-                    let sending = self.pool.send(
+                    let sending = Box::pin(self.pool.send(
                         &target.authority,
                         target.tls.as_ref(),
                         forward.limits,
                         upstream_request,
-                    );
+                    ));
                     tokio::time::timeout_at(deadline, sending).await
                 }
                 UpstreamProtocol::Http2 => {
@@ -375,12 +381,12 @@ impl HyperPath {
                         .unwrap_or_default();
                     h2_parts.version = http::Version::HTTP_2;
                     let upstream_request = Request::from_parts(h2_parts, request_body);
-                    let sending = self.h2_pool.send(
+                    let sending = Box::pin(self.h2_pool.send(
                         &target.authority,
                         target.tls.as_ref(),
                         forward.limits,
                         upstream_request,
-                    );
+                    ));
                     tokio::time::timeout_at(deadline, sending).await
                 }
             };
