@@ -191,7 +191,16 @@ impl ConfigStore {
         // no source index.
         let snapshot = Arc::new(snapshot);
         let compiled = started.elapsed();
+        // The failure is cleared before the swap and the generation counted right after it, so
+        // that whoever sees the new snapshot serving (a status page, a test) never sees the
+        // refusal it replaced, nor the generation before it.
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = None;
+        }
         let previous = self.current.swap(Arc::clone(&snapshot));
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.loaded_at_unix
+            .store(now_unix() as u64, Ordering::Relaxed);
         tracing::debug!(
             streamed = text.is_none(),
             compiled_us = compiled.as_micros() as u64,
@@ -211,12 +220,6 @@ impl ConfigStore {
         // The old snapshot is freed here, on the reload thread, not on a request's.
         drop(previous);
         release_freed_memory();
-        if let Ok(mut f) = self.last_failure.lock() {
-            *f = None;
-        }
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.loaded_at_unix
-            .store(now_unix() as u64, Ordering::Relaxed);
         self.reloads_applied.fetch_add(1, Ordering::Relaxed);
         ReloadOutcome::Applied {
             generation,
