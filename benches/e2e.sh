@@ -25,12 +25,14 @@
 # that binary as `apiward` instead of target/release/apiward (nothing is built then).
 # WORKERS=2 runs every gateway with two: apiward `workers = 2`, nginx `worker_processes 2`,
 # HAProxy `nbthread 2`, and (unless PROXY_CPUS or LOAD_CPUS are given) nothing pinned. apiward
-# then runs twice: `apiward` with its default `worker_runtime = "per_worker"` (a thread, a
-# current-thread runtime and an SO_REUSEPORT socket per worker) and `apiward_shared` with
-# `worker_runtime = "shared"` (one multi-thread runtime of two threads), and a third time as
+# then runs four times: `apiward` with its defaults, `worker_runtime = "per_worker"` (a thread, a
+# current-thread runtime and an SO_REUSEPORT socket per worker) and `connection_balance =
+# "exact"`; `apiward_shared` with `worker_runtime = "shared"` (one multi-thread runtime of two
+# threads); `apiward_cpu`, per_worker with `connection_balance = "cpu"` (each connection to the
+# worker of the CPU that received its packets, while the workers' counts stay close); and
 # `apiward_kernel`, per_worker with `connection_balance = "kernel"` (each connection stays on the
 # worker the SO_REUSEPORT hash chose, instead of going to the one serving the fewest), so that
-# the three are compared in the same alternating run.
+# the four are compared in the same alternating run.
 #
 # Usage: benches/e2e.sh                (or benches/run-all.sh, which also updates docs/benchmarks.md)
 #        LOGGED=1 benches/e2e.sh       LIMITED=1 benches/e2e.sh       WORKERS=2 benches/e2e.sh
@@ -82,8 +84,9 @@ APIWARD_BASE_PORT=$((BASE_PORT + 9))
 APIWARD_REDIS_PORT=$((BASE_PORT + 10))
 APIWARD_SHARED_PORT=$((BASE_PORT + 11))
 APIWARD_KERNEL_PORT=$((BASE_PORT + 12))
+APIWARD_CPU_PORT=$((BASE_PORT + 13))
 TARGETS=(direct apiward nginx haproxy ceiling)
-if ((WORKERS > 1)); then TARGETS+=(apiward_shared apiward_kernel); fi
+if ((WORKERS > 1)); then TARGETS+=(apiward_shared apiward_kernel apiward_cpu); fi
 if ((LOGGED)); then TARGETS+=(apiward_log nginx_log); fi
 if ((LIMITED)); then TARGETS+=(apiward_limits); fi
 if ((LIMITED)) && [[ -n $REDIS ]]; then TARGETS+=(apiward_redis); fi
@@ -226,6 +229,18 @@ stat_of() { # stat_of NAME COLUMN: the median over the rounds
     awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$WORK/results.txt" | median
 }
 
+balance_copy() { # balance_copy VALUE PORT: $WORK/apiward-VALUE.toml, apiward.toml with `connection_balance = "VALUE"` on PORT
+    local value=$1 port=$2 copy="$WORK/apiward-$1.toml"
+    sed -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$port\"|" \
+        -e "s|^workers = $WORKERS\$|workers = $WORKERS\nconnection_balance = \"$value\"|" \
+        "$WORK/apiward.toml" >"$copy"
+    if ((WORKERS > 1)) && { ! grep -q "^connection_balance = \"$value\"" "$copy" ||
+        ! grep -q "^listen = \"127.0.0.1:$port\"" "$copy"; }; then
+        log "gen_config's workers or listen line changed: $copy is not the $value-balance copy"
+        exit 1
+    fi
+}
+
 vm_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 big_memory() { # big_memory USERS: sets BIG_HWM and BIG_RSS (KiB) of apiward serving that many users
@@ -252,7 +267,7 @@ main() {
     PATH=$PATH:/usr/sbin
     local port
     for port in "$UPSTREAM_PORT" "$APIWARD_PORT" "$NGINX_PORT" "$BIG_PORT" "$CEILING_PORT" \
-        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT" "$APIWARD_SHARED_PORT" "$APIWARD_KERNEL_PORT"; do
+        "$HAPROXY_PORT" "$APIWARD_LOG_PORT" "$NGINX_LOG_PORT" "$APIWARD_SHARED_PORT" "$APIWARD_KERNEL_PORT" "$APIWARD_CPU_PORT"; do
         port_free "$port" || { log "127.0.0.1:$port is in use: set BASE_PORT"; exit 1; }
     done
 
@@ -281,15 +296,10 @@ main() {
         log "gen_config's workers or listen line changed: apiward-shared.toml is not the shared-runtime copy"
         exit 1
     fi
-    # The same file, each connection kept where the kernel's SO_REUSEPORT hash put it.
-    sed -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_KERNEL_PORT\"|" \
-        -e "s|^workers = $WORKERS\$|workers = $WORKERS\nconnection_balance = \"kernel\"|" \
-        "$WORK/apiward.toml" >"$WORK/apiward-kernel.toml"
-    if ((WORKERS > 1)) && { ! grep -q '^connection_balance = "kernel"' "$WORK/apiward-kernel.toml" ||
-        ! grep -q "^listen = \"127.0.0.1:$APIWARD_KERNEL_PORT\"" "$WORK/apiward-kernel.toml"; }; then
-        log "gen_config's workers or listen line changed: apiward-kernel.toml is not the kernel-balance copy"
-        exit 1
-    fi
+    # The same file, each connection kept where the kernel's SO_REUSEPORT hash put it; and with
+    # each connection given to the worker of the CPU that received it.
+    balance_copy kernel "$APIWARD_KERNEL_PORT"
+    balance_copy cpu "$APIWARD_CPU_PORT"
     # The same file again, every user (all in [groups.bench]) under generous local limits.
     limited_copy "$WORK/apiward.toml" "$WORK/apiward-limits.toml" \
         "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"|" || exit 1
@@ -420,12 +430,14 @@ EOF
         check_limited "http://127.0.0.1:$APIWARD_LIMITS_PORT$REQUEST_PATH" "$(head -n 1 "$WORK/keys.txt")" \
             apiward_limits || exit 1
     fi
-    local apiward_shared_pid="" apiward_kernel_pid=""
+    local apiward_shared_pid="" apiward_kernel_pid="" apiward_cpu_pid=""
     if ((WORKERS > 1)); then
         start_apiward "$WORK/apiward-shared.toml" "$APIWARD_SHARED_PORT" "$PROXY_CPUS"
         apiward_shared_pid=$STARTED_PID
         start_apiward "$WORK/apiward-kernel.toml" "$APIWARD_KERNEL_PORT" "$PROXY_CPUS"
         apiward_kernel_pid=$STARTED_PID
+        start_apiward "$WORK/apiward-cpu.toml" "$APIWARD_CPU_PORT" "$PROXY_CPUS"
+        apiward_cpu_pid=$STARTED_PID
     fi
     local apiward_base_pid=""
     if [[ -n $BASELINE ]]; then
@@ -448,6 +460,7 @@ EOF
         [apiward_redis]="$apiward_redis_pid"
         [apiward_shared]="$apiward_shared_pid"
         [apiward_kernel]="$apiward_kernel_pid"
+        [apiward_cpu]="$apiward_cpu_pid"
     )
 
     local -A urls=(
@@ -463,6 +476,7 @@ EOF
         [apiward_redis]="http://127.0.0.1:$APIWARD_REDIS_PORT$REQUEST_PATH"
         [apiward_shared]="http://127.0.0.1:$APIWARD_SHARED_PORT$REQUEST_PATH"
         [apiward_kernel]="http://127.0.0.1:$APIWARD_KERNEL_PORT$REQUEST_PATH"
+        [apiward_cpu]="http://127.0.0.1:$APIWARD_CPU_PORT$REQUEST_PATH"
     )
     local target round
     for target in "${TARGETS[@]}"; do check_target "${urls[$target]}"; done
@@ -575,6 +589,12 @@ report() {
             "$(awk -v a="$(cpu_of apiward_kernel)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
             "$(stat_of apiward_kernel 5)" "$(stat_of apiward 5)" \
             "$(awk -v a="$(stat_of apiward_kernel 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')"
+        printf 'With `connection_balance = "cpu"` (apiward_cpu: each connection to the worker of the CPU that received it, while the counts stay close) against `"exact"` (apiward): req/s **%.2f ×**, CPU per request %.2f ×, p99 %.3f ms vs %.3f ms; apiward_cpu / nginx: req/s %.2f ×, CPU per request %.2f ×.\n' \
+            "$(awk -v a="$(stat_of apiward_cpu 3)" -v b="$(stat_of apiward 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward_cpu)" -v b="$(cpu_of apiward)" 'BEGIN { print a / b }')" \
+            "$(stat_of apiward_cpu 5)" "$(stat_of apiward 5)" \
+            "$(awk -v a="$(stat_of apiward_cpu 3)" -v b="$(stat_of nginx 3)" 'BEGIN { print a / b }')" \
+            "$(awk -v a="$(cpu_of apiward_cpu)" -v b="$(cpu_of nginx)" 'BEGIN { print a / b }')"
     fi
     if [[ -n $BASELINE ]]; then
         printf 'The baseline build (%s): req/s vs nginx **%.2f ×** (this build: %.2f ×), CPU per request vs nginx %.2f × (this build: %.2f ×), p99 %.3f ms.\n' \

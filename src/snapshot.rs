@@ -164,6 +164,12 @@ pub enum ConnectionBalance {
     /// The worker whose socket the kernel's `SO_REUSEPORT` hash put it on (no hand-over; 64
     /// connections often split 29 / 35 or 26 / 38).
     Kernel,
+    /// The worker numbered after the CPU that received the connection's packets
+    /// (`SO_INCOMING_CPU`, modulo the workers), as long as it serves at most a few more than the
+    /// worker serving the fewest (2, or an eighth of that worker's count if more); otherwise as
+    /// `Exact`. The connections whose packets one CPU handles share a worker, which the scheduler
+    /// then keeps near them: fewer wake-ups across CPUs.
+    Cpu,
 }
 
 impl ConnectionBalance {
@@ -171,6 +177,7 @@ impl ConnectionBalance {
         match self {
             ConnectionBalance::Exact => "exact",
             ConnectionBalance::Kernel => "kernel",
+            ConnectionBalance::Cpu => "cpu",
         }
     }
 }

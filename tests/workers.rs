@@ -3,7 +3,8 @@
 //! (`SO_REUSEPORT`); with `"shared"`, one multi-threaded runtime serves them all. Either way
 //! every connection is answered, a reload reaches every connection, and shutdown drains them.
 //! `connection_balance = "exact"` (the default) moves each new connection to the per-worker
-//! runtime serving the fewest.
+//! runtime serving the fewest; `"cpu"` to the one of the CPU that received it, while the counts
+//! stay close.
 
 mod common;
 
@@ -160,6 +161,91 @@ async fn exact_balance_spreads_keep_alive_connections_evenly_and_a_reload_switch
     let exact = connections_one_by_one(gw.addr, &k, 10).await;
     assert_eq!(per_worker(&gw, "worker_open_connections").await, [5, 5]);
     drop(exact);
+    gw.shutdown().await;
+}
+
+/// `n` keep-alive connections to `addr` opened one after the other from a thread pinned to
+/// `cpu`, each answered 200 to `request` before the next opens (its handshake and request sent
+/// from that CPU, so the kernel records it as the CPU that received the connection's packets).
+fn connections_from_cpu(
+    addr: std::net::SocketAddr,
+    request: &str,
+    n: usize,
+    cpu: usize,
+) -> Vec<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                #[allow(unsafe_code)]
+                // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity
+                // (thread 0: the calling thread) get valid pointers to it and its size.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    let pinned =
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    assert_eq!(pinned, 0, "cannot pin a thread to CPU {cpu}");
+                }
+                (0..n)
+                    .map(|i| {
+                        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+                        conn.set_read_timeout(Some(Duration::from_secs(10)))
+                            .unwrap();
+                        conn.write_all(request.as_bytes()).expect("write");
+                        let mut answer = [0u8; 512];
+                        let got = conn.read(&mut answer).expect("read");
+                        assert!(
+                            answer[..got].starts_with(b"HTTP/1.1 200"),
+                            "connection {i} from CPU {cpu} was answered {:?}",
+                            String::from_utf8_lossy(&answer[..got])
+                        );
+                        conn
+                    })
+                    .collect()
+            })
+            .join()
+            .expect("the pinned thread")
+    })
+}
+
+#[tokio::test]
+async fn cpu_balance_gives_each_connection_to_its_cpus_worker_while_the_counts_stay_close() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "this test needs 2 CPUs to pin its clients to (the machine gives it {cpus})"
+    );
+    let upstream = echo_upstream().await;
+    let k = TestKey::new("cpu-balance");
+    let gw = TestGateway::start_with_workers(&with_server_setting(
+        &two_workers(
+            &one_user_config(&upstream.url(), "c@example.org", &k),
+            "per_worker",
+        ),
+        "connection_balance = \"cpu\"",
+    ))
+    .await;
+    let addr = gw.addr;
+    let request = get_with_key("/supporters/1", &k);
+    // Four connections from CPU 1 (worker 1's): worker 1 takes them while it then serves at
+    // most 2 more than worker 0, so the third goes to worker 0 ("exact" would make it 2 / 2).
+    let from_1 = tokio::task::spawn_blocking({
+        let request = request.clone();
+        move || connections_from_cpu(addr, &request, 4, 1)
+    })
+    .await
+    .unwrap();
+    assert_eq!(per_worker(&gw, "worker_open_connections").await, [1, 3]);
+    // Four from CPU 0: worker 0 takes all of them (it serves the fewest, then at most 2 more).
+    let from_0 = tokio::task::spawn_blocking({
+        let request = request.clone();
+        move || connections_from_cpu(addr, &request, 4, 0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(per_worker(&gw, "worker_open_connections").await, [5, 3]);
+    drop((from_0, from_1));
     gw.shutdown().await;
 }
 

@@ -281,10 +281,11 @@ impl Compiler<'_> {
             Some(v) => match v.get_ref().as_str() {
                 "exact" => ConnectionBalance::Exact,
                 "kernel" => ConnectionBalance::Kernel,
+                "cpu" => ConnectionBalance::Cpu,
                 other => {
                     self.error(
                         v.span(),
-                        format!("connection_balance = {other:?}: use \"exact\" (the default: each connection goes to the worker serving the fewest) or \"kernel\" (each stays with the worker whose socket the kernel chose)"),
+                        format!("connection_balance = {other:?}: use \"exact\" (the default: each connection goes to the worker serving the fewest), \"cpu\" (to the worker of the CPU that received it, while the workers stay within a few connections of each other) or \"kernel\" (each stays with the worker whose socket the kernel chose)"),
                     );
                     ConnectionBalance::Exact
                 }

@@ -52,6 +52,13 @@ pub(crate) enum Assigned {
     There(Slot),
 }
 
+/// How many more connections than the worker serving the fewest a CPU's worker may serve once it
+/// has taken that CPU's next connection: 2, or an eighth of the fewest (64 connections arriving
+/// on one CPU, two workers: 31 / 33).
+fn cpu_slack(fewest: usize) -> usize {
+    (fewest / 8).max(2)
+}
+
 impl Balance {
     /// The balance of `workers` workers, and each one's inbox (in worker order) of connections
     /// handed to it.
@@ -66,18 +73,31 @@ impl Balance {
     }
 
     /// Which worker serves a connection worker `me` has just accepted, its count taken: `me`
-    /// with `Kernel`; with `Exact`, the worker serving the fewest, `me` on a tie. Two workers
-    /// accepting at the same instant may both choose the same one; the next connections even
-    /// that out.
-    pub(crate) fn assign(self: &Arc<Self>, me: usize, how: ConnectionBalance) -> Assigned {
+    /// with `Kernel`; with `Exact`, the worker serving the fewest, `me` on a tie; with `Cpu`,
+    /// the worker numbered after `cpu` (the CPU that received the connection's packets, modulo
+    /// the workers) unless it would then serve more than `cpu_slack` beyond the fewest, then as `Exact`
+    /// (and as `Exact` when the CPU is not known). Two workers accepting at the same instant may
+    /// both choose the same one; the next connections even that out.
+    pub(crate) fn assign(
+        self: &Arc<Self>,
+        me: usize,
+        how: ConnectionBalance,
+        cpu: Option<usize>,
+    ) -> Assigned {
         let mut to = me;
-        if how == ConnectionBalance::Exact {
+        if how != ConnectionBalance::Kernel {
             let mut fewest = self.serving[me].load(Ordering::Relaxed);
             for (worker, serving) in self.serving.iter().enumerate() {
                 let n = serving.load(Ordering::Relaxed);
                 if n < fewest {
                     fewest = n;
                     to = worker;
+                }
+            }
+            if let (ConnectionBalance::Cpu, Some(cpu)) = (how, cpu) {
+                let preferred = cpu % self.serving.len();
+                if self.serving[preferred].load(Ordering::Relaxed) < fewest + cpu_slack(fewest) {
+                    to = preferred;
                 }
             }
         }
@@ -132,7 +152,7 @@ mod tests {
         let mut held = Vec::new();
         // Worker 0 accepts everything: it keeps the first, then the others catch up in turn.
         for _ in 0..9 {
-            held.push(balance.assign(0, ConnectionBalance::Exact));
+            held.push(balance.assign(0, ConnectionBalance::Exact, None));
         }
         let moved: Vec<_> = held.iter().map(worker).collect();
         assert_eq!(
@@ -154,20 +174,48 @@ mod tests {
         held.remove(1);
         held.remove(3);
         assert_eq!(balance.serving(), [3, 1, 3]);
-        held.push(balance.assign(2, ConnectionBalance::Exact));
-        held.push(balance.assign(0, ConnectionBalance::Exact));
+        held.push(balance.assign(2, ConnectionBalance::Exact, None));
+        held.push(balance.assign(0, ConnectionBalance::Exact, None));
         // On a tie the worker that accepted it keeps it.
-        held.push(balance.assign(2, ConnectionBalance::Exact));
+        held.push(balance.assign(2, ConnectionBalance::Exact, None));
         let last: Vec<_> = held[held.len() - 3..].iter().map(worker).collect();
         assert_eq!(last, [Some(1), Some(1), None]);
         assert_eq!(balance.serving(), [3, 3, 4]);
     }
 
     #[test]
+    fn cpu_gives_a_connection_to_its_cpus_worker_while_the_counts_stay_close() {
+        let (balance, _inboxes) = Balance::new(2);
+        let mut held = Vec::new();
+        // Every connection arrives on CPU 3 (worker 1's, 3 mod 2) and is accepted by worker 0:
+        // worker 1 takes them while it then serves at most 2 more than worker 0 ...
+        for _ in 0..3 {
+            held.push(balance.assign(0, ConnectionBalance::Cpu, Some(3)));
+        }
+        assert_eq!(
+            held.iter().map(worker).collect::<Vec<_>>(),
+            [Some(1), Some(1), None]
+        );
+        assert_eq!(balance.serving(), [1, 2]);
+        for _ in 0..61 {
+            held.push(balance.assign(0, ConnectionBalance::Cpu, Some(3)));
+        }
+        // ... and an eighth of worker 0's count once that is 24 or more: 64 split 31 / 33.
+        assert_eq!(balance.serving(), [31, 33]);
+        // A CPU that is not known: the fewest, as with "exact".
+        held.push(balance.assign(1, ConnectionBalance::Cpu, None));
+        assert_eq!(worker(held.last().unwrap()), Some(0));
+        // Worker 0's own CPU: worker 0.
+        held.push(balance.assign(1, ConnectionBalance::Cpu, Some(0)));
+        assert_eq!(worker(held.last().unwrap()), Some(0));
+        assert_eq!(balance.serving(), [33, 33]);
+    }
+
+    #[test]
     fn kernel_keeps_every_connection_where_it_was_accepted() {
         let (balance, _inboxes) = Balance::new(2);
         let held: Vec<_> = (0..4)
-            .map(|_| balance.assign(0, ConnectionBalance::Kernel))
+            .map(|_| balance.assign(0, ConnectionBalance::Kernel, Some(1)))
             .collect();
         assert!(held.iter().all(|a| matches!(a, Assigned::Here(_))));
         assert_eq!(balance.serving(), [4, 0]);

@@ -20,6 +20,7 @@ use super::io::{Prefixed, starts_as_h2};
 use super::policy::Policy;
 use crate::config::reload::ConfigStore;
 use crate::observe::Telemetry;
+use crate::snapshot::ConnectionBalance;
 use crate::tls::ClientSession;
 
 /// What every worker shares: the policy (configuration, limit and upstream state, telemetry)
@@ -193,7 +194,7 @@ async fn accept_loop(
                             let _ = stream.set_nodelay(true);
                             let slot = match &proxy.balance {
                                 None => None,
-                                Some(b) => match b.assign(proxy.worker, balance) {
+                                Some(b) => match b.assign(proxy.worker, balance, incoming_cpu(&stream, balance)) {
                                     Assigned::Here(slot) => Some(slot),
                                     Assigned::There(slot) => {
                                         match hand_over(b, stream, peer, place, slot) {
@@ -257,6 +258,15 @@ async fn next_handed(inbox: &mut Option<mpsc::UnboundedReceiver<Handed>>) -> Opt
 
 /// Gives an accepted connection to the worker `slot` counts it on; gives it back (`Some`) when
 /// it cannot leave this runtime's poller or that worker has stopped taking connections.
+/// The CPU that received `stream`'s packets (`SO_INCOMING_CPU`), asked only when the balance
+/// uses it.
+fn incoming_cpu(stream: &TcpStream, how: ConnectionBalance) -> Option<usize> {
+    if how != ConnectionBalance::Cpu {
+        return None;
+    }
+    socket2::SockRef::from(stream).cpu_affinity().ok()
+}
+
 fn hand_over(
     balance: &Balance,
     stream: TcpStream,
