@@ -229,14 +229,14 @@ stat_of() { # stat_of NAME COLUMN: the median over the rounds
     awk -v n="$1" -v c="$2" '$1 == n { print $c }' "$WORK/results.txt" | median
 }
 
-balance_copy() { # balance_copy VALUE PORT: $WORK/apiward-VALUE.toml, apiward.toml with `connection_balance = "VALUE"` on PORT
-    local value=$1 port=$2 copy="$WORK/apiward-$1.toml"
+worker_copy() { # worker_copy NAME SETTING PORT: $WORK/apiward-NAME.toml, apiward.toml with SETTING under [server], on PORT
+    local name=$1 setting=$2 port=$3 copy="$WORK/apiward-$1.toml"
     sed -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$port\"|" \
-        -e "s|^workers = $WORKERS\$|workers = $WORKERS\nconnection_balance = \"$value\"|" \
+        -e "s|^workers = $WORKERS\$|workers = $WORKERS\n$setting|" \
         "$WORK/apiward.toml" >"$copy"
-    if ((WORKERS > 1)) && { ! grep -q "^connection_balance = \"$value\"" "$copy" ||
+    if ((WORKERS > 1)) && { ! grep -qxF "$setting" "$copy" ||
         ! grep -q "^listen = \"127.0.0.1:$port\"" "$copy"; }; then
-        log "gen_config's workers or listen line changed: $copy is not the $value-balance copy"
+        log "gen_config's workers or listen line changed: $copy is not the copy with $setting"
         exit 1
     fi
 }
@@ -287,19 +287,12 @@ main() {
         log "gen_config's access_log or listen line changed: apiward-log.toml is not the logged copy"
         exit 1
     fi
-    # The same file, its workers on one multi-thread runtime instead of a runtime each.
-    sed -e "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_SHARED_PORT\"|" \
-        -e "s|^workers = $WORKERS\$|workers = $WORKERS\nworker_runtime = \"shared\"|" \
-        "$WORK/apiward.toml" >"$WORK/apiward-shared.toml"
-    if ((WORKERS > 1)) && { ! grep -q '^worker_runtime = "shared"' "$WORK/apiward-shared.toml" ||
-        ! grep -q "^listen = \"127.0.0.1:$APIWARD_SHARED_PORT\"" "$WORK/apiward-shared.toml"; }; then
-        log "gen_config's workers or listen line changed: apiward-shared.toml is not the shared-runtime copy"
-        exit 1
-    fi
-    # The same file, each connection kept where the kernel's SO_REUSEPORT hash put it; and with
-    # each connection given to the worker of the CPU that received it.
-    balance_copy kernel "$APIWARD_KERNEL_PORT"
-    balance_copy cpu "$APIWARD_CPU_PORT"
+    # The same file, its workers on one multi-thread runtime instead of a runtime each; each
+    # connection kept where the kernel's SO_REUSEPORT hash put it; each connection given to the
+    # worker of the CPU that received it.
+    worker_copy shared 'worker_runtime = "shared"' "$APIWARD_SHARED_PORT"
+    worker_copy kernel 'connection_balance = "kernel"' "$APIWARD_KERNEL_PORT"
+    worker_copy cpu 'connection_balance = "cpu"' "$APIWARD_CPU_PORT"
     # The same file again, every user (all in [groups.bench]) under generous local limits.
     limited_copy "$WORK/apiward.toml" "$WORK/apiward-limits.toml" \
         "s|^listen = \"127.0.0.1:$APIWARD_PORT\"|listen = \"127.0.0.1:$APIWARD_LIMITS_PORT\"|" || exit 1
