@@ -89,6 +89,38 @@ fn strip_connection_headers(headers: &mut HeaderMap, kind: MessageKind) {
     }
 }
 
+/// What a response head holds, read from its names in one pass (apiward patch).
+#[cfg(feature = "server")]
+#[derive(Clone, Copy)]
+struct KnownHead {
+    date: bool,
+    content_length: bool,
+}
+
+/// `None` when `headers` has a connection-specific header (or `TE`), which
+/// `strip_connection_headers` must deal with; else whether `Date` and
+/// `Content-Length` are there.
+#[cfg(feature = "server")]
+fn scan_response_head(headers: &HeaderMap) -> Option<KnownHead> {
+    let mut known = KnownHead {
+        date: false,
+        content_length: false,
+    };
+    for name in headers.keys() {
+        if *name == http::header::DATE {
+            known.date = true;
+        } else if *name == http::header::CONTENT_LENGTH {
+            known.content_length = true;
+        } else if *name == CONNECTION
+            || *name == http::header::TE
+            || CONNECTION_HEADERS.iter().any(|h| h == name)
+        {
+            return None;
+        }
+    }
+    Some(known)
+}
+
 // body adapters used by both Client and Server
 
 pin_project! {

@@ -469,13 +469,22 @@ where
 
                     let (head, body) = res.into_parts();
                     let mut res = ::http::Response::from_parts(head, ());
-                    super::strip_connection_headers(
-                        res.headers_mut(),
-                        super::MessageKind::Response,
-                    );
+                    // apiward patch: the head's names are read once (a
+                    // comparison each) to learn whether any connection-specific
+                    // header is there and whether `Date` and `Content-Length`
+                    // are, instead of a lookup (a hash and a probe) for each of
+                    // them. With a connection-specific header, all is done as
+                    // before.
+                    let known = super::scan_response_head(res.headers());
+                    if known.is_none() {
+                        super::strip_connection_headers(
+                            res.headers_mut(),
+                            super::MessageKind::Response,
+                        );
+                    }
 
                     // set Date header if it isn't already set if instructed
-                    if *me.date_header {
+                    if *me.date_header && !known.map_or(false, |k| k.date) {
                         res.headers_mut()
                             .entry(::http::header::DATE)
                             .or_insert_with(date::update_and_header_value);
@@ -514,7 +523,9 @@ where
                     if !body.is_end_stream() {
                         // automatically set Content-Length from body...
                         if let Some(len) = body.size_hint().exact() {
-                            headers::set_content_length_if_missing(res.headers_mut(), len);
+                            if !known.map_or(false, |k| k.content_length) {
+                                headers::set_content_length_if_missing(res.headers_mut(), len);
+                            }
                         }
 
                         let body_tx = reply!(me, res, false);
