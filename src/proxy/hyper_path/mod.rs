@@ -566,10 +566,16 @@ pub async fn serve_h2<S>(
         let peer_text = peer_text.clone();
         // Boxed: hyper moves each stream's future several times on its way into the task it
         // spawns for it (and tokio again as the task ends), and unboxed that is a copy of the
-        // whole request state, kilobytes, every time.
-        Box::pin(async move {
+        // whole request state, kilobytes, every time. The box is allocated before the future is
+        // made, so that the compiler can make it in place: `Box::pin(future)` makes it on the
+        // stack first and copies all of it in, though only its arguments are set yet.
+        let place = Box::new_uninit();
+        // `Box::write` is Rust 1.87's; `rust-version` says 1.85, but sha2 0.11, notify 8.2 and
+        // time 0.3.55 already need 1.88 to build.
+        #[allow(clippy::incompatible_msrv)]
+        Box::into_pin(Box::write(place, async move {
             Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await)
-        })
+        }))
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
