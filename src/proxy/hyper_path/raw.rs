@@ -257,7 +257,7 @@ pub async fn exchange(
         // growing the map.
         let mut response_headers = HeaderMap::with_capacity(kept.len() + 3);
         for (name, value) in &kept {
-            let name = HeaderName::from_bytes(&head_bytes[name.clone()])
+            let name = response_header_name(&head_bytes[name.clone()])
                 .map_err(|_| InvalidResponse::Malformed)?;
             if name == http::header::TRANSFER_ENCODING {
                 // The body is decoded here; HTTP/2 frames it itself.
@@ -308,6 +308,25 @@ pub async fn exchange(
             },
         ))));
     }
+}
+
+/// An answer's header name. The ones most answers carry are matched here and given as http's
+/// constants; `HeaderName::from_bytes` would lower-case each into a buffer and look it up among
+/// all the standard names. `name` is as httparse read it (a valid token, any case).
+fn response_header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    use headers::same_token as is;
+    use http::header;
+    Ok(match name.len() {
+        4 if is(name, b"date") => header::DATE,
+        4 if is(name, b"etag") => header::ETAG,
+        4 if is(name, b"vary") => header::VARY,
+        6 if is(name, b"server") => header::SERVER,
+        12 if is(name, b"content-type") => header::CONTENT_TYPE,
+        13 if is(name, b"cache-control") => header::CACHE_CONTROL,
+        13 if is(name, b"last-modified") => header::LAST_MODIFIED,
+        14 if is(name, b"content-length") => header::CONTENT_LENGTH,
+        _ => return HeaderName::from_bytes(name),
+    })
 }
 
 fn respond<B>(status: StatusCode, headers: HeaderMap, body: B) -> Response<B> {
@@ -556,5 +575,37 @@ impl Body for RawBody {
             Reading::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answers_header_name_is_what_from_bytes_makes_of_it_whatever_its_case() {
+        for name in [
+            &b"Date"[..],
+            b"ETAG",
+            b"vary",
+            b"Server",
+            b"Content-Type",
+            b"cache-control",
+            b"Last-Modified",
+            b"CONTENT-LENGTH",
+            b"X-Custom",
+            b"dates",
+            b"Servers",
+            b"content-typo",
+            b"x-request-id",
+        ] {
+            let expected = HeaderName::from_bytes(name).unwrap();
+            assert_eq!(response_header_name(name).unwrap(), expected, "{name:?}");
+        }
+        assert_eq!(
+            response_header_name(b"Content-Type").unwrap(),
+            http::header::CONTENT_TYPE
+        );
+        assert!(response_header_name(b"bad name").is_err());
     }
 }
