@@ -74,11 +74,11 @@ pub struct Finish {
 }
 
 impl<B> Logged<B> {
-    pub fn new(inner: B, finish: Finish) -> Self {
+    pub fn new(inner: B, finish: Box<Finish>) -> Self {
         Logged {
             inner,
             bytes_out: 0,
-            finish: Some(Box::new(finish)),
+            finish: Some(finish),
         }
     }
 

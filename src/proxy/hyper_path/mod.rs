@@ -150,12 +150,19 @@ impl HyperPath {
         }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         record.status = response.status().as_u16();
-        let finish = Finish {
-            policy: Arc::clone(&self.policy),
-            record,
-            bytes_in,
-            _admitted: admitted,
-        };
+        // Made in its box (allocated first, as the stream's future in `serve_h2`): the record is
+        // moved once, into the heap, instead of into a `Finish` on the stack and then the box.
+        let place = Box::new_uninit();
+        #[allow(clippy::incompatible_msrv)] // Rust 1.87's, see `serve_h2`
+        let finish = Box::write(
+            place,
+            Finish {
+                policy: Arc::clone(&self.policy),
+                record,
+                bytes_in,
+                _admitted: admitted,
+            },
+        );
         response.map(|body| Logged::new(body, finish))
     }
 

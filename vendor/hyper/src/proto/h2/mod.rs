@@ -174,22 +174,24 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut me = self.project();
         loop {
-            // Register for RST_STREAM notification while we wait for the next
-            // body chunk or for send capacity, so the task wakes up if the
-            // peer resets the stream.
-            if let Poll::Ready(reason) = me
-                .body_tx
-                .poll_reset(cx)
-                .map_err(crate::Error::new_body_write)?
-            {
-                debug!("stream received RST_STREAM: {:?}", reason);
-                return Poll::Ready(Err(crate::Error::new_body_write(::h2::Error::from(reason))));
-            }
-
             // If a previously-polled chunk is still waiting for stream-level
             // send capacity, drive that to completion before touching the
             // body again.
             if me.buffered_data.is_some() {
+                // Register for RST_STREAM notification while we wait for
+                // send capacity, so the task wakes up if the peer resets the
+                // stream.
+                if let Poll::Ready(reason) = me
+                    .body_tx
+                    .poll_reset(cx)
+                    .map_err(crate::Error::new_body_write)?
+                {
+                    debug!("stream received RST_STREAM: {:?}", reason);
+                    return Poll::Ready(Err(crate::Error::new_body_write(
+                        ::h2::Error::from(reason),
+                    )));
+                }
+
                 while me.body_tx.capacity() == 0 {
                     match ready!(me.body_tx.poll_capacity(cx)) {
                         Some(Ok(0)) => {}
@@ -224,7 +226,29 @@ where
             // which can deadlock a second stream when talking to peers that
             // only emit WINDOW_UPDATE once their receive window is fully
             // exhausted. See #4003.
-            match ready!(me.stream.as_mut().poll_frame(cx)) {
+            // apiward patch: the body is polled first, and the reset is
+            // checked (and its wake-up registered) only when the body has
+            // nothing yet. A body that has its frame ready (the common answer
+            // read whole) goes to h2 without a lock of h2's stream store for
+            // the check; if the peer has reset the stream, h2 refuses what is
+            // sent and this ends with that error instead.
+            let polled = match me.stream.as_mut().poll_frame(cx) {
+                Poll::Ready(polled) => polled,
+                Poll::Pending => {
+                    if let Poll::Ready(reason) = me
+                        .body_tx
+                        .poll_reset(cx)
+                        .map_err(crate::Error::new_body_write)?
+                    {
+                        debug!("stream received RST_STREAM: {:?}", reason);
+                        return Poll::Ready(Err(crate::Error::new_body_write(
+                            ::h2::Error::from(reason),
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match polled {
                 Some(Ok(frame)) => {
                     if frame.is_data() {
                         let chunk = frame.into_data().unwrap_or_else(|_| unreachable!());
