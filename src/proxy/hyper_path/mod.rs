@@ -153,7 +153,6 @@ impl HyperPath {
         // Made in its box (allocated first, as the stream's future in `serve_h2`): the record is
         // moved once, into the heap, instead of into a `Finish` on the stack and then the box.
         let place = Box::new_uninit();
-        #[allow(clippy::incompatible_msrv)] // Rust 1.87's, see `serve_h2`
         let finish = Box::write(
             place,
             Finish {
@@ -577,9 +576,6 @@ pub async fn serve_h2<S>(
         // made, so that the compiler can make it in place: `Box::pin(future)` makes it on the
         // stack first and copies all of it in, though only its arguments are set yet.
         let place = Box::new_uninit();
-        // `Box::write` is Rust 1.87's; `rust-version` says 1.85, but sha2 0.11, notify 8.2 and
-        // time 0.3.55 already need 1.88 to build.
-        #[allow(clippy::incompatible_msrv)]
         Box::into_pin(Box::write(place, async move {
             Ok::<_, Infallible>(path.handle(request, peer, peer_text, session).await)
         }))
