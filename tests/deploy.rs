@@ -30,10 +30,10 @@ fn unit_settings(text: &str, section: &str) -> Vec<(String, String)> {
             current = line.trim_matches(['[', ']']).to_string();
             continue;
         }
-        if current == section {
-            if let Some((k, v)) = line.split_once('=') {
-                out.push((k.trim().to_string(), v.trim().to_string()));
-            }
+        if current == section
+            && let Some((k, v)) = line.split_once('=')
+        {
+            out.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
     out

@@ -87,10 +87,10 @@ impl Sessions {
         let id = crate::keys::generate_password(43)?;
         let csrf = crate::keys::generate_password(32)?;
         let mut map = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
         }
         map.insert(
             KeyDigest::of(&id).0,

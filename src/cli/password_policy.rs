@@ -57,10 +57,9 @@ pub fn check(password: &str, id: &str, organisation: Option<&str>) -> Result<(),
     if let Some(org) = organisation
         .map(str::trim)
         .filter(|o| o.chars().count() >= MIN_NAME_CHARS)
+        && lower.contains(&org.to_lowercase())
     {
-        if lower.contains(&org.to_lowercase()) {
-            return Err(PolicyViolation::ContainsOrganisation(org.to_string()));
-        }
+        return Err(PolicyViolation::ContainsOrganisation(org.to_string()));
     }
     Ok(())
 }

@@ -462,10 +462,10 @@ impl Compiler<'_> {
                 }
             }
         };
-        if let Some(hash) = &u.password_hash {
-            if let Err(msg) = crate::auth::password::check_password_hash(hash.get_ref()) {
-                self.error(hash.span(), msg);
-            }
+        if let Some(hash) = &u.password_hash
+            && let Err(msg) = crate::auth::password::check_password_hash(hash.get_ref())
+        {
+            self.error(hash.span(), msg);
         }
         let mut keys = Vec::with_capacity(u.keys.len());
         for key in &u.keys {
@@ -479,10 +479,10 @@ impl Compiler<'_> {
             };
             let created = k.created.as_ref().and_then(|d| self.datetime(d));
             let expires = k.expires.as_ref().and_then(|d| self.datetime(d));
-            if let Some(prefix) = &k.prefix {
-                if prefix.get_ref().len() > 16 {
-                    self.error(prefix.span(), "a key prefix is at most 16 characters: it identifies the key, it must not reveal it");
-                }
+            if let Some(prefix) = &k.prefix
+                && prefix.get_ref().len() > 16
+            {
+                self.error(prefix.span(), "a key prefix is at most 16 characters: it identifies the key, it must not reveal it");
             }
             keys.push(PieceKey {
                 digest,

@@ -19,10 +19,11 @@ pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
     let pieces = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(8);
-    if text.len() >= PARALLEL_THRESHOLD && pieces > 1 {
-        if let Some(raw) = parse_in_pieces(text, pieces) {
-            return Ok(raw);
-        }
+    if text.len() >= PARALLEL_THRESHOLD
+        && pieces > 1
+        && let Some(raw) = parse_in_pieces(text, pieces)
+    {
+        return Ok(raw);
     }
     toml::from_str(text)
 }

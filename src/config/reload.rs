@@ -469,10 +469,10 @@ impl Watched {
             if !watched.dirs.contains(&dir) {
                 watched.dirs.push(dir);
             }
-            if let Some(name) = p.file_name() {
-                if !watched.names.iter().any(|n| n == name) {
-                    watched.names.push(name.to_os_string());
-                }
+            if let Some(name) = p.file_name()
+                && !watched.names.iter().any(|n| n == name)
+            {
+                watched.names.push(name.to_os_string());
             }
         };
         let mut hop = path.to_path_buf();
@@ -499,10 +499,10 @@ impl Watched {
             if !watched.dirs.contains(&dir) {
                 watched.dirs.push(dir);
             }
-            if let Some(name) = file.file_name() {
-                if !watched.names.iter().any(|n| n == name) {
-                    watched.names.push(name.to_os_string());
-                }
+            if let Some(name) = file.file_name()
+                && !watched.names.iter().any(|n| n == name)
+            {
+                watched.names.push(name.to_os_string());
             }
         }
         watched

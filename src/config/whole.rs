@@ -118,11 +118,9 @@ pub(crate) fn assemble(
                 }
             }
         }
-        if valid {
-            if let Some(user) = piece.user.take() {
-                users.push(user);
-                slots[i] = slot;
-            }
+        if valid && let Some(user) = piece.user.take() {
+            users.push(user);
+            slots[i] = slot;
         }
     }
     let keys = keys.finish();

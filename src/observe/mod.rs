@@ -99,13 +99,13 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(log) = &self.request_log {
-            if !log.close(limit) {
-                tracing::warn!(
-                    ?limit,
-                    "the request log's destination took no bytes at shutdown: its last lines are lost"
-                );
-            }
+        if let Some(log) = &self.request_log
+            && !log.close(limit)
+        {
+            tracing::warn!(
+                ?limit,
+                "the request log's destination took no bytes at shutdown: its last lines are lost"
+            );
         }
     }
 
@@ -135,7 +135,9 @@ impl Telemetry {
             return true;
         }
         let every = (1.0 / fraction).round().max(1.0) as u64;
-        self.sampled.fetch_add(1, Ordering::Relaxed) % every == 0
+        self.sampled
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(every)
     }
 
     /// Records a finished request: metrics always, a log line unless sampled out. The record's

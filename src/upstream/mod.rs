@@ -73,10 +73,10 @@ impl Upstreams {
         };
         {
             let resolved = self.resolved.load();
-            if let Some(Some(cluster)) = resolved.get(index as usize) {
-                if Arc::ptr_eq(&cluster.config, config) {
-                    return Some(Arc::clone(cluster));
-                }
+            if let Some(Some(cluster)) = resolved.get(index as usize)
+                && Arc::ptr_eq(&cluster.config, config)
+            {
+                return Some(Arc::clone(cluster));
             }
         }
         // A new snapshot not yet resolved (or an older one a request still holds).

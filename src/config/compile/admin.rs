@@ -30,13 +30,13 @@ impl Compiler<'_> {
                 self.error(id.span(), msg.replace("user id", "admin id"));
             }
             let a = admin.get_ref();
-            if let Some(hash) = &a.password_hash {
-                if let Err(msg) = crate::auth::password::check_password_hash(hash.get_ref()) {
-                    self.error(
-                        hash.span(),
-                        msg.replace("apiward users set-password", "apiward admins set-password"),
-                    );
-                }
+            if let Some(hash) = &a.password_hash
+                && let Err(msg) = crate::auth::password::check_password_hash(hash.get_ref())
+            {
+                self.error(
+                    hash.span(),
+                    msg.replace("apiward users set-password", "apiward admins set-password"),
+                );
             }
             let index = admins.len() as u32;
             let mut own = Vec::with_capacity(a.tokens.len());
@@ -59,10 +59,10 @@ impl Compiler<'_> {
                         continue;
                     }
                 };
-                if let Some(prefix) = &t.prefix {
-                    if prefix.get_ref().len() > KeyPrefix::MAX {
-                        self.error(prefix.span(), "a token prefix is at most 16 characters: it identifies the token, it must not reveal it");
-                    }
+                if let Some(prefix) = &t.prefix
+                    && prefix.get_ref().len() > KeyPrefix::MAX
+                {
+                    self.error(prefix.span(), "a token prefix is at most 16 characters: it identifies the token, it must not reveal it");
                 }
                 if tokens.contains_key(&digest) || user_keys.contains_key(&digest) {
                     self.error(

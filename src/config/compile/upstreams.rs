@@ -69,10 +69,10 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        if let [(url, None)] = entries.as_slice() {
-            if url.get_ref() == "builtin:echo" {
-                return self.echo_upstream(name, raw);
-            }
+        if let [(url, None)] = entries.as_slice()
+            && url.get_ref() == "builtin:echo"
+        {
+            return self.echo_upstream(name, raw);
         }
         let any_https = entries
             .iter()
@@ -283,13 +283,13 @@ impl Compiler<'_> {
         }
         let interval = self.duration(h.interval.as_ref(), "2s", true);
         let timeout = self.duration(h.timeout.as_ref(), "1s", true);
-        if timeout > interval {
-            if let Some(t) = &h.timeout {
-                self.error(
-                    t.span(),
-                    "health_check timeout must not be longer than its interval",
-                );
-            }
+        if timeout > interval
+            && let Some(t) = &h.timeout
+        {
+            self.error(
+                t.span(),
+                "health_check timeout must not be longer than its interval",
+            );
         }
         let mut count = |v: &Option<Spanned<i64>>, field: &str| match v {
             None => 2,
@@ -344,13 +344,13 @@ impl Compiler<'_> {
             .as_ref()
             .map(|t| self.duration(Some(t), "30s", true));
         let websocket = raw.websocket.as_ref().is_some_and(|w| *w.get_ref());
-        if let (Some(w), UpstreamTarget::Echo) = (&raw.websocket, &upstream.target) {
-            if *w.get_ref() {
-                self.error(
-                    w.span(),
-                    "builtin:echo does not speak WebSocket: route to an http upstream",
-                );
-            }
+        if let (Some(w), UpstreamTarget::Echo) = (&raw.websocket, &upstream.target)
+            && *w.get_ref()
+        {
+            self.error(
+                w.span(),
+                "builtin:echo does not speak WebSocket: route to an http upstream",
+            );
         }
         (strip, timeout, websocket)
     }

@@ -49,10 +49,11 @@ pub fn edit_file<T>(
     let mut attempts = 0;
     loop {
         let mut file = ConfigFile::open(path)?;
-        if let Some(expected) = if_match {
-            if expected.trim() != "*" && expected.trim() != file.etag() {
-                return Err(EditError::Stale(path.to_path_buf()));
-            }
+        if let Some(expected) = if_match
+            && expected.trim() != "*"
+            && expected.trim() != file.etag()
+        {
+            return Err(EditError::Stale(path.to_path_buf()));
         }
         let value = change(&mut file)?;
         match file.save_with_etag() {

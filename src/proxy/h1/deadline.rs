@@ -147,10 +147,10 @@ async fn until<F: Future>(
         if timer.poll_passed(cx, deadline) {
             return Poll::Ready(Until::TimedOut);
         }
-        if let Some((stop, watch)) = stop.as_mut() {
-            if watch.poll_begun(cx, stop) {
-                return Poll::Ready(Until::ShutDown);
-            }
+        if let Some((stop, watch)) = stop.as_mut()
+            && watch.poll_begun(cx, stop)
+        {
+            return Poll::Ready(Until::ShutDown);
         }
         Poll::Pending
     })

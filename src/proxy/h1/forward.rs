@@ -113,10 +113,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
         if !has_proto {
             push_header(out, b"x-forwarded-proto", forward.proto.as_bytes());
         }
-        if !has_host {
-            if let Some(host) = original_host {
-                push_header(out, b"x-forwarded-host", host);
-            }
+        if !has_host && let Some(host) = original_host {
+            push_header(out, b"x-forwarded-host", host);
         }
         if trailers_accepted {
             out.extend_from_slice(b"te: trailers\r\n");
@@ -397,12 +395,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'_, S> {
     /// (the response ended exactly where it should and the upstream did not say it closes),
     /// closed otherwise.
     fn release_upstream(&mut self, reusable: bool, to: &Upstream<'_>, now: Instant) {
-        if let Some(held) = self.held.take() {
-            if reusable {
-                self.engine
-                    .pool
-                    .put(to.authority, held, to.limits.keepalive(), now);
-            }
+        if let Some(held) = self.held.take()
+            && reusable
+        {
+            self.engine
+                .pool
+                .put(to.authority, held, to.limits.keepalive(), now);
         }
     }
 }

@@ -215,14 +215,14 @@ impl Buffered {
         if self.ended {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = self.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                // An error, not an early end: hyper's server then closes the client connection
-                // instead of framing a truncated body as complete.
-                self.ended = true;
-                self.frames.close();
-                return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
-            }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // An error, not an early end: hyper's server then closes the client connection
+            // instead of framing a truncated body as complete.
+            self.ended = true;
+            self.frames.close();
+            return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
         }
         match self.frames.poll_recv(cx) {
             Poll::Ready(Some((frame, cost))) => {

@@ -410,10 +410,9 @@ impl UpstreamBody {
             limits,
             conn,
         }) = self.conn.take()
+            && let Some(pool) = pool.upgrade()
         {
-            if let Some(pool) = pool.upgrade() {
-                pool.checkin(authority, limits, conn);
-            }
+            pool.checkin(authority, limits, conn);
         }
     }
 }
@@ -427,21 +426,22 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = &mut *self;
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() && !this.inner.is_end_stream() {
-                // An error, not an early end: hyper's server then closes the client connection
-                // instead of framing a truncated body as complete. The upstream connection,
-                // mid-response, is closed too.
-                this.conn = None;
-                this.deadline = None;
-                return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+            && !this.inner.is_end_stream()
+        {
+            // An error, not an early end: hyper's server then closes the client connection
+            // instead of framing a truncated body as complete. The upstream connection,
+            // mid-response, is closed too.
+            this.conn = None;
+            this.deadline = None;
+            return Poll::Ready(Some(Err(RelayError::ResponseTimeout)));
         }
-        if let Some(checkin) = this.conn.as_mut() {
-            if !checkin.conn.poll_io(cx) {
-                // Finished: whatever it read is in the body's channel; it cannot be reused.
-                this.conn = None;
-            }
+        if let Some(checkin) = this.conn.as_mut()
+            && !checkin.conn.poll_io(cx)
+        {
+            // Finished: whatever it read is in the body's channel; it cannot be reused.
+            this.conn = None;
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

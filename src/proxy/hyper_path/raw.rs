@@ -112,10 +112,8 @@ impl ClientHead<'_> {
                 OnRequest::ForwardedFor => {
                     // A trusted proxy's chain goes on with the peer appended (the lines that are
                     // text, as `add_forwarding` joins them); anyone else's is replaced.
-                    if trusted {
-                        if let Ok(text) = value.to_str() {
-                            forwarded_for.push(text);
-                        }
+                    if trusted && let Ok(text) = value.to_str() {
+                        forwarded_for.push(text);
                     }
                     continue;
                 }
@@ -134,10 +132,8 @@ impl ClientHead<'_> {
         if !has_proto {
             push_header(out, b"x-forwarded-proto", forward.proto.as_bytes());
         }
-        if !has_host {
-            if let Some(host) = self.original_host {
-                push_header(out, b"x-forwarded-host", host.as_bytes());
-            }
+        if !has_host && let Some(host) = self.original_host {
+            push_header(out, b"x-forwarded-host", host.as_bytes());
         }
         push_header(out, b"x-apiward-user", self.user.as_bytes());
         push_header(out, b"x-apiward-group", forward.group.as_bytes());
@@ -407,10 +403,11 @@ impl RawBody {
         self.reading = Reading::Done;
         self.attempt = None;
         self.place = None;
-        if let (Some(stream), Some(checkin)) = (self.stream.take(), self.checkin.take()) {
-            if self.reuse && self.buf.is_empty() {
-                checkin.put(stream);
-            }
+        if let (Some(stream), Some(checkin)) = (self.stream.take(), self.checkin.take())
+            && self.reuse
+            && self.buf.is_empty()
+        {
+            checkin.put(stream);
         }
     }
 
@@ -516,11 +513,12 @@ impl Body for RawBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = &mut *self;
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() && !this.ended() {
-                this.deadline = None;
-                return this.fail(RelayError::ResponseTimeout);
-            }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+            && !this.ended()
+        {
+            this.deadline = None;
+            return this.fail(RelayError::ResponseTimeout);
         }
         loop {
             if this.reading == Reading::Length(0) {

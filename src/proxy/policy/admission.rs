@@ -372,10 +372,11 @@ fn forwarded_path(route: &Route, path: &str, original: &Uri) -> Result<PathAndQu
     } else {
         path
     };
-    if !route.strip_prefix && path == original.path() {
-        if let Some(pq) = original.path_and_query() {
-            return Ok(pq.clone());
-        }
+    if !route.strip_prefix
+        && path == original.path()
+        && let Some(pq) = original.path_and_query()
+    {
+        return Ok(pq.clone());
     }
     let slash = if path.starts_with('/') { "" } else { "/" };
     let mut text = String::with_capacity(
