@@ -47,7 +47,7 @@ use client_h2::H2Pool;
 use hyper::body::Frame;
 
 pub use response::ResponseBody;
-use response::refusal_response;
+use response::{refusal_response, refuse_forward};
 
 /// What the client receives: a response body that records the request when it ends.
 pub type LoggedBody = Logged<ResponseBody>;
@@ -238,19 +238,13 @@ impl HyperPath {
             .await
         {
             Ok(place) => place,
-            Err(_busy) => {
-                let refusal = Refusal::UpstreamBusy;
-                record.decision = refusal.code();
-                return refusal_response(refusal, record.presented);
-            }
+            Err(_busy) => return refuse_forward(Refusal::UpstreamBusy, record),
         };
         let mut tried = Tried::default();
         let mut attempts = 0u32;
         loop {
             let Some(attempt) = cluster.pick(record.user.as_deref(), tried) else {
-                let refusal = Refusal::NoHealthyUpstream;
-                record.decision = refusal.code();
-                return refusal_response(refusal, record.presented);
+                return refuse_forward(Refusal::NoHealthyUpstream, record);
             };
             attempts += 1;
             tried = tried.with(attempt.index());

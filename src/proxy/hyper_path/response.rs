@@ -7,8 +7,9 @@ use http::Response;
 use http_body_util::{Either, Full};
 
 use super::buffer::Relayed;
+use crate::observe::RequestRecord;
 use crate::proxy::policy::Refused;
-use crate::refusal::Presented;
+use crate::refusal::{Presented, Refusal};
 
 /// A response body before it is wrapped for logging: the upstream's, streamed, or one the
 /// gateway made.
@@ -23,4 +24,11 @@ pub fn refusal_response(
         .into()
         .response::<Full<Bytes>>(presented)
         .map(Either::Right)
+}
+
+/// A refusal the forward makes itself (no place at the upstream, no healthy target), recorded as
+/// the request's decision and answered.
+pub fn refuse_forward(refusal: Refusal, record: &mut RequestRecord) -> Response<ResponseBody> {
+    record.decision = refusal.code();
+    refusal_response(refusal, record.presented)
 }

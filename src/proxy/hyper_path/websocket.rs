@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::response::{ResponseBody, refusal_response};
+use super::response::{ResponseBody, refusal_response, refuse_forward};
 use crate::observe::RequestRecord;
 use crate::proxy::policy::{ConnectError, Forward, Policy, UpstreamFailure};
 use crate::tls::UpstreamStream;
@@ -49,16 +49,10 @@ pub(super) async fn relay(
         .await
     {
         Ok(place) => place,
-        Err(_busy) => {
-            let refusal = crate::refusal::Refusal::UpstreamBusy;
-            record.decision = refusal.code();
-            return refusal_response(refusal, record.presented);
-        }
+        Err(_busy) => return refuse_forward(crate::refusal::Refusal::UpstreamBusy, record),
     };
     let Some(attempt) = cluster.pick(record.user.as_deref(), Tried::default()) else {
-        let refusal = crate::refusal::Refusal::NoHealthyUpstream;
-        record.decision = refusal.code();
-        return refusal_response(refusal, record.presented);
+        return refuse_forward(crate::refusal::Refusal::NoHealthyUpstream, record);
     };
     let target = attempt.target();
     // The upstream's `host`, else the client's `Host` as it came, else the target's.
