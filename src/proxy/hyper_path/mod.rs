@@ -192,7 +192,8 @@ impl HyperPath {
         // HTTP/1.1 target has its head written straight from the client's map (`raw.rs`).
         let mut unapplied = Some((original_host, peer_text));
         let sent = Instant::now();
-        let Some(cluster) = forward.cluster.as_ref() else {
+        // The echo and a WebSocket relay take the map with the rules applied.
+        if forward.cluster.is_none() || forward.websocket {
             apply_header_rules(
                 &mut parts,
                 unapplied.take(),
@@ -200,19 +201,14 @@ impl HyperPath {
                 record,
                 trailers_accepted,
             );
+        }
+        let Some(cluster) = forward.cluster.as_ref() else {
             parts.uri = Uri::from(forward.path_and_query);
             let response = echo::respond(Request::from_parts(parts, body)).await;
             record.upstream_time = Some(sent.elapsed());
             return response.map(|b| Either::Right(Full::new(b)));
         };
         if forward.websocket {
-            apply_header_rules(
-                &mut parts,
-                unapplied.take(),
-                &forward,
-                record,
-                trailers_accepted,
-            );
             // Boxed, as the other rare large futures here (hyper's client, the HTTP/2 upstream
             // pool): inline, every request's future would be as large as the largest of them,
             // and it is moved whole into its box and task (see `serve_h2`).
