@@ -30,6 +30,16 @@ fn two_workers(toml: &str, runtime: &str) -> String {
     )
 }
 
+/// Sends one request with `k`'s key on `conn` and asserts its answer's status line starts
+/// with `status` (`what` says which connection, for the message).
+async fn answers(conn: &mut TcpStream, k: &TestKey, status: &str, what: &str) {
+    conn.write_all(get_with_key("/supporters/1", k).as_bytes())
+        .await
+        .expect("write");
+    let answer = read_response(conn).await;
+    assert!(answer.starts_with(status), "{what} was answered {answer:?}");
+}
+
 /// `n` keep-alive connections to `addr`, each answered 200 once with `k`'s key, still open.
 async fn connections(addr: std::net::SocketAddr, k: &TestKey, n: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n);
@@ -142,14 +152,7 @@ async fn exact_balance_spreads_keep_alive_connections_evenly_and_a_reload_switch
     );
     // Every connection, moved or not, still serves.
     for (i, conn) in conns.iter_mut().enumerate() {
-        conn.write_all(get_with_key("/supporters/1", &k).as_bytes())
-            .await
-            .expect("write");
-        let answer = read_response(conn).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "connection {i} was answered {answer:?}"
-        );
+        answers(conn, &k, "HTTP/1.1 200", &format!("connection {i}")).await;
     }
     // The counts follow the connections that end.
     drop(conns);
@@ -293,22 +296,8 @@ both_transports! {
         // The same connections, opened before the reload, on both workers: the key is refused
         // on every one of them, and the key kept still works on each.
         for (i, conn) in conns.iter_mut().enumerate() {
-            conn.write_all(get_with_key("/supporters/1", &revoked).as_bytes())
-                .await
-                .expect("write");
-            let answer = read_response(conn).await;
-            assert!(
-                answer.starts_with("HTTP/1.1 401"),
-                "connection {i}: the revoked key got {answer:?}"
-            );
-            conn.write_all(get_with_key("/supporters/1", &kept).as_bytes())
-                .await
-                .expect("write");
-            let answer = read_response(conn).await;
-            assert!(
-                answer.starts_with("HTTP/1.1 200"),
-                "connection {i}: the kept key got {answer:?}"
-            );
+            answers(conn, &revoked, "HTTP/1.1 401", &format!("connection {i}, the revoked key,")).await;
+            answers(conn, &kept, "HTTP/1.1 200", &format!("connection {i}, the kept key,")).await;
         }
         gw.shutdown().await;
     }
