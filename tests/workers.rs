@@ -167,49 +167,48 @@ async fn exact_balance_spreads_keep_alive_connections_evenly_and_a_reload_switch
     gw.shutdown().await;
 }
 
-/// `n` keep-alive connections to `addr` opened one after the other from a thread pinned to
-/// `cpu`, each answered 200 to `request` before the next opens (its handshake and request sent
-/// from that CPU, so the kernel records it as the CPU that received the connection's packets).
-fn connections_from_cpu(
+/// `n` keep-alive connections to `addr` opened one after the other from a thread of its own
+/// pinned to `cpu`, each answered 200 to `request` before the next opens (its handshake and
+/// request sent from that CPU, so the kernel records it as the CPU that received the
+/// connection's packets). The test's runtime goes on serving meanwhile (the echo upstream is on
+/// it).
+async fn connections_from_cpu(
     addr: std::net::SocketAddr,
-    request: &str,
+    request: String,
     n: usize,
     cpu: usize,
 ) -> Vec<std::net::TcpStream> {
     use std::io::{Read, Write};
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                #[allow(unsafe_code)]
-                // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity
-                // (thread 0: the calling thread) get valid pointers to it and its size.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    let pinned =
-                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                    assert_eq!(pinned, 0, "cannot pin a thread to CPU {cpu}");
-                }
-                (0..n)
-                    .map(|i| {
-                        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
-                        conn.set_read_timeout(Some(Duration::from_secs(10)))
-                            .unwrap();
-                        conn.write_all(request.as_bytes()).expect("write");
-                        let mut answer = [0u8; 512];
-                        let got = conn.read(&mut answer).expect("read");
-                        assert!(
-                            answer[..got].starts_with(b"HTTP/1.1 200"),
-                            "connection {i} from CPU {cpu} was answered {:?}",
-                            String::from_utf8_lossy(&answer[..got])
-                        );
-                        conn
-                    })
-                    .collect()
+    let (done, conns) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        #[allow(unsafe_code)]
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity
+        // (thread 0: the calling thread) get valid pointers to it and its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            let pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            assert_eq!(pinned, 0, "cannot pin a thread to CPU {cpu}");
+        }
+        let conns: Vec<_> = (0..n)
+            .map(|i| {
+                let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                conn.write_all(request.as_bytes()).expect("write");
+                let mut answer = [0u8; 512];
+                let got = conn.read(&mut answer).expect("read");
+                assert!(
+                    answer[..got].starts_with(b"HTTP/1.1 200"),
+                    "connection {i} from CPU {cpu} was answered {:?}",
+                    String::from_utf8_lossy(&answer[..got])
+                );
+                conn
             })
-            .join()
-            .expect("the pinned thread")
-    })
+            .collect();
+        let _ = done.send(conns);
+    });
+    conns.await.expect("the pinned thread")
 }
 
 #[tokio::test]
@@ -233,20 +232,10 @@ async fn cpu_balance_gives_each_connection_to_its_cpus_worker_while_the_counts_s
     let request = get_with_key("/supporters/1", &k);
     // Four connections from CPU 1 (worker 1's): worker 1 takes them while it then serves at
     // most 2 more than worker 0, so the third goes to worker 0 ("exact" would make it 2 / 2).
-    let from_1 = tokio::task::spawn_blocking({
-        let request = request.clone();
-        move || connections_from_cpu(addr, &request, 4, 1)
-    })
-    .await
-    .unwrap();
+    let from_1 = connections_from_cpu(addr, request.clone(), 4, 1).await;
     assert_eq!(per_worker(&gw, "worker_open_connections").await, [1, 3]);
     // Four from CPU 0: worker 0 takes all of them (it serves the fewest, then at most 2 more).
-    let from_0 = tokio::task::spawn_blocking({
-        let request = request.clone();
-        move || connections_from_cpu(addr, &request, 4, 0)
-    })
-    .await
-    .unwrap();
+    let from_0 = connections_from_cpu(addr, request.clone(), 4, 0).await;
     assert_eq!(per_worker(&gw, "worker_open_connections").await, [5, 3]);
     drop((from_0, from_1));
     gw.shutdown().await;
